@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   installs into .venv and runs ckptdoctor on a bundled example
+#   make test   installs into .venv (with the dev extra) and runs the whole test suite
+# torch is pinned and installed FIRST: an unpinned torch pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  := torch==2.13.0
+
+.PHONY: demo test bench clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base pyproject.toml
+	$(PY) -m pip install -q $(TORCH) -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.base
+	rm -rf demo-out
+	$(PY) -m ckptdoctor.demo demo-out
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/bench_inspect.py
+	$(PY) benchmarks/bench_convert.py
+
+clean:
+	rm -rf $(VENV) demo-out bench-out

@@ -1,0 +1,102 @@
+"""Crash-safe file replacement: write a temp file in the same directory, fsync it, rename it
+over the target, fsync the directory. A reader (or a crash) sees the old file or the new one,
+never half of either. Temp names carry a fixed marker so a later run can find leftovers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+TMP_MARKER = ".ckptdoctor-tmp-"
+
+
+def tmp_path_for(target: Path) -> Path:
+    return target.parent / f"{TMP_MARKER}{os.getpid()}-{time.monotonic_ns()}-{target.name}"
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """Yield a file object; on clean exit the data replaces `target` atomically.
+
+    On any exception the temp file is removed and the target is untouched."""
+    target = Path(target)
+    tmp = tmp_path_for(target)
+    fh = open(tmp, "xb")
+    try:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        fh.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(target: Path, data: bytes) -> None:
+    with atomic_writer(target) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def staged_file(target: Path) -> Iterator[Path]:
+    """A temp path beside `target` for writers that need a path (torch.save, safetensors).
+
+    The caller writes and verifies it; `commit(tmp, target)` renames it into place. Anything
+    left on exception is removed."""
+    tmp = tmp_path_for(Path(target))
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def commit(tmp: Path, target: Path) -> None:
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    fsync_dir(Path(target).parent)
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temp files an interrupted ckptdoctor write left behind under root."""
+    if root.is_file():
+        root = root.parent
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".ckptdoctor-backup"]
+        out.extend(Path(dirpath) / f for f in filenames if f.startswith(TMP_MARKER))
+    return sorted(out)
+
+
+def copy_durable(src: Path, dst: Path) -> None:
+    """Copy src to dst (metadata too) and fsync it: backups must survive a crash."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fi, atomic_writer(dst) as fo:
+        shutil.copyfileobj(fi, fo, 8 << 20)
+    shutil.copystat(src, dst)

@@ -1,0 +1,133 @@
+"""Stable finding codes. A code never changes meaning once released; new checks get new codes.
+
+Prefixes group them so `--select CK1` / `--ignore CK4` work:
+  CK0xx  input and I/O           CK1xx  pickles and globals      CK2xx  torch zip / legacy
+  CK3xx  safetensors             CK4xx  layout completeness      CK5xx  deep checks (--deep)
+  CK6xx  loading (--load)        CK7xx  repair / convert         CK8xx  numpy / dcp / other formats
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .model import Finding, Severity
+
+
+class Code(enum.Enum):
+    def __new__(cls, code: str, severity: Severity, title: str):
+        obj = object.__new__(cls)
+        obj._value_ = code
+        obj.severity = severity
+        obj.title = title
+        return obj
+
+    # input and I/O
+    PATH_MISSING = ("CK001", Severity.ERROR, "path does not exist")
+    UNREADABLE = ("CK002", Severity.ERROR, "file cannot be read")
+    EMPTY_FILE = ("CK003", Severity.ERROR, "zero-byte file")
+    NOT_REGULAR = ("CK004", Severity.ERROR, "not a regular file (FIFO, socket or device)")
+    SYMLINK_LOOP = ("CK005", Severity.ERROR, "symlink loop or dangling symlink")
+    EMPTY_DIR = ("CK006", Severity.ERROR, "directory holds no checkpoint files")
+    UNKNOWN_FORMAT = ("CK007", Severity.INFO, "file format not recognised")
+    NO_LAYOUT = ("CK008", Severity.WARNING, "no known checkpoint layout")
+    TOO_MANY_FILES = ("CK009", Severity.WARNING, "walk stopped at the file limit")
+
+    # pickles
+    DANGEROUS_GLOBAL = ("CK101", Severity.ERROR, "pickle references a code-executing global")
+    UNKNOWN_GLOBAL = ("CK102", Severity.WARNING, "pickle references a global of unknown safety")
+    WEIGHTS_ONLY_FAILS = ("CK103", Severity.WARNING,
+                          "plain torch.load(weights_only=True) fails; an allow-list fixes it")
+    WEIGHTS_ONLY_UNFIXABLE = ("CK104", Severity.ERROR,
+                              "torch.load(weights_only=True) fails and no allow-list helps")
+    PICKLE_MALFORMED = ("CK105", Severity.ERROR, "pickle stream is malformed or truncated")
+    PICKLE_LIMIT = ("CK106", Severity.ERROR, "pickle exceeds a scan limit")
+    DYNAMIC_GLOBAL = ("CK107", Severity.ERROR, "global name computed at load time")
+    PICKLE_PROTOCOL = ("CK108", Severity.WARNING,
+                       "pickle protocol > 2: torch's weights-only unpickler rejects it")
+
+    # torch zip / legacy
+    ZIP_TRUNCATED = ("CK201", Severity.ERROR, "zip archive truncated (no central directory)")
+    ZIP_STORAGE_MISSING = ("CK202", Severity.ERROR, "storage referenced by the pickle is missing")
+    ZIP_STORAGE_SHORT = ("CK203", Severity.ERROR, "storage record smaller than its tensors need")
+    ZIP_CRC = ("CK204", Severity.ERROR, "zip record CRC32 mismatch (data corrupted)")
+    ZIP_COMPRESSED = ("CK205", Severity.ERROR, "compressed zip record (torch never compresses)")
+    ZIP_BAD_NAME = ("CK206", Severity.ERROR, "zip record name is absolute or contains '..'")
+    ZIP_NO_PICKLE = ("CK207", Severity.ERROR, "torch zip has no data.pkl")
+    ZIP_CORRUPT = ("CK208", Severity.ERROR, "zip structure corrupt")
+    LEGACY_TRUNCATED = ("CK209", Severity.ERROR, "legacy torch file truncated")
+    BYTEORDER = ("CK210", Severity.WARNING, "checkpoint byte order differs from this machine")
+
+    # safetensors
+    ST_HEADER_SMALL = ("CK301", Severity.ERROR, "safetensors file too small for a header")
+    ST_HEADER_LENGTH = ("CK302", Severity.ERROR, "safetensors header length invalid")
+    ST_HEADER_JSON = ("CK303", Severity.ERROR, "safetensors header is not valid JSON")
+    ST_OFFSETS = ("CK304", Severity.ERROR, "safetensors offsets overlap, repeat or mismatch shapes")
+    ST_COVERAGE = ("CK305", Severity.ERROR, "safetensors data not fully covered / file truncated")
+    ST_ENTRY = ("CK306", Severity.ERROR, "safetensors entry has an invalid dtype or shape")
+    ST_NO_FORMAT = ("CK307", Severity.INFO, "safetensors metadata lacks format=pt")
+
+    # layout completeness
+    MISSING_FILE = ("CK401", Severity.ERROR, "a file the framework needs to resume is missing")
+    INDEX_SHARD_MISSING = ("CK402", Severity.ERROR, "index names a shard that does not exist")
+    INDEX_TENSOR_MISSING = ("CK403", Severity.ERROR, "index names a tensor its shard lacks")
+    STEP_MISMATCH = ("CK404", Severity.ERROR, "recorded step differs from the directory name")
+    RNG_RANK_MISSING = ("CK405", Severity.WARNING, "RNG state missing for a rank")
+    LEFTOVER_TMP = ("CK406", Severity.WARNING, "leftover temporary file or directory")
+    DANGLING_LINK = ("CK407", Severity.ERROR, "dangling symlink")
+    LATEST_TAG_MISSING = ("CK408", Severity.ERROR, "'latest' names a tag that does not exist")
+    SHARD_COUNT = ("CK409", Severity.ERROR, "optimizer shard count differs from world size")
+    ADAPTER_EMPTY = ("CK410", Severity.ERROR, "PEFT adapter holds no tensors")
+    ADAPTER_MISMATCH = ("CK411", Severity.ERROR, "PEFT adapter tensors do not match its config")
+    DCP_STORAGE = ("CK412", Severity.ERROR, "DCP storage file missing or shorter than metadata says")
+    TRACKER_MISSING = ("CK413", Severity.ERROR, "checkpoint tracker file missing or invalid")
+    INDEX_INVALID = ("CK414", Severity.ERROR, "weight index invalid or total_size mismatch")
+    JSON_INVALID = ("CK415", Severity.ERROR, "JSON sidecar does not parse")
+    MODEL_ONLY = ("CK416", Severity.WARNING, "checkpoint holds model weights only (no optimizer)")
+    OPTIONAL_MISSING = ("CK417", Severity.WARNING, "optional resume state missing; resume skips it")
+
+    # deep
+    NONFINITE = ("CK501", Severity.WARNING, "tensor holds NaN or Inf")
+    OPTIM_SHAPE = ("CK502", Severity.ERROR, "optimizer state shape differs from its parameter")
+    MANIFEST_MISMATCH = ("CK503", Severity.ERROR, "file differs from the recorded manifest")
+    MANIFEST_MISSING_FILE = ("CK504", Severity.ERROR, "file in the manifest is missing")
+
+    # loading
+    LOAD_FAILS = ("CK601", Severity.ERROR, "the resuming framework cannot load this file")
+    LOAD_NEEDS_ALLOW = ("CK602", Severity.WARNING, "loads only with an allow-list")
+    LOAD_OK = ("CK603", Severity.INFO, "file loads")
+
+    # repair / convert
+    REPAIR_REFUSED = ("CK701", Severity.ERROR, "repair refused")
+    REPAIR_VERIFY = ("CK702", Severity.ERROR, "rewritten file failed verification; original kept")
+    LEFTOVER_WRITE = ("CK703", Severity.WARNING, "leftover from an interrupted ckptdoctor write")
+    KEPT_ALLOWLISTED = ("CK704", Severity.INFO, "object kept and allow-listed (rewrite would break resume)")
+
+    # other formats
+    NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle")
+    DCP_METADATA = ("CK802", Severity.ERROR, "DCP .metadata cannot be parsed safely")
+    JSON_BAD = ("CK803", Severity.ERROR, "file looks like JSON but does not parse")
+
+    @property
+    def code(self) -> str:
+        return self.value
+
+    def finding(self, path: str, message: str = "", hint: str = "",
+                severity: Severity | None = None, **detail) -> Finding:
+        return Finding(self.value, severity if severity is not None else self.severity, path,
+                       message or self.title, hint, dict(detail))
+
+
+BY_CODE = {c.value: c for c in Code}
+
+
+def select(findings: list[Finding], select: list[str] | None, ignore: list[str] | None
+           ) -> list[Finding]:
+    """Keep findings whose code starts with a --select prefix and none of the --ignore ones."""
+    out = []
+    for f in findings:
+        if select and not any(f.code.startswith(p) for p in select):
+            continue
+        if ignore and any(f.code.startswith(p) for p in ignore):
+            continue
+        out.append(f)
+    return out

@@ -1,0 +1,69 @@
+"""On-disk formats, recognised by content (never by extension alone).
+
+One module per format; FORMATS is the one ordered registry `detect_file` walks: the first
+format whose `sniff` accepts the first bytes reads the file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from ..codes import Code
+from ..model import FileInfo
+from .base import HEAD_BYTES, Format, Probe
+from .dcp import DcpMetadataFormat, DcpShard
+from .numpy_file import Numpy
+from .pickle_file import PickleFile
+from .safetensors_file import Safetensors
+from .text_file import Empty, Json, Text
+from .torch_legacy import TorchLegacy
+from .torch_zip import TorchZip
+
+FORMATS: tuple[Format, ...] = (
+    Empty(), DcpShard(), Numpy(), TorchZip(), TorchLegacy(), DcpMetadataFormat(), Safetensors(),
+    PickleFile(), Json(), Text(),
+)
+FORMAT_NAMES = ("torch-zip", "torch-legacy", "pickle", "safetensors", "numpy", "dcp-metadata",
+                "dcp-shard", "zip", "json", "text", "empty", "unknown")
+# Extensions that promise a format: when content does not match, read it as that format anyway
+# so the user hears what is wrong with it (a cut safetensors file has no valid header to sniff).
+PROMISED = {".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip(),
+            ".bin": TorchZip(), ".ckpt": TorchZip(), ".pkl": PickleFile()}
+
+
+def detect_file(path: Path, rel: str = "") -> FileInfo:
+    """Identify and read one file from metadata. Never raises: problems become findings."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        kind = Code.SYMLINK_LOOP if os.path.islink(path) else Code.PATH_MISSING
+        return FileInfo(rel, "unknown", 0, findings=[kind.finding(rel, kind.title)])
+    except OSError as exc:
+        code = Code.SYMLINK_LOOP if exc.errno == 40 else Code.UNREADABLE
+        return FileInfo(rel, "unknown", 0, findings=[code.finding(rel, f"{code.title}: {exc.strerror}")])
+    if not stat.S_ISREG(st.st_mode):
+        return FileInfo(rel, "unknown", 0, findings=[Code.NOT_REGULAR.finding(rel)])
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except OSError as exc:
+        return FileInfo(rel, "unknown", st.st_size,
+                        findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
+    probe = Probe(Path(path), head, st.st_size)
+    fmt = next((f for f in FORMATS if f.sniff(probe)), None)
+    if (fmt is None or fmt.name == "text") and probe.path.suffix in PROMISED and st.st_size:
+        fmt = PROMISED[probe.path.suffix]
+    if fmt is None:
+        return FileInfo(rel, "unknown", st.st_size)
+    try:
+        return fmt.read(probe, rel)
+    except OSError as exc:
+        return FileInfo(rel, fmt.name, st.st_size,
+                        findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
+    except (RecursionError, MemoryError, ValueError, EOFError) as exc:
+        return FileInfo(rel, fmt.name, st.st_size, findings=[Code.PICKLE_MALFORMED.finding(
+            rel, f"could not parse as {fmt.name}: {type(exc).__name__}: {exc}"[:300])])
+
+
+__all__ = ["FORMATS", "FORMAT_NAMES", "detect_file"]

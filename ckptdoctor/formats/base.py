@@ -1,0 +1,134 @@
+"""What every format module shares: the reader protocol, bounded reads, and a file slice."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..codes import Code
+from ..model import FileInfo, Finding, GlobalRef, WeightsOnlyVerdict
+from ..pickles.scan import PickleScan
+
+HEAD_BYTES = 64
+MAX_PICKLE_BYTES = 1 << 30  # a data.pkl larger than this is not read into memory
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What sniffing may look at: the first bytes, the name and the size (no full read)."""
+
+    path: Path
+    head: bytes
+    size: int
+
+
+class Format(Protocol):
+    name: str
+
+    def sniff(self, probe: Probe) -> bool:
+        """True when the content (not the extension) says this is the format."""
+
+    def read(self, probe: Probe, rel: str) -> FileInfo:
+        """Metadata-only read. Never raises on bad content: problems become findings."""
+
+
+def merge_scans(info: FileInfo, scans: list[PickleScan], rel: str) -> None:
+    """Fold several pickle scans (legacy files, npz members, embedded zips) into one FileInfo."""
+    seen: set[tuple[str, str]] = {(g.name, g.opcode) for g in info.globals}
+    allow: dict[str, None] = dict.fromkeys(info.weights_only.allowlist if info.weights_only else [])
+    blockers: dict[str, None] = dict.fromkeys(
+        info.weights_only.blockers if info.weights_only else [])
+    for scan in scans:
+        for g in scan.globals:
+            if (g.name, g.opcode) not in seen:
+                seen.add((g.name, g.opcode))
+                info.globals.append(g)
+        allow.update(dict.fromkeys(scan.verdict.allowlist))
+        blockers.update(dict.fromkeys(scan.verdict.blockers))
+        info.tensors.extend(scan.tensors)
+        info.findings.extend(scan.findings)
+    info.weights_only = WeightsOnlyVerdict(not allow and not blockers, list(allow),
+                                           not blockers, list(blockers))
+    add_global_findings(info, rel)
+
+
+def add_global_findings(info: FileInfo, rel: str) -> None:
+    """One finding per dangerous / unknown global, and one for the weights_only verdict."""
+    dangerous = [g for g in info.globals if g.klass.value == "dangerous"]
+    unknown = [g for g in info.globals if g.klass.value == "unknown"]
+    if dangerous:
+        names = ", ".join(sorted({g.name for g in dangerous}))
+        info.findings.append(Code.DANGEROUS_GLOBAL.finding(
+            rel, f"references code-executing global(s): {names}",
+            hint="do not load this file; it can run code. ckptdoctor never loads it, even "
+                 "with --trust", globals=sorted({g.name for g in dangerous})))
+    if unknown:
+        names = ", ".join(sorted({g.name for g in unknown}))
+        info.findings.append(Code.UNKNOWN_GLOBAL.finding(
+            rel, f"references global(s) of unknown safety: {names}",
+            hint="allow-list them with --allow only if you trust where the file came from",
+            globals=sorted({g.name for g in unknown})))
+    v = info.weights_only
+    if v is None or v.loads or dangerous:
+        return
+    if v.fixable:
+        info.findings.append(Code.WEIGHTS_ONLY_FAILS.finding(
+            rel, "torch.load(weights_only=True) fails; it needs: " + ", ".join(v.allowlist),
+            hint=f"ckptdoctor repair {rel or '.'}   (or allow-list: "
+                 + ", ".join(v.allowlist) + ")", allowlist=v.allowlist))
+    else:
+        info.findings.append(Code.WEIGHTS_ONLY_UNFIXABLE.finding(
+            rel, "torch.load(weights_only=True) fails and no allow-list helps: "
+                 + "; ".join(v.blockers[:3]),
+            hint=f"ckptdoctor repair {rel or '.'} re-saves it in torch's default format",
+            blockers=v.blockers))
+
+
+class FileSlice(io.RawIOBase):
+    """A read-only, seekable window [start, start+length) of an open binary file.
+
+    zipfile needs a seekable file object; this lets it read a zip embedded in a larger file
+    (DCP .distcp shards hold one torch zip per item) without copying it."""
+
+    def __init__(self, fh: io.BufferedReader, start: int, length: int):
+        super().__init__()
+        self._fh, self._start, self._len, self._pos = fh, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._len}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        n = max(0, min(len(buf), self._len - self._pos))
+        if n == 0:
+            return 0
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(n)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def io_finding(rel: str, exc: OSError) -> Finding:
+    return Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror or exc}")
+
+
+def unknown_info(probe: Probe, rel: str, fmt: str = "unknown") -> FileInfo:
+    return FileInfo(rel, fmt, probe.size)
+
+
+__all__ = ["Probe", "Format", "merge_scans", "add_global_findings", "FileSlice", "io_finding",
+           "HEAD_BYTES", "MAX_PICKLE_BYTES", "GlobalRef"]

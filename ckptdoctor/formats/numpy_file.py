@@ -1,0 +1,70 @@
+"""numpy `.npy` (magic, a Python-literal header, raw data; object arrays are a pickle) and
+`.npz` (a zip of .npy members)."""
+
+from __future__ import annotations
+
+import ast
+import io
+import zipfile
+from typing import BinaryIO
+
+from ..codes import Code
+from ..model import FileInfo, TensorInfo
+from ..pickles.scan import scan_stream
+from .base import Probe, merge_scans
+from .torch_zip import MAX_INFLATE, is_zip_head
+
+NPY_MAGIC = b"\x93NUMPY"
+MAX_NPY_HEADER = 1 << 20
+
+
+def _read_npy(fh: BinaryIO, rel: str, info: FileInfo, name: str) -> None:
+    magic = fh.read(8)
+    if not magic.startswith(NPY_MAGIC) or len(magic) < 8:
+        info.findings.append(Code.PICKLE_MALFORMED.finding(rel, f"{name}: not an .npy member"))
+        return
+    major = magic[6]
+    hlen = int.from_bytes(fh.read(2 if major == 1 else 4), "little")
+    if hlen > MAX_NPY_HEADER:
+        info.findings.append(Code.PICKLE_LIMIT.finding(rel, f"{name}: npy header of {hlen} bytes"))
+        return
+    try:
+        header = ast.literal_eval(fh.read(hlen).decode("latin-1"))
+        descr, shape = header["descr"], tuple(header["shape"])
+    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
+        info.findings.append(Code.PICKLE_MALFORMED.finding(rel, f"{name}: bad npy header: {exc}"))
+        return
+    if "O" in str(descr):
+        info.findings.append(Code.NPY_OBJECT.finding(
+            rel, f"{name}: object array; numpy.load(allow_pickle=True) would unpickle it"))
+        scan = scan_stream(fh, f"{rel}!{name}")
+        merge_scans(info, [scan], rel)
+        return
+    n = 1
+    for d in shape:
+        n *= int(d)
+    itemsize = int(str(descr)[2:]) if str(descr)[2:].isdigit() else 0
+    info.tensors.append(TensorInfo(name, str(descr), shape, n * itemsize))
+
+
+class Numpy:
+    name = "numpy"
+
+    def sniff(self, probe: Probe) -> bool:
+        return probe.head.startswith(NPY_MAGIC) or (
+            probe.path.suffix == ".npz" and is_zip_head(probe.head))
+
+    def read(self, probe: Probe, rel: str) -> FileInfo:
+        info = FileInfo(rel, self.name, probe.size)
+        if probe.head.startswith(NPY_MAGIC):
+            with open(probe.path, "rb") as fh:
+                _read_npy(fh, rel, info, probe.path.name)
+            return info
+        try:
+            with zipfile.ZipFile(probe.path) as zf:
+                for member in zf.infolist():
+                    with zf.open(member) as fh:
+                        _read_npy(io.BytesIO(fh.read(MAX_INFLATE)), rel, info, member.filename)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"npz archive corrupt: {exc}"))
+        return info

@@ -1,0 +1,53 @@
+"""A plain pickle of any protocol (`.pkl`, accelerate's custom state, `training_args.bin` from
+very old torch, ...). Several pickles may follow each other; all are scanned."""
+
+from __future__ import annotations
+
+import pickletools
+
+from ..model import FileInfo
+from ..pickles.scan import scan_stream
+from .base import Probe, merge_scans
+
+MAX_STACKED = 64
+# First opcodes a protocol 0/1 pickle can start with (no PROTO opcode there).
+_P0_FIRST = frozenset(b"(]}cI(LFSVNd)l.eGJKMXUTqhgps")
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
+        return True
+    return bool(head) and head[0] in _P0_FIRST and _parses_a_little(head)
+
+
+def _parses_a_little(head: bytes) -> bool:
+    """A protocol-0 guess: the first opcodes of the head must decode."""
+    import io
+
+    try:
+        for n, _ in enumerate(pickletools.genops(io.BytesIO(head))):
+            if n >= 2:
+                return True
+    except Exception:  # noqa: BLE001 - a partial head often ends mid-opcode
+        return False
+    return False
+
+
+class PickleFile:
+    name = "pickle"
+
+    def sniff(self, probe: Probe) -> bool:
+        return looks_like_pickle(probe.head)
+
+    def read(self, probe: Probe, rel: str) -> FileInfo:
+        info = FileInfo(rel, self.name, probe.size)
+        scans = []
+        with open(probe.path, "rb") as fh:
+            while len(scans) < MAX_STACKED and fh.tell() < probe.size:
+                scans.append(scan_stream(fh, rel))
+                if not scans[-1].complete:
+                    break
+        info.meta["protocol"] = scans[0].protocol if scans else None
+        info.meta["pickles"] = len(scans)
+        merge_scans(info, scans, rel)
+        return info

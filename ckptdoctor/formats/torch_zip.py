@@ -1,0 +1,229 @@
+"""torch.save's zip format: `<stem>/data.pkl`, `<stem>/data/<key>`, `byteorder`, `version`.
+
+Read with `zipfile` (central directory only) plus a static scan of data.pkl. Torch stores every
+record uncompressed and writes CRC32s it never checks; `check_crc` verifies them (--deep)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+from ..codes import Code
+from ..model import FileInfo, Finding
+from ..pickles.scan import PickleScan, scan_bytes
+from .base import MAX_PICKLE_BYTES, Probe, merge_scans
+
+ZIP_MAGIC = b"PK\x03\x04"
+MAX_INFLATE = 256 << 20  # a compressed record is inflated at most this far (zip bombs)
+
+
+def is_zip_head(head: bytes) -> bool:
+    return head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06")
+
+
+def _bad_name(name: str) -> bool:
+    return name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") \
+        or (len(name) > 1 and name[1] == ":")
+
+
+def read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
+    """Read one record, never more than `cap` bytes (a compressed record may be a bomb)."""
+    with zf.open(info) as fh:
+        return fh.read(cap)
+
+
+def data_pkl_name(names: list[str]) -> str | None:
+    cands = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+    return min(cands, key=len) if cands else None
+
+
+def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip") -> FileInfo:
+    """Scan a torch zip (a path, or a file object such as a FileSlice)."""
+    size = _size_of(source)
+    info = FileInfo(rel, fmt, size)
+    try:
+        zf = zipfile.ZipFile(source)
+    except zipfile.BadZipFile as exc:
+        code = Code.ZIP_TRUNCATED if "central directory" in str(exc) or "not a zip" in str(
+            exc).lower() else Code.ZIP_CORRUPT
+        info.findings.append(code.finding(
+            rel, f"{code.title}: {exc}",
+            hint="the save was cut short; torch.load says 'failed finding central directory'."
+                 " Use the previous checkpoint (`ckptdoctor latest`)."))
+        return info
+    except (OSError, ValueError, EOFError, NotImplementedError) as exc:
+        info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
+        return info
+    with zf:
+        try:
+            infos = zf.infolist()
+        except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
+            info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
+            return info
+        _check_records(infos, size, info, rel)
+        names = [i.filename for i in infos]
+        pkl = data_pkl_name(names)
+        info.meta["records"] = len(infos)
+        if pkl is None:
+            # Not a torch zip after all: scan any pickle-looking members (nested payloads).
+            info.format = "zip"
+            info.findings.append(Code.ZIP_NO_PICKLE.finding(rel, "zip archive has no data.pkl"))
+            _scan_members(zf, infos, info, rel)
+            return info
+        prefix = pkl[: -len("data.pkl")]
+        info.meta["archive_name"] = prefix.rstrip("/")
+        byname = {i.filename: i for i in infos}
+        for extra in ("byteorder", "version", ".format_version", "storage_alignment"):
+            rec = byname.get(prefix + extra)
+            if rec is not None and rec.file_size < 64:
+                try:
+                    info.meta[extra.lstrip(".")] = read_record(zf, rec, 64).decode(
+                        "ascii", "replace").strip()
+                except Exception:  # noqa: BLE001
+                    pass
+        if info.meta.get("byteorder") and info.meta["byteorder"] != sys.byteorder:
+            info.findings.append(Code.BYTEORDER.finding(
+                rel, f"written on a {info.meta['byteorder']}-endian machine"))
+        pinfo = byname[pkl]
+        if pinfo.file_size > MAX_PICKLE_BYTES:
+            info.findings.append(Code.PICKLE_LIMIT.finding(
+                rel, f"data.pkl is {pinfo.file_size} bytes; not scanned"))
+            return info
+        try:
+            data = read_record(zf, pinfo, MAX_PICKLE_BYTES)
+        except Exception as exc:  # noqa: BLE001
+            info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"cannot read data.pkl: {exc}"))
+            return info
+        scan = scan_bytes(data, rel)
+        info.meta["protocol"] = scan.protocol
+        merge_scans(info, [scan], rel)
+        _check_storages(scan, byname, prefix, info, rel)
+        _scan_members(zf, [i for i in infos if i.filename != pkl], info, rel, nested_only=True)
+    return info
+
+
+def _size_of(source) -> int:
+    if isinstance(source, (str, Path)):
+        return Path(source).stat().st_size
+    pos = source.tell()
+    end = source.seek(0, 2)
+    source.seek(pos)
+    return end
+
+
+def _check_records(infos: list[zipfile.ZipInfo], size: int, info: FileInfo, rel: str) -> None:
+    for i in infos:
+        if _bad_name(i.filename):
+            info.findings.append(Code.ZIP_BAD_NAME.finding(
+                rel, f"record name {i.filename!r} is absolute or climbs out with '..'"))
+        if i.compress_type != zipfile.ZIP_STORED:
+            info.findings.append(Code.ZIP_COMPRESSED.finding(
+                rel, f"record {i.filename!r} is compressed (method {i.compress_type}); "
+                     "torch never compresses, so this file was not written by torch.save"))
+        if i.header_offset + i.compress_size > size:
+            info.findings.append(Code.ZIP_CORRUPT.finding(
+                rel, f"record {i.filename!r} extends past the end of the file"))
+
+
+def _check_storages(scan: PickleScan, byname: dict, prefix: str, info: FileInfo,
+                    rel: str) -> None:
+    need: dict[str, int] = {}
+    for t in scan.tensors:  # bytes each storage must hold for the tensors viewing it
+        if t.storage is None:
+            continue
+        itemsize = next((s.itemsize for s in scan.storages if s.key == t.storage), 1)
+        if t.shape and 0 in t.shape:
+            continue
+        end = (t.offset or 0) * itemsize + t.nbytes
+        need[t.storage] = max(need.get(t.storage, 0), end)
+    for s in scan.storages:
+        rec = byname.get(f"{prefix}data/{s.key}")
+        if rec is None:
+            info.findings.append(Code.ZIP_STORAGE_MISSING.finding(
+                rel, f"storage record data/{s.key} referenced by data.pkl is missing",
+                hint="the file was cut or edited; it cannot be loaded"))
+            continue
+        want = s.nbytes if s.nbytes is not None else need.get(s.key, 0)
+        if rec.file_size < want:
+            info.findings.append(Code.ZIP_STORAGE_SHORT.finding(
+                rel, f"storage data/{s.key} holds {rec.file_size} bytes, needs {want}"))
+    info.meta["storages"] = len(scan.storages)
+
+
+def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileInfo, rel: str,
+                  nested_only: bool = False) -> None:
+    """Scan members that are pickles or zips themselves (payloads hidden in nested archives)."""
+    scans = []
+    for i in infos:
+        if i.file_size == 0 or _bad_name(i.filename):
+            continue
+        try:
+            with zf.open(i) as fh:
+                head = fh.read(8)
+        except Exception:  # noqa: BLE001
+            continue
+        nested_zip = head.startswith(ZIP_MAGIC)
+        is_pickle = head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5
+        if nested_only and not nested_zip and not (is_pickle and i.filename.endswith(".pkl")):
+            continue
+        if not (nested_zip or is_pickle or i.filename.endswith((".pkl", ".pickle"))):
+            continue
+        try:
+            data = read_record(zf, i, MAX_INFLATE)
+        except Exception:  # noqa: BLE001
+            continue
+        if nested_zip:
+            inner = scan_zip(io.BytesIO(data), f"{rel}!{i.filename}")
+            info.globals.extend(g for g in inner.globals if g not in info.globals)
+            info.findings.extend(inner.findings)
+        else:
+            scans.append(scan_bytes(data, f"{rel}!{i.filename}"))
+    if scans:
+        merge_scans(info, scans, rel)
+
+
+def check_crc(path: Path, rel: str, chunk: int = 8 << 20) -> list[Finding]:
+    """Read every record and compare its CRC32 with the one torch wrote (deep check)."""
+    out: list[Finding] = []
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+            for i in zf.infolist():
+                if i.compress_type != zipfile.ZIP_STORED:
+                    continue  # reported elsewhere; never inflated here
+                # Data starts after the local header: 30 bytes + name + extra (local lengths).
+                raw.seek(i.header_offset + 26)
+                n, m = int.from_bytes(raw.read(2), "little"), int.from_bytes(raw.read(2), "little")
+                raw.seek(i.header_offset + 30 + n + m)
+                crc, left = 0, i.compress_size
+                while left > 0:
+                    block = raw.read(min(chunk, left))
+                    if not block:
+                        break
+                    crc = zlib.crc32(block, crc)
+                    left -= len(block)
+                if left or crc != i.CRC:
+                    out.append(Code.ZIP_CRC.finding(
+                        rel, f"record {i.filename} CRC32 {crc:08x} != recorded {i.CRC:08x}: "
+                             "the bytes changed after torch wrote them",
+                        hint="restore this file from a backup or use an earlier checkpoint"))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        out.append(Code.ZIP_CORRUPT.finding(rel, f"cannot verify CRCs: {exc}"))
+    return out
+
+
+class TorchZip:
+    name = "torch-zip"
+
+    def sniff(self, probe: Probe) -> bool:
+        if not is_zip_head(probe.head):
+            return False
+        if probe.path.suffix == ".npz":
+            return False
+        return True
+
+    def read(self, probe: Probe, rel: str) -> FileInfo:
+        return scan_zip(probe.path, rel)

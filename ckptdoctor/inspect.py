@@ -1,0 +1,63 @@
+"""`inspect`: what a checkpoint is, from metadata only (torch is never imported here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .codes import Code
+from .layouts import describe_file, detect_layout, find_checkpoints
+from .layouts.base import DirView
+from .model import LayoutInfo, Report
+from .formats import detect_file
+
+
+def inspect_path(path: str | os.PathLike) -> Report:
+    """Identify PATH (a file or a directory) and describe every file in it."""
+    p = Path(path)
+    shown = str(path)
+    if not os.path.lexists(p):
+        return Report(shown, LayoutInfo("none", ""), findings=[Code.PATH_MISSING.finding(
+            shown, f"{shown}: no such file or directory")])
+    if not p.is_dir():
+        info = detect_file(p, p.name)
+        layout = describe_file(p, info) if info.format != "unknown" or info.size else \
+            LayoutInfo("file", "")
+        return Report(shown, layout, files=[info])
+    view = DirView(p)
+    report = Report(shown, LayoutInfo("directory", ""))
+    if view.truncated:
+        report.findings.append(Code.TOO_MANY_FILES.finding("", f"stopped after {len(view.files)} files"))
+    if not view.files:
+        report.findings.append(Code.EMPTY_DIR.finding("", f"{shown}: directory holds no files"))
+        return report
+    layout = detect_layout(view)
+    if layout is not None:
+        report.layout = layout.describe(view)
+        report.checkpoints = _children(view, report.layout)
+    else:
+        for rel in find_checkpoints(view):
+            sub = view.sub(rel)
+            child = detect_layout(sub)
+            if child is not None:
+                info = child.describe(sub)
+                info.path = rel
+                report.checkpoints.append(info)
+        if not report.checkpoints:
+            report.findings.append(Code.NO_LAYOUT.finding(
+                "", "no known checkpoint layout; files are reported one by one"))
+    report.files = [view.info(rel) for rel in view.files]
+    return report
+
+
+def _children(view: DirView, layout: LayoutInfo) -> list[LayoutInfo]:
+    """Checkpoints a run directory holds (hf-run lists its checkpoint-N dirs in details)."""
+    out = []
+    for rel in layout.details.get("checkpoints", []) if layout.name == "hf-run" else []:
+        sub = view.sub(rel)
+        child = detect_layout(sub)
+        if child is not None:
+            info = child.describe(sub)
+            info.path = rel
+            out.append(info)
+    return out
