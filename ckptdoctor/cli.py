@@ -212,28 +212,30 @@ def repair(
 ) -> None:
     """Rewrite files so they load with plain torch.load(weights_only=True) and still resume.
     Originals are backed up, results verified before they replace anything."""
-    from . import repair as rp
-
     _require(path)
     _check_allow(allow)
+    from .repair import plan_repair, render_plan, render_result
+    from .repair import repair as run_repair
+    from .repair import undo as run_undo
+
     if backup_dir is not None and no_backup:
         _fail(CliError(Code.REPAIR_REFUSED, str(path), "--backup-dir and --no-backup conflict"))
     if to not in ("torch", "safetensors"):
         _fail(CliError(Code.REPAIR_REFUSED, str(path), f"--to must be torch or safetensors, not {to}"))
     if undo:
-        restored = rp.undo(path)
+        restored = run_undo(path)
         for p in restored:
             out.print(f"restored {p}", markup=False)
         raise typer.Exit(EXIT_OK if restored else EXIT_FINDINGS)
-    plan = rp.plan_repair(path, allow=tuple(allow), consumer=consumer.value)
-    sys.stdout.write(rp.render_plan(plan))
+    plan = plan_repair(path, allow=tuple(allow), consumer=consumer.value)
+    sys.stdout.write(render_plan(plan))
     if dry_run or not plan_has_work(plan):
         raise typer.Exit(EXIT_FINDINGS if plan_refused(plan) else EXIT_OK)
     if not yes and sys.stdin.isatty() and not typer.confirm("Rewrite these files?", default=True):
         raise typer.Exit(EXIT_FINDINGS)
-    result = rp.repair(path, allow=tuple(allow), backup_dir=backup_dir, no_backup=no_backup,
+    result = run_repair(path, allow=tuple(allow), backup_dir=backup_dir, no_backup=no_backup,
                        to=to, consumer=consumer.value, trust=trust)
-    sys.stdout.write(rp.render_result(result))
+    sys.stdout.write(render_result(result))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
 
@@ -261,10 +263,10 @@ def convert(
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
     (one tensor at a time), written atomically and verified."""
-    from .convert import convert as run, render_result
-
     _require(src)
     _check_allow(allow)
+    from .convert import convert as run, render_result
+
     with _progress(True) as progress:
         result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype,
                      verify=not no_verify, drop_non_tensors=drop_non_tensors,

@@ -37,7 +37,7 @@ class Code(enum.Enum):
     UNKNOWN_GLOBAL = ("CK102", Severity.WARNING, "pickle references a global of unknown safety")
     WEIGHTS_ONLY_FAILS = ("CK103", Severity.WARNING,
                           "plain torch.load(weights_only=True) fails; an allow-list fixes it")
-    WEIGHTS_ONLY_UNFIXABLE = ("CK104", Severity.ERROR,
+    WEIGHTS_ONLY_UNFIXABLE = ("CK104", Severity.WARNING,
                               "torch.load(weights_only=True) fails and no allow-list helps")
     PICKLE_MALFORMED = ("CK105", Severity.ERROR, "pickle stream is malformed or truncated")
     PICKLE_LIMIT = ("CK106", Severity.ERROR, "pickle exceeds a scan limit")
@@ -101,6 +101,14 @@ class Code(enum.Enum):
     REPAIR_VERIFY = ("CK702", Severity.ERROR, "rewritten file failed verification; original kept")
     LEFTOVER_WRITE = ("CK703", Severity.WARNING, "leftover from an interrupted ckptdoctor write")
     KEPT_ALLOWLISTED = ("CK704", Severity.INFO, "object kept and allow-listed (rewrite would break resume)")
+    CONVERT_FAILED = ("CK705", Severity.ERROR, "conversion failed; no output written")
+    CONVERT_VERIFY = ("CK706", Severity.ERROR,
+                      "converted output differs from the source; output removed")
+    CONVERT_NON_TENSOR = ("CK707", Severity.INFO,
+                          "non-tensor entries not stored in the tensor file (JSON sidecar or dropped)")
+    CONVERT_ALIAS = ("CK708", Severity.INFO, "shared tensor stored once; alias recorded in metadata")
+    CONVERT_SKIPPED = ("CK709", Severity.WARNING,
+                       "entries left out of the output (no --strip-prefix match, or training state)")
 
     # other formats
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle")

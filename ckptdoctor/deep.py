@@ -27,7 +27,7 @@ def deep_checks(base: Path, report: Report, progress: Progress | None = None) ->
         if f.format == "safetensors":
             out.extend(_nonfinite_safetensors(path, f.path, weights, progress))
         elif f.format in ("torch-zip", "torch-legacy"):
-            obj = _load(path)
+            obj = _load(path, f)
             if obj is None:
                 continue
             out.extend(_nonfinite_tree(obj, f.path, progress))
@@ -38,11 +38,11 @@ def deep_checks(base: Path, report: Report, progress: Progress | None = None) ->
     return out
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path, info) -> Any:
     from .loaders import LoadError, load_with_chain
 
     try:
-        return load_with_chain(path).obj
+        return load_with_chain(path, static=info, rel=info.path).obj
     except LoadError:
         return None
 

@@ -53,7 +53,7 @@ def inspect_path(path: str | os.PathLike) -> Report:
 def _children(view: DirView, layout: LayoutInfo) -> list[LayoutInfo]:
     """Checkpoints a run directory holds (hf-run lists its checkpoint-N dirs in details)."""
     out = []
-    for rel in layout.details.get("checkpoints", []) if layout.name == "hf-run" else []:
+    for rel in checkpoint_paths(layout):
         sub = view.sub(rel)
         child = detect_layout(sub)
         if child is not None:
@@ -61,3 +61,9 @@ def _children(view: DirView, layout: LayoutInfo) -> list[LayoutInfo]:
             info.path = rel
             out.append(info)
     return out
+
+
+def checkpoint_paths(layout: LayoutInfo) -> list[str]:
+    """Relative paths of the checkpoints a run layout lists in its details."""
+    entries = layout.details.get("checkpoints", []) if layout.name == "hf-run" else []
+    return [e if isinstance(e, str) else e.get("path", "") for e in entries]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .inspect import checkpoint_paths
 from .layouts import detect_layout, find_checkpoints
 from .layouts.base import DirView
 from .model import Severity
@@ -14,7 +15,7 @@ def candidates(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of every checkpoint under run_dir, newest first."""
     view = DirView(run_dir)
     layout = detect_layout(view)
-    rels = list(layout.describe(view).details.get("checkpoints", [])) if layout else []
+    rels = checkpoint_paths(layout.describe(view)) if layout else []
     if not rels and layout is None:
         rels = find_checkpoints(view)
     if not rels and layout is not None:

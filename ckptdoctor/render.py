@@ -40,7 +40,9 @@ def to_json(report: Report, with_tensors: bool = False, findings: list[Finding] 
 
 
 def _console(width: int, color: bool) -> tuple[Console, io.StringIO]:
+    """A console writing to a string; piped output gets a wide page so paths stay whole."""
     buf = io.StringIO()
+    width = width if color else max(width, 160)
     return Console(file=buf, width=width, force_terminal=color, color_system="auto" if color
                    else None, highlight=False, soft_wrap=False), buf
 
@@ -66,8 +68,9 @@ def inspect_text(report: Report, with_tensors: bool = False, width: int = 110,
     for c in report.checkpoints:
         con.print(f"  checkpoint {c.path}: {c.name} step {c.step}")
     files = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("file", "format", "size", "tensors", "params", "weights_only"):
-        files.add_column(col, overflow="fold")
+    files.add_column("file", no_wrap=True)
+    for col in ("format", "size", "tensors", "params", "weights_only"):
+        files.add_column(col, no_wrap=True, justify="right" if col in ("size", "tensors", "params") else "left")
     for f in report.files:
         s = tensor_summary(f.tensors)
         files.add_row(f.path, f.format, human_bytes(f.size), str(s["count"] or ""),

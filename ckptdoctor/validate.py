@@ -21,6 +21,7 @@ from .layouts.base import WEIGHTS_ONLY, Consumer, DirView
 from .model import FileInfo, Finding, Report, Severity
 
 MANIFEST = ".ckptdoctor-manifest.json"
+_PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 Progress = Callable[[str, int], None]  # (label, bytes done since last call)
 
 
@@ -59,7 +60,10 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
         consumers = {}
     for f in report.files:
         consumer = WEIGHTS_ONLY if opts.consumer == "torch" else consumers.get(f.path, WEIGHTS_ONLY)
-        report.findings.extend(consumer_findings(f, consumer, opts.allow))
+        verdict = consumer_findings(f, consumer, opts.allow)
+        if verdict:  # the consumer's verdict replaces the plain-torch one for this file
+            f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
+        report.findings.extend(verdict)
     for tmp in leftovers(root) if root.exists() else []:
         report.findings.append(Code.LEFTOVER_WRITE.finding(
             _rel(root, tmp), "temporary file from an interrupted ckptdoctor write",
@@ -128,7 +132,7 @@ def consumer_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str]
     missing = [n for n in v.allowlist if n not in consumer.allow and n not in set(user_allow)]
     if not missing:
         return []
-    from .snippets import safe_globals_snippet
+    from .diagnose import safe_globals_snippet
 
     effect = "" if fatal else " (the framework skips it silently: state is not restored)"
     return [Code.LOAD_FAILS.finding(
@@ -152,7 +156,7 @@ def _load_all(root: Path, report: Report, opts: ValidateOptions) -> list[Finding
             continue  # already known broken (or dangerous: never loaded)
         path = base / f.path if root.is_dir() else root
         try:
-            res = load_with_chain(path, allow=opts.allow, trust=opts.trust)
+            res = load_with_chain(path, allow=opts.allow, trust=opts.trust, static=f, rel=f.path)
         except LoadError as exc:
             out.extend(exc.findings or [Code.LOAD_FAILS.finding(f.path, str(exc))])
             continue
