@@ -55,7 +55,7 @@ def measure(cmd: list[str]) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="bench-out")
-    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=12)  # ~1.4 GB
     args = ap.parse_args()
     out = Path(args.dir)
     out.mkdir(exist_ok=True)

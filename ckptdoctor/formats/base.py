@@ -75,8 +75,10 @@ def add_global_findings(info: FileInfo, rel: str) -> None:
     if v is None or v.loads or dangerous:
         return
     if v.fixable:
+        more = f" and {len(v.allowlist) - 1} more" if len(v.allowlist) > 1 else ""
         info.findings.append(Code.WEIGHTS_ONLY_FAILS.finding(
-            rel, "torch.load(weights_only=True) fails; it needs: " + ", ".join(v.allowlist),
+            rel, f"plain torch.load(weights_only=True) fails: Unsupported global "
+                 f"{v.allowlist[0]}{more}",
             hint=f"ckptdoctor repair {rel or '.'}   (or allow-list: "
                  + ", ".join(v.allowlist) + ")", allowlist=v.allowlist))
     else:

@@ -1,0 +1,61 @@
+"""Checkpoint layouts: which framework wrote a directory, what it recorded, and what its resume
+needs. `LAYOUTS` is the one ordered registry, most specific first: a layout later in the tuple
+may also match a directory an earlier one claims (an HF checkpoint holds a DeepSpeed tag, a
+Lingua step is a DCP dir), never the other way round."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .accelerate import Accelerate
+from .base import Consumer, DirView, Layout
+from .dcp import Dcp
+from .deepspeed import DeepSpeed
+from .file import File
+from .hf_model import HfModel
+from .hf_run import HfRun
+from .hf_trainer import HfTrainer
+from .lightning import Lightning, describe_file
+from .lingua import Lingua
+from .llama_recipes import LlamaRecipesFsdp
+from .megatron import Megatron
+from .peft import Peft
+from .torchtitan import Torchtitan
+
+LAYOUTS: tuple[Layout, ...] = (
+    Lightning(), Megatron(), Torchtitan(), Lingua(), LlamaRecipesFsdp(), HfRun(), HfTrainer(),
+    Accelerate(), DeepSpeed(), Peft(), HfModel(), Dcp(), File(),
+)
+LAYOUT_NAMES = tuple(layout.name for layout in LAYOUTS)
+
+
+def detect_layout(d: DirView) -> Layout | None:
+    """The first layout (in registry order) that recognises `d`."""
+    return next((layout for layout in LAYOUTS if layout.match(d)), None)
+
+
+def find_checkpoints(d: DirView) -> list[str]:
+    """Directories below `d` (relative to it, sorted) that a layout recognises. A recognised
+    directory is not searched further (its parts are not separate checkpoints); a symlink to a
+    directory inside `d` (`latest -> step-9`) is skipped, its target is listed on its own."""
+    inside = Path(os.path.realpath(d.root))
+    seen: set[str] = set()
+
+    def walk(view: DirView, pre: str) -> list[str]:
+        found = []
+        for name in (x for x in view.dirs if "/" not in x):
+            path = view.root / name
+            real = os.path.realpath(path)
+            if real in seen or (path.is_symlink() and Path(real).is_relative_to(inside)):
+                continue
+            seen.add(real)
+            sub = view.sub(name)
+            found += [pre + name] if detect_layout(sub) else walk(sub, f"{pre}{name}/")
+        return found
+
+    return sorted(walk(d, ""))
+
+
+__all__ = ["LAYOUTS", "LAYOUT_NAMES", "Consumer", "DirView", "Layout", "detect_layout",
+           "describe_file", "find_checkpoints"]

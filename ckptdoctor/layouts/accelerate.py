@@ -1,0 +1,132 @@
+"""Accelerate `save_state`: model[_<i>].safetensors (or pytorch_model[_<i>].bin),
+optimizer[_<i>].bin, scheduler[_<i>].bin, random_states_<rank>.pkl, custom_checkpoint_<i>.pkl;
+FSDP as pytorch_model_fsdp_<i>/ + optimizer_<i>/ (DCP), DeepSpeed as pytorch_model/ + latest.
+
+`load_state` opens model/optimizer/scheduler i for every registered object (FileNotFoundError),
+but wraps the RNG restore in `except Exception: logger.info(...)`: a missing or unloadable
+random_states file is never an error there, the run just silently loses reproducibility."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..codes import Code
+from ..model import Finding, LayoutInfo
+from ..pickles.scan import lookup
+from . import deepspeed
+from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, DirView, LayoutBase,
+                   check_dcp, check_index, dcp_ranks, is_dcp, missing, numbered, plain, top_dirs,
+                   top_files, weights_details)
+
+SAFE_GLOBALS = NUMPY_RNG | {"_codecs.encode"}  # accelerate.utils.other.TORCH_SAFE_GLOBALS
+LOAD = Consumer("weights_only", SAFE_GLOBALS, who="accelerate.utils.load")
+RNG = Consumer("weights_only", SAFE_GLOBALS, who="accelerate load_state (RNG restore: errors "
+               "are caught and only logged)", fatal=False)
+CUSTOM = Consumer("unsafe", who="accelerate load_custom_state (weights_only=False)")
+RNG_RE = r"random_states_(\d+)\.pkl"
+CUSTOM_RE = r"custom_checkpoint_(\d+)\.pkl"
+DS = deepspeed.DeepSpeed()
+
+
+def indexed(names: list[str], stem: str, ext: str) -> dict[int, str]:
+    """Accelerate numbers the i-th object `<stem>_<i><ext>`, the first one plain `<stem><ext>`."""
+    out = numbered(names, rf"{re.escape(stem)}_(\d+){re.escape(ext)}")
+    if stem + ext in names:
+        out[0] = stem + ext
+    return out
+
+
+def models(names: list[str]) -> dict[int, str]:
+    return {**indexed(names, "pytorch_model", ".bin"), **indexed(names, "model", ".safetensors")}
+
+
+def gaps(found: dict[int, str]) -> list[int]:
+    return [i for i in range(max(found, default=-1) + 1) if i not in found]
+
+
+def fsdp_dirs(d: DirView) -> list[str]:
+    return [s for s in top_dirs(d) if is_dcp(d, s)]
+
+
+class Accelerate(LayoutBase):
+    name = "accelerate"
+
+    def match(self, d: DirView) -> bool:
+        """Accelerate's own names: RNG or custom state files, or optimizer/scheduler .bin next to
+        model weights (HF Trainer, matched earlier, writes optimizer.pt)."""
+        names = top_files(d)
+        own = numbered(names, RNG_RE) or numbered(names, CUSTOM_RE)
+        states = indexed(names, "optimizer", ".bin") or indexed(names, "scheduler", ".bin")
+        return bool(own or (models(names) and states))
+
+    def describe(self, d: DirView) -> LayoutInfo:
+        names = top_files(d)
+        rng = numbered(names, RNG_RE)
+        step = plain(lookup(d.pickle_root(rng[min(rng)]), "step")) if rng else None
+        m = re.fullmatch(r"checkpoint_(\d+)", d.root.name)  # automatic_checkpoint_naming
+        mods = models(names)
+        details: dict[str, Any] = {
+            "iteration": int(m.group(1)) if m else None,
+            "world_size": max(rng) + 1 if rng else None,
+            "num_models": len(mods), "num_optimizers": len(indexed(names, "optimizer", ".bin")),
+            "num_schedulers": len(indexed(names, "scheduler", ".bin")),
+            **weights_details(d, [mods[0]] if 0 in mods else []),
+        }
+        if deepspeed.tags(d):
+            details["deepspeed"] = DS.describe(d).details
+        return LayoutInfo(self.name, d.rel, step, {k: v for k, v in details.items()
+                                                   if v is not None})
+
+    def checks(self, d: DirView) -> list[Finding]:
+        names = top_files(d)
+        out = []
+        mods, opts = models(names), indexed(names, "optimizer", ".bin")
+        dcp, ds = fsdp_dirs(d), deepspeed.tags(d)
+        if not mods and not dcp and not ds:
+            out.append(missing(d, "model.safetensors", "load_state opens model i for every "
+                               "prepared model (FileNotFoundError)"))
+        for stem, found, ext in (("model", mods, ".safetensors"), ("optimizer", opts, ".bin"),
+                                 ("scheduler", indexed(names, "scheduler", ".bin"), ".bin")):
+            out += [missing(d, f"{stem}_{i}{ext}" if i else stem + ext,
+                            f"{stem} {i} of {max(found) + 1}: load_state opens one file per "
+                            "prepared object (FileNotFoundError)") for i in gaps(found)]
+        customs = numbered(names, CUSTOM_RE)
+        out += [missing(d, f"custom_checkpoint_{i}.pkl", "load_state raises RuntimeError when "
+                        "the count differs from the registered objects") for i in gaps(customs)]
+        if mods and not opts and not dcp and not ds:
+            out.append(Code.MODEL_ONLY.finding(
+                d.outer(""), "no optimizer[_<i>].bin: load_state fails if the run prepared an "
+                "optimizer, and a fresh one loses the training state"))
+        for index in (n for n in names if n.endswith(".index.json")):
+            out += check_index(d, index)
+        for sub in dcp:
+            out += check_dcp(d, sub)
+        if ds or d.has("latest"):
+            out += DS.checks(d)
+        out += self.check_rng(d, names)
+        return out
+
+    def check_rng(self, d: DirView, names: list[str]) -> list[Finding]:
+        """random_states_<rank>.pkl per rank (CK405, a warning: accelerate skips it silently)."""
+        rng = numbered(names, RNG_RE)
+        ranks = set(rng)
+        for sub in fsdp_dirs(d):
+            ranks |= dcp_ranks(d, sub)
+        ws = max(ranks) + 1 if ranks else 1
+        return [Code.RNG_RANK_MISSING.finding(
+            d.outer(f"random_states_{r}.pkl"), f"random_states_{r}.pkl is missing: accelerate "
+            f"catches the error and rank {r} resumes with a fresh RNG, silently", rank=r)
+            for r in range(ws) if r not in rng]
+
+    def consumer(self, d: DirView, rel: str) -> Consumer:
+        first, _, rest = rel.partition("/")
+        if rest and deepspeed.is_tag(d, first):
+            return deepspeed.LOAD
+        if rest and first in fsdp_dirs(d):
+            return DCP_CONSUMER
+        if re.fullmatch(RNG_RE, rel):
+            return RNG
+        if rel.startswith("custom_checkpoint_"):
+            return CUSTOM
+        return SAFETENSORS if rel.endswith(".safetensors") else LOAD

@@ -1,0 +1,158 @@
+"""DeepSpeed `engine.save_checkpoint`: `<save_dir>/latest` names a tag dir holding
+`[zero_pp_rank_<dp>_]mp_rank_<mp>_model_states.pt` and, under ZeRO, one
+`[bf16_]zero_pp_rank_<dp>_mp_rank_<mp>_optim_states.pt` per data-parallel rank.
+
+`load_checkpoint(tag=None)` reads `latest`; without it DeepSpeed warns and loads nothing, and a
+missing optimizer partition only surfaces in zero_to_fp32 or on resume, so both are checked
+here. Sizes and stages are read off the pickles statically (dp_world_size, partition_count)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..codes import Code
+from ..model import Finding, LayoutInfo
+from ..pickles.scan import SymList, lookup
+from .base import Consumer, DirView, LayoutBase, join, missing, plain, top_dirs, top_files
+
+MODEL_RE = re.compile(r"(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt")
+OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
+LOAD = Consumer("unsafe", who="DeepSpeed >= 0.16 TorchCheckpointEngine "
+                "(torch.load(weights_only=False))")
+
+
+def tags(d: DirView) -> list[str]:
+    """Subdirectories that hold DeepSpeed model or optimizer states."""
+    return [t for t in top_dirs(d) if is_tag(d, t)]
+
+
+def is_tag(d: DirView, sub: str) -> bool:
+    return any(MODEL_RE.fullmatch(f) or OPTIM_RE.fullmatch(f) for f in top_files(d, sub))
+
+
+def latest_tag(d: DirView) -> str | None:
+    return d.read_text("latest") if d.has("latest") else None
+
+
+def tag_facts(d: DirView, tag: str) -> dict[str, Any]:
+    """What a tag's file names and its first model/optim pickles say (nothing unpickled)."""
+    files = top_files(d, tag)
+    model = {f: MODEL_RE.fullmatch(f) for f in files if MODEL_RE.fullmatch(f)}
+    optim = {f: OPTIM_RE.fullmatch(f) for f in files if OPTIM_RE.fullmatch(f)}
+    mroot = d.pickle_root(join(tag, min(model))) if model else None
+    oroot = d.pickle_root(join(tag, min(optim))) if optim else None
+    zero3 = any(m.group(1) is not None for m in model.values())
+    stage = 3 if zero3 else (
+        plain(lookup(mroot, "ds_config", "zero_optimization", "stage"))
+        or plain(lookup(oroot, "optimizer_state_dict", "zero_stage"))
+        or plain(lookup(oroot, "ds_config", "zero_optimization", "stage")))
+    parts = lookup(oroot, "optimizer_state_dict", "partition_count")
+    if isinstance(parts, SymList):  # ZeRO-1/2: one count per param group
+        parts = max((p for p in parts if isinstance(p, int)), default=None)
+    return {
+        "model": model, "optim": optim, "zero3": zero3,
+        "zero_stage": stage if stage is not None else (None if optim else 0),
+        "dp_world_size": plain(lookup(mroot, "dp_world_size")),
+        "mp_world_size": plain(lookup(mroot, "mp_world_size")),
+        "partition_count": plain(parts),
+        "global_steps": plain(lookup(mroot, "global_steps")),
+        "ds_version": plain(lookup(mroot, "ds_version")) or plain(lookup(oroot, "ds_version")),
+    }
+
+
+def world_size(d: DirView) -> int | None:
+    """dp * mp of this tag dir, or of the tag `latest` names, else of any tag: the size the
+    run was saved with."""
+    tag = "" if is_tag(d, "") else latest_tag(d)
+    for t in ([tag] if tag is not None and is_tag(d, tag) else []) + tags(d):
+        f = tag_facts(d, t)
+        if isinstance(f["dp_world_size"], int):
+            return f["dp_world_size"] * (f["mp_world_size"] or 1)
+    return None
+
+
+def check_tag(d: DirView, tag: str) -> list[Finding]:
+    """Every model_states file present (CK401); optimizer partitions per model-parallel rank ==
+    partition_count == dp_world_size (CK409)."""
+    f = tag_facts(d, tag)
+    if not f["model"]:
+        return [missing(d, join(tag, "mp_rank_00_model_states.pt"),
+                        "DeepSpeed load_checkpoint reads the model states of every tag")]
+    out = []
+    dp, mp = f["dp_world_size"], f["mp_world_size"]
+    if f["zero3"]:  # one model_states per (dp, mp) rank
+        have = {(int(m.group(1)), int(m.group(2))) for m in f["model"].values()}
+        want = {(r, p) for r in range(dp or 0) for p in range(mp or 1)}
+        names = [f"zero_pp_rank_{r}_mp_rank_{p:02d}_model_states.pt" for r, p in sorted(want - have)]
+    else:
+        have_mp = {int(m.group(2)) for m in f["model"].values()}
+        names = [f"mp_rank_{p:02d}_model_states.pt" for p in range(mp or 0) if p not in have_mp]
+    out += [missing(d, join(tag, n), "written by every rank; DeepSpeed cannot load without it")
+            for n in names]
+    if not f["optim"] and not f["zero_stage"]:
+        return out  # ZeRO-0: the optimizer lives in model_states
+    by_mp: dict[int, set[int]] = {p: set() for p in range(mp or 1)}
+    for m in f["optim"].values():
+        by_mp.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    expect = f["partition_count"] or dp
+    for p, ranks in sorted(by_mp.items()):
+        n = expect or (max(ranks) + 1 if ranks else 0)
+        counts = {"files": len(ranks), "partition_count": f["partition_count"],
+                  "dp_world_size": dp}
+        if len(ranks) != n or (dp and f["partition_count"] and dp != f["partition_count"]):
+            gone = [r for r in range(n) if r not in ranks]
+            out.append(Code.SHARD_COUNT.finding(
+                d.outer(tag), f"mp_rank {p:02d}: {len(ranks)} optimizer partition file(s) for "
+                f"partition_count={f['partition_count']}, dp_world_size={dp}"
+                + (f"; missing dp rank(s) {gone[:8]}" if gone else ""),
+                hint="a rank did not finish saving (zero_to_fp32 says 'Expected N of "
+                     "*_optim_states.pt'); use the previous tag", **counts))
+    return out
+
+
+class DeepSpeed(LayoutBase):
+    name = "deepspeed"
+
+    def match(self, d: DirView) -> bool:
+        top = set(top_files(d))
+        return bool(tags(d)) or is_tag(d, "") or {"latest", "zero_to_fp32.py"} <= top
+
+    def describe(self, d: DirView) -> LayoutInfo:
+        tag = "" if is_tag(d, "") else latest_tag(d)
+        all_tags = tags(d)
+        details: dict[str, Any] = {"tag": tag or None, "tags": all_tags}
+        if tag is not None and is_tag(d, tag):
+            f = tag_facts(d, tag)
+            details.update({k: f[k] for k in ("zero_stage", "dp_world_size", "mp_world_size",
+                                              "ds_version")})
+            details["world_size"] = world_size(d)
+            step = f["global_steps"]
+        else:
+            step = None
+        if step is None and tag:
+            m = re.search(r"(\d+)$", tag)
+            step = int(m.group(1)) if m else None
+        return LayoutInfo(self.name, d.rel, step, details)
+
+    def checks(self, d: DirView) -> list[Finding]:
+        if is_tag(d, ""):
+            return check_tag(d, "")
+        out = []
+        tag = latest_tag(d)
+        if tag is None:
+            out.append(missing(d, "latest", "load_checkpoint(tag=None) then logs a warning and "
+                               "loads nothing (no exception)",
+                               "write the tag to resume from into 'latest'"))
+        elif tag and not is_tag(d, tag):
+            out.append(Code.LATEST_TAG_MISSING.finding(
+                d.outer("latest"), f"'latest' names tag {tag!r}, which "
+                + ("holds no model states" if tag in top_dirs(d) else "does not exist"),
+                hint="point 'latest' at a complete tag: " + (", ".join(tags(d)) or "none left"),
+                tag=tag))
+        for t in tags(d):
+            out += check_tag(d, t)
+        return out
+
+    def consumer(self, d: DirView, rel: str) -> Consumer:
+        return LOAD

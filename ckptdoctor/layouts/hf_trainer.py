@@ -1,0 +1,182 @@
+"""HF Trainer `checkpoint-<global_step>/`: weights (full, sharded, adapter, FSDP or DeepSpeed),
+optimizer.pt + scheduler.pt, rng_state[_<rank>].pth and trainer_state.json (written last).
+
+Resume needs trainer_state.json and one weights form; it loads optimizer and scheduler only if
+BOTH exist and otherwise skips them silently; a missing rng file only logs at info level. So
+the silent cases are warnings here, the crashing ones errors."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..codes import Code
+from ..model import Finding, LayoutInfo
+from . import deepspeed, hf_model, peft
+from .accelerate import Accelerate
+from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, DirView, LayoutBase, check_dcp,
+                   check_index, dcp_ranks, is_dcp, load_json, missing, numbered, top_dirs,
+                   top_files, weights_details)
+
+NAME_RE = re.compile(r"checkpoint-(\d+)")
+RNG = Consumer("weights_only", NUMPY_RNG, who="transformers Trainer._load_rng_state")
+LOAD = Consumer("weights_only", who="transformers Trainer (torch.load(weights_only=True))")
+ARGS = Consumer("unused", who="Trainer never reads it on resume")
+FSDP_WEIGHTS = ("pytorch_model_fsdp.bin",)
+DS, PEFT, ACCELERATE = deepspeed.DeepSpeed(), peft.Peft(), Accelerate()
+
+
+def name_step(d: DirView) -> int | None:
+    m = NAME_RE.fullmatch(d.root.name)
+    return int(m.group(1)) if m else None
+
+
+def fsdp_dirs(d: DirView) -> list[str]:
+    """accelerate's sharded FSDP state: pytorch_model_fsdp_<i>/ and optimizer_<i>/ (DCP)."""
+    return [s for s in top_dirs(d) if s.startswith(("pytorch_model_fsdp", "optimizer"))
+            and is_dcp(d, s)]
+
+
+def weights_form(d: DirView) -> tuple[str | None, list[str]]:
+    """(kind, files) of the weights resume would load, as Trainer._load_from_checkpoint checks."""
+    name = hf_model.weight_file(d)
+    if name:
+        return ("bin" if ".bin" in name else "safetensors"), [name]
+    adapter = peft.adapter_file(d)
+    if adapter or peft.adapter_dirs(d):
+        return "adapter", [adapter] if adapter else []
+    if any(f in FSDP_WEIGHTS for f in top_files(d)) or any(
+            s.startswith("pytorch_model_fsdp") for s in fsdp_dirs(d)):
+        return "fsdp", []
+    if deepspeed.tags(d):
+        return "deepspeed", []
+    return None, []
+
+
+def rng_ranks(d: DirView) -> dict[int, str]:
+    return numbered(top_files(d), r"rng_state_(\d+)\.pth")
+
+
+def world_size(d: DirView) -> int | None:
+    """Saved world size: DeepSpeed's dp*mp, FSDP's shard writers, or the rng files."""
+    ws = deepspeed.world_size(d)
+    if ws:
+        return ws
+    ranks = set(rng_ranks(d))
+    for s in fsdp_dirs(d):
+        ranks |= dcp_ranks(d, s)
+    return max(ranks) + 1 if ranks else None
+
+
+class HfTrainer(LayoutBase):
+    name = "hf-trainer"
+
+    def match(self, d: DirView) -> bool:
+        """trainer_state.json, or a non-empty `checkpoint-N` that lost it. Accelerate-based
+        scripts (diffusers) also name their save_state dirs checkpoint-N: not claimed here."""
+        return d.has("trainer_state.json") or (
+            name_step(d) is not None and bool(d.files) and not ACCELERATE.match(d))
+
+    def describe(self, d: DirView) -> LayoutInfo:
+        state = d.read_json("trainer_state.json")
+        state = state if isinstance(state, dict) else {}
+        kind, files = weights_form(d)
+        details: dict[str, Any] = {"weights": kind, **weights_details(d, files),
+                                   **hf_model.config_details(d)}
+        details["epoch"] = state.get("epoch")
+        logs = [e for e in state.get("log_history") or [] if isinstance(e, dict)]
+        for key in ("learning_rate", "loss"):
+            details[key] = next((e[key] for e in reversed(logs) if key in e), None)
+        details["max_steps"] = state.get("max_steps")
+        details["world_size"] = world_size(d)
+        if DS.match(d):
+            details["deepspeed"] = DS.describe(d).details
+        if kind == "adapter":
+            details["peft"] = peft.adapter_details(d)
+        step = state.get("global_step")
+        return LayoutInfo(self.name, d.rel, step if isinstance(step, int) else name_step(d),
+                          {k: v for k, v in details.items() if v is not None})
+
+    def checks(self, d: DirView) -> list[Finding]:
+        out = self.check_state(d)
+        ds = DS.match(d)
+        kind, files = weights_form(d)
+        if kind is None:
+            out.append(missing(d, "model.safetensors", "no model weights (model.safetensors, "
+                               "pytorch_model.bin, an index, adapter_model.*, FSDP or DeepSpeed "
+                               "state): resume raises \"Can't find a valid checkpoint\""))
+        elif kind == "adapter":
+            out += PEFT.checks(d)
+        elif files and files[0].endswith(".index.json"):
+            out += check_index(d, files[0])
+        for s in fsdp_dirs(d):
+            out += check_dcp(d, s)
+        if ds:
+            out += DS.checks(d)
+        else:
+            out += self.check_optimizer(d)
+        out += self.check_rng(d)
+        return out
+
+    def check_state(self, d: DirView) -> list[Finding]:
+        """trainer_state.json parses (CK401/CK415) and its global_step is N (CK404)."""
+        state, out = load_json(d, "trainer_state.json", "Trainer loads it unconditionally on "
+                               "resume (FileNotFoundError); it is written last, so the save "
+                               "did not finish")
+        n = name_step(d)
+        step = state.get("global_step") if isinstance(state, dict) else None
+        if n is not None and state is not None and step != n:
+            out.append(Code.STEP_MISMATCH.finding(
+                d.outer("trainer_state.json"), f"global_step is {step!r} but the directory "
+                f"says {n}", hint="the state comes from another save; resume would restart "
+                "the schedule at the wrong step", global_step=step, dir_step=n))
+        return out
+
+    def check_optimizer(self, d: DirView) -> list[Finding]:
+        """Both optimizer and scheduler, or resume silently loads neither (CK417/CK416)."""
+        top = set(top_files(d))
+        opt = bool(top & {"optimizer.pt", "optimizer.bin"}) or any(
+            "optimizer" in s for s in top_dirs(d))
+        sched = "scheduler.pt" in top
+        if opt and sched:
+            return []
+        if not opt and not sched:
+            return [Code.MODEL_ONLY.finding(
+                d.outer(""), "no optimizer.pt and no scheduler.pt: resume restarts the "
+                "optimizer and LR schedule from scratch", hint="expected with "
+                "save_only_model=True; otherwise the save was cut short")]
+        gone = "scheduler.pt" if opt else "optimizer.pt"
+        return [Code.OPTIONAL_MISSING.finding(
+            d.outer(gone), f"{gone} is missing: Trainer loads optimizer and scheduler only "
+            "when both exist, so resume silently restarts both", hint="use a checkpoint that "
+            "has both, or accept a fresh optimizer")]
+
+    def check_rng(self, d: DirView) -> list[Finding]:
+        """rng_state_<i>.pth for every rank < saved world size (CK405)."""
+        ranks = rng_ranks(d)
+        ws = world_size(d)
+        if not ranks and d.has("rng_state.pth") and (ws or 1) == 1:
+            return []
+        if not ranks and not d.has("rng_state.pth"):
+            return [Code.RNG_RANK_MISSING.finding(
+                d.outer("rng_state.pth"), "no rng_state.pth / rng_state_<rank>.pth: resume "
+                "only logs this, and data order and dropout are no longer reproducible")]
+        return [Code.RNG_RANK_MISSING.finding(
+            d.outer(f"rng_state_{r}.pth"), f"rng_state_{r}.pth is missing (saved world size "
+            f"{ws}): rank {r} resumes with a fresh RNG, silently", rank=r)
+            for r in range(ws or 0) if r not in ranks]
+
+    def consumer(self, d: DirView, rel: str) -> Consumer:
+        first, _, _ = rel.partition("/")
+        name = rel.rsplit("/", 1)[-1]
+        if "/" in rel and deepspeed.is_tag(d, first):
+            return deepspeed.LOAD
+        if "/" in rel and first in fsdp_dirs(d):
+            return DCP_CONSUMER
+        if name.startswith("rng_state"):
+            return RNG
+        if name == "training_args.bin":
+            return ARGS
+        if name.endswith(".safetensors"):
+            return SAFETENSORS
+        return LOAD

@@ -1,0 +1,149 @@
+"""Golden CLI cases: one real checkpoint per layout (written by the real library inside the
+test, or hand-built where the framework is not installable: see tests/fixtures/factory.py),
+`inspect --json` and `validate --format json` run through the CLI, and a stable projection of
+the output compared with tests/golden/<case>.json.
+
+Adding a regression case is two lines: a builder below and `UPDATE_GOLDEN=1 pytest
+tests/test_golden.py` to write its expected file (review it before committing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ckptdoctor.cli import app
+from ckptdoctor.formats import detect_file
+from ckptdoctor.standins import resolve_allowlist
+from tests.fixtures import factory as fx
+
+GOLDEN = Path(__file__).parent / "golden"
+NUMPY1 = Path(__file__).parent / "fixtures" / "numpy1"
+runner = CliRunner()
+
+
+def _hf_numpy1(d: Path) -> Path:
+    """An HF Trainer checkpoint whose rng_state.pth / training_args.bin were written by
+    numpy 1.x (real files from tests/fixtures/numpy1, made by a numpy 1.26 environment)."""
+    ckpt = fx.make_hf_trainer_run(d, steps=2, save_steps=2) / "checkpoint-2"
+    shutil.copy(NUMPY1 / "rng_state.pth", ckpt / "rng_state.pth")
+    shutil.copy(NUMPY1 / "training_args.bin", ckpt / "training_args.bin")
+    return ckpt
+
+
+def _accelerate_numpy1(d: Path) -> Path:
+    out = fx.make_accelerate_state(d)
+    shutil.copy(NUMPY1 / "random_states_0.pkl", out / "random_states_0.pkl")
+    return out
+
+
+def _hf_cut_short(d: Path) -> Path:
+    """The newest checkpoint of a run killed mid-save: trainer_state.json (written last) is
+    missing and one weight shard is cut."""
+    run = fx.make_hf_trainer_run(d, steps=4, save_steps=2)
+    ckpt = run / "checkpoint-4"
+    (ckpt / "trainer_state.json").unlink()
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return run
+
+
+CASES = {
+    "torch_zip": lambda d: fx.make_torch_zip(d),
+    "torch_legacy": lambda d: fx.make_torch_legacy(d),
+    "numpy_state": lambda d: fx.make_numpy_state(d),
+    "safetensors": lambda d: fx.make_safetensors(d),
+    "hf_model_sharded": lambda d: fx.make_hf_model(d, sharded=True),
+    "hf_model_bin_sharded": lambda d: fx.make_hf_model(d, sharded=True, safe=False),
+    "hf_run": lambda d: fx.make_hf_trainer_run(d, steps=4, save_steps=2),
+    "hf_run_cut_short": _hf_cut_short,
+    "hf_checkpoint": lambda d: fx.make_hf_trainer_run(d, steps=2, save_steps=2) / "checkpoint-2",
+    "hf_checkpoint_numpy1": _hf_numpy1,
+    "accelerate": lambda d: fx.make_accelerate_state(d),
+    "accelerate_numpy1": _accelerate_numpy1,
+    "peft": lambda d: fx.make_peft_adapter(d),
+    "peft_empty": lambda d: fx.make_peft_adapter(d, empty=True),
+    "lightning_namespace": lambda d: fx.make_lightning_ckpt(d),
+    "lightning_clean": lambda d: fx.make_lightning_ckpt(d, hparams_namespace=False),
+    "dcp": lambda d: fx.make_dcp(d),
+    "lingua": lambda d: fx.make_lingua(d),
+    "torchtitan": lambda d: fx.make_torchtitan(d) / "checkpoint" / "step-10",
+    "megatron_torch": lambda d: fx.make_megatron(d, fmt="torch"),
+    "megatron_torch_dist": lambda d: fx.make_megatron(d, fmt="torch_dist"),
+    "llama_recipes_fsdp": lambda d: fx.make_llama_recipes_fsdp(d),
+    "deepspeed_zero2": lambda d: fx.make_deepspeed(d, stage=2),
+    "deepspeed_zero3": lambda d: fx.make_deepspeed(d, stage=3),
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("golden")
+    return {name: make(root / name) for name, make in CASES.items()}
+
+
+def project(inspect_doc: dict, validate_doc: dict, validate_rc: int) -> dict:
+    """The stable part of the output: what a golden file pins down."""
+    return {
+        "layout": inspect_doc["layout"]["name"],
+        "step": inspect_doc["layout"]["step"],
+        "checkpoints": sorted((c["path"], c["name"], c["step"]) for c in inspect_doc["checkpoints"]),
+        "files": {f["path"]: [f["format"], None if f["weights_only"] is None else
+                              f["weights_only"]["loads"],
+                              sorted(f["weights_only"]["allowlist"]) if f["weights_only"] else []]
+                  for f in inspect_doc["files"]},
+        "inspect_findings": sorted({(f["code"], f["path"]) for f in inspect_doc["findings"]}),
+        "validate_rc": validate_rc,
+        "validate_findings": sorted({(f["code"], f["severity"], f["path"])
+                                     for f in validate_doc["findings"]}),
+    }
+
+
+def _roundtrip(value):
+    return json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(built, case):
+    path = built[case]
+    r1 = runner.invoke(app, ["inspect", "--json", str(path)])
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(app, ["validate", "--format", "json", str(path)])
+    assert r2.exit_code in (0, 1), r2.output
+    got = _roundtrip(project(json.loads(r1.stdout), json.loads(r2.stdout), r2.exit_code))
+    golden = GOLDEN / f"{case}.json"
+    if os.environ.get("UPDATE_GOLDEN") or not golden.exists():
+        if not os.environ.get("UPDATE_GOLDEN"):
+            pytest.fail(f"no golden file {golden}; run with UPDATE_GOLDEN=1 and review it")
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(golden.read_text())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reported_allowlist_loads_every_torch_zip(built, case):
+    """For every torch zip of every fixture, the allow-list inspect reports makes
+    torch.load(weights_only=True) succeed under torch.serialization.safe_globals."""
+    root = built[case]
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    checked = 0
+    for p in files:
+        info = detect_file(p, p.name)
+        if info.format != "torch-zip" or info.weights_only is None:
+            continue
+        v = info.weights_only
+        if not v.fixable:
+            continue
+        names = v.allowlist
+        with torch.serialization.safe_globals(resolve_allowlist(names, user_vouched=names)):
+            torch.load(p, weights_only=True, map_location="cpu")
+        checked += 1
+    if case in ("safetensors", "peft", "peft_empty", "hf_model_sharded", "dcp", "torchtitan",
+                "llama_recipes_fsdp", "megatron_torch_dist", "torch_legacy"):
+        return
+    assert checked, f"{case}: no torch zip checked"
