@@ -14,7 +14,7 @@ from ..model import FileInfo
 from .base import HEAD_BYTES, Format, Probe
 from .dcp import DcpMetadataFormat, DcpShard
 from .numpy_file import Numpy
-from .pickle_file import PickleFile
+from .pickle_file import PickleFile, hidden_pickle
 from .safetensors_file import Safetensors
 from .text_file import Empty, Json, Text
 from .torch_legacy import TorchLegacy
@@ -51,7 +51,13 @@ def detect_file(path: Path, rel: str = "") -> FileInfo:
         return FileInfo(rel, "unknown", st.st_size,
                         findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
     probe = Probe(Path(path), head, st.st_size)
-    fmt = next((f for f in FORMATS if f.sniff(probe)), None)
+    try:
+        fmt = next((f for f in FORMATS if f.sniff(probe)), None)
+        if (fmt is None or fmt.name == "text") and st.st_size and hidden_pickle(probe.path):
+            fmt = PickleFile()
+    except OSError as exc:
+        return FileInfo(rel, "unknown", st.st_size,
+                        findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
     if (fmt is None or fmt.name == "text") and probe.path.suffix in PROMISED and st.st_size:
         fmt = PROMISED[probe.path.suffix]
     if fmt is None:

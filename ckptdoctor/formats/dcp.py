@@ -13,9 +13,9 @@ from typing import Any
 
 from ..codes import Code
 from ..model import FileInfo, TensorInfo
-from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, SymList, scan_bytes
+from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, SymList, scan_bytes, scan_stream
 from .base import FileSlice, Probe, add_global_findings, merge_scans
-from .torch_zip import scan_zip
+from .torch_zip import ZIP_MAGIC, scan_zip
 
 MAX_METADATA = 1 << 30
 DCP_GLOBAL_PREFIXES = (
@@ -183,7 +183,14 @@ class DcpShard:
             for start, length in spans:
                 if start + length > probe.size:
                     continue  # reported by the layout check against .metadata
-                part = scan_zip(FileSlice(fh, start, length), f"{rel}@{start}")
+                fh.seek(start)
+                if fh.read(4) != ZIP_MAGIC:
+                    # torch.load(BytesIO(item)) reads a non-zip item as a legacy pickle stream
+                    where = f"{rel}@{start}"
+                    part = FileInfo(where, "pickle", length)
+                    merge_scans(part, [scan_stream(FileSlice(fh, start, length), where)], where)
+                else:
+                    part = scan_zip(FileSlice(fh, start, length), f"{rel}@{start}")
                 inner.append(part)
         info.meta["items"] = len(spans)
         for part in inner:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import io
 import zipfile
 from typing import BinaryIO
 
@@ -12,7 +11,7 @@ from ..codes import Code
 from ..model import FileInfo, TensorInfo
 from ..pickles.scan import scan_stream
 from .base import Probe, merge_scans
-from .torch_zip import MAX_INFLATE, is_zip_head
+from .torch_zip import is_zip_head
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_NPY_HEADER = 1 << 20
@@ -34,7 +33,7 @@ def _read_npy(fh: BinaryIO, rel: str, info: FileInfo, name: str) -> None:
     except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
         info.findings.append(Code.PICKLE_MALFORMED.finding(rel, f"{name}: bad npy header: {exc}"))
         return
-    if "O" in str(descr):
+    if _may_hold_objects(descr):
         info.findings.append(Code.NPY_OBJECT.finding(
             rel, f"{name}: object array; numpy.load(allow_pickle=True) would unpickle it"))
         scan = scan_stream(fh, f"{rel}!{name}")
@@ -45,6 +44,21 @@ def _read_npy(fh: BinaryIO, rel: str, info: FileInfo, name: str) -> None:
         n *= int(d)
     itemsize = int(str(descr)[2:]) if str(descr)[2:].isdigit() else 0
     info.tensors.append(TensorInfo(name, str(descr), shape, n * itemsize))
+
+
+def _may_hold_objects(descr: object) -> bool:
+    """Does numpy.load unpickle this array? It does when np.dtype(descr).hasobject, which
+    'O' in the text does not capture ('object', nested structured fields ...). Parsed with
+    numpy's own descr_to_dtype (it only builds a dtype; nothing is imported from the file);
+    a descr numpy cannot parse is refused by numpy.load before any unpickling."""
+    if isinstance(descr, str) and "O" in descr:
+        return True
+    try:
+        from numpy.lib.format import descr_to_dtype
+
+        return bool(descr_to_dtype(descr).hasobject)
+    except Exception:  # noqa: BLE001 - numpy.load raises on it too, before pickle.load
+        return False
 
 
 class Numpy:
@@ -63,8 +77,10 @@ class Numpy:
         try:
             with zipfile.ZipFile(probe.path) as zf:
                 for member in zf.infolist():
+                    # Streamed from the archive: only the header (and an object array's pickle)
+                    # is inflated, never a whole (possibly bomb) member.
                     with zf.open(member) as fh:
-                        _read_npy(io.BytesIO(fh.read(MAX_INFLATE)), rel, info, member.filename)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                        _read_npy(fh, rel, info, member.filename)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"npz archive corrupt: {exc}"))
         return info

@@ -4,9 +4,12 @@ very old torch, ...). Several pickles may follow each other; all are scanned."""
 from __future__ import annotations
 
 import pickletools
+import re
+from pathlib import Path
 
+from ..codes import Code
 from ..model import FileInfo
-from ..pickles.scan import scan_stream
+from ..pickles.scan import ScanLimits, scan_stream
 from .base import Probe, merge_scans
 
 MAX_STACKED = 64
@@ -31,6 +34,26 @@ def _parses_a_little(head: bytes) -> bool:
     except Exception:  # noqa: BLE001 - a partial head often ends mid-opcode
         return False
     return False
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_SHADOW_LIMITS = ScanLimits(max_opcodes=1_000_000)
+
+
+def hidden_pickle(path: Path) -> bool:
+    """Is a file that sniffs as text or nothing a pickle after all?
+
+    torch.load unpickles every file that is neither a zip nor a tar, whatever its name, so a
+    payload may hide behind a first opcode the head-sniff does not expect (a 300-byte STRING, a
+    SHORT_BINBYTES full of NULs, a .json or .safetensors name). The first pickle is walked
+    symbolically (it stops at the first opcode that cannot parse, which for real text or binary
+    data is within a few bytes); any global naming a Python-looking path, any computed global,
+    or a scan limit makes it a pickle."""
+    with open(path, "rb") as fh:
+        scan = scan_stream(fh, "", _SHADOW_LIMITS)
+    if any(f.code == Code.PICKLE_LIMIT.code for f in scan.findings):
+        return True
+    return any(g.name.startswith("<") or _IDENT.fullmatch(g.name) for g in scan.globals)
 
 
 class PickleFile:

@@ -4,22 +4,125 @@ its raw bytes."""
 
 from __future__ import annotations
 
+import struct
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
 from ..codes import Code
-from ..model import FileInfo
-from ..pickles.scan import SymList, scan_stream
+from ..model import FileInfo, WeightsOnlyVerdict
+from ..pickles.scan import STORAGE_DTYPES, Glob, PickleScan, SymList, scan_stream
 from .base import Probe, merge_scans
+
+MAX_TAR_MEMBERS = 10_000
+MAX_TAR_ITEMS = 10_000_000  # storages / tensors a tar member may declare
 
 # pickle of the int 0x1950a86a20f9469cfc6c: PROTO 2, LONG1 10 bytes
 LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def is_tar(path: Path) -> bool:
+    """A tar header block (checksum verified): torch.load tries the tar format first."""
+    try:
+        with open(path, "rb") as fh:
+            block = fh.read(tarfile.BLOCKSIZE)
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except (OSError, tarfile.TarError, ValueError):
+        return False
+    return True
+
+
+def _scan_counted(fh: BinaryIO, rel: str, member: str, scans: list[PickleScan]) -> int | None:
+    """Scan one pickle that holds a count; the count, or None when it is not a sane int."""
+    scans.append(scan_stream(fh, f"{rel}!{member}"))
+    n = scans[-1].root
+    if not scans[-1].complete or not isinstance(n, int) or not 0 <= n <= MAX_TAR_ITEMS:
+        return None
+    return n
+
+
+def _scan_tar_member(fh: BinaryIO, name: str, rel: str, scans: list[PickleScan]) -> bool:
+    """Scan every pickle torch's legacy_load reads from one tar member, skipping the raw bytes
+    between them exactly as torch does. False when the layout could not be followed."""
+    if name == "pickle":
+        scans.append(scan_stream(fh, f"{rel}!pickle"))
+        return scans[-1].complete
+    n = _scan_counted(fh, rel, name, scans)
+    if n is None:
+        return False
+    for _ in range(n):
+        scans.append(scan_stream(fh, f"{rel}!{name}"))
+        args = scans[-1].root
+        if not scans[-1].complete or not isinstance(args, tuple) or len(args) < 3:
+            return False
+        if name == "storages":  # (key, location, storage_type); then int64 count + data
+            stype = args[2].match.rpartition(".")[2] if isinstance(args[2], Glob) else ""
+            itemsize = STORAGE_DTYPES.get(stype, (None, None))[1]
+            raw = fh.read(8)
+            if itemsize is None or len(raw) < 8:
+                return False
+            fh.seek(struct.unpack("<q", raw)[0] * itemsize, 1)
+        else:  # tensors: int32 ndim, 4 bytes, ndim sizes, ndim strides, int64 offset
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return False
+            ndim = struct.unpack("<i", raw[:4])[0]
+            if not 0 <= ndim <= 64:
+                return False
+            fh.seek(16 * ndim + 8, 1)
+    if name == "storages":  # storage views follow the storages
+        scans.append(scan_stream(fh, f"{rel}!storages"))
+        return scans[-1].complete
+    return True
+
+
+def read_tar(probe: Probe, rel: str) -> FileInfo:
+    """torch's oldest format, a tar of 'storages', 'tensors' and 'pickle'. weights_only=True
+    refuses it; weights_only=False unpickles all three members, so all are scanned."""
+    info = FileInfo(rel, "torch-legacy", probe.size, meta={"container": "tar"})
+    scans: list[PickleScan] = []
+    unverified: list[str] = []
+    try:
+        with tarfile.open(probe.path, mode="r:") as tar:
+            members = []
+            for m in tar:
+                members.append(m)
+                if len(members) >= MAX_TAR_MEMBERS:
+                    unverified.append(f"more than {MAX_TAR_MEMBERS} members")
+                    break
+            for m in members:
+                if m.name not in ("storages", "tensors", "pickle"):
+                    continue
+                if not m.isreg():
+                    unverified.append(f"{m.name} is not a regular member")
+                    continue
+                fh = tar.extractfile(m)
+                if fh is None or not _scan_tar_member(fh, m.name, rel, scans):
+                    unverified.append(m.name)
+    except (tarfile.TarError, OSError, ValueError, EOFError, OverflowError) as exc:
+        unverified.append(f"tar structure: {exc}")
+    if not scans and not unverified:  # a tar, but not torch's: torch.load unpickles nothing
+        return FileInfo(rel, "unknown", probe.size, meta={"container": "tar"})
+    refusal = PickleScan(verdict=WeightsOnlyVerdict(False, [], False, [
+        "legacy .tar format: torch.load(weights_only=True) refuses it"]))
+    merge_scans(info, [*scans, refusal], rel)
+    if unverified:
+        info.findings.append(Code.PICKLE_MALFORMED.finding(
+            rel, "legacy tar checkpoint whose pickles could not all be scanned: "
+                 + "; ".join(unverified[:5]),
+            hint="torch.load(weights_only=False) would unpickle them; do not load it"))
+    return info
 
 
 class TorchLegacy:
     name = "torch-legacy"
 
     def sniff(self, probe: Probe) -> bool:
-        return probe.head.startswith(LEGACY_MAGIC)
+        return probe.head.startswith(LEGACY_MAGIC) or is_tar(probe.path)
 
     def read(self, probe: Probe, rel: str) -> FileInfo:
+        if not probe.head.startswith(LEGACY_MAGIC):
+            return read_tar(probe, rel)
         info = FileInfo(rel, self.name, probe.size)
         with open(probe.path, "rb") as fh:
             scans = []

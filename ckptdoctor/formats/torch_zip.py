@@ -19,6 +19,17 @@ from .base import MAX_PICKLE_BYTES, Probe, merge_scans
 
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_INFLATE = 256 << 20  # a compressed record is inflated at most this far (zip bombs)
+MAX_MEMBER_BYTES = 1 << 30  # all members read while looking for nested payloads, per file
+MAX_NESTING = 4  # zips inside zips are opened this deep
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+class _Budget:
+    """Bytes members may still inflate, shared by nested archives (overlapping-entry and
+    nested zip bombs multiply work; the budget bounds the total)."""
+
+    def __init__(self, left: int = MAX_MEMBER_BYTES):
+        self.left = left
 
 
 def is_zip_head(head: bytes) -> bool:
@@ -31,9 +42,13 @@ def _bad_name(name: str) -> bool:
 
 
 def read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
-    """Read one record, never more than `cap` bytes (a compressed record may be a bomb)."""
+    """Read one record, never more than `cap` bytes (a compressed record may be a bomb).
+
+    Asks for no more than the declared size: zipfile inflates as much as it is asked for
+    before cutting to the declared size, so a bomb declaring 100 bytes would otherwise still
+    inflate `cap` bytes."""
     with zf.open(info) as fh:
-        return fh.read(cap)
+        return fh.read(max(0, min(cap, info.file_size)))
 
 
 def data_pkl_name(names: list[str]) -> str | None:
@@ -41,8 +56,20 @@ def data_pkl_name(names: list[str]) -> str | None:
     return min(cands, key=len) if cands else None
 
 
-def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip") -> FileInfo:
+def torch_data_pkls(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """Every record torch.load may unpickle as data.pkl: torch names the archive after the
+    FIRST record's folder and looks `<folder>/data.pkl` up case-insensitively (miniz); with
+    duplicate names either copy may win, while Python's zipfile returns the last."""
+    if not infos or "/" not in infos[0].filename:
+        return []
+    want = infos[0].filename.split("/", 1)[0].lower() + "/data.pkl"
+    return [i for i in infos if i.filename.lower() == want]
+
+
+def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip", *,
+             _depth: int = 0, _budget: _Budget | None = None) -> FileInfo:
     """Scan a torch zip (a path, or a file object such as a FileSlice)."""
+    budget = _budget or _Budget()
     size = _size_of(source)
     info = FileInfo(rel, fmt, size)
     try:
@@ -65,14 +92,29 @@ def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip") ->
             info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
             return info
         _check_records(infos, size, info, rel)
+        declared = _declared_entries(zf)
+        if declared is not None and declared != len(infos):
+            # zipfile reads the directory by size; torch's miniz trusts the count and fails
+            # with "failed reading zip archive".
+            info.findings.append(Code.ZIP_CORRUPT.finding(
+                rel, f"zip end record announces {declared} records, the central directory "
+                     f"holds {len(infos)}; torch.load fails on it"))
         names = [i.filename for i in infos]
         pkl = data_pkl_name(names)
         info.meta["records"] = len(infos)
+        candidates = torch_data_pkls(infos)
+        if len(candidates) > 1 or (candidates and candidates[0].filename != pkl):
+            info.findings.append(Code.ZIP_CORRUPT.finding(
+                rel, "ambiguous data.pkl: records " + ", ".join(repr(i.filename) for i in
+                                                              candidates)
+                     + " all match what torch.load looks up (first folder, case-insensitive); "
+                       "torch may unpickle a different one than other readers. Every one is "
+                       "scanned.", hint="torch.save never writes this; treat the file as hostile"))
         if pkl is None:
             # Not a torch zip after all: scan any pickle-looking members (nested payloads).
             info.format = "zip"
             info.findings.append(Code.ZIP_NO_PICKLE.finding(rel, "zip archive has no data.pkl"))
-            _scan_members(zf, infos, info, rel)
+            _scan_members(zf, infos, info, rel, depth=_depth, budget=budget)
             return info
         prefix = pkl[: -len("data.pkl")]
         info.meta["archive_name"] = prefix.rstrip("/")
@@ -89,12 +131,14 @@ def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip") ->
             info.findings.append(Code.BYTEORDER.finding(
                 rel, f"written on a {info.meta['byteorder']}-endian machine"))
         pinfo = byname[pkl]
-        if pinfo.file_size > MAX_PICKLE_BYTES:
+        # A compressed data.pkl is never torch's; inflate it no further than MAX_INFLATE.
+        cap = MAX_PICKLE_BYTES if pinfo.compress_type == zipfile.ZIP_STORED else MAX_INFLATE
+        if pinfo.file_size > cap:
             info.findings.append(Code.PICKLE_LIMIT.finding(
                 rel, f"data.pkl is {pinfo.file_size} bytes; not scanned"))
             return info
         try:
-            data = read_record(zf, pinfo, MAX_PICKLE_BYTES)
+            data = read_record(zf, pinfo, cap)
         except Exception as exc:  # noqa: BLE001
             info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"cannot read data.pkl: {exc}"))
             return info
@@ -102,8 +146,22 @@ def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip") ->
         info.meta["protocol"] = scan.protocol
         merge_scans(info, [scan], rel)
         _check_storages(scan, byname, prefix, info, rel)
-        _scan_members(zf, [i for i in infos if i.filename != pkl], info, rel, nested_only=True)
+        _scan_members(zf, [i for i in infos if i is not pinfo], info, rel, nested_only=True,
+                      depth=_depth, budget=budget)
     return info
+
+
+def _declared_entries(zf: zipfile.ZipFile) -> int | None:
+    """The record count the (zip64) end record announces, or None if it cannot be read."""
+    try:
+        pos = zf.fp.tell()
+        try:
+            endrec = zipfile._EndRecData(zf.fp)  # noqa: SLF001 - the parser zipfile itself uses
+        finally:
+            zf.fp.seek(pos)
+        return int(endrec[zipfile._ECD_ENTRIES_TOTAL]) if endrec else None  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - a private helper: never let it break the scan
+        return None
 
 
 def _size_of(source) -> int:
@@ -155,8 +213,13 @@ def _check_storages(scan: PickleScan, byname: dict, prefix: str, info: FileInfo,
 
 
 def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileInfo, rel: str,
-                  nested_only: bool = False) -> None:
-    """Scan members that are pickles or zips themselves (payloads hidden in nested archives)."""
+                  nested_only: bool = False, depth: int = 0, budget: _Budget | None = None
+                  ) -> None:
+    """Scan members that are pickles or zips themselves (payloads hidden in nested archives).
+
+    Any member named *.pkl is scanned whatever its first bytes (protocol 0/1 pickles have no
+    PROTO header); bytes read are charged to `budget` and nesting stops at MAX_NESTING."""
+    budget = budget or _Budget()
     scans = []
     for i in infos:
         if i.file_size == 0 or _bad_name(i.filename):
@@ -168,16 +231,34 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
             continue
         nested_zip = head.startswith(ZIP_MAGIC)
         is_pickle = head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5
-        if nested_only and not nested_zip and not (is_pickle and i.filename.endswith(".pkl")):
+        named_pickle = i.filename.lower().endswith(PICKLE_SUFFIXES)
+        if nested_only and not nested_zip and not named_pickle:
             continue
-        if not (nested_zip or is_pickle or i.filename.endswith((".pkl", ".pickle"))):
+        if not (nested_zip or is_pickle or named_pickle):
             continue
+        if nested_zip and depth >= MAX_NESTING:
+            info.findings.append(Code.PICKLE_LIMIT.finding(
+                rel, f"{i.filename}: zip nested more than {MAX_NESTING} deep; not scanned"))
+            continue
+        cap = min(MAX_INFLATE, budget.left)
+        if cap <= 0:
+            info.findings.append(Code.PICKLE_LIMIT.finding(
+                rel, f"{i.filename}: members already inflated {MAX_MEMBER_BYTES} bytes; the "
+                     "rest are not scanned"))
+            break
+        data = b""  # drop the previous member before inflating the next
         try:
-            data = read_record(zf, i, MAX_INFLATE)
+            data = read_record(zf, i, cap)
         except Exception:  # noqa: BLE001
             continue
+        budget.left -= len(data)
+        if i.file_size > cap:
+            info.findings.append(Code.PICKLE_LIMIT.finding(
+                rel, f"{i.filename}: {i.file_size} bytes inflated; only the first {cap} are "
+                     "scanned"))
         if nested_zip:
-            inner = scan_zip(io.BytesIO(data), f"{rel}!{i.filename}")
+            inner = scan_zip(io.BytesIO(data), f"{rel}!{i.filename}", _depth=depth + 1,
+                             _budget=budget)
             info.globals.extend(g for g in inner.globals if g not in info.globals)
             info.findings.extend(inner.findings)
         else:

@@ -4,6 +4,8 @@ Pure tables and string rules: nothing here imports the modules it names."""
 
 from __future__ import annotations
 
+import _compat_pickle
+
 from ..model import GlobalClass
 from .torch_allowlist import TORCH_DEFAULT_ALLOWED
 
@@ -118,7 +120,19 @@ DANGEROUS_MODULES = frozenset(
     posixpath ntpath genericpath fcntl resource mmap gc inspect linecache ast dis types
     functools operator torch.hub torch.package torch.utils.cpp_extension torch.jit
     torch.fx torch._dynamo torch._inductor torch.utils.data.datapipes numpy.f2py numpy.distutils
-    numpy.testing numpy.lib.npyio numpy.load""".split()
+    numpy.testing numpy.lib.npyio numpy.load
+    _operator _functools _imp _frozen_importlib _frozen_importlib_external _thread _io
+    pydoc _osx_support _aix_support doctest lib2to3 logging.config shelve dbm tarfile zipfile
+    concurrent numpy.lib.format torch.utils.collect_env torch.utils.bottleneck""".split()
+)
+# Modules that hand out code execution to whoever holds the module object itself. Reached as an
+# *attribute* of an innocent module (`logging.os`, `pathlib.os`, `torch.serialization.pickle`)
+# they are as dangerous as named directly: REDUCE(_operator.methodcaller('system', cmd),
+# (logging.os,)) runs a shell without any 'os' or 'system' global.
+GATEWAY_ATTRS = frozenset(
+    """os posix nt sys subprocess _posixsubprocess builtins __builtin__ importlib _imp pickle
+    _pickle cPickle marshal runpy shutil socket ctypes _ctypes operator _operator functools
+    _functools io _io pty pdb code codeop pydoc""".split()
 )
 # Members of otherwise-harmless modules that run code or load files.
 DANGEROUS_EXACT = frozenset(
@@ -127,7 +141,9 @@ DANGEROUS_EXACT = frozenset(
     io.open io.FileIO _io.open _io.FileIO io.open_code codecs.open pathlib.Path.write_text
     pathlib.Path.write_bytes pathlib.Path.unlink collections.namedtuple typing.NamedTuple
     functools.partial functools.reduce operator.attrgetter operator.methodcaller
-    operator.itemgetter""".split()
+    operator.itemgetter torch._utils._import_dotted_name uuid._get_command_stdout
+    torch.save torch.serialization.save numpy.savez numpy.savez_compressed numpy.savetxt
+    numpy.memmap""".split()
 )
 # Safe members of builtins; every other builtin (eval, exec, getattr, open, __import__, ...)
 # is dangerous.
@@ -145,12 +161,34 @@ DANGEROUS_ATTRS = frozenset(
 _BENIGN_DUNDER = frozenset({"__newobj__", "__newobj_ex__", "__main__"})
 
 
+def python_name(module: str, name: str) -> tuple[str, str]:
+    """The (module, name) plain pickle imports: Python's own Python-2 mapping (fix_imports,
+    _compat_pickle) is larger than torch's (`commands` -> subprocess, `SocketServer` ->
+    socketserver, `SimpleHTTPServer` -> http.server, ...)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 def classify(name: str) -> GlobalClass:
-    """Class a dotted global name (file spelling or torch spelling)."""
+    """Class a dotted global name (file spelling or torch spelling).
+
+    A name is as dangerous as the worst of its spellings: as written, as torch's weights-only
+    unpickler maps it, and as plain pickle (torch.load(weights_only=False)) maps it."""
+    klass = _classify(name)
+    module, _, qual = name.rpartition(".")
+    if klass is not GlobalClass.DANGEROUS and module:
+        pmod, pname = python_name(module, qual)
+        if (pmod, pname) != (module, qual) and _classify(f"{pmod}.{pname}") is \
+                GlobalClass.DANGEROUS:
+            return GlobalClass.DANGEROUS
+    return klass
+
+
+def _classify(name: str) -> GlobalClass:
     module, _, qual = name.rpartition(".") if "." in name else ("", "", name)
     # A global's attribute path may itself be dotted ("posixpath os.system" in protocol 4).
     parts = name.split(".")
-    mod_parts = module.split(".") if module else []
     tmod, tname = torch_name(module, qual)
     tfull = f"{tmod}.{tname}" if tmod else tname
     if tfull in TORCH_DEFAULT_ALLOWED or name in TORCH_DEFAULT_ALLOWED:
@@ -173,7 +211,7 @@ def classify(name: str) -> GlobalClass:
             return GlobalClass.DANGEROUS
         if p.startswith("__") and p.endswith("__") and p not in _BENIGN_DUNDER:
             return GlobalClass.DANGEROUS
-    if any(p in ("os", "sys", "subprocess", "builtins", "__builtin__") for p in mod_parts[1:]):
+    if any(p in GATEWAY_ATTRS for p in parts[1:]):
         return GlobalClass.DANGEROUS
     if tfull.startswith(DATA_PREFIXES):
         return GlobalClass.DATA

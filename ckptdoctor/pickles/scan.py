@@ -11,6 +11,7 @@ caught)."""
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickletools
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class ScanLimits:
     max_memo: int = 10_000_000
     max_walk_nodes: int = 5_000_000
     max_depth: int = 200
+    max_marks: int = 100_000  # open MARKs (each costs a list; pickle.dumps never nests this deep)
 
 
 DEFAULT_LIMITS = ScanLimits()
@@ -167,6 +169,75 @@ class _Fault(Exception):
     pass
 
 
+class _Limit(Exception):
+    """A ScanLimits cap was hit (reported as CK106, not as a malformed pickle)."""
+
+
+# Opcodes whose argument is a text line that pickletools.genops parses more strictly than the C
+# unpickler does: INT/LONG are base 0 there ('0x10', '0o7'), STRING is decoded with the
+# unpickler's encoding (torch.load passes utf-8; genops insists on ASCII), GLOBAL/INST names are
+# utf-8 without escape processing. A scanner that stopped where genops fails would never see a
+# payload placed after such an opcode, while pickle.load runs it.
+_LINE_OPS = {b"I": "INT", b"L": "LONG", b"S": "STRING", b"c": "GLOBAL", b"i": "INST",
+             b"P": "PERSID"}
+
+
+def _lenient_line_op(stream: BinaryIO) -> tuple[str, Any] | None:
+    """Parse one text-line opcode the way CPython's _pickle does; None if it would fail too."""
+    name = _LINE_OPS.get(stream.read(1))
+    line = stream.readline()
+    if name is None or not line.endswith(b"\n"):
+        return None
+    text = line[:-1]
+    try:
+        if name == "INT" and text in (b"00", b"01"):
+            return name, text == b"01"
+        if name in ("INT", "LONG"):
+            t = text[:-1] if name == "LONG" and text.endswith(b"L") else text
+            try:
+                return name, int(t, 0)
+            except ValueError:  # C strtol(base 0) also takes leading-zero octal ('010')
+                return name, int(t, 8)
+        if name == "STRING":
+            if len(text) < 2 or text[:1] != text[-1:] or text[:1] not in (b"'", b'"'):
+                return None
+            raw = codecs.escape_decode(text[1:-1])[0]
+            try:
+                return name, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return name, raw.decode("latin-1")
+        if name == "PERSID":
+            return name, text.decode("ascii")
+        line2 = stream.readline()  # GLOBAL / INST: module line, then name line
+        if not line2.endswith(b"\n"):
+            return None
+        return name, f"{text.decode('utf-8')} {line2[:-1].decode('utf-8')}"
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def iter_opcodes(stream: BinaryIO):
+    """(opcode name, argument) pairs of one pickle, as pickletools.genops gives them, but
+    re-synchronised after the text-line opcodes genops rejects and the unpickler accepts."""
+    while True:
+        start = stream.tell()
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                yield op.name, arg
+                if op.name == "STOP":
+                    return
+                start = stream.tell()
+            return
+        except (ValueError, UnicodeDecodeError):
+            end = stream.tell()
+            stream.seek(start)
+            recovered = _lenient_line_op(stream)
+            if recovered is None:
+                stream.seek(end)
+                raise
+        yield recovered
+
+
 class _Scanner:
     def __init__(self, path: str, limits: ScanLimits):
         self.path = path
@@ -206,6 +277,17 @@ class _Scanner:
             self.need_allow.setdefault(match, None)
         return Glob(file_name, match)
 
+    def _dynamic(self, label: str, opcode: str, message: str) -> None:
+        """A global whose name cannot be known without running the load: dangerous, CK107."""
+        if (label, "") in self.seen_globals:
+            return
+        self.res.findings.append(Code.DYNAMIC_GLOBAL.finding(
+            self.path, message,
+            hint="the name is decided at load time, not in the file; treat the file as hostile"))
+        ref = GlobalRef(label, GlobalClass.DANGEROUS, opcode, label)
+        self.seen_globals[(label, "")] = ref
+        self.res.globals.append(ref)
+
     def on_build_type(self, type_name: str | None, what: str) -> None:
         if type_name is None:
             self.block(f"BUILD on {what}: torch only builds Tensor, Parameter, OrderedDict "
@@ -237,17 +319,20 @@ class _Scanner:
         res = self.res
         start = stream.tell()
         try:
-            for op, arg, pos in pickletools.genops(stream):
+            for name, arg in iter_opcodes(stream):
                 res.opcodes += 1
                 if res.opcodes > self.limits.max_opcodes:
                     res.findings.append(Code.PICKLE_LIMIT.finding(
                         self.path, f"more than {self.limits.max_opcodes} opcodes; scan stopped"))
                     self.block("scan limit")
                     break
-                self.step(op.name, arg)
-                if op.name == "STOP":
+                self.step(name, arg)
+                if name == "STOP":
                     res.complete = True
                     break
+        except _Limit as exc:
+            res.findings.append(Code.PICKLE_LIMIT.finding(self.path, f"{exc}; scan stopped"))
+            self.block("scan limit")
         except _Fault as exc:
             res.findings.append(Code.PICKLE_MALFORMED.finding(
                 self.path, f"malformed pickle at opcode {res.opcodes}: {exc}"))
@@ -308,6 +393,8 @@ class _Scanner:
         elif name == "EMPTY_SET":
             st.append(SymSet())
         elif name == "MARK":
+            if len(self.metastack) >= self.limits.max_marks:
+                raise _Limit(f"more than {self.limits.max_marks} nested MARKs")
             self.metastack.append(st)
             self.stack = []
         elif name == "TUPLE":
@@ -371,13 +458,8 @@ class _Scanner:
             gname = self.pop()
             module = self.pop()
             if not isinstance(module, str) or not isinstance(gname, str):
-                self.res.findings.append(Code.DYNAMIC_GLOBAL.finding(
-                    self.path, "STACK_GLOBAL with a module or name computed at load time",
-                    hint="the name is built by code in the file; treat the file as hostile"))
-                ref = GlobalRef("<dynamic>", GlobalClass.DANGEROUS, "STACK_GLOBAL", "<dynamic>")
-                if ("<dynamic>", "") not in self.seen_globals:
-                    self.seen_globals[("<dynamic>", "")] = ref
-                    self.res.globals.append(ref)
+                self._dynamic("<dynamic>", "STACK_GLOBAL",
+                              "STACK_GLOBAL with a module or name computed at load time")
                 self.block("dynamic global")
                 self.stack.append(Glob("<dynamic>", "<dynamic>"))
             else:
@@ -421,9 +503,14 @@ class _Scanner:
             pid = arg if name == "PERSID" else self.pop()
             self.stack.append(self._persistent(pid))
         elif name in ("EXT1", "EXT2", "EXT4"):
-            self.add_global(f"<extension {arg}>", f"<extension {arg}>", name)
+            # The global is whatever copyreg's extension registry of the *loading* process maps
+            # the code to: it cannot be resolved statically, so it is treated like a computed
+            # STACK_GLOBAL (dangerous, CK107).
+            label = f"<extension {arg}>"
+            self._dynamic(label, name, f"{name} {arg}: the global is looked up in copyreg's "
+                                       "extension registry of the loading process")
             self.block("copyreg extension codes are not supported by the weights-only unpickler")
-            self.stack.append(Glob(f"<extension {arg}>", f"<extension {arg}>"))
+            self.stack.append(Glob(label, label))
         elif name in ("NEXT_BUFFER", "READONLY_BUFFER"):
             if name == "NEXT_BUFFER":
                 self.stack.append(Opaque("out-of-band buffer"))
@@ -443,7 +530,7 @@ class _Scanner:
 
     def _memo_put(self, key: int, value: Any) -> None:
         if key not in self.memo and len(self.memo) >= self.limits.max_memo:
-            raise _Fault(f"memo larger than {self.limits.max_memo} entries")
+            raise _Limit(f"memo larger than {self.limits.max_memo} entries")
         self.memo[key] = value
 
     def _append(self, target: Any, items: list[Any]) -> None:
