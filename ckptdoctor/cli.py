@@ -223,29 +223,24 @@ def repair(
     if to not in ("torch", "safetensors"):
         _fail(CliError(Code.REPAIR_REFUSED, str(path), f"--to must be torch or safetensors, not {to}"))
     if undo:
-        restored = run_undo(path)
+        try:
+            restored = run_undo(path, backup_dir=backup_dir)
+        except (FileNotFoundError, OSError) as exc:
+            _fail(CliError(Code.REPAIR_REFUSED, str(path), f"nothing to undo: {exc}", EXIT_FINDINGS))
         for p in restored:
             out.print(f"restored {p}", markup=False)
-        raise typer.Exit(EXIT_OK if restored else EXIT_FINDINGS)
-    plan = plan_repair(path, allow=tuple(allow), consumer=consumer.value)
-    sys.stdout.write(render_plan(plan))
-    if dry_run or not plan_has_work(plan):
-        raise typer.Exit(EXIT_FINDINGS if plan_refused(plan) else EXIT_OK)
+        raise typer.Exit(EXIT_OK)
+    plan = plan_repair(path, allow=tuple(allow), consumer=consumer.value, to=to,
+                       backup_dir=backup_dir, trust=trust)
+    sys.stdout.write(render_plan(plan) + "\n")
+    if dry_run or not plan.has_work:
+        raise typer.Exit(plan.exit_code)
     if not yes and sys.stdin.isatty() and not typer.confirm("Rewrite these files?", default=True):
         raise typer.Exit(EXIT_FINDINGS)
     result = run_repair(path, allow=tuple(allow), backup_dir=backup_dir, no_backup=no_backup,
-                       to=to, consumer=consumer.value, trust=trust)
-    sys.stdout.write(render_result(result))
-    raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
-
-
-def plan_has_work(plan) -> bool:
-    return bool(getattr(plan, "files", None)) and any(
-        getattr(f, "action", "rewrite") != "refuse" for f in plan.files)
-
-
-def plan_refused(plan) -> bool:
-    return any(getattr(f, "action", "") == "refuse" for f in getattr(plan, "files", []))
+                        to=to, consumer=consumer.value, trust=trust)
+    sys.stdout.write(render_result(result) + "\n")
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()

@@ -1,0 +1,222 @@
+"""Backups of originals, and `undo`.
+
+A repair run that replaces anything opens one session directory:
+
+    <root>/.ckptdoctor-backup/<UTC timestamp>/        (or <--backup-dir>/<timestamp>/)
+        manifest.json                                  what was backed up, written atomically
+        <relative path of each original>               byte-identical copy, fsynced
+
+Each original is copied (and its copy hashed against the original) *before* the new file is
+renamed over it, and the manifest entry is written before the rename too, so a crash at any
+point leaves either the untouched original or the new file plus a complete backup. Files a
+repair creates (a .safetensors, sidecars, the allow-list) are listed under "created" before they
+are written, so `undo` can remove them. `undo` restores the newest session not yet undone."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_writer, fsync_dir, write_bytes
+
+BACKUP_DIRNAME = ".ckptdoctor-backup"
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def copy_hashed(src: Path, dst: Path) -> str:
+    """Copy src to dst durably (temp + fsync + rename + dir fsync), metadata too; return the
+    sha256 of what was read, after checking the copy reads back the same."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, atomic_writer(dst) as fo:
+        while block := fi.read(8 << 20):
+            h.update(block)
+            fo.write(block)
+    shutil.copystat(src, dst)
+    digest = h.hexdigest()
+    if sha256_file(dst) != digest:
+        raise OSError(f"backup copy of {src} does not read back identically")
+    return digest
+
+
+def default_backup_root(root: Path) -> Path:
+    return root / BACKUP_DIRNAME
+
+
+def _timestamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+@dataclass
+class Session:
+    """One repair run's backup directory."""
+
+    dir: Path
+    root: Path  # the checkpoint root the relative paths start from
+    doc: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, backup_root: Path, root: Path) -> "Session":
+        backup_root.mkdir(parents=True, exist_ok=True)
+        stamp = _timestamp()
+        d = backup_root / stamp
+        n = 0
+        while d.exists():
+            n += 1
+            d = backup_root / f"{stamp}-{n}"
+        d.mkdir()
+        fsync_dir(backup_root)
+        s = cls(d, root, {"version": 1, "tool": "ckptdoctor repair",
+                          "root": str(Path(root).absolute()),
+                          "created_at": stamp, "files": [], "created": [], "complete": False,
+                          "undone": False})
+        s.save()
+        return s
+
+    @classmethod
+    def open(cls, d: Path) -> "Session | None":
+        try:
+            doc = json.loads((d / MANIFEST).read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("version") != 1:
+            return None
+        return cls(d, Path(doc.get("root", "")), doc)
+
+    def save(self) -> None:
+        write_bytes(self.dir / MANIFEST, (json.dumps(self.doc, indent=1) + "\n").encode())
+
+    def backup(self, rel: str, src: Path, kind: str = "original") -> Path:
+        """Copy `src` (at `rel` under the root) into the session and record it."""
+        dst = self.dir / rel
+        digest = copy_hashed(src, dst)
+        self.doc["files"].append({"rel": rel, "sha256": digest, "size": src.stat().st_size,
+                                  "kind": kind, "status": "backed-up"})
+        self.save()
+        return dst
+
+    def created(self, rel: str, owner: str = "") -> None:
+        """Record (before writing it) a file this run creates; `owner`: the original it
+        belongs to (undo of that one file removes it too)."""
+        entry = {"rel": rel, "for": owner}
+        if entry not in self.doc["created"]:
+            self.doc["created"].append(entry)
+            self.save()
+
+    def set_status(self, rel: str, status: str, **extra: Any) -> None:
+        for entry in self.doc["files"]:
+            if entry["rel"] == rel:
+                entry["status"] = status
+                entry.update(extra)
+        self.save()
+
+    def finish(self) -> None:
+        self.doc["complete"] = True
+        self.save()
+
+
+def sessions(backup_root: Path) -> list[Session]:
+    """Sessions under backup_root, oldest first."""
+    if not backup_root.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in backup_root.iterdir() if p.is_dir()):
+        s = Session.open(d)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def _session_for_file(p: Path, backup_dir: Path | None) -> tuple[Session, Path, str] | None:
+    """The newest session (not undone) holding file `p`: searched in --backup-dir, or in the
+    .ckptdoctor-backup of each directory above it (a repair of a whole checkpoint directory
+    records `checkpoint-2/rng_state.pth` relative to that directory)."""
+    broots = [backup_dir] if backup_dir else [default_backup_root(a) for a in
+                                              list(p.parents)[:8]]
+    found: list[tuple[str, Session, Path, str]] = []
+    for broot in broots:
+        for s in sessions(broot):
+            if s.doc.get("undone"):
+                continue
+            root = Path(s.doc.get("root") or broot.parent).absolute()
+            if backup_dir is None:
+                root = broot.parent.absolute()
+            try:
+                rel = p.relative_to(root).as_posix()
+            except ValueError:
+                continue
+            if any(e["rel"] == rel for e in s.doc["files"]) and \
+                    rel not in s.doc.get("undone_files", []):
+                found.append((s.dir.name, s, root, rel))
+    if not found:
+        return None
+    _, s, root, rel = max(found, key=lambda x: x[0])
+    return s, root, rel
+
+
+def undo(path: str | os.PathLike, backup_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Restore the newest backup session not yet undone (for a file PATH: the newest one that
+    holds it, and only that file). Returns the restored paths. Every copy is checked against
+    the hash recorded at backup time before anything is restored; files the repair created are
+    removed. Raises FileNotFoundError when there is nothing to restore."""
+    p = Path(path).absolute()
+    bdir = Path(backup_dir).absolute() if backup_dir else None
+    if p.is_dir():
+        only = None
+        root = p
+        broot = bdir or default_backup_root(root)
+        cands = [s for s in sessions(broot) if not s.doc.get("undone")]
+        if not cands:
+            raise FileNotFoundError(f"no ckptdoctor backup to restore under {broot}")
+        s = cands[-1]
+    else:
+        hit = _session_for_file(p, bdir)
+        if hit is None:
+            raise FileNotFoundError(f"no ckptdoctor backup holds {p}")
+        s, root, only = hit
+    entries = [e for e in s.doc["files"] if only is None or e["rel"] == only]
+    for entry in entries:
+        src = s.dir / entry["rel"]
+        if not src.is_file() or sha256_file(src) != entry["sha256"]:
+            raise OSError(f"backup copy {src} is missing or damaged; nothing was restored")
+    restored: list[Path] = []
+    for entry in entries:
+        src, dst = s.dir / entry["rel"], root / entry["rel"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fi, atomic_writer(dst) as fo:
+            shutil.copyfileobj(fi, fo, 8 << 20)
+        shutil.copystat(src, dst)
+        restored.append(dst)
+    backed = {e["rel"] for e in s.doc["files"]}
+    for created in s.doc.get("created", []):
+        rel = created["rel"]
+        if (only is not None and created.get("for") != only) or rel in backed:
+            continue
+        target = root / rel
+        if target.is_file():
+            target.unlink()
+            fsync_dir(target.parent)
+    if only is None:
+        s.doc["undone"] = True
+    else:
+        s.doc.setdefault("undone_files", []).append(only)
+    s.save()
+    return restored
+
+
+__all__ = ["BACKUP_DIRNAME", "Session", "sessions", "undo", "sha256_file", "copy_hashed",
+           "default_backup_root"]
