@@ -34,15 +34,9 @@ def inspect_path(path: str | os.PathLike) -> Report:
     layout = detect_layout(view)
     if layout is not None:
         report.layout = layout.describe(view)
-        report.checkpoints = _children(view, report.layout)
+        report.checkpoints = describe_children(view, checkpoint_paths(report.layout))
     else:
-        for rel in find_checkpoints(view):
-            sub = view.sub(rel)
-            child = detect_layout(sub)
-            if child is not None:
-                info = child.describe(sub)
-                info.path = rel
-                report.checkpoints.append(info)
+        report.checkpoints = describe_children(view, find_checkpoints(view))
         if not report.checkpoints:
             report.findings.append(Code.NO_LAYOUT.finding(
                 "", "no known checkpoint layout; files are reported one by one"))
@@ -50,10 +44,10 @@ def inspect_path(path: str | os.PathLike) -> Report:
     return report
 
 
-def _children(view: DirView, layout: LayoutInfo) -> list[LayoutInfo]:
-    """Checkpoints a run directory holds (hf-run lists its checkpoint-N dirs in details)."""
+def describe_children(view: DirView, rels: list[str]) -> list[LayoutInfo]:
+    """Describe the checkpoints at `rels` below `view` (paths relative to the view)."""
     out = []
-    for rel in checkpoint_paths(layout):
+    for rel in rels:
         sub = view.sub(rel)
         child = detect_layout(sub)
         if child is not None:
