@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .atomic import leftovers, write_bytes
 from .codes import Code, select
-from .inspect import inspect_path
+from .inspect import inspect_view
 from .layouts import detect_layout
-from .layouts.base import WEIGHTS_ONLY, Consumer, DirView
+from .layouts.base import WEIGHTS_ONLY, Consumer
 from .model import FileInfo, Finding, Report, Severity
 
 MANIFEST = ".ckptdoctor-manifest.json"
@@ -42,22 +42,18 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
              progress: Progress | None = None) -> tuple[Report, list[Finding]]:
     """Return the report and the selected findings (the verdict is `exit_code(findings)`)."""
     opts = opts or ValidateOptions()
-    report = inspect_path(path)
+    report, view = inspect_view(path)
     report.command = "validate"
     root = Path(path)
-    if root.is_dir() and report.files:
-        view = DirView(root)
-        layout = detect_layout(view)
-        if layout is not None:
-            report.findings.extend(layout.check(view))
-        for child in report.checkpoints:
-            sub = view.sub(child.path)
-            sublayout = detect_layout(sub)
-            if sublayout is not None:
-                report.findings.extend(sublayout.check(sub))
-        consumers = _consumers(view, report)
-    else:
-        consumers = {}
+    consumers: dict[str, Consumer] = {}
+    if view is not None and report.files:
+        for rel, sub in [("", view)] + [(c.path, view.sub(c.path)) for c in report.checkpoints]:
+            layout = detect_layout(sub)
+            if layout is None:
+                continue
+            report.findings.extend(layout.check(sub))
+            prefix = f"{rel}/" if rel else ""
+            consumers.update({prefix + f: layout.consumer(sub, f) for f in sub.files})
     for f in report.files:
         consumer = WEIGHTS_ONLY if opts.consumer == "torch" else consumers.get(f.path, WEIGHTS_ONLY)
         verdict = consumer_findings(f, consumer, opts.allow)
@@ -96,23 +92,6 @@ def _rel(root: Path, p: Path) -> str:
         return p.relative_to(base).as_posix()
     except ValueError:
         return str(p)
-
-
-def _consumers(view: DirView, report: Report) -> dict[str, Consumer]:
-    """Map every file (relative to PATH) to how its framework's resume loads it."""
-    out: dict[str, Consumer] = {}
-    layout = detect_layout(view)
-    if layout is not None:
-        for rel in view.files:
-            out[rel] = layout.consumer(view, rel)
-    for child in report.checkpoints:
-        sub = view.sub(child.path)
-        sublayout = detect_layout(sub)
-        if sublayout is None:
-            continue
-        for rel in sub.files:
-            out[f"{child.path}/{rel}"] = sublayout.consumer(sub, rel)
-    return out
 
 
 def consumer_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str] = ()

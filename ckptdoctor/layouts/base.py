@@ -49,10 +49,12 @@ UNUSED = Consumer("unused")
 class DirView:
     """A directory, walked once, with per-file metadata read on demand and cached."""
 
-    def __init__(self, root: Path, rel: str = "", max_files: int = MAX_FILES):
+    def __init__(self, root: Path, rel: str = "", max_files: int = MAX_FILES,
+                 _infos: dict[str, FileInfo] | None = None):
         self.root = root
         self.rel = rel  # this directory relative to the inspected PATH
-        self._infos: dict[str, FileInfo] = {}
+        # keyed by absolute path and shared with sub-views: each file is read once per run
+        self._infos: dict[str, FileInfo] = {} if _infos is None else _infos
         self._roots: dict[str, Any] = {}
         self._dcp: dict[str, DcpMetadata | None] = {}
         self._subs: dict[str, DirView] = {}
@@ -108,9 +110,10 @@ class DirView:
         return [f for f in self.files if fnmatch.fnmatchcase(f, pattern)]
 
     def info(self, rel: str) -> FileInfo:
-        if rel not in self._infos:
-            self._infos[rel] = detect_file(self.root / rel, self.outer(rel))
-        return self._infos[rel]
+        key = str(self.root / rel)
+        if key not in self._infos:
+            self._infos[key] = detect_file(self.root / rel, self.outer(rel))
+        return self._infos[key]
 
     def outer(self, rel: str) -> str:
         """Path relative to the inspected PATH."""
@@ -153,7 +156,7 @@ class DirView:
 
     def sub(self, rel: str) -> "DirView":
         if rel not in self._subs:  # cached: layouts ask per file (consumer) and per check
-            self._subs[rel] = DirView(self.root / rel, self.outer(rel))
+            self._subs[rel] = DirView(self.root / rel, self.outer(rel), _infos=self._infos)
         return self._subs[rel]
 
 
