@@ -157,3 +157,14 @@ def test_load_reports_strategy(ckpt_dir):
     found = {(f["code"], f["path"]) for f in json.loads(r.stdout)["findings"]}
     assert ("CK603", "optimizer.pt") in found
     assert ("CK602", "rng_state.pth") in found
+
+
+@pytest.mark.parametrize("argv", [["inspect", "--json"], ["validate"]])
+def test_static_commands_never_import_torch(ckpt_dir, argv):
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['ckptdoctor', *{argv!r}, {str(ckpt_dir)!r}]\n"
+            "try:\n    runpy.run_module('ckptdoctor', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "NO_TORCH" in proc.stderr, proc.stderr
