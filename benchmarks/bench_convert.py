@@ -1,11 +1,12 @@
 """`ckptdoctor convert` vs the usual way, on a ~1.4 GB Llama-shaped bf16 state dict.
 
-    .venv/bin/python benchmarks/bench_convert.py [--dir bench-out/convert] [--layers 16]
+    .venv/bin/python benchmarks/bench_convert.py [--dir bench-out/convert] [--layers 16] [--repeat 3]
 
 Writes the checkpoint (16 layers, hidden 2048, intermediate 4096, vocab 32000, tied
 embedding: lm_head.weight shares model.embed_tokens.weight's storage) to --dir, then runs
-each contender in its own process and prints wall time and that process's peak RSS (from
-wait4's rusage), from ONE run, with ratios against the usual way:
+each contender in its own process, --repeat times (default 3), and prints the median wall time
+and the largest peak RSS (from wait4's rusage) of its runs, in one table from ONE invocation,
+with ratios against the usual way:
 
   torch -> safetensors   ckptdoctor convert --to safetensors   vs  torch.load + clone the tied
                                                                    tensor + safetensors save_file
@@ -13,9 +14,10 @@ wait4's rusage), from ONE run, with ratios against the usual way:
   DCP -> torch           ckptdoctor convert --to torch         vs  format_utils.dcp_to_torch_save
 
 ckptdoctor runs the real CLI (`python -m ckptdoctor convert`), verification on (it re-reads
-the output and compares every byte with the source), fsync on. The usual ways neither verify
-nor fsync. Before every run, earlier runs' dirty pages are flushed (os.sync) and the input is
-read once, so each run starts from a warm page cache and an idle disk.
+the output and compares every byte with the source), fsync on. The usual ways do not verify;
+only torch_save_to_dcp fsyncs (DCP's default). Before every run, earlier runs' dirty pages are
+flushed (os.sync) and the input is read once, so each run starts from a warm page cache and an
+idle disk.
 """
 
 from __future__ import annotations
@@ -67,8 +69,19 @@ def warm(path: Path) -> None:
                 pass
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of one child process."""
+def measure(cmd: list[str], repeat: int = 1, before=None) -> tuple[float, float]:
+    """(median seconds, max peak RSS MiB) over `repeat` runs of a child process; `before()`
+    runs ahead of each (not timed)."""
+    runs = []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        runs.append(_measure_once(cmd))
+    times = sorted(t for t, _ in runs)
+    return times[len(times) // 2], max(r for _, r in runs)
+
+
+def _measure_once(cmd: list[str]) -> tuple[float, float]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -92,7 +105,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="bench-out/convert")
     ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per contender; the table shows the median time, the max RSS")
     args = ap.parse_args()
+    n = args.repeat
     out = Path(args.dir).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -102,41 +118,47 @@ def main() -> None:
     usual_dcp = out / "usual_dcp"
 
     rows = []
-    base_t, base_rss = measure(py("import torch, safetensors.torch, ckptdoctor.convert"))
-    base_cli_t, base_cli_rss = measure([PY, "-m", "ckptdoctor", "--help"])
+    _, base_rss = measure(py("import torch, safetensors.torch, ckptdoctor.convert"))
+    _, base_cli_rss = measure([PY, "-m", "ckptdoctor", "--help"])
 
-    warm(src)
-    ours = measure(ckptdoctor(src, out / "ours_st", "safetensors"))
-    warm(src)
+    def fresh(*paths: Path, warm_path: Path = src):
+        def run() -> None:
+            for p in paths:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+            warm(warm_path)
+        return run
+
+    ours = measure(ckptdoctor(src, out / "ours_st", "safetensors"), n, fresh(out / "ours_st"))
     usual = measure(py(f"""
 import torch
 from safetensors.torch import save_file
 sd = torch.load({str(src)!r}, weights_only=True)
 sd["lm_head.weight"] = sd["lm_head.weight"].clone()  # save_file refuses shared tensors
 save_file(sd, {str(out / "usual.safetensors")!r}, metadata={{"format": "pt"}})
-"""))
+"""), n, fresh(out / "usual.safetensors"))
     rows.append(("torch -> safetensors", ours, usual, "torch.load + save_file"))
 
-    warm(src)
-    ours = measure(ckptdoctor(src, out / "ours_dcp", "dcp"))
-    warm(src)
+    ours = measure(ckptdoctor(src, out / "ours_dcp", "dcp"), n, fresh(out / "ours_dcp"))
     usual = measure(py(f"""
 from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
 torch_save_to_dcp({str(src)!r}, {str(usual_dcp)!r})
-"""))
+"""), n, fresh(usual_dcp))
     rows.append(("torch -> DCP", ours, usual, "torch_save_to_dcp"))
 
-    warm(usual_dcp)
-    ours = measure(ckptdoctor(usual_dcp, out / "ours_back.pt", "torch"))
-    warm(usual_dcp)
+    back, usual_back = out / "ours_back.pt", out / "usual_back.pt"
+    ours = measure(ckptdoctor(usual_dcp, back, "torch"), n, fresh(back, warm_path=usual_dcp))
     usual = measure(py(f"""
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-dcp_to_torch_save({str(usual_dcp)!r}, {str(out / "usual_back.pt")!r})
-"""))
+dcp_to_torch_save({str(usual_dcp)!r}, {str(usual_back)!r})
+"""), n, fresh(usual_back, warm_path=usual_dcp))
     rows.append(("DCP -> torch", ours, usual, "dcp_to_torch_save"))
 
     print(f"checkpoint: {size / 1e9:.2f} GB, {args.layers} layers, bf16, tied embedding "
-          f"({os.cpu_count()} CPUs, torch {_torch_version()}, {time.strftime('%Y-%m-%d')})")
+          f"({os.cpu_count()} CPUs, torch {_torch_version()}, {time.strftime('%Y-%m-%d')}); "
+          f"{n} run(s) each: median wall time, max peak RSS")
     print(f"process baseline: `import torch, safetensors, ckptdoctor.convert` {base_rss:.0f} MiB; "
           f"`ckptdoctor --help` {base_cli_rss:.0f} MiB")
     print()

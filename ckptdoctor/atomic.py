@@ -89,7 +89,10 @@ def leftovers(root: Path) -> list[Path]:
         root = root.parent
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != ".ckptdoctor-backup"]
+        # staging directories (convert builds directory outputs in one) count as one leftover
+        out.extend(Path(dirpath) / d for d in dirnames if d.startswith(TMP_MARKER))
+        dirnames[:] = [d for d in dirnames
+                       if d != ".ckptdoctor-backup" and not d.startswith(TMP_MARKER)]
         out.extend(Path(dirpath) / f for f in filenames if f.startswith(TMP_MARKER))
     return sorted(out)
 

@@ -232,14 +232,14 @@ def repair(
         raise typer.Exit(EXIT_OK)
     plan = plan_repair(path, allow=tuple(allow), consumer=consumer.value, to=to,
                        backup_dir=backup_dir, trust=trust)
-    sys.stdout.write(render_plan(plan) + "\n")
+    _emit(render_plan(plan))
     if dry_run or not plan.has_work:
         raise typer.Exit(plan.exit_code)
     if not yes and sys.stdin.isatty() and not typer.confirm("Rewrite these files?", default=True):
         raise typer.Exit(EXIT_FINDINGS)
     result = run_repair(path, allow=tuple(allow), backup_dir=backup_dir, no_backup=no_backup,
                         to=to, consumer=consumer.value, trust=trust)
-    sys.stdout.write(render_result(result) + "\n")
+    _emit(render_result(result))
     raise typer.Exit(result.exit_code)
 
 
@@ -253,6 +253,7 @@ def convert(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the bit-identical re-read.")] = False,
     drop_non_tensors: Annotated[bool, typer.Option("--drop-non-tensors", help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
     strip_prefix: Annotated[Optional[str], typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
     allow: AllowOpt = [],  # noqa: B006
     trust: TrustOpt = False,
 ) -> None:
@@ -260,15 +261,27 @@ def convert(
     (one tensor at a time), written atomically and verified."""
     _require(src)
     _check_allow(allow)
-    from .convert import convert as run, render_result
+    from .convert import ConvertError, render_result
+    from .convert import convert as run
 
-    with _progress(True) as progress:
-        result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype,
-                     verify=not no_verify, drop_non_tensors=drop_non_tensors,
-                     strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
-                     progress=progress)
-    sys.stdout.write(render_result(result))
-    raise typer.Exit(EXIT_OK if getattr(result, "ok", True) else EXIT_FINDINGS)
+    try:
+        with _progress(True) as progress:
+            result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype,
+                         verify=not no_verify, drop_non_tensors=drop_non_tensors,
+                         strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
+                         progress=progress, overwrite=overwrite)
+    except ConvertError as exc:
+        for f in exc.findings:
+            err.print(f"ckptdoctor: {f.severity}: {f.code} {f.path}: {f.message}", markup=False)
+            if f.hint:
+                err.print(f"  fix: {f.hint}", markup=False)
+        raise typer.Exit(EXIT_FINDINGS) from None
+    _emit(render_result(result))
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def _check_allow(names: list[str]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..codes import Code
+from ..atomic import TMP_MARKER
 from ..formats import detect_file
 from ..formats.dcp import DcpMetadata, read_metadata
 from ..formats.torch_zip import data_pkl_name, read_record
@@ -77,7 +78,8 @@ class DirView:
                 dirnames[:] = []
                 continue
             seen.add((st.st_dev, st.st_ino))
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            dirnames[:] = sorted(d for d in dirnames
+                                 if d not in SKIP_DIRS and not d.startswith(TMP_MARKER))
             base = Path(dirpath).relative_to(self.root).as_posix()
             pre = "" if base == "." else base + "/"
             for d in dirnames:
