@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +27,6 @@ from .standins import AllowListError, refuse_dangerous, is_standin, resolve_allo
 # Findings that mean the static scan could not vouch for the whole pickle.
 _SCAN_INCOMPLETE = frozenset({Code.PICKLE_MALFORMED.code, Code.PICKLE_LIMIT.code,
                               Code.DYNAMIC_GLOBAL.code})
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy (pre-1.6) torch.save file
 
 
 @dataclass
@@ -247,6 +245,11 @@ def load_with_chain(path: str | os.PathLike, allow: tuple[str, ...] | list[str] 
         static = _static_scan(path, rel)
     ctx = LoadContext(allow, trust, map_location, mmap, static, stat)
     attempts: list[Attempt] = []
+    if static is not None and static.dangerous:
+        # A code-executing global: no strategy is even tried, torch never sees the file.
+        attempts.append(Attempt("static", "refused", "Refused", _trust_refusal(path, ctx)))
+        dangerous = [f for f in static.findings if f.code == Code.DANGEROUS_GLOBAL.code]
+        raise LoadError(rel, attempts, dangerous or [diagnose(rel, attempts[0], static, layout)])
     if _is_safetensors(path, static):
         attempts.append(_load_safetensors(path, ctx))
     else:
@@ -275,47 +278,10 @@ def safe_load(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (),
 
 
 # --- static scan ------------------------------------------------------------------------------
-def _static_scan(path: Path, rel: str) -> FileInfo | None:
-    try:
-        from .formats import detect_file
-    except ImportError:
-        return _fallback_scan(path, rel)
+def _static_scan(path: Path, rel: str) -> FileInfo:
+    from .formats import detect_file
+
     return detect_file(path, rel)
-
-
-def _fallback_scan(path: Path, rel: str) -> FileInfo | None:
-    """Until formats/ lands: a torch zip's data.pkl, a legacy torch file, or a plain pickle."""
-    from .pickles.scan import scan_stream
-
-    try:
-        size = path.stat().st_size
-        info = FileInfo(rel, "empty" if size == 0 else "unknown", size)
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-            if head.startswith(b"PK\x03\x04"):
-                info.format = "torch-zip"
-                with zipfile.ZipFile(fh) as zf:
-                    pkl = next(n for n in zf.namelist() if n.rpartition("/")[2] == "data.pkl")
-                    with zf.open(pkl) as stream:
-                        scan = scan_stream(stream, rel)
-            elif head[:1] == b"\x80":
-                fh.seek(0)
-                scan = scan_stream(fh, rel)
-                info.format = "pickle"
-                if scan.root == _LEGACY_MAGIC:  # magic, protocol, sys_info, then the object
-                    info.format = "torch-legacy"
-                    for _ in range(3):
-                        scan = scan_stream(fh, rel)
-            else:
-                if size >= 9 and head[8:9] == b"{":
-                    info.format = "safetensors"
-                return info
-    except (OSError, zipfile.BadZipFile, StopIteration):
-        return None
-    info.globals = scan.globals
-    info.weights_only = scan.verdict
-    info.findings = scan.findings
-    return info
 
 
 __all__ = ["Attempt", "LoadResult", "LoadError", "LoadContext", "Strategy", "STRATEGIES",
