@@ -271,10 +271,10 @@ def convert(
                          strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
                          progress=progress, overwrite=overwrite)
     except ConvertError as exc:
-        for f in exc.findings:
-            err.print(f"ckptdoctor: {f.severity}: {f.code} {f.path}: {f.message}", markup=False)
-            if f.hint:
-                err.print(f"  fix: {f.hint}", markup=False)
+        # one line: the underlying cause (e.g. CK101) when there is one, else the CK7xx reason
+        cause = next((f for f in exc.findings[1:] if f.severity is Severity.ERROR), exc.finding)
+        err.print(f"ckptdoctor: error: {cause.code} {cause.path}: {cause.message}"
+                  .replace("\n", " "), markup=False)
         raise typer.Exit(EXIT_FINDINGS) from None
     _emit(render_result(result))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)

@@ -47,13 +47,19 @@ def hidden_pickle(path: Path) -> bool:
     payload may hide behind a first opcode the head-sniff does not expect (a 300-byte STRING, a
     SHORT_BINBYTES full of NULs, a .json or .safetensors name). The first pickle is walked
     symbolically (it stops at the first opcode that cannot parse, which for real text or binary
-    data is within a few bytes); any global naming a Python-looking path, any computed global,
-    or a scan limit makes it a pickle."""
+    data is within a few bytes); any global naming a Python-looking path, a scan limit, or a
+    pickle that parses to its STOP with any global at all (an EXT code or a computed name
+    included), or a FRAME-boundary differential makes it a pickle. Random bytes hit a lone EXT opcode about once in a hundred
+    files but almost never parse to a STOP, which keeps noise out of the findings."""
     with open(path, "rb") as fh:
         scan = scan_stream(fh, "", _SHADOW_LIMITS)
     if any(f.code == Code.PICKLE_LIMIT.code for f in scan.findings):
         return True
-    return any(g.name.startswith("<") or _IDENT.fullmatch(g.name) for g in scan.globals)
+    if scan.complete and scan.globals:
+        return True
+    # A FRAME-boundary parser differential is deliberate (random bytes would need a FRAME
+    # whose 8-byte length lands inside the file): evidence even though the scan stopped.
+    return any(_IDENT.fullmatch(g.name) or g.opcode == "FRAME" for g in scan.globals)
 
 
 class PickleFile:

@@ -169,6 +169,17 @@ class _Fault(Exception):
     pass
 
 
+# Symbolic values that are never a str when the real unpickler builds them (STACK_GLOBAL
+# requires exact str). Call results, globals and persistent ids may be anything: dynamic.
+_NEVER_STR = (int, float, bytes, tuple, type(None), SymDict, SymList, SymSet, Storage, Tensor,
+              _Mark)
+
+
+class _Desync(_Fault):
+    """The C unpickler would read these bytes differently than pickletools: a deliberate
+    parser differential, so the globals it loads cannot be known statically."""
+
+
 class _Limit(Exception):
     """A ScanLimits cap was hit (reported as CK106, not as a malformed pickle)."""
 
@@ -218,15 +229,26 @@ def _lenient_line_op(stream: BinaryIO) -> tuple[str, Any] | None:
 
 def iter_opcodes(stream: BinaryIO):
     """(opcode name, argument) pairs of one pickle, as pickletools.genops gives them, but
-    re-synchronised after the text-line opcodes genops rejects and the unpickler accepts."""
+    re-synchronised after the text-line opcodes genops rejects and the unpickler accepts, and
+    refusing opcodes that straddle the end of a FRAME.
+
+    genops reads frames as a flat byte stream. CPython's C unpickler does not: a read that
+    runs past the end of the current frame drops the frame's remaining bytes and continues
+    after the frame (from an unbuffered source such as the BytesIO torch.load uses for
+    data.pkl), so `FRAME n ... c<coll|os>\nsystem\n` is 'collos.system' to genops and
+    'os.system' to pickle.load. pickle.dumps never writes such a pickle; the scan stops with a
+    malformed-pickle fault instead of reporting names the unpickler would not use."""
+    frame_end: int | None = None
     while True:
         start = stream.tell()
         try:
-            for op, arg, _pos in pickletools.genops(stream):
+            for op, arg, pos in pickletools.genops(stream):
+                end = stream.tell()
+                frame_end = _check_frame(op.name, arg, pos, end, frame_end)
                 yield op.name, arg
                 if op.name == "STOP":
                     return
-                start = stream.tell()
+                start = end
             return
         except (ValueError, UnicodeDecodeError):
             end = stream.tell()
@@ -235,7 +257,26 @@ def iter_opcodes(stream: BinaryIO):
             if recovered is None:
                 stream.seek(end)
                 raise
+        frame_end = _check_frame(recovered[0], recovered[1], start, stream.tell(), frame_end)
         yield recovered
+
+
+def _check_frame(name: str, arg: Any, start: int | None, end: int,
+                 frame_end: int | None) -> int | None:
+    """The end of the current frame after this opcode; _Fault if the opcode crosses it."""
+    if start is None:
+        return frame_end
+    inside = frame_end is not None and start < frame_end
+    if inside and end > frame_end:
+        raise _Desync(f"opcode {name} at byte {start} crosses the end of its FRAME at "
+                     f"{frame_end}; the C unpickler would read it differently")
+    if name == "FRAME":
+        new_end = end + int(arg)
+        if inside and new_end > frame_end:
+            raise _Desync(f"FRAME at byte {start} runs past the end of the enclosing FRAME at "
+                         f"{frame_end}; the C unpickler would read it differently")
+        return new_end
+    return frame_end if inside else None
 
 
 class _Scanner:
@@ -334,6 +375,8 @@ class _Scanner:
             res.findings.append(Code.PICKLE_LIMIT.finding(self.path, f"{exc}; scan stopped"))
             self.block("scan limit")
         except _Fault as exc:
+            if isinstance(exc, _Desync):
+                self._dynamic("<dynamic>", "FRAME", f"globals cannot be known statically: {exc}")
             res.findings.append(Code.PICKLE_MALFORMED.finding(
                 self.path, f"malformed pickle at opcode {res.opcodes}: {exc}"))
             self.block("malformed pickle")
@@ -457,6 +500,9 @@ class _Scanner:
         elif name == "STACK_GLOBAL":
             gname = self.pop()
             module = self.pop()
+            if isinstance(module, _NEVER_STR) or isinstance(gname, _NEVER_STR):
+                # A literal that is not a str: the unpickler raises here, nothing after runs.
+                raise _Fault("STACK_GLOBAL on a value that is not a str")
             if not isinstance(module, str) or not isinstance(gname, str):
                 self._dynamic("<dynamic>", "STACK_GLOBAL",
                               "STACK_GLOBAL with a module or name computed at load time")

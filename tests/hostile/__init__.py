@@ -1,0 +1,1 @@
+"""Hostile-input generators for ckptdoctor's security tests (see payloads.py)."""
