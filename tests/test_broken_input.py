@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import struct
 import shutil
 import subprocess
@@ -134,7 +135,7 @@ def test_corrupt_central_directory(real, tmp_path):
         if how == "signature":
             bad[cd:cd + 4] = b"XXXX"
         elif how == "garbage":
-            bad[cd:len(bad) - 22] = os.urandom(len(bad) - 22 - cd)
+            bad[cd:len(bad) - 22] = random.Random(cd).randbytes(len(bad) - 22 - cd)
         elif how == "offset":  # the directory offset points past the end of the file
             bad[-6:-2] = struct.pack("<I", len(bad) + 1000)
             if z64 != -1:

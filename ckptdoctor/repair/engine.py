@@ -29,8 +29,8 @@ from ..model import FileInfo, Finding, Severity
 from . import allowlist as al
 from .backup import Session, default_backup_root, sessions, sha256_file
 from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
-                    SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, FileOutcome, FilePlan,
-                    RepairPlan, RepairResult)
+                    SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
+                    FilePlan, RepairPlan, RepairResult)
 from .rules import Converter, covered_names, leftover_captures
 from .transcode import TranscodeRefused, offending_names, transcoding_load
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
@@ -245,6 +245,8 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
         return prep
     fp.flavor = flavor
     fp.changes = conv.changes
+    if tc.downgraded is not None:  # read through pickles/downgrade.py: the file must be re-saved
+        fp.changes = [_protocol_change(tc.downgraded.protocol)] + conv.changes
     fp.allowlist = sorted(conv.kept_names)
     head = rel.rpartition("/")[0]
     fp.sidecars = [(head + "/" if head else "") + s for s in conv.sidecars]
@@ -284,6 +286,15 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
     else:
         fp.reason = "loads once its globals are read as data; nothing to convert"
     return prep
+
+
+def _protocol_change(protocol: int) -> Change:
+    """The plan line of a file whose pickle protocol > 2 was rewritten (pickles/downgrade.py)."""
+    return Change("<pickle>", f"pickle protocol {protocol or '0/1'}", "pickle-protocol",
+                  "protocol 2 (torch.save)",
+                  "torch's weights-only unpickler only reads protocol-2 opcodes; the pickle was "
+                  "rewritten opcode by opcode into protocol 2 (nothing run) to read it, and the "
+                  "file is saved again with torch.save")
 
 
 def convert_file(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (),

@@ -20,6 +20,7 @@ Two things the stand-ins of standins.py cannot do on their own, added here:
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import FileInfo, GlobalClass
+from ..pickles.downgrade import Downgraded  # protocol > 2 pickles rewritten into protocol 2
 from ..pickles.policy import classify, torch_name
 from ..standins import StandIn, transcoding_globals
 
@@ -178,12 +180,15 @@ class Transcoded:
     obj: Any
     marks: Marks
     names: list[str]  # what was registered
+    # pickles/downgrade.py: set when the pickle (protocol > 2) was rewritten into protocol-2
+    # opcodes before this load; the file itself cannot load and must be re-saved.
+    downgraded: Downgraded | None = None
 
 
 def _torch_load(path: Path, mmap: bool = True) -> Any:
     import torch
 
-    if mmap:
+    if mmap and isinstance(path, (str, os.PathLike)):  # not a downgraded view (a file object)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as exc:
@@ -218,25 +223,53 @@ def transcoding_load(path: Path, names: list[str], allow: Iterable[str] = (),
     names = list(dict.fromkeys(names))
     check_policy(names, allow, covered)
     marks = Marks()
-    for _ in range(_MAX_RETRIES):
-        entries = standin_entries(names)
-        _active.marks = marks
-        try:
-            obj = load_registered(path, entries)
-        except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError...
-            missing = _MISSING_GLOBAL.search(str(exc))
-            if missing and missing.group(1) not in names:
-                extra = missing.group(1)
-                check_policy([extra], allow, covered)
-                names.append(extra)
-                marks = Marks()
-                continue
-            raise TranscodeRefused(f"cannot be read even with stand-ins: {_key_line(exc)}",
-                                   hint=_load_hint(exc)) from exc
-        finally:
-            _active.marks = None
-        return Transcoded(obj, marks, names)
-    raise TranscodeRefused("too many globals surfaced only at load time")
+    source: Any = path
+    try:
+        for _ in range(_MAX_RETRIES):
+            entries = standin_entries(names)
+            _active.marks = marks
+            try:
+                obj = load_registered(source, entries)
+            except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError...
+                missing = _MISSING_GLOBAL.search(str(exc))
+                if missing and missing.group(1) not in names:
+                    extra = missing.group(1)
+                    check_policy([extra], allow, covered)
+                    names.append(extra)
+                    marks = Marks()
+                    continue
+                # Protocol > 2 opcodes (FRAME, MEMOIZE, STACK_GLOBAL...): read the file again
+                # through pickles/downgrade.py, which rewrites its pickle(s) into protocol 2
+                # without running anything (the static scan already vouched for its globals).
+                if source is path and "Unsupported operand" in str(exc):
+                    source = _open_downgraded(path)
+                    extra = [n for n in sorted(source.info.added) if n not in names]
+                    check_policy(extra, allow, covered)  # builtins.frozenset/set/bytearray...
+                    names += extra
+                    marks = Marks()
+                    continue
+                raise TranscodeRefused(f"cannot be read even with stand-ins: {_key_line(exc)}",
+                                       hint=_load_hint(exc)) from exc
+            finally:
+                _active.marks = None
+            return Transcoded(obj, marks, names,
+                              downgraded=None if source is path else source.info)
+        raise TranscodeRefused("too many globals surfaced only at load time")
+    finally:
+        if source is not path:
+            source.close()
+
+
+def _open_downgraded(path: Path) -> Any:
+    """The file with its pickle(s) rewritten into protocol 2 (pickles/downgrade.py)."""
+    from ..pickles.downgrade import DowngradeError, open_downgraded
+
+    try:
+        return open_downgraded(path)
+    except DowngradeError as exc:
+        raise TranscodeRefused(
+            f"its pickle protocol > 2 cannot be rewritten into protocol 2: {exc}",
+            hint="load it once in a trusted environment and torch.save it again") from exc
 
 
 def _key_line(exc: BaseException) -> str:
