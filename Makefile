@@ -17,7 +17,7 @@ $(VENV)/.base:
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base pyproject.toml
-	$(PY) -m pip install -q $(TORCH) -e '.[dev]'
+	DS_BUILD_OPS=0 $(PY) -m pip install -q $(TORCH) -e '.[dev]'
 	touch $@
 
 demo: $(VENV)/.base

@@ -319,7 +319,7 @@ def test_symlink_loops_terminate(tmp_path, wd):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod-000 files; see the "
-                                              "unprivileged-user variant below")
+                                              "test_unreadable_file_without_read_override")
 def test_unreadable_file_chmod(tmp_path):
     f = tmp_path / "model.pt"
     f.write_bytes(b"PK\x03\x04" + b"\0" * 100)
