@@ -3,6 +3,8 @@ functions over them (see render.py), so JSON never loses what the human view sho
 
 from __future__ import annotations
 
+import math
+
 import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -83,9 +85,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
+        n = math.prod(self.shape)
         return n
 
     def to_json(self) -> dict[str, Any]:

@@ -32,6 +32,8 @@ pickle) and give plain Python / torch values with `.to_primitive()`.
 
 from __future__ import annotations
 
+import math
+
 import builtins
 import functools
 import importlib
@@ -205,9 +207,7 @@ class NDArrayCapture:
 
     @property
     def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
+        n = math.prod(self.shape)
         return n
 
     def to_numpy(self):

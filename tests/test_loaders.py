@@ -255,6 +255,22 @@ def test_deepspeed_file_loads_through_standins_without_deepspeed(deepspeed_like_
     assert "DeepSpeed >= 0.16.0" in res.findings[0].hint
 
 
+def test_megatron_file_loads_through_standins_without_megatron(tmp_path):
+    """A real-layout Megatron checkpoint (tests/fixtures/factory.py: pickled under the real
+    megatron.core.enums.ModelType name; megatron-core is not installed) loads for inspection."""
+    from tests.fixtures import factory as fx
+
+    assert importlib.util.find_spec("megatron") is None
+    root = fx.make_megatron(tmp_path / "meg", fmt="torch")
+    path = root / "iter_0000100" / "mp_rank_00" / "model_optim_rng.pt"
+    res = load_with_chain(path)
+    assert res.strategy == "allowlist"
+    assert "megatron.core.enums.ModelType" in res.attempts[1].standins
+    assert isinstance(res.obj["args"].model_type, EnumStandIn)
+    assert res.obj["iteration"] == 100
+    assert "megatron" not in sys.modules
+
+
 @pytest.mark.parametrize("payload", ["system", "exec"])
 def test_malicious_file_is_refused_even_with_trust(tmp_path, payload, monkeypatch):
     canary = tmp_path / "CANARY"

@@ -12,6 +12,8 @@ nothing else is ever released."""
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 import ctypes
 import os
@@ -286,9 +288,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
+        n = math.prod(self.shape)
         return n
 
     @property

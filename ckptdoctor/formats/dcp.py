@@ -7,6 +7,8 @@ off the symbolic tree, so nothing in the file is imported or called."""
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,9 +83,7 @@ def metadata_from_root(root: Any) -> DcpMetadata:
             d = dict((k, v) for k, v in pstate if isinstance(k, str)).get("dtype")
             dtype = d.match.rpartition(".")[2] if isinstance(d, Glob) else dtype
         shape = _size(st.get("size"))
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         md.tensors[fqn] = TensorInfo(fqn, dtype, shape, n * DTYPE_SIZES.get(dtype, 1))
     sd = top.get("storage_data")
     for index, sinfo in (sd if isinstance(sd, SymDict) else []):

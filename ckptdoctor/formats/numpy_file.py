@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ast
 import zipfile
 from typing import BinaryIO
@@ -39,9 +41,7 @@ def _read_npy(fh: BinaryIO, rel: str, info: FileInfo, name: str) -> None:
         scan = scan_stream(fh, f"{rel}!{name}")
         merge_scans(info, [scan], rel)
         return
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(int(d) for d in shape)
     itemsize = int(str(descr)[2:]) if str(descr)[2:].isdigit() else 0
     info.tensors.append(TensorInfo(name, str(descr), shape, n * itemsize))
 

@@ -6,6 +6,8 @@ length before checking it against the file, and stay torch-free."""
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 from typing import Any
@@ -87,9 +89,7 @@ def check_entries(header: dict[str, Any], start: int, info: FileInfo, rel: str) 
         except (KeyError, TypeError, ValueError):
             info.findings.append(Code.ST_ENTRY.finding(rel, f"entry {name!r} is malformed"))
             continue
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         nbytes = numel * DTYPE_SIZES[dtype]
         if end - begin != nbytes or end < begin:
             info.findings.append(Code.ST_OFFSETS.finding(

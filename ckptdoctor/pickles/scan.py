@@ -11,6 +11,8 @@ caught)."""
 
 from __future__ import annotations
 
+import math
+
 import codecs
 import io
 import pickletools
@@ -674,9 +676,7 @@ def collect_tensors(root: Any, limits: ScanLimits = DEFAULT_LIMITS) -> list[Tens
         if isinstance(v, Tensor):
             st = v.storage
             dtype = st.dtype if st else "unknown"
-            n = 1
-            for d in v.shape:
-                n *= d
+            n = math.prod(v.shape)
             out.append(TensorInfo(prefix or "<root>", dtype, v.shape, n * DTYPE_SIZES.get(dtype, 1),
                                   st.key if st else None, v.offset))
             continue
