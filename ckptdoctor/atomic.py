@@ -50,7 +50,8 @@ def atomic_writer(target: Path, mode: int | None = None) -> Iterator[BinaryIO]:
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
-        fh.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            fh.close()
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise

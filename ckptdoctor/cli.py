@@ -303,6 +303,13 @@ def main() -> None:
         app(standalone_mode=True)
     except SystemExit:
         raise
+    except OSError as exc:  # disk full, read-only directory, permission: the writes are atomic
+        if os.environ.get("CKPTDOCTOR_DEBUG"):
+            raise
+        where = f"{exc.filename} " if exc.filename else ""
+        err.print(f"ckptdoctor: error: {Code.WRITE_FAILED.code} {where}{exc.strerror or exc}; "
+                  "nothing was replaced, originals untouched", markup=False)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         err.print("ckptdoctor: interrupted", markup=False)
         sys.exit(130)

@@ -109,6 +109,8 @@ class Code(enum.Enum):
     CONVERT_ALIAS = ("CK708", Severity.INFO, "shared tensor stored once; alias recorded in metadata")
     CONVERT_SKIPPED = ("CK709", Severity.WARNING,
                        "entries left out of the output (no --strip-prefix match, or training state)")
+    WRITE_FAILED = ("CK710", Severity.ERROR,
+                    "could not write (disk full, read-only, permission); originals untouched")
 
     # other formats
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle")
