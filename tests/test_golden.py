@@ -53,7 +53,75 @@ def _hf_cut_short(d: Path) -> Path:
     return run
 
 
+def _hf_damaged(damage):
+    """A real HF Trainer checkpoint with one kind of damage applied."""
+    def build(d: Path) -> Path:
+        ckpt = fx.make_hf_trainer_run(d, steps=2, save_steps=2) / "checkpoint-2"
+        damage(ckpt)
+        return ckpt
+    return build
+
+
+def _cut(p: Path, keep: float = 0.5) -> None:
+    data = p.read_bytes()
+    p.write_bytes(data[: int(len(data) * keep)])
+
+
+def _header_length(ckpt: Path) -> None:
+    p = ckpt / "model.safetensors"
+    data = p.read_bytes()
+    p.write_bytes((len(data) * 2).to_bytes(8, "little") + data[8:])
+
+
+def _offsets_past_end(ckpt: Path) -> None:
+    p = ckpt / "model.safetensors"
+    data = p.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    header[last]["data_offsets"][1] += 64
+    raw = json.dumps(header).encode()
+    p.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+
+
+def _poison(ckpt: Path) -> None:
+    """training_args.bin replaced by a pickle that would run `true` if loaded (it never is).
+    Hand-built: no library writes hostile files."""
+    payload = (b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
+    (ckpt / "training_args.bin").write_bytes(payload)
+
+
+def _stray_tmp(d: Path) -> Path:
+    """A run whose save of step 4 died while staging (transformers' tmp-checkpoint-* dir)."""
+    run = fx.make_hf_trainer_run(d, steps=2, save_steps=2)
+    (run / "tmp-checkpoint-4").mkdir()
+    (run / "tmp-checkpoint-4" / "model.safetensors").write_bytes(b"")
+    return run
+
+
+def _missing_shard(d: Path) -> Path:
+    model = fx.make_hf_model(d, sharded=True)
+    sorted(model.glob("model-*.safetensors"))[1].unlink()
+    return model
+
+
+def _ds_missing_optim(d: Path) -> Path:
+    ds = fx.make_deepspeed(d, stage=2)
+    next(ds.glob("global_step5/*rank_1*_optim_states.pt")).unlink()
+    return ds
+
+
 CASES = {
+    "damaged_truncated_torch_zip": _hf_damaged(lambda c: _cut(c / "optimizer.pt")),
+    "damaged_truncated_safetensors": _hf_damaged(lambda c: _cut(c / "model.safetensors")),
+    "damaged_header_length": _hf_damaged(_header_length),
+    "damaged_offsets_past_end": _hf_damaged(_offsets_past_end),
+    "damaged_missing_rng_state": _hf_damaged(lambda c: (c / "rng_state.pth").unlink()),
+    "damaged_zero_byte_scheduler": _hf_damaged(lambda c: (c / "scheduler.pt").write_bytes(b"")),
+    "damaged_stray_tmp_dir": _stray_tmp,
+    "damaged_poisoned_training_args": _hf_damaged(_poison),
+    "damaged_index_missing_shard": _missing_shard,
+    "damaged_deepspeed_missing_optim_shard": _ds_missing_optim,
     "torch_zip": lambda d: fx.make_torch_zip(d),
     "torch_legacy": lambda d: fx.make_torch_legacy(d),
     "numpy_state": lambda d: fx.make_numpy_state(d),
@@ -112,7 +180,8 @@ def _roundtrip(value):
 def test_golden(built, case):
     path = built[case]
     r1 = runner.invoke(app, ["inspect", "--json", str(path)])
-    assert r1.exit_code == 0, r1.output
+    dangerous = any(f["code"] == "CK101" for f in json.loads(r1.stdout)["findings"])
+    assert r1.exit_code == (1 if dangerous else 0), r1.output  # inspect exits 1 on a payload
     r2 = runner.invoke(app, ["validate", "--format", "json", str(path)])
     assert r2.exit_code in (0, 1), r2.output
     got = _roundtrip(project(json.loads(r1.stdout), json.loads(r2.stdout), r2.exit_code))
@@ -144,6 +213,7 @@ def test_reported_allowlist_loads_every_torch_zip(built, case):
             torch.load(p, weights_only=True, map_location="cpu")
         checked += 1
     if case in ("safetensors", "peft", "peft_empty", "hf_model_sharded", "dcp", "torchtitan",
+                "damaged_index_missing_shard",
                 "llama_recipes_fsdp", "megatron_torch_dist", "torch_legacy"):
         return
     assert checked, f"{case}: no torch zip checked"

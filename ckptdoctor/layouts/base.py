@@ -24,6 +24,7 @@ from ..pickles.scan import Obj, SymDict, scan_bytes
 
 MAX_FILES = 200_000
 SKIP_DIRS = frozenset({".ckptdoctor-backup", "__pycache__", ".git"})
+STAGING_PREFIXES = ("tmp-checkpoint-",)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class DirView:
             pre = "" if base == "." else base + "/"
             for d in dirnames:
                 self.dirs.append(pre + d)
+            # a save's staging dir (transformers tmp-checkpoint-*) is reported as one leftover
+            # (CK406); its half-written contents belong to no checkpoint and are not read
+            dirnames[:] = [d for d in dirnames if not d.startswith(STAGING_PREFIXES)]
             for f in sorted(filenames):
                 full = Path(dirpath) / f
                 if full.is_symlink() and not full.exists():
