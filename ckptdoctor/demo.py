@@ -47,7 +47,7 @@ def build(run: Path) -> None:
         if step == 20:
             (ckpt / "trainer_state.json").write_text(json.dumps(
                 {"global_step": step, "epoch": 1.0, "log_history": [
-                    {"step": step, "loss": float(loss), "learning_rate": 1e-3}]}))
+                    {"step": step, "loss": loss.item(), "learning_rate": 1e-3}]}))
         else:  # the OOM kill: optimizer.pt cut in half, trainer_state.json never written
             data = (ckpt / "optimizer.pt").read_bytes()
             (ckpt / "optimizer.pt").write_bytes(data[: len(data) // 2])
