@@ -21,7 +21,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -581,3 +581,22 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+def holds(value: Any, match: Callable[[Any], bool], depth: int = 0, limit: int = 200) -> bool:
+    """True when `value`, or anything nested in its dicts, lists, tuples and sets, matches."""
+    if match(value):
+        return True
+    if depth > limit:
+        return False
+    if isinstance(value, Mapping):
+        return any(holds(x, match, depth + 1, limit) for x in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(holds(x, match, depth + 1, limit) for x in value)
+    return False
+
+
+def is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)

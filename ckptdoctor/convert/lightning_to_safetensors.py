@@ -13,7 +13,8 @@ from pathlib import Path
 from ..codes import Code
 from .common import ConvertResult, Options, fail
 from .loading import load_torch
-from .sources import _has_tensor, source_dir
+from .common import holds, is_tensor
+from .sources import source_dir
 from .st_emit import Leaf, emit
 from .torch_to_safetensors import leaves_of
 
@@ -30,7 +31,7 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
     for key, value in ckpt.items():
         if key == "state_dict":
             continue
-        if _has_tensor(value):
+        if holds(value, is_tensor):
             training.append(key)
         else:
             bookkeeping.append(Leaf(str(key), value=value))

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .common import fail
+from .common import fail, holds, is_tensor
 
 KINDS = ("torch", "lightning", "safetensors", "dcp", "deepspeed", "safe")
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
@@ -175,20 +175,6 @@ def deepspeed_tag_dir(src: Path, quiet: bool = False) -> Path | None:
 
 
 # --- flattening -------------------------------------------------------------------------------
-def _has_tensor(v: Any, depth: int = 0) -> bool:
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return True
-    if depth > 64:
-        return False
-    if isinstance(v, Mapping):
-        return any(_has_tensor(x, depth + 1) for x in v.values())
-    if isinstance(v, (list, tuple)):
-        return any(_has_tensor(x, depth + 1) for x in v)
-    return False
-
-
 def flatten(obj: Any, origin: str = "") -> list[tuple[str, Any]]:
     """(key, leaf) pairs the way DCP's flatten_state_dict names them: nested mappings join
     with '.', lists and tuples that hold tensors by index, everything else is a leaf."""
@@ -205,7 +191,7 @@ def flatten(obj: Any, origin: str = "") -> list[tuple[str, Any]]:
                 add(prefix, v)
             for k, x in v.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), x, depth + 1)
-        elif isinstance(v, (list, tuple)) and _has_tensor(v):
+        elif isinstance(v, (list, tuple)) and holds(v, is_tensor):
             for i, x in enumerate(v):
                 walk(f"{prefix}.{i}" if prefix else str(i), x, depth + 1)
         else:

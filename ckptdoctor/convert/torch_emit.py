@@ -8,8 +8,8 @@ from typing import Any
 
 from ..codes import Code
 from .codec import deep_equal
-from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, MappedReader, Options,
-                     Staging, compare_bytes, copy_sidecars, entry_chunks)
+from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, MappedReader, Options, Staging,
+                     compare_bytes, copy_sidecars, entry_chunks, holds)
 from .loading import load_torch
 from .torch_writer import TensorRef, write_torch_zip
 
@@ -93,30 +93,18 @@ def _walk(tree: Any, out: Any, where: str, tensor_eq: Any, rel: str) -> None:
             if d is not None:
                 raise _mismatch(rel, f"{where or '<root>'}: attributes differ at {d}")
         return
-    if isinstance(tree, (list, tuple)) and _has_ref(tree):
+    if isinstance(tree, (list, tuple)) and holds(tree, lambda x: isinstance(x, TensorRef)):
         if type(out) is not type(tree) or len(out) != len(tree):
             raise _mismatch(rel, f"{where or '<root>'}: sequence differs")
         for i, (a, b) in enumerate(zip(tree, out)):
             _walk(a, b, f"{where}.{i}" if where else str(i), tensor_eq, rel)
         return
-    if isinstance(tree, StandIn) and _has_ref(tree.state):
+    if isinstance(tree, StandIn) and holds(tree.state, lambda x: isinstance(x, TensorRef)):
         _walk(tree.state, getattr(out, "state", None), f"{where}@state", tensor_eq, rel)
         return
     d = deep_equal(tree, out)
     if d is not None:
         raise _mismatch(rel, f"{where or '<root>'}: value differs at {d}")
-
-
-def _has_ref(v: Any, depth: int = 0) -> bool:
-    if isinstance(v, TensorRef):
-        return True
-    if depth > 100:
-        return False
-    if isinstance(v, dict):
-        return any(_has_ref(x, depth + 1) for x in v.values())
-    if isinstance(v, (list, tuple)):
-        return any(_has_ref(x, depth + 1) for x in v)
-    return False
 
 
 def _mismatch(rel: str, message: str) -> ConvertError:

@@ -23,10 +23,11 @@ from typing import Any
 
 from ..codes import Code
 from ..model import Severity
+from ..standins import StandIn
 from .codec import CodecError, deep_equal, encode
 from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, FileReader, Options, Staging,
-                     byte_chunks, compare_bytes, copy_sidecars, fail, release_tensor,
-                     Writeback, target_dtype, write_json)
+                     Writeback, byte_chunks, compare_bytes, copy_sidecars, fail, holds,
+                     release_tensor, target_dtype, write_json)
 from .dcp_read import TREE_FORMAT, TREE_NAME, DcpCheckpoint
 from .loading import load_torch
 from .sources import torch_files
@@ -161,7 +162,8 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
             return standin_of[id(v)]
         return v
 
-    bad = [k for k, v in leaves.items() if not isinstance(v, torch.Tensor) and _has_standin(v)]
+    bad = [k for k, v in leaves.items()
+           if not isinstance(v, torch.Tensor) and holds(v, lambda x: isinstance(x, StandIn))]
     if bad:
         raise fail(src, "entries hold objects of classes that are not installed here "
                         f"(loaded as stand-ins): {', '.join(bad[:5])}; DCP would pickle them",
@@ -208,20 +210,6 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         if isinstance(exc, Exception):
             raise fail(dst, f"DCP save failed: {type(exc).__name__}: {exc}") from exc
         raise
-
-
-def _has_standin(v: Any, depth: int = 0) -> bool:
-    from ..standins import StandIn
-
-    if isinstance(v, StandIn):
-        return True
-    if depth > 100:
-        return False
-    if isinstance(v, dict):
-        return any(_has_standin(x, depth + 1) for x in v.values())
-    if isinstance(v, (list, tuple, set)):
-        return any(_has_standin(x, depth + 1) for x in v)
-    return False
 
 
 def _map_tree(v: Any, fn: Any) -> Any:

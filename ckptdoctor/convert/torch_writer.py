@@ -23,7 +23,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .common import CHUNK, Options, TensorEntry, Writeback, dtype_name, entry_chunks, fail
+from .common import (CHUNK, Options, TensorEntry, Writeback, dtype_name, entry_chunks, fail,
+                     holds, is_tensor)
 
 ALIGNMENT = 64
 _PAD_HEADER_ID = 0x4246  # "FB", the extra-field id torch's writer pads with
@@ -178,7 +179,7 @@ def refs_for_tensors(obj: Any, path: str = "") -> Any:
                     v, torch.nn.Parameter), requires_grad=v.requires_grad)
             return refs[id(v)]
         if isinstance(v, dict):
-            if not _holds_tensor(v, depth):
+            if not holds(v, is_tensor, depth):
                 return v
             out = type(v)() if type(v) in (dict, OrderedDict) else dict()
             for k, x in v.items():
@@ -186,29 +187,15 @@ def refs_for_tensors(obj: Any, path: str = "") -> Any:
             if type(v) is OrderedDict and vars(v):
                 out.__dict__.update(vars(v))
             return out
-        if isinstance(v, (list, tuple)) and _holds_tensor(v, depth):
+        if isinstance(v, (list, tuple)) and holds(v, is_tensor, depth):
             items = [walk(x, f"{where}.{i}" if where else str(i), depth + 1)
                      for i, x in enumerate(v)]
             return items if type(v) is list else tuple(items)
-        if isinstance(v, StandIn) and _holds_tensor(v.state, depth):
+        if isinstance(v, StandIn) and holds(v.state, is_tensor, depth):
             v.state = walk(v.state, f"{where}@state", depth + 1)
         return v
 
     return walk(obj, path, 0)
-
-
-def _holds_tensor(v: Any, depth: int = 0) -> bool:
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return True
-    if depth > 200:
-        return False
-    if isinstance(v, dict):
-        return any(_holds_tensor(x, depth + 1) for x in v.values())
-    if isinstance(v, (list, tuple)):
-        return any(_holds_tensor(x, depth + 1) for x in v)
-    return False
 
 
 def pickle_tree(obj: Any) -> tuple[bytes, list[TensorRef]]:
