@@ -168,3 +168,32 @@ def test_static_commands_never_import_torch(ckpt_dir, argv):
             "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "NO_TORCH" in proc.stderr, proc.stderr
+
+
+def test_deep_validate_shows_a_progress_bar_on_a_terminal(tmp_path):
+    """stderr on a pseudo-terminal gets a rich progress bar naming the file being read;
+    piped stderr (every other test) gets none."""
+    import os
+    import pty
+
+    p = tmp_path / "model.safetensors"
+    save_file({f"w{i}": torch.zeros(2048, 2048) for i in range(8)}, p, metadata={"format": "pt"})
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ckptdoctor", "validate", "--deep", str(p)],
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait() == 0
+    assert "━".encode() in seen and b"model.safetensors" in seen
+    piped = subprocess.run([sys.executable, "-m", "ckptdoctor", "validate", "--deep", str(p)],
+                           capture_output=True)
+    assert "━".encode() not in piped.stderr
