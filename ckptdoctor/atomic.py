@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,11 +95,3 @@ def leftovers(root: Path) -> list[Path]:
                        if d != ".ckptdoctor-backup" and not d.startswith(TMP_MARKER)]
         out.extend(Path(dirpath) / f for f in filenames if f.startswith(TMP_MARKER))
     return sorted(out)
-
-
-def copy_durable(src: Path, dst: Path) -> None:
-    """Copy src to dst (metadata too) and fsync it: backups must survive a crash."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fi, atomic_writer(dst) as fo:
-        shutil.copyfileobj(fi, fo, 8 << 20)
-    shutil.copystat(src, dst)

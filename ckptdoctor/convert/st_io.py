@@ -260,10 +260,6 @@ class SafetensorsFile:
         self._storage = None
 
 
-def open_sources(paths: list[Path]) -> list[SafetensorsFile]:
-    return [SafetensorsFile(p) for p in paths]
-
-
 def sha256_file(path: Path, tick: Callable[[int], None] | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as fh:

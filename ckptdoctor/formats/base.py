@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..codes import Code
-from ..model import FileInfo, Finding, GlobalRef, WeightsOnlyVerdict
+from ..model import FileInfo, WeightsOnlyVerdict
 from ..pickles.scan import PickleScan
 
 HEAD_BYTES = 64
@@ -124,13 +124,5 @@ class FileSlice(io.RawIOBase):
         return len(data)
 
 
-def io_finding(rel: str, exc: OSError) -> Finding:
-    return Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror or exc}")
-
-
-def unknown_info(probe: Probe, rel: str, fmt: str = "unknown") -> FileInfo:
-    return FileInfo(rel, fmt, probe.size)
-
-
-__all__ = ["Probe", "Format", "merge_scans", "add_global_findings", "FileSlice", "io_finding",
-           "HEAD_BYTES", "MAX_PICKLE_BYTES", "GlobalRef"]
+__all__ = ["Probe", "Format", "merge_scans", "add_global_findings", "FileSlice",
+           "HEAD_BYTES", "MAX_PICKLE_BYTES"]

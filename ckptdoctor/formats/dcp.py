@@ -15,7 +15,7 @@ from typing import Any
 
 from ..codes import Code
 from ..model import FileInfo, TensorInfo
-from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, SymList, scan_bytes, scan_stream
+from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, scan_bytes, scan_stream
 from .base import FileSlice, Probe, add_global_findings, merge_scans
 from .torch_zip import ZIP_MAGIC, scan_zip
 
