@@ -34,6 +34,15 @@ class GlobalClass(str, enum.Enum):
     UNKNOWN = "unknown"  # anything else: importing it runs that module's code
 
 
+class ScanState(str, enum.Enum):
+    """How far the static scan of a file got. Anything but COMPLETE is not loadable: the gate,
+    repair, convert and every loader strategy refuse it (fail closed)."""
+
+    COMPLETE = "complete"  # every byte the consumer will read was scanned
+    INCONCLUSIVE = "inconclusive"  # a cap was hit, readers disagree, or a record was unreadable
+    FAILED = "failed"  # the scan itself could not run (unreadable file, internal error)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One thing a check found. `code` is stable (see codes.py); `message` is for people."""
@@ -122,6 +131,12 @@ class FileInfo:
     tensors: list[TensorInfo] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # format-specific facts (protocol, ...)
+    scan_state: ScanState = ScanState.COMPLETE  # set by the format readers and the scanner
+
+    @property
+    def loadable(self) -> bool:
+        """The one rule: only a completely scanned file with no dangerous global may be loaded."""
+        return self.scan_state is ScanState.COMPLETE and not self.dangerous
 
     @property
     def dangerous(self) -> list[GlobalRef]:
@@ -136,6 +151,7 @@ class FileInfo:
             "weights_only": self.weights_only.to_json() if self.weights_only else None,
             "tensor_summary": tensor_summary(self.tensors),
             "meta": self.meta,
+            "scan_state": self.scan_state.value,
         }
         if with_tensors:
             out["tensors"] = [t.to_json() for t in self.tensors]
@@ -207,6 +223,6 @@ def sorted_findings(findings: list[Finding]) -> list[Finding]:
 
 
 __all__ = [
-    "SCHEMA_VERSION", "Severity", "GlobalClass", "Finding", "GlobalRef", "TensorInfo",
+    "SCHEMA_VERSION", "Severity", "GlobalClass", "ScanState", "Finding", "GlobalRef", "TensorInfo",
     "WeightsOnlyVerdict", "FileInfo", "LayoutInfo", "Report", "tensor_summary", "asdict",
 ]
