@@ -195,9 +195,9 @@ def test_zip_bomb_data_pkl_is_not_inflated(tmp_path):
         f.write_bytes(B.raw_zip([B.bomb("archive/data.pkl", 1 << 30, declared),
                                  B.stored("archive/version", b"3\n")]))
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t = time.perf_counter()
+        t = time.process_time()
         info = detect_file(f, f.name)
-        assert time.perf_counter() - t < 5
+        assert time.process_time() - t < 5  # CPU seconds: unread, not inflated
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 64 << 10  # KiB
         assert "CK205" in _codes(info) and _errors(info)
         assert _codes(info) & {"CK106", "CK208"}
@@ -218,9 +218,9 @@ elif kind == "nested":  # 8 nested zips x 4 bomb members
 elif kind == "npz":     # one 2 GiB member
     f.write_bytes(B.raw_zip([B.bomb("a.npy", 2 << 30)]))
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
+t = time.process_time()
 info = detect_file(f, f.name)
-print(json.dumps({"seconds": time.perf_counter() - t,
+print(json.dumps({"cpu_seconds": time.process_time() - t,
                   "rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024,
                   "codes": sorted({x.code for x in info.findings})}))
 """
@@ -235,7 +235,7 @@ def test_zip_bombs_cost_bounded_time_and_memory(kind, tmp_path):
                        capture_output=True, text=True, timeout=300, env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
-    assert out["seconds"] < 60, out
+    assert out["cpu_seconds"] < 60, out
     assert out["rss_mb"] < 1200, out  # ~2 x MAX_INFLATE; never the 3-32 GiB the bombs hold
     if kind != "npz":
         assert "CK106" in out["codes"], out
