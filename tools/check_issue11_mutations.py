@@ -15,15 +15,18 @@ M = [
  ("dry-run", "ckptdoctor/cli.py", "if dry_run or not plan.has_work:", "if not plan.has_work:", "test_cli_repair_dry_run"),
  ("overwrite", "ckptdoctor/cli.py", "progress=progress, overwrite=overwrite)", "progress=progress, overwrite=True)", "test_cli_convert_refuses"),
  ("verify", "ckptdoctor/cli.py", "verify=not no_verify,", "verify=no_verify,", "test_cli_convert_verifies"),
+ ("ds-frozen-zeros", "ckptdoctor/convert/deepspeed_read.py", "load = (lambda frag=frag, shape=shape: frag.reshape(shape))", "load = (lambda frag=frag, shape=shape: torch.zeros_like(frag).reshape(shape))", "test_convert_two_ranks", "tests/test_deepspeed_real.py"),
+ ("ds-rank-order", "ckptdoctor/convert/deepspeed_read.py", "ranks = [_Flat([self.flat[r][gi]], [self.mapped[r][gi]]) for r in range(self.world)]", "ranks = [_Flat([self.flat[r][gi]], [self.mapped[r][gi]]) for r in reversed(range(self.world))]", "test_convert_two_ranks", "tests/test_deepspeed_real.py"),
 ]
 only = sys.argv[1:]
-for name, f, old, new, k in M:
+for name, f, old, new, k, *rest in M:
+    test_file = rest[0] if rest else "tests/test_regressions.py"
     if only and name not in only: continue
     s = open(f).read()
     assert s.count(old) >= 1, (name, "pattern missing")
     open(f, "w").write(s.replace(old, new))
     try:
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_regressions.py", "-k", k], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k", k], capture_output=True, text=True)
         last = r.stdout.strip().splitlines()[-1]
         print(r.stdout[-600:] if os.environ.get("SHOW") else "", end="")
         print(f"{name:16} {'CAUGHT' if r.returncode else 'SURVIVED'}  {last}", flush=True)
