@@ -29,16 +29,18 @@ from ckptdoctor.loaders import safe_load
 
 try:
     from tests.fixtures import factory as F
+    from tests.oracle import assert_same, differences
 except ImportError:
     from fixtures import factory as F
+    from oracle import assert_same, differences
 
 ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")
 
 
 def _same(a, b) -> None:
-    where = deep_equal(a, b)
-    assert where is None, f"differs at {where}"
+    """The independent oracle (tests/oracle), never the product's own deep_equal."""
+    assert_same(a, b)
 
 
 def _tiny_training_state(seed: int = 0):
@@ -525,3 +527,69 @@ def test_codec_round_trips_what_checkpoints_hold():
     _same(value, back)
     assert back["od"]._metadata == od._metadata and type(back["attr"]) is AttributeDict
     assert type(back["cfg"]) is AcceleratorConfig and back["cfg"] == value["cfg"]
+
+
+def _pairs():
+    """(a, b) pairs that differ in exactly one way, each as checkpoints hold them."""
+    model, opt = _tiny_training_state(0)
+    sd = {"model": model.state_dict(), "optim": opt.state_dict(), "step": 3}
+
+    def changed(fn):
+        import copy
+        other = copy.deepcopy(sd)
+        fn(other)
+        return other
+
+    def flip(t):
+        t.view(-1)[0] = t.view(-1)[0] + 1
+
+    yield "value", changed(lambda o: flip(o["model"]["0.weight"]))
+    yield "optimizer value", changed(lambda o: flip(o["optim"]["state"][0]["exp_avg"]))
+    yield "dtype", changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"].double()))
+    yield "shape", changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"][:-1]))
+    yield "missing key", changed(lambda o: o["model"].pop("2.bias"))
+    yield "int", changed(lambda o: o.__setitem__("step", 4))
+    yield "lr", changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", 2e-3))
+    yield "nan vs number", changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", float("nan")))
+    yield "zeroed", changed(lambda o: o["model"]["0.bias"].zero_())
+    yield "tuple vs list", changed(lambda o: o["optim"]["param_groups"][0].__setitem__(
+        "betas", list(o["optim"]["param_groups"][0]["betas"])))
+    yield "numpy", changed(lambda o: o.__setitem__("step", np.int64(3)))
+
+
+def test_deep_equal_agrees_with_an_independent_oracle():
+    """convert's verification rests on codec.deep_equal: it must say "differs" wherever the
+    oracle (torch.equal on bytes, plain Python walking) does. Catches deep_equal always "equal"."""
+    model, opt = _tiny_training_state(0)
+    sd = {"model": model.state_dict(), "optim": opt.state_dict(), "step": 3}
+    assert differences(sd, sd) == [] and deep_equal(sd, sd) is None
+    for what, other in _pairs():
+        assert differences(sd, other), what  # the oracle itself sees the change
+        assert deep_equal(sd, other) is not None, what
+    neg = {"x": torch.tensor([-0.0])}
+    assert differences(neg, {"x": torch.tensor([0.0])})
+    assert deep_equal(neg, {"x": torch.tensor([0.0])}) is not None
+    nan = {"x": torch.tensor([float("nan")])}
+    assert not differences(nan, {"x": torch.tensor([float("nan")])})
+    assert deep_equal(nan, {"x": torch.tensor([float("nan")])}) is None
+
+
+def test_convert_output_checked_by_the_oracle_after_a_real_load(tmp_path):
+    """torch -> safetensors -> torch through the CLI; the result is loaded by safetensors and
+    torch themselves and compared by the oracle, not by ckptdoctor."""
+    from typer.testing import CliRunner
+
+    from ckptdoctor.cli import app
+
+    model, _ = _tiny_training_state(0)
+    src = tmp_path / "model.pt"
+    torch.save(model.state_dict(), src)
+    r = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "m.safetensors"),
+                                 "--to", "safetensors"])
+    assert r.exit_code == 0, r.output
+    want = dict(sorted(model.state_dict().items()))  # safetensors stores names sorted
+    assert_same(want, dict(sorted(load_file(tmp_path / "m.safetensors").items())))
+    r = CliRunner().invoke(app, ["convert", str(tmp_path / "m.safetensors"),
+                                 str(tmp_path / "back.pt"), "--to", "torch"])
+    assert r.exit_code == 0, r.output
+    assert_same(want, dict(sorted(torch.load(tmp_path / "back.pt", weights_only=True).items())))

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from ckptdoctor.cli import app
+from ckptdoctor.loaders import safe_load
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed")
 
@@ -86,3 +87,53 @@ def test_deepspeed_still_loads_after_repair(ds_ckpt, tmp_path):
                                    **forced).stdout
     with pytest.raises(AssertionError):
         _job("load", ds_ckpt, **forced)  # the original fails that way
+
+
+def _job_ranks(mode: str, ckpt: Path, world: int, **env) -> None:
+    """`mode` on `world` real ranks: one process per rank, gloo on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        full = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), **env}
+        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, "2", str(ckpt)], env=full,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ds_two_ranks_frozen(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ds2") / "ckpt"
+    _job_ranks("save", ckpt, 2, CKPTDOCTOR_DS_FROZEN="1")
+    return ckpt
+
+
+def test_convert_two_ranks_with_a_frozen_layer(ds_two_ranks_frozen, tmp_path):
+    """Two real ZeRO-2 ranks, first Linear frozen. Catches: rank order reversed when gathering
+    the fp32 partitions; frozen parameters (frozen_param_fragments) written as zeros. The oracle
+    is DeepSpeed's own zero_to_fp32 and the weights the engine held when it saved."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ds_two_ranks_frozen, ckpt)
+    optim = sorted(p.name for p in ckpt.glob("*/*optim_states.pt"))
+    assert len(optim) == 2 and "rank_0" in optim[0] and "rank_1" in optim[1]
+    model_states = safe_load(next(ckpt.glob("*/*rank_0*model_states.pt")))
+    assert set(model_states["frozen_param_shapes"]) == {"0.weight", "0.bias"}
+    _job("fp32", ckpt)
+    reference = torch.load(str(ckpt) + ".fp32.pt", weights_only=True)
+    live = torch.load(str(ds_two_ranks_frozen) + ".live.pt", weights_only=True)
+    out = tmp_path / "model.safetensors"
+    r = runner.invoke(app, ["convert", str(ckpt), str(out), "--to", "safetensors"])
+    assert r.exit_code == 0, r.output
+    ours = load_file(out)
+    assert set(ours) == set(reference) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    for name, ref in reference.items():
+        assert ours[name].dtype == ref.dtype and torch.equal(ours[name], ref), name
+    for name in ("0.weight", "0.bias"):  # frozen: what the module held, never zeros
+        assert ours[name].abs().sum() > 0
+        assert torch.equal(ours[name].to(live[name].dtype), live[name]), name
+    for name in ("2.weight", "2.bias"):  # trained: the fp32 master, bf16 copy in the module
+        assert torch.equal(ours[name].bfloat16(), live[name].bfloat16()), name

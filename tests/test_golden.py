@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,24 @@ CASES = {
 }
 
 
+# torch zip files per case that torch.load(weights_only=True) reads (hand-counted from what
+# each builder writes: e.g. an HF Trainer checkpoint has optimizer.pt, scheduler.pt,
+# rng_state.pth and training_args.bin; a truncated file is no longer a zip; DCP shards and
+# safetensors are not torch zips).
+TORCH_ZIPS = {
+    "accelerate": 3, "accelerate_numpy1": 3, "damaged_deepspeed_missing_optim_shard": 2,
+    "damaged_header_length": 4, "damaged_index_missing_shard": 0, "damaged_missing_rng_state": 3,
+    "damaged_offsets_past_end": 4, "damaged_poisoned_training_args": 3,
+    "damaged_stray_tmp_dir": 4, "damaged_truncated_safetensors": 4,
+    "damaged_truncated_torch_zip": 3, "damaged_zero_byte_scheduler": 3, "dcp": 0,
+    "deepspeed_zero2": 3, "deepspeed_zero3": 4, "hf_checkpoint": 4, "hf_checkpoint_numpy1": 4,
+    "hf_model_bin_sharded": 6, "hf_model_sharded": 0, "hf_run": 8, "hf_run_cut_short": 8,
+    "lightning_clean": 1, "lightning_namespace": 1, "lingua": 1, "llama_recipes_fsdp": 0,
+    "megatron_torch": 1, "megatron_torch_dist": 1, "numpy_state": 1, "peft": 0, "peft_empty": 0,
+    "safetensors": 0, "torch_legacy": 0, "torch_zip": 1, "torchtitan": 0,
+}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("golden")
@@ -176,21 +195,26 @@ def _roundtrip(value):
     return json.loads(json.dumps(value))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_golden(built, case):
+def _outcome(built, case) -> dict:
     path = built[case]
     r1 = runner.invoke(app, ["inspect", "--json", str(path)])
     dangerous = any(f["code"] == "CK101" for f in json.loads(r1.stdout)["findings"])
     assert r1.exit_code == (1 if dangerous else 0), r1.output  # inspect exits 1 on a payload
     r2 = runner.invoke(app, ["validate", "--format", "json", str(path)])
     assert r2.exit_code in (0, 1), r2.output
-    got = _roundtrip(project(json.loads(r1.stdout), json.loads(r2.stdout), r2.exit_code))
+    return _roundtrip(project(json.loads(r1.stdout), json.loads(r2.stdout), r2.exit_code))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(built, case):
+    got = _outcome(built, case)
     golden = GOLDEN / f"{case}.json"
-    if os.environ.get("UPDATE_GOLDEN") or not golden.exists():
-        if not os.environ.get("UPDATE_GOLDEN"):
-            pytest.fail(f"no golden file {golden}; run with UPDATE_GOLDEN=1 and review it")
+    if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"wrote {golden.name}: review it; nothing was compared (UPDATE_GOLDEN)")
+    if not golden.exists():
+        pytest.fail(f"no golden file {golden}; run with UPDATE_GOLDEN=1 and review it")
     assert got == json.loads(golden.read_text())
 
 
@@ -212,8 +236,49 @@ def test_reported_allowlist_loads_every_torch_zip(built, case):
         with torch.serialization.safe_globals(resolve_allowlist(names, user_vouched=names)):
             torch.load(p, weights_only=True, map_location="cpu")
         checked += 1
-    if case in ("safetensors", "peft", "peft_empty", "hf_model_sharded", "dcp", "torchtitan",
-                "damaged_index_missing_shard",
-                "llama_recipes_fsdp", "megatron_torch_dist", "torch_legacy"):
-        return
-    assert checked, f"{case}: no torch zip checked"
+    # independently of ckptdoctor: zip archives holding a data.pkl, DCP shards (.distcp, also
+    # torch-serialized zips but never torch.load'ed) aside
+    zips = 0
+    for p in files:
+        if p.suffix != ".distcp" and zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as zf:
+                zips += any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
+    assert zips == TORCH_ZIPS[case], f"{case}: the fixture changed: {zips} torch zips"
+    assert checked == TORCH_ZIPS[case], f"{case}: {checked} of {TORCH_ZIPS[case]} torch zips checked"
+
+
+def _has(got: dict, code: str, path: str) -> bool:
+    return any(c == code and p == path for c, _, p in got["validate_findings"])
+
+
+# Hand-written expectations for the key cases: what each damage must produce, stated from the
+# damage itself, so a golden file regenerated over a regression (UPDATE_GOLDEN) cannot hide it.
+KEY_CASES = {
+    "hf_checkpoint": lambda g: (
+        g["layout"] == "hf-trainer" and g["step"] == 2 and g["validate_rc"] == 0
+        and g["files"]["optimizer.pt"][:2] == ["torch-zip", True]
+        and g["files"]["model.safetensors"][0] == "safetensors"
+        and g["files"]["rng_state.pth"][1] is False),  # numpy arrays need an allow-list
+    "hf_checkpoint_numpy1": lambda g: g["validate_rc"] == 1 and _has(g, "CK601", "rng_state.pth"),
+    "damaged_truncated_safetensors": lambda g: (
+        g["validate_rc"] == 1 and _has(g, "CK305", "model.safetensors")),
+    "damaged_truncated_torch_zip": lambda g: (
+        g["validate_rc"] == 1 and _has(g, "CK201", "optimizer.pt")),
+    "damaged_zero_byte_scheduler": lambda g: (
+        g["validate_rc"] == 1 and _has(g, "CK003", "scheduler.pt")),
+    "damaged_poisoned_training_args": lambda g: (
+        g["validate_rc"] == 1 and _has(g, "CK101", "training_args.bin")),
+    "damaged_index_missing_shard": lambda g: g["validate_rc"] == 1 and any(
+        c == "CK402" for c, _, _ in g["validate_findings"]),
+    "damaged_deepspeed_missing_optim_shard": lambda g: g["validate_rc"] == 1 and any(
+        c == "CK409" for c, _, _ in g["validate_findings"]),
+    "deepspeed_zero2": lambda g: g["layout"] == "deepspeed" and g["step"] == 5
+        and g["validate_rc"] == 0,
+    "torch_zip": lambda g: g["validate_rc"] == 0 and g["files"]["model.pt"][:2] == ["torch-zip", True],
+}
+
+
+@pytest.mark.parametrize("case", sorted(KEY_CASES))
+def test_key_cases_by_hand(built, case):
+    got = _outcome(built, case)
+    assert KEY_CASES[case](got), json.dumps(got, indent=1)
