@@ -285,14 +285,13 @@ def _emit(text: str) -> None:
 
 
 def _check_allow(names: list[str]) -> None:
-    from .model import GlobalClass
-    from .pickles.policy import classify
+    from .pickles.policy import Verdict, vet
 
     for name in names:
         if "." not in name or any(not part.isidentifier() for part in name.split(".")):
             _fail(CliError(Code.UNKNOWN_GLOBAL, name, "--allow takes a dotted name such as "
                                                       "numpy.core.multiarray._reconstruct"))
-        if classify(name) is GlobalClass.DANGEROUS:
+        if vet(name, names).verdict is Verdict.DANGEROUS:
             _fail(CliError(Code.DANGEROUS_GLOBAL, name, "can execute code; ckptdoctor never "
                                                         "allow-lists it", EXIT_FINDINGS))
 

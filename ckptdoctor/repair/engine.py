@@ -369,10 +369,9 @@ def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: st
         plan.findings.append(Code.PATH_MISSING.finding(str(path), f"{path}: no such file or "
                                                                  "directory"))
         return plan, []
-    from ..pickles.policy import classify
-    from ..model import GlobalClass
+    from ..pickles.policy import Verdict, vet
 
-    bad_allow = [n for n in allow if classify(n) is GlobalClass.DANGEROUS]
+    bad_allow = [n for n in allow if vet(n, allow).verdict is Verdict.DANGEROUS]
     if bad_allow:
         plan.findings.append(Code.REPAIR_REFUSED.finding(
             str(path), "--allow names code-executing global(s): " + ", ".join(bad_allow),
