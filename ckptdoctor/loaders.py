@@ -231,18 +231,16 @@ def vetted_pickle_module(allow: tuple[str, ...] = ()) -> types.ModuleType:
             if not (isinstance(module, str) and isinstance(name, str)):
                 raise RefusedGlobal("global with a non-string name refused")
             full = f"{module}.{name}"
-            # Python's own Python-2 mapping (protocol < 3), checked as well
-            if self.proto < 3 and self.fix_imports:
-                import _compat_pickle
+            # Python's own Python-2 mapping (fix_imports); its names are not Python-3 modules,
+            # so it is applied whatever the protocol, and both spellings must pass
+            import _compat_pickle
 
-                mod2, name2 = module, name
-                if (module, name) in _compat_pickle.NAME_MAPPING:
-                    mod2, name2 = _compat_pickle.NAME_MAPPING[(module, name)]
-                elif module in _compat_pickle.IMPORT_MAPPING:
-                    mod2 = _compat_pickle.IMPORT_MAPPING[module]
-                full2 = f"{mod2}.{name2}"
-            else:
-                full2 = full
+            mod2, name2 = module, name
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                mod2, name2 = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                mod2 = _compat_pickle.IMPORT_MAPPING[module]
+            full2 = f"{mod2}.{name2}"
             for candidate in dict.fromkeys((full, full2)):
                 v = vet(candidate, allow)
                 if not v.allowed:
