@@ -402,6 +402,11 @@ def load_with_chain(path: str | os.PathLike, allow: tuple[str, ...] | list[str] 
     if winner is None:
         raise LoadError(rel, attempts, [diagnose(rel, _cause(attempts), static, layout)])
     findings = [] if winner is attempts[0] else [diagnose(rel, attempts[0], static, layout)]
+    if winner.strategy in ("weights_only", "allowlist"):
+        from .pickles.policy import weights_only_caveats
+
+        findings += [Code.TORCH_WEIGHTS_ONLY_CVE.finding(rel, sentence, cve=cve)
+                     for cve, sentence in weights_only_caveats()]
     return LoadResult(winner.obj, winner.strategy, attempts, findings, static)
 
 

@@ -412,6 +412,45 @@ def require(names: Iterable[str], allow: Collection[str] = ()) -> list[str]:
     return names
 
 
+# ---------------------------------------------------------------------------------------------
+# What the installed torch's weights_only can be trusted with. Read from package metadata: no
+# import of torch on the static paths.
+WEIGHTS_ONLY_CVES = (
+    ((2, 6), "CVE-2025-32434", "torch.load(weights_only=True) can run code from the file"),
+    ((2, 10), "CVE-2026-24747", "torch.load(weights_only=True) memory corruption through "
+                                "SETITEM/SETITEMS on non-dicts and storages whose size "
+                                "disagrees with their declared numel"),
+)
+
+
+def installed_torch_version() -> str | None:
+    """The installed torch's version from its package metadata (torch is not imported)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    nums = re.findall(r"\d+", version.split("+")[0])[:2]
+    return (int(nums[0]), int(nums[1])) if len(nums) == 2 else (0, 0)
+
+
+def weights_only_caveats(version: str | None = "installed") -> list[tuple[str, str]]:
+    """(CVE id, sentence) for every known weights_only hole of torch `version` (default: the
+    installed one). Empty when it has none or torch is not installed."""
+    if version == "installed":
+        version = installed_torch_version()
+    if not version:
+        return []
+    have = _version_tuple(version)
+    return [(cve, f"installed torch {version} < {fixed[0]}.{fixed[1]}: {what} ({cve}); "
+                  f"upgrade torch to {fixed[0]}.{fixed[1]} or later")
+            for fixed, cve, what in WEIGHTS_ONLY_CVES if have < fixed]
+
+
 # numpy dtype pickles are REDUCE(numpy.dtype, (code, align, copy)); the *type* of the result is
 # a numpy.dtypes class torch checks at BUILD but never sees as a GLOBAL (the BUILD trap).
 _DTYPE_KIND = {
