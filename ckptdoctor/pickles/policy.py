@@ -129,7 +129,8 @@ LIBRARY_DATA = frozenset(
     torch.distributed.checkpoint.metadata.MetadataIndex
     torch.distributed.checkpoint.metadata.StorageMeta
     torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING
-    torch.distributed.checkpoint.filesystem._StorageInfo
+    torch.distributed.checkpoint.filesystem._StorageInfo torch.strided torch.sparse_coo
+    torch.distributed.checkpoint.planner.LoadItemType torch.distributed.checkpoint.planner.WriteItemType
     megatron.core.rerun_state_machine.RerunDiagnostic megatron.core.rerun_state_machine.RerunMode
     megatron.core.rerun_state_machine.RerunState
     megatron.core.transformer.cuda_graphs.CudaGraphScope""".split())

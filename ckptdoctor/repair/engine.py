@@ -84,9 +84,12 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
 
     report, _ = validate(p, ValidateOptions(consumer=consumer))
     reasons: dict[str, str] = {}
+    broken: dict[str, str] = {}  # other errors about a file: repair cannot rewrite those
     for f in report.all_findings():
         if f.code == Code.LOAD_FAILS.code and f.path not in reasons:
             reasons[f.path] = f.message
+        elif f.severity is Severity.ERROR and f.path not in broken:
+            broken[f.path] = f"{f.code} {f.message}"
     out: list[_Candidate] = []
     for info in report.files:
         name = info.path.rsplit("/", 1)[-1]
@@ -100,6 +103,8 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
                 sorted({g.name for g in info.dangerous})), info))
         elif info.path in reasons:
             out.append(_Candidate(info.path, reasons[info.path], info))
+        elif info.path in broken:
+            out.append(_Candidate(info.path, broken[info.path], info))
         elif (to == "safetensors" and info.format in REWRITABLE and info.tensors
               and info.weights_only is not None and info.weights_only.loads):
             out.append(_Candidate(info.path, "--to safetensors: torch pickle holding tensors",
@@ -224,8 +229,8 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
         fp.hostile = True
         return prep
     if info.format not in REWRITABLE:
-        _refuse(fp, f"{info.format} file, not written by torch.save: ckptdoctor only rewrites "
-                    "torch.save files")
+        _refuse(fp, f"{cand.reason}; ckptdoctor only rewrites files torch.save wrote, and "
+                    f"this one is {info.format}")
         return prep
     prep.stat = path.stat()
     names = offending_names(info)
