@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "inspect_path", "validate_path", "safe_load", "repair_path",
-           "convert_checkpoint"]
+__all__ = ["__version__", "inspect_path", "validate_path", "safe_load", "allow_for", "LoadError",
+           "repair_path", "convert_checkpoint"]
 
 
 def inspect_path(path):
@@ -27,12 +27,32 @@ def validate_path(path, **options):
     return validate(path, ValidateOptions(**options))
 
 
-def safe_load(path, allow=(), trust=False, **kwargs):
-    """Drop-in for torch.load: weights_only, then allow-listed data types, then (only with
-    trust=True and never for a file holding a code-executing global) a trusted load."""
+def safe_load(f, map_location="cpu", pickle_module=None, *, weights_only=None, mmap=None,
+              allow=(), trust=False, **pickle_load_args):
+    """Drop-in for torch.load(f, map_location, weights_only=..., mmap=..., **pickle_load_args)
+    (f: a path or a binary file object): weights_only, then allow-listed data types, then, only
+    with trust=True, Python's unpickler restricted to names that pass ckptdoctor's allow-list
+    rule (torch defaults, reviewed data, `allow`). Raises LoadError, a pickle.UnpicklingError."""
     from .loaders import safe_load as run
 
-    return run(path, allow=allow, trust=trust, **kwargs)
+    return run(f, map_location, pickle_module, weights_only=weights_only, mmap=mmap,
+               allow=allow, trust=trust, **pickle_load_args)
+
+
+def allow_for(path, allow=()):
+    """Context manager: torch.load(weights_only=True) calls inside it also accept PATH's
+    computed, vetted, data-only allow-list (see ckptdoctor.loaders.allow_for)."""
+    from .loaders import allow_for as run
+
+    return run(path, allow)
+
+
+def __getattr__(name):
+    if name == "LoadError":  # lazily, so importing ckptdoctor stays cheap
+        from .loaders import LoadError
+
+        return LoadError
+    raise AttributeError(f"module 'ckptdoctor' has no attribute {name!r}")
 
 
 def repair_path(path, **options):

@@ -208,10 +208,10 @@ def repair(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before rewriting.")] = False,
     undo: Annotated[bool, typer.Option("--undo", help="Restore the latest backup of PATH.")] = False,
     consumer: ConsumerOpt = ConsumerChoice.framework,
-    trust: TrustOpt = False,
 ) -> None:
     """Rewrite files so they load with plain torch.load(weights_only=True) and still resume.
-    Originals are backed up, results verified before they replace anything."""
+    Originals are backed up, results verified before they replace anything. Without --yes it
+    asks on a terminal; otherwise it only prints the plan and exits 1."""
     _require(path)
     _check_allow(allow)
     from .repair import plan_repair, render_plan, render_result
@@ -231,14 +231,18 @@ def repair(
             out.print(f"restored {p}", markup=False)
         raise typer.Exit(EXIT_OK)
     plan = plan_repair(path, allow=tuple(allow), consumer=consumer.value, to=to,
-                       backup_dir=backup_dir, trust=trust)
+                       backup_dir=backup_dir)
     _emit(render_plan(plan))
     if dry_run or not plan.has_work:
         raise typer.Exit(plan.exit_code)
-    if not yes and sys.stdin.isatty() and not typer.confirm("Rewrite these files?", default=True):
+    if not yes and not sys.stdin.isatty():
+        err.print(f"ckptdoctor: {Code.REPAIR_REFUSED.code} {path}: nothing rewritten (not a "
+                  "terminal): add --yes to rewrite these files", markup=False)
+        raise typer.Exit(EXIT_FINDINGS)
+    if not yes and not typer.confirm("Rewrite these files?", default=True):
         raise typer.Exit(EXIT_FINDINGS)
     result = run_repair(path, allow=tuple(allow), backup_dir=backup_dir, no_backup=no_backup,
-                        to=to, consumer=consumer.value, trust=trust)
+                        to=to, consumer=consumer.value)
     _emit(render_result(result))
     raise typer.Exit(result.exit_code)
 
@@ -285,14 +289,13 @@ def _emit(text: str) -> None:
 
 
 def _check_allow(names: list[str]) -> None:
-    from .model import GlobalClass
-    from .pickles.policy import classify
+    from .pickles.policy import Verdict, vet
 
     for name in names:
         if "." not in name or any(not part.isidentifier() for part in name.split(".")):
             _fail(CliError(Code.UNKNOWN_GLOBAL, name, "--allow takes a dotted name such as "
                                                       "numpy.core.multiarray._reconstruct"))
-        if classify(name) is GlobalClass.DANGEROUS:
+        if vet(name, names).verdict is Verdict.DANGEROUS:
             _fail(CliError(Code.DANGEROUS_GLOBAL, name, "can execute code; ckptdoctor never "
                                                         "allow-lists it", EXIT_FINDINGS))
 

@@ -44,6 +44,8 @@ class Code(enum.Enum):
     DYNAMIC_GLOBAL = ("CK107", Severity.ERROR, "global name computed at load time")
     PICKLE_PROTOCOL = ("CK108", Severity.WARNING,
                        "pickle protocol > 2: torch's weights-only unpickler rejects it")
+    TORCH_WEIGHTS_ONLY_CVE = ("CK110", Severity.WARNING,
+                              "installed torch has a known weights_only hole (CVE)")
 
     # torch zip / legacy
     ZIP_TRUNCATED = ("CK201", Severity.ERROR, "zip archive truncated (no central directory)")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .codes import Code
 from .model import FileInfo, Finding, GlobalClass
-from .pickles.policy import classify
+from .pickles.policy import Verdict, classify, vet
 from .standins import numpy_location, numpy_major
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -146,14 +146,20 @@ def _object_name(location: str) -> str | None:
     return None
 
 
-def safe_globals_snippet(names: list[str], path: str | None = None) -> str:
-    """Python that loads the file with torch's own safe_globals: the complete allow-list,
-    with `(obj, "name")` tuple aliases where the object lives elsewhere on this machine
-    (numpy.core vs numpy._core) or reports another name. Code-executing names are left out."""
+def safe_globals_snippet(names: list[str], path: str | None = None,
+                         allow: tuple[str, ...] = ()) -> str:
+    """Python that loads the file with torch's own safe_globals: the names that pass
+    policy.vet (reviewed data, and `allow`), with `(obj, "name")` tuple aliases where the object
+    lives elsewhere on this machine (numpy.core vs numpy._core) or reports another name.
+    Code-executing names are left out; unknown ones are only named in a comment."""
     items: list[str] = []
     modules = {"torch"}
+    unvetted: list[str] = []
     for name in dict.fromkeys(names):
-        if classify(name) in (GlobalClass.TORCH_ALLOWED, GlobalClass.DANGEROUS):
+        v = vet(name, allow)
+        if v.verdict is Verdict.UNKNOWN:
+            unvetted.append(name)
+        if v.verdict in (Verdict.TORCH, Verdict.DANGEROUS, Verdict.UNKNOWN):
             continue
         loc = numpy_location(name)
         modules.add("numpy" if loc.startswith("numpy.") else loc.rpartition(".")[0])
@@ -161,7 +167,9 @@ def safe_globals_snippet(names: list[str], path: str | None = None) -> str:
         alias = loc != name or (reported is not None and reported != name)
         items.append(f'({loc}, "{name}")' if alias else loc)
     target = "path" if path is None else repr(str(path))
-    return (f"import {', '.join(sorted(m for m in modules if m))}\n"
+    note = ("# not included, of unknown safety (add them only if you trust the file): "
+            + ", ".join(unvetted) + "\n") if unvetted else ""
+    return (note + f"import {', '.join(sorted(m for m in modules if m))}\n"
             f"with torch.serialization.safe_globals([{', '.join(items)}]):\n"
             f"    ckpt = torch.load({target}, weights_only=True)")
 

@@ -40,8 +40,8 @@ import importlib
 from collections.abc import Collection, Iterable
 from typing import Any, ClassVar
 
-from .model import GlobalClass
-from .pickles.policy import classify
+from .pickles.policy import (AllowListError, DangerousGlobalError, NotVouchedError, Verdict,
+                              require, vet)
 
 # Arrays up to this many elements become lists in to_primitive(); bigger numeric ones tensors.
 # (A numpy MT19937 key has 624 elements: consumers call np.random.set_state on a list.)
@@ -63,22 +63,6 @@ KNOWN_ENUMS = frozenset({
     "peft.utils.peft_types.PeftType", "peft.utils.peft_types.TaskType",
     "accelerate.utils.dataclasses.DistributedType",
 })
-
-
-class AllowListError(ValueError):
-    """A name that must not be resolved; `.names` lists them all, not just the first."""
-
-    def __init__(self, message: str, names: list[str]):
-        super().__init__(message)
-        self.names = names
-
-
-class DangerousGlobalError(AllowListError):
-    pass
-
-
-class NotVouchedError(AllowListError):
-    pass
 
 
 # --- generic stand-ins ------------------------------------------------------------------------
@@ -329,9 +313,17 @@ def numpy_location(name: str) -> str:
     return name
 
 
+class ModuleReached(ImportError):
+    """An attribute path reached a module object: `enum.bltns`, `logging.os`. Refused."""
+
+
 def import_dotted(location: str) -> Any:
     """Import the longest module prefix of `location` and walk the remaining attributes.
-    Raises ImportError or AttributeError when it does not exist."""
+    Raises ImportError or AttributeError when it does not exist, and ModuleReached when an
+    attribute on the way (or at the end) is a module object: a name reached through another
+    module's imports is never resolved, whatever the policy tables say."""
+    import types
+
     parts = location.split(".")
     for i in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:i])
@@ -343,45 +335,37 @@ def import_dotted(location: str) -> Any:
             raise
         for attr in parts[i:]:
             obj = getattr(obj, attr)
+            if isinstance(obj, types.ModuleType):
+                raise ModuleReached(f"{location}: {attr} is a module object reached as an "
+                                    "attribute; refused")
         return obj
     raise ImportError(f"no importable module in {location!r}")
 
 
 def refuse_dangerous(names: list[str]) -> None:
-    dangerous = [n for n in names if classify(n) is GlobalClass.DANGEROUS]
+    """DangerousGlobalError when any name is in the dangerous class (see policy.vet)."""
+    dangerous = [n for n in names if vet(n).verdict is Verdict.DANGEROUS]
     if dangerous:
-        raise DangerousGlobalError(
-            "refusing to allow-list code-executing global(s): " + ", ".join(dangerous)
-            + " (a file that needs them can run code when loaded)", dangerous)
-
-
-def _refuse(names: list[str], user_vouched: Collection[str]) -> None:
-    refuse_dangerous(names)
-    unknown = [n for n in names
-               if classify(n) is GlobalClass.UNKNOWN and n not in user_vouched]
-    if unknown:
-        raise NotVouchedError(
-            "global(s) of unknown safety: " + ", ".join(unknown) + "; importing them runs "
-            "their module's code. Pass --allow " + " --allow ".join(unknown)
-            + " if you trust the file", unknown)
+        require(dangerous)
 
 
 def resolve_allowlist(names: Iterable[str], user_vouched: Collection[str] = ()
                       ) -> list[tuple[Any, str]]:
     """`(obj, name)` for every name torch does not already allow, in torch spelling.
 
-    Real objects for DATA names and names in `user_vouched`; stand-ins where the module is
-    not installed (or fails to import here). Raises DangerousGlobalError for code-executing
-    names (even vouched ones) and NotVouchedError for unknown names the user did not vouch
-    for, before importing anything."""
-    names = list(dict.fromkeys(names))
-    _refuse(names, user_vouched)
+    Every name must pass policy.vet (torch default, reviewed data, or named in
+    `user_vouched`): DangerousGlobalError / NotVouchedError before anything is imported.
+    Real objects where the module imports; stand-ins where it is not installed (or fails to
+    import here). A name whose attribute path reaches a module object is refused."""
+    names = require(names, user_vouched)
     out = []
     for name in names:
-        if classify(name) is GlobalClass.TORCH_ALLOWED:
+        if vet(name).verdict is Verdict.TORCH:
             continue
         try:
             obj = import_dotted(numpy_location(name))
+        except ModuleReached as exc:
+            raise DangerousGlobalError(str(exc), [name]) from None
         except Exception:  # noqa: BLE001 - not installed, or its import fails on this machine
             obj = _numpy_standin(name) if name.startswith("numpy.") else standin_for(name)
         out.append((obj, name))
@@ -396,7 +380,7 @@ def transcoding_globals(names: Iterable[str]) -> list[tuple[Any, str]]:
     names = list(dict.fromkeys(names))
     refuse_dangerous(names)
     out = [(_transcoding_object(n), n) for n in names
-           if classify(n) is not GlobalClass.TORCH_ALLOWED]
+           if vet(n).verdict is not Verdict.TORCH]
     out += [(t, f"{t.__module__}.{t.__qualname__}") for t in _CAPTURE_TYPES]
     return out
 
@@ -414,5 +398,5 @@ __all__ = [
     "StandIn", "EnumStandIn", "standin_for", "DTypeCapture", "NDArrayCapture", "ScalarCapture",
     "reconstruct_shim", "resolve_allowlist", "transcoding_globals", "is_standin",
     "numpy_location", "numpy_major", "import_dotted", "refuse_dangerous", "AllowListError",
-    "DangerousGlobalError", "NotVouchedError", "KNOWN_ENUMS", "LIST_MAX_ELEMENTS",
+    "DangerousGlobalError", "NotVouchedError", "ModuleReached", "KNOWN_ENUMS", "LIST_MAX_ELEMENTS",
 ]

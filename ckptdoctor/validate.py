@@ -60,6 +60,7 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
         if verdict:  # the consumer's verdict replaces the plain-torch one for this file
             f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
         report.findings.extend(verdict)
+    report.findings.extend(torch_cve_findings(report, consumers, opts))
     for tmp in leftovers(root) if root.exists() else []:
         report.findings.append(Code.LEFTOVER_WRITE.finding(
             _rel(root, tmp), "temporary file from an interrupted ckptdoctor write",
@@ -73,6 +74,22 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
     found = select(report.all_findings(), opts.select, opts.ignore)
     report.extra["verdict"] = verdict_text(found, opts.fail_on)
     return report, found
+
+
+def torch_cve_findings(report: Report, consumers: dict[str, Consumer], opts: ValidateOptions
+                       ) -> list[Finding]:
+    """CK110 for each known weights_only hole of the installed torch (read from package
+    metadata), when any file here is judged by a torch.load(weights_only=True) consumer."""
+    from .pickles.policy import weights_only_caveats
+
+    judged = [f for f in report.files if f.weights_only is not None and (
+        opts.consumer == "torch" or consumers.get(f.path, WEIGHTS_ONLY).mode == "weights_only")]
+    if not judged:
+        return []
+    return [Code.TORCH_WEIGHTS_ONLY_CVE.finding(
+        "", f"every weights_only verdict here assumes a sound unpickler, but {sentence}",
+        hint="upgrade torch before resuming from files you did not write", cve=cve)
+        for cve, sentence in weights_only_caveats()]
 
 
 def exit_code(findings: Iterable[Finding], fail_on: Severity = Severity.ERROR) -> int:

@@ -309,7 +309,7 @@ def test_cli_repair_and_convert_never_load_payloads(container, corpus, tmp_path)
     refused, nothing rewritten, no canary (checked after each test)."""
     d = corpus.container_dir(container)
     before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
-    r = _cli("repair", str(d), "--yes", "--trust", "--no-backup")
+    r = _cli("repair", str(d), "--yes", "--no-backup")
     assert "Traceback" not in r.stderr
     assert r.returncode in (0, 1), (r.returncode, r.stderr[-500:])  # 0 only if nothing to do
     names = list(P.PAYLOADS)

@@ -168,12 +168,20 @@ def test_unknown_enum_needs_allow_then_loads_the_real_member(tmp_path):
     assert res.strategy == "allowlist" and res.obj["color"] is Color.GREEN
 
 
-def test_trusted_loads_unknown_classes_only_with_trust(tmp_path):
+def test_trust_alone_admits_no_unknown_name_and_says_which_allow_flags(tmp_path):
+    """--trust is the vetted unpickler: an unknown class loads only when named with --allow;
+    the refusal lists the exact flag."""
     path = tmp_path / "state.pt"
-    torch.save({"color": Color.RED}, path)
-    res = load_with_chain(path, trust=True)
+    torch.save({"color": Color.RED}, path, pickle_protocol=4)  # only the full unpickler reads it
+    name = f"{Color.__module__}.Color"
+    with pytest.raises(LoadError) as err:
+        load_with_chain(path, trust=True)
+    trusted = err.value.attempts[-1]
+    assert (trusted.strategy, trusted.outcome) == ("trusted", "refused")
+    assert f"--allow {name}" in trusted.error
+    res = load_with_chain(path, trust=True, allow=(name,))
     assert res.strategy == "trusted" and res.obj["color"] is Color.RED
-    assert [a.outcome for a in res.attempts] == ["failed", "refused", "loaded"]
+    assert [a.outcome for a in res.attempts][-1] == "loaded"
 
 
 def test_trusted_never_runs_without_trust(tmp_path, monkeypatch):

@@ -603,10 +603,17 @@ def test_unknown_global_needs_allow(tmp_path, test_enums):
     assert result.exit_code == 0 and result.outcomes[0].status == "allowlisted"
     doc = json.loads((tmp_path / ALLOWLIST_FILE).read_text())
     assert doc["files"]["u.pt"]["allowlist"] == ["ckpt_test_enums.Phase"]
-    # the snippet module registers it, and the unchanged file then loads
-    ns: dict = {}
-    exec((tmp_path / SNIPPET_FILE).read_text(), ns)
+    # the written module is fixed text: it vets every name again, so a name of unknown safety
+    # is registered only when the caller vouches for it once more (the JSON is no authority)
+    from ckptdoctor.pickles.policy import NotVouchedError
+    from ckptdoctor.repair.allowlist import MODULE_TEXT
+    from ckptdoctor.repair.safe_globals import register
+
+    assert (tmp_path / SNIPPET_FILE).read_text() == MODULE_TEXT
+    with pytest.raises(NotVouchedError, match="--allow ckpt_test_enums.Phase"):
+        exec((tmp_path / SNIPPET_FILE).read_text(), {"__file__": str(tmp_path / SNIPPET_FILE)})
     try:
+        register(tmp_path / ALLOWLIST_FILE, allow=["ckpt_test_enums.Phase"])
         assert torch.load(tmp_path / "u.pt", weights_only=True)["p"] is test_enums.Phase.TRAIN
     finally:
         torch.serialization.clear_safe_globals()

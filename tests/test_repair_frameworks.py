@@ -182,7 +182,7 @@ def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_global
         with pytest.raises(pickle.UnpicklingError):
             torch.load(f, weights_only=True)  # the kept objects still need the allow-list
     with F.deepspeed_stub_modules():
-        exec((d / SNIPPET_FILE).read_text(), {})  # add_safe_globals with the real names
+        exec((d / SNIPPET_FILE).read_text(), {"__file__": str(d / SNIPPET_FILE)})  # vets, registers
         for f in optim_files:
             osd = torch.load(f, weights_only=True)["optimizer_state_dict"]
             assert osd["zero_stage"] == stage and type(osd["zero_stage"]) is int
@@ -200,7 +200,7 @@ def test_megatron_keeps_args_namespace_and_enum(tmp_path, clean_safe_globals):
     doc = json.loads((d / ALLOWLIST_FILE).read_text())
     assert doc["allowlist"] == ["argparse.Namespace", "megatron.core.enums.ModelType"]
     with F.megatron_stub_modules():
-        exec((d / SNIPPET_FILE).read_text(), {})
+        exec((d / SNIPPET_FILE).read_text(), {"__file__": str(d / SNIPPET_FILE)})
         ck = torch.load(f, weights_only=True)
         from megatron.core.enums import ModelType
 

@@ -175,8 +175,7 @@ def _qualname(cls: type) -> str:
 def _plain_instance(obj: Any) -> bool:
     """An instance the allow-list policy calls plain data, pickled as NEWOBJ + BUILD(__dict__):
     rebuilding it as cls.__new__(cls) + __dict__ update is what unpickling does too."""
-    from ..model import GlobalClass
-    from ..pickles.policy import classify
+    from ..pickles.policy import Verdict, vet
     from ..standins import StandIn
 
     cls = type(obj)
@@ -187,7 +186,7 @@ def _plain_instance(obj: Any) -> bool:
     if getattr(cls, "__getstate__", object.__getstate__) is not object.__getstate__ \
             or hasattr(cls, "__setstate__"):
         return False
-    return classify(_qualname(cls)) is GlobalClass.DATA
+    return vet(_qualname(cls)).verdict is Verdict.DATA
 
 
 def _stable(values: Any) -> list:

@@ -20,18 +20,15 @@ from .base import FileSlice, Probe, add_global_findings, merge_scans
 from .torch_zip import ZIP_MAGIC, scan_zip
 
 MAX_METADATA = 1 << 30
-DCP_GLOBAL_PREFIXES = (
-    "torch.distributed.checkpoint.", "torch.Size", "torch.serialization._get_layout",
-    "pathlib.", "collections.OrderedDict", "builtins.", "copyreg.", "_codecs.encode",
-    "torch.strided", "torch.sparse_coo",
-)
 
 
 def _is_dcp_global(name: str) -> bool:
-    if name.startswith(DCP_GLOBAL_PREFIXES):
-        return True
-    mod, _, attr = name.rpartition(".")
-    return mod == "torch" and attr in DTYPE_SIZES  # torch.float32 & co.
+    """A global DCP metadata may hold: one that passes the one gate, policy.vet (torch's
+    defaults and exact reviewed data names: DCP's metadata classes, torch dtypes, Size,
+    pathlib.PosixPath...). Never a module prefix."""
+    from ..pickles.policy import vet
+
+    return vet(name).allowed
 
 
 @dataclass

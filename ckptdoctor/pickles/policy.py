@@ -5,6 +5,10 @@ Pure tables and string rules: nothing here imports the modules it names."""
 from __future__ import annotations
 
 import _compat_pickle
+import enum
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 
 from ..model import GlobalClass
 from .torch_allowlist import TORCH_DEFAULT_ALLOWED
@@ -90,17 +94,46 @@ DATA_EXACT = frozenset(
         "megatron.core.optimizer.optimizer_config.OptimizerConfig",
     ]
 )
-DATA_PREFIXES = (
-    "numpy.dtypes.",  # numpy dtype classes (surface at BUILD)
-    "transformers.training_args.", "transformers.training_args_seq2seq.",
-    "transformers.trainer_utils.", "transformers.trainer_pt_utils.AcceleratorConfig",
-    "transformers.debug_utils.", "transformers.utils.generic.ExplicitEnum",
-    "accelerate.utils.dataclasses.", "trl.trainer.", "peft.utils.peft_types.",
-    "omegaconf.nodes.", "torch.distributed.checkpoint.metadata.",
-    "torch.distributed.checkpoint.filesystem._StorageInfo",
-    "megatron.core.rerun_state_machine.", "megatron.core.transformer.cuda_graphs.",
-    "enum.",
-)
+# Names the libraries that write training checkpoints really pickle, one by one (checked
+# against the fixtures of tests/fixtures/factory.py and the libraries' own safe-globals lists).
+# Never a module prefix: a prefix also matches attribute paths through the module's imports
+# (`torch.distributed.checkpoint.metadata.torch._utils._import_dotted_name`).
+NUMPY_DTYPE_CLASSES = frozenset(
+    f"numpy.dtypes.{n}" for n in
+    """BoolDType ByteDType BytesDType CLongDoubleDType Complex128DType Complex64DType
+    DateTime64DType Float16DType Float32DType Float64DType Int16DType Int32DType Int64DType
+    Int8DType IntDType LongDType LongDoubleDType LongLongDType ObjectDType ShortDType StrDType
+    StringDType TimeDelta64DType UByteDType UInt16DType UInt32DType UInt64DType UInt8DType
+    UIntDType ULongDType ULongLongDType UShortDType VoidDType""".split())
+LIBRARY_DATA = frozenset(
+    """transformers.training_args.TrainingArguments transformers.training_args.OptimizerNames
+    transformers.training_args_seq2seq.Seq2SeqTrainingArguments
+    transformers.trainer_utils.IntervalStrategy transformers.trainer_utils.SchedulerType
+    transformers.trainer_utils.HubStrategy transformers.trainer_utils.SaveStrategy
+    transformers.trainer_utils.FSDPOption transformers.trainer_utils.EvaluationStrategy
+    transformers.trainer_pt_utils.AcceleratorConfig transformers.debug_utils.DebugOption
+    transformers.utils.generic.ExplicitEnum
+    accelerate.utils.dataclasses.DistributedType accelerate.utils.dataclasses.PrecisionType
+    accelerate.utils.dataclasses.DynamoBackend accelerate.utils.dataclasses.RNGType
+    trl.trainer.sft_config.SFTConfig trl.trainer.dpo_config.DPOConfig
+    trl.trainer.grpo_config.GRPOConfig trl.trainer.reward_config.RewardConfig
+    peft.utils.peft_types.PeftType peft.utils.peft_types.TaskType
+    omegaconf.nodes.AnyNode omegaconf.nodes.StringNode omegaconf.nodes.IntegerNode
+    omegaconf.nodes.FloatNode omegaconf.nodes.BooleanNode omegaconf.nodes.EnumNode
+    omegaconf.nodes.BytesNode omegaconf.nodes.PathNode
+    torch.distributed.checkpoint.metadata.Metadata
+    torch.distributed.checkpoint.metadata.TensorStorageMetadata
+    torch.distributed.checkpoint.metadata.BytesStorageMetadata
+    torch.distributed.checkpoint.metadata.ChunkStorageMetadata
+    torch.distributed.checkpoint.metadata.TensorProperties
+    torch.distributed.checkpoint.metadata.MetadataIndex
+    torch.distributed.checkpoint.metadata.StorageMeta
+    torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING
+    torch.distributed.checkpoint.filesystem._StorageInfo torch.strided torch.sparse_coo
+    torch.distributed.checkpoint.planner.LoadItemType torch.distributed.checkpoint.planner.WriteItemType
+    megatron.core.rerun_state_machine.RerunDiagnostic megatron.core.rerun_state_machine.RerunMode
+    megatron.core.rerun_state_machine.RerunState
+    megatron.core.transformer.cuda_graphs.CudaGraphScope""".split())
 # numpy scalar types (numpy.float64 and friends) are plain data.
 NUMPY_SCALAR_NAMES = frozenset(
     "bool_ bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 "
@@ -174,31 +207,103 @@ def classify(name: str) -> GlobalClass:
     """Class a dotted global name (file spelling or torch spelling).
 
     A name is as dangerous as the worst of its spellings: as written, as torch's weights-only
-    unpickler maps it, and as plain pickle (torch.load(weights_only=False)) maps it."""
+    unpickler maps it, and as plain pickle (torch.load(weights_only=False)) maps it. Use
+    `vet()` to decide whether a name may be resolved; this only describes it."""
     klass = _classify(name)
     module, _, qual = name.rpartition(".")
     if klass is not GlobalClass.DANGEROUS and module:
         pmod, pname = python_name(module, qual)
-        if (pmod, pname) != (module, qual) and _classify(f"{pmod}.{pname}") is \
-                GlobalClass.DANGEROUS:
-            return GlobalClass.DANGEROUS
+        if (pmod, pname) != (module, qual):
+            other = _classify(f"{pmod}.{pname}")
+            if other is GlobalClass.DANGEROUS:
+                return GlobalClass.DANGEROUS
+            if klass is GlobalClass.UNKNOWN:
+                return other
     return klass
+
+
+# Stdlib modules that are packages: a third component after them may be a submodule. After any
+# other stdlib module a third component is an attribute of one of its objects (`enum.bltns.exec`
+# reaches builtins through enum's `import builtins as bltns`; `pathlib.PosixPath.write_text` is
+# a method): an attribute path, never plain data.
+STDLIB_PACKAGES = frozenset(
+    """collections concurrent ctypes curses dbm email encodings ensurepip html http idlelib
+    importlib json lib2to3 logging multiprocessing pathlib pydoc_data re sqlite3 sysconfig test
+    tkinter tomllib unittest urllib venv wsgiref xml xmlrpc zoneinfo asyncio os""".split())
+# Module objects commonly bound under another name inside innocent modules.
+MODULE_ALIASES = frozenset({"bltns", "_bltns", "np", "_np", "th", "_torch", "_builtins",
+                            "__builtins__"})
+# Roots whose module object hands out everything (torch.load, numpy.load, ...): reached as an
+# attribute of another module they are a gateway.
+GATEWAY_ROOTS = frozenset({"torch", "numpy", "builtins", "transformers", "accelerate",
+                           "deepspeed", "lightning", "pytorch_lightning", "megatron", "safetensors",
+                           "pickle", "os", "sys", "subprocess", "importlib"})
+# More stdlib and torch callables that run code, spawn processes or write files.
+DANGEROUS_MORE = frozenset(
+    """typing._eval_type typing.ForwardRef typing.get_type_hints typing._type_check
+    typing.evaluate_forward_ref annotationlib imaplib mailcap logging smtpd nntplib poplib cgi
+    cgitb pipes turtle turtledemo msilib winreg _winapi test tabnanny py_compile compileall
+    zipapp pstats crypt spwd pwd grp termios tty readline rlcompleter cmd code shlex
+    torch.utils._config_module torch._dynamo torch._inductor torch._functorch torch.compiler
+    torch.export torch._export torch.onnx torch.testing torch.utils.benchmark torch._higher_order_ops
+    torch.fx torch.library torch._library torch.utils.hooks torch.autograd torch._C._jit
+    torch.distributed.rpc torch.distributed.elastic torch.distributed.run torch.multiprocessing
+    torch.backends torch.utils.data torch.utils.checkpoint torch.overrides torch._classes
+    torch.classes torch._ops torch.cuda.memory torch._logging torch.utils.tensorboard
+    numpy.ctypeslib numpy.lib.npyio numpy.lib._npyio_impl numpy.lib.format numpy.genfromtxt
+    numpy.loadtxt numpy.fromregex numpy.frompyfunc numpy.vectorize numpy.lib.utils
+    pandas.read_pickle pandas.read_csv pandas.io""".split())
+_METHOD_ATTRS = frozenset(
+    """write_text write_bytes read_text read_bytes touch mkdir rename replace symlink_to
+    hardlink_to link_to chmod lchmod unlink rmdir open exec_module findmatch fromkeys get
+    setdefault pop update __call__ mro format format_map""".split())
+
+
+def is_attribute_path(name: str) -> bool:
+    """True when `name` reaches an object through another object's attributes in a way no
+    checkpoint writer does: through a module alias or a gateway module bound inside another
+    module (`X.os`, `enum.bltns`, `...metadata.torch._utils`), or to an attribute of a class of
+    a flat stdlib module (`pathlib.PosixPath.write_text`, `builtins.dict.get`)."""
+    parts = name.split(".")
+    for p in parts[1:]:
+        bare = p.lstrip("_")
+        if p in MODULE_ALIASES or bare in GATEWAY_ROOTS or p == parts[0] \
+                or bare in DANGEROUS_MODULES or p in GATEWAY_ATTRS:
+            return True
+    if len(parts) > 2 and parts[0] in _STDLIB and parts[0] not in STDLIB_PACKAGES:
+        return True
+    for i, p in enumerate(parts[1:-1], start=1):  # a Class.attribute: a method or a member
+        if p[:1].isupper() and (parts[i + 1][:1].islower() or parts[i + 1] in _METHOD_ATTRS):
+            return True
+    return False
+
+
+def _stdlib() -> frozenset[str]:
+    import sys
+
+    return frozenset(getattr(sys, "stdlib_module_names", ())) | {"builtins", "__builtin__"}
+
+
+_STDLIB = _stdlib()
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 
 
 def _classify(name: str) -> GlobalClass:
     module, _, qual = name.rpartition(".") if "." in name else ("", "", name)
-    # A global's attribute path may itself be dotted ("posixpath os.system" in protocol 4).
     parts = name.split(".")
     tmod, tname = torch_name(module, qual)
     tfull = f"{tmod}.{tname}" if tmod else tname
     if tfull in TORCH_DEFAULT_ALLOWED or name in TORCH_DEFAULT_ALLOWED:
         return GlobalClass.TORCH_ALLOWED
-    if tfull in DATA_EXACT or name in DATA_EXACT:  # named one by one: beats module rules
+    if tfull in DATA_EXACT or name in DATA_EXACT or tfull in LIBRARY_DATA \
+            or tfull in NUMPY_DTYPE_CLASSES:  # named one by one: beats module rules
         return GlobalClass.DATA
+    if not _IDENT.match(name):  # "posixpath os.system", "a..b", "": not a name a writer makes
+        return GlobalClass.DANGEROUS
     # dangerous module anywhere on the path (os.path.join, posixpath.os, ...)
     for i in range(1, len(parts) + 1):
         prefix = ".".join(parts[:i])
-        if prefix in DANGEROUS_MODULES or prefix in DANGEROUS_EXACT:
+        if prefix in DANGEROUS_MODULES or prefix in DANGEROUS_EXACT or prefix in DANGEROUS_MORE:
             return GlobalClass.DANGEROUS
     if tmod in DANGEROUS_MODULES:
         return GlobalClass.DANGEROUS
@@ -211,13 +316,140 @@ def _classify(name: str) -> GlobalClass:
             return GlobalClass.DANGEROUS
         if p.startswith("__") and p.endswith("__") and p not in _BENIGN_DUNDER:
             return GlobalClass.DANGEROUS
-    if any(p in GATEWAY_ATTRS for p in parts[1:]):
+    if is_attribute_path(tfull) or is_attribute_path(name):
         return GlobalClass.DANGEROUS
-    if tfull.startswith(DATA_PREFIXES):
-        return GlobalClass.DATA
     if tmod == "numpy" and tname in NUMPY_SCALAR_NAMES:
         return GlobalClass.DATA
     return GlobalClass.UNKNOWN
+
+
+# ---------------------------------------------------------------------------------------------
+# The gate. Every path that resolves, registers or writes a global name asks vet(): the CLI's
+# --allow, the loader strategies, the trusted unpickler, stand-ins, transcode, repair and the
+# allow-list files repair writes.
+class Verdict(str, enum.Enum):
+    TORCH = "torch-allowed"  # torch's own weights_only default
+    DATA = "data"  # an exact, reviewed data name
+    VOUCHED = "vouched"  # unknown, named by the user (--allow)
+    DANGEROUS = "dangerous"  # refused, even when named
+    UNKNOWN = "unknown"  # refused unless named
+
+    @property
+    def allowed(self) -> bool:
+        return self in (Verdict.TORCH, Verdict.DATA, Verdict.VOUCHED)
+
+
+@dataclass(frozen=True)
+class Vetting:
+    name: str
+    verdict: Verdict
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict.allowed
+
+
+def spellings(name: str) -> set[str]:
+    """`name` as written, as torch maps it and as plain pickle maps it."""
+    out = {name}
+    module, _, qual = name.rpartition(".")
+    if module:
+        out.add(".".join(x for x in torch_name(module, qual) if x))
+        out.add(".".join(x for x in python_name(module, qual) if x))
+    return out
+
+
+def vet(name: str, allow: Collection[str] = ()) -> Vetting:
+    """May `name` be resolved? TORCH and DATA always, an UNKNOWN name only when it is in
+    `allow` (the user vouched for it), a DANGEROUS name never."""
+    klass = classify(name) if isinstance(name, str) else GlobalClass.DANGEROUS
+    if klass is GlobalClass.DANGEROUS:
+        return Vetting(name, Verdict.DANGEROUS)
+    if klass is GlobalClass.TORCH_ALLOWED:
+        return Vetting(name, Verdict.TORCH)
+    if klass is GlobalClass.DATA:
+        return Vetting(name, Verdict.DATA)
+    if spellings(name) & set(allow):
+        return Vetting(name, Verdict.VOUCHED)
+    return Vetting(name, Verdict.UNKNOWN)
+
+
+class AllowListError(ValueError):
+    """Names that must not be resolved; `.names` lists them all, not just the first."""
+
+    def __init__(self, message: str, names: list[str]):
+        super().__init__(message)
+        self.names = names
+
+
+class DangerousGlobalError(AllowListError):
+    """A name in the dangerous class: refused even when the user names it."""
+
+
+class NotVouchedError(AllowListError):
+    """Names of unknown safety nobody vouched for; the message gives the exact --allow flags."""
+
+
+def allow_flags(names: Iterable[str]) -> str:
+    return " ".join(f"--allow {n}" for n in names)
+
+
+def require(names: Iterable[str], allow: Collection[str] = ()) -> list[str]:
+    """The names, if every one passes vet(); else DangerousGlobalError (checked first) or
+    NotVouchedError listing every refused name."""
+    names = list(dict.fromkeys(names))
+    verdicts = [vet(n, allow) for n in names]
+    dangerous = [v.name for v in verdicts if v.verdict is Verdict.DANGEROUS]
+    if dangerous:
+        raise DangerousGlobalError(
+            "refusing code-executing global(s): " + ", ".join(dangerous)
+            + " (ckptdoctor never resolves them, even when named with --allow)", dangerous)
+    unknown = [v.name for v in verdicts if v.verdict is Verdict.UNKNOWN]
+    if unknown:
+        raise NotVouchedError(
+            "global(s) of unknown safety: " + ", ".join(unknown) + "; resolving them imports "
+            "and runs their module's code, and --trust alone does not admit them. If you "
+            "trust the file, pass " + allow_flags(unknown), unknown)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# What the installed torch's weights_only can be trusted with. Read from package metadata: no
+# import of torch on the static paths.
+WEIGHTS_ONLY_CVES = (
+    ((2, 6), "CVE-2025-32434", "torch.load(weights_only=True) can run code from the file"),
+    ((2, 10), "CVE-2026-24747", "torch.load(weights_only=True) memory corruption through "
+                                "SETITEM/SETITEMS on non-dicts and storages whose size "
+                                "disagrees with their declared numel"),
+)
+
+
+def installed_torch_version() -> str | None:
+    """The installed torch's version from its package metadata (torch is not imported)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    nums = re.findall(r"\d+", version.split("+")[0])[:2]
+    return (int(nums[0]), int(nums[1])) if len(nums) == 2 else (0, 0)
+
+
+def weights_only_caveats(version: str | None = "installed") -> list[tuple[str, str]]:
+    """(CVE id, sentence) for every known weights_only hole of torch `version` (default: the
+    installed one). Empty when it has none or torch is not installed."""
+    if version == "installed":
+        version = installed_torch_version()
+    if not version:
+        return []
+    have = _version_tuple(version)
+    return [(cve, f"installed torch {version} < {fixed[0]}.{fixed[1]}: {what} ({cve}); "
+                  f"upgrade torch to {fixed[0]}.{fixed[1]} or later")
+            for fixed, cve, what in WEIGHTS_ONLY_CVES if have < fixed]
 
 
 # numpy dtype pickles are REDUCE(numpy.dtype, (code, align, copy)); the *type* of the result is

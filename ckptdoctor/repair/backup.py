@@ -20,13 +20,49 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..atomic import atomic_writer, fsync_dir, write_bytes
 
 BACKUP_DIRNAME = ".ckptdoctor-backup"
 MANIFEST = "manifest.json"
+
+
+class BackupRefused(OSError):
+    """A backup location or manifest ckptdoctor will not use (symlinked, or a path that
+    leaves the tree). Nothing was written or removed."""
+
+
+def in_backup_tree(path: Path) -> bool:
+    """True when `path` lies inside a .ckptdoctor-backup tree (never repaired, backed up or
+    undone: doing so nests backups inside backups)."""
+    return BACKUP_DIRNAME in Path(os.path.abspath(path)).parts
+
+
+def safe_rel(root: Path, rel: Any) -> Path | None:
+    """root/rel when `rel` (read from a manifest or allow-list file: input, never authority) is
+    a plain relative POSIX path inside root: not absolute, no '..' or empty part, no
+    .ckptdoctor-backup part, no symlinked component. Else None."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        return None
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or rel.startswith("/") or any(
+            part in ("..", ".", "") for part in rel.split("/")) or BACKUP_DIRNAME in pure.parts:
+        return None
+    cur = Path(root)
+    for part in pure.parts:
+        cur = cur / part
+        if cur.is_symlink():
+            return None
+    return cur
+
+
+def check_backup_root(backup_root: Path) -> None:
+    """BackupRefused when the backup directory (or a session under it) is a symlink."""
+    if os.path.islink(backup_root):
+        raise BackupRefused(f"{backup_root} is a symlink; ckptdoctor does not follow it for "
+                            "backups or undo")
 
 
 def sha256_file(path: Path) -> str:
@@ -71,7 +107,9 @@ class Session:
 
     @classmethod
     def create(cls, backup_root: Path, root: Path) -> "Session":
+        check_backup_root(backup_root)
         backup_root.mkdir(parents=True, exist_ok=True)
+        check_backup_root(backup_root)
         stamp = _timestamp()
         d = backup_root / stamp
         n = 0
@@ -102,7 +140,9 @@ class Session:
 
     def backup(self, rel: str, src: Path, kind: str = "original") -> Path:
         """Copy `src` (at `rel` under the root) into the session and record it."""
-        dst = self.dir / rel
+        dst = safe_rel(self.dir, rel)
+        if dst is None:
+            raise BackupRefused(f"{rel}: not a plain path inside the checkpoint; not backed up")
         digest = copy_hashed(src, dst)
         self.doc["files"].append({"rel": rel, "sha256": digest, "size": src.stat().st_size,
                                   "kind": kind, "status": "backed-up"})
@@ -133,8 +173,9 @@ def sessions(backup_root: Path) -> list[Session]:
     """Sessions under backup_root, oldest first."""
     if not backup_root.is_dir():
         return []
+    check_backup_root(backup_root)
     out = []
-    for d in sorted(p for p in backup_root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in backup_root.iterdir() if p.is_dir() and not p.is_symlink()):
         s = Session.open(d)
         if s is not None:
             out.append(s)
@@ -152,15 +193,21 @@ def _session_for_file(p: Path, backup_dir: Path | None) -> tuple[Session, Path, 
         for s in sessions(broot):
             if s.doc.get("undone"):
                 continue
-            root = Path(s.doc.get("root") or broot.parent).absolute()
-            if backup_dir is None:
-                root = broot.parent.absolute()
+            root = broot.parent.absolute()
+            if backup_dir is not None:  # the manifest's root only when p lies under it
+                doc_root = s.doc.get("root")
+                if not isinstance(doc_root, str) or not doc_root:
+                    continue
+                root = Path(doc_root).absolute()
+                if root == Path(root.anchor):
+                    continue
             try:
                 rel = p.relative_to(root).as_posix()
             except ValueError:
                 continue
-            if any(e["rel"] == rel for e in s.doc["files"]) and \
-                    rel not in s.doc.get("undone_files", []):
+            if (any(isinstance(e, dict) and e.get("rel") == rel
+                    for e in s.doc.get("files", []))
+                    and rel not in s.doc.get("undone_files", [])):
                 found.append((s.dir.name, s, root, rel))
     if not found:
         return None
@@ -175,6 +222,11 @@ def undo(path: str | os.PathLike, backup_dir: str | os.PathLike | None = None) -
     removed. Raises FileNotFoundError when there is nothing to restore."""
     p = Path(path).absolute()
     bdir = Path(backup_dir).absolute() if backup_dir else None
+    if in_backup_tree(p):
+        raise BackupRefused(f"{p} is inside a {BACKUP_DIRNAME} tree; undo restores "
+                            "checkpoints, not backups")
+    if bdir is not None:
+        check_backup_root(bdir)
     if p.is_dir():
         only = None
         root = p
@@ -188,26 +240,41 @@ def undo(path: str | os.PathLike, backup_dir: str | os.PathLike | None = None) -
         if hit is None:
             raise FileNotFoundError(f"no ckptdoctor backup holds {p}")
         s, root, only = hit
-    entries = [e for e in s.doc["files"] if only is None or e["rel"] == only]
-    for entry in entries:
-        src = s.dir / entry["rel"]
-        if not src.is_file() or sha256_file(src) != entry["sha256"]:
+    files = s.doc.get("files")
+    if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
+        raise BackupRefused(f"{s.dir / MANIFEST}: malformed manifest; nothing was restored")
+    entries = [e for e in files if only is None or e.get("rel") == only]
+    pairs: list[tuple[Path, Path]] = []
+    for entry in entries:  # every path is checked before anything is written
+        src, dst = safe_rel(s.dir, entry.get("rel")), safe_rel(root, entry.get("rel"))
+        if src is None or dst is None:
+            raise BackupRefused(f"{s.dir / MANIFEST}: {entry.get('rel')!r} is not a plain "
+                                "relative path inside the checkpoint; nothing was restored")
+        if not src.is_file() or sha256_file(src) != entry.get("sha256"):
             raise OSError(f"backup copy {src} is missing or damaged; nothing was restored")
+        pairs.append((src, dst))
+    created_targets: list[Path] = []
+    backed = {e.get("rel") for e in files}
+    for created in s.doc.get("created", []) if isinstance(s.doc.get("created"), list) else []:
+        if not isinstance(created, dict):
+            continue
+        rel = created.get("rel")
+        if (only is not None and created.get("for") != only) or rel in backed:
+            continue
+        target = safe_rel(root, rel)
+        if target is None:
+            raise BackupRefused(f"{s.dir / MANIFEST}: created path {rel!r} is not a plain "
+                                "relative path inside the checkpoint; nothing was restored")
+        created_targets.append(target)
     restored: list[Path] = []
-    for entry in entries:
-        src, dst = s.dir / entry["rel"], root / entry["rel"]
+    for src, dst in pairs:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with open(src, "rb") as fi, atomic_writer(dst) as fo:
             shutil.copyfileobj(fi, fo, 8 << 20)
         shutil.copystat(src, dst)
         restored.append(dst)
-    backed = {e["rel"] for e in s.doc["files"]}
-    for created in s.doc.get("created", []):
-        rel = created["rel"]
-        if (only is not None and created.get("for") != only) or rel in backed:
-            continue
-        target = root / rel
-        if target.is_file():
+    for target in created_targets:
+        if target.is_file() and not target.is_symlink():
             target.unlink()
             fsync_dir(target.parent)
     if only is None:
@@ -218,5 +285,6 @@ def undo(path: str | os.PathLike, backup_dir: str | os.PathLike | None = None) -
     return restored
 
 
-__all__ = ["BACKUP_DIRNAME", "Session", "sessions", "undo", "sha256_file", "copy_hashed",
+__all__ = ["BACKUP_DIRNAME", "BackupRefused", "in_backup_tree", "safe_rel", "check_backup_root",
+           "Session", "sessions", "undo", "sha256_file", "copy_hashed",
            "default_backup_root"]

@@ -27,7 +27,8 @@ from ..atomic import TMP_MARKER, commit, fsync_dir, leftovers, staged_file, writ
 from ..codes import Code
 from ..model import FileInfo, Finding, Severity
 from . import allowlist as al
-from .backup import Session, default_backup_root, sessions, sha256_file
+from .backup import (BACKUP_DIRNAME, Session, default_backup_root, in_backup_tree, sessions,
+                     sha256_file)
 from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
                     SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
                     FilePlan, RepairPlan, RepairResult)
@@ -83,12 +84,17 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
 
     report, _ = validate(p, ValidateOptions(consumer=consumer))
     reasons: dict[str, str] = {}
+    broken: dict[str, str] = {}  # other errors about a file: repair cannot rewrite those
     for f in report.all_findings():
         if f.code == Code.LOAD_FAILS.code and f.path not in reasons:
             reasons[f.path] = f.message
+        elif f.severity is Severity.ERROR and f.path not in broken:
+            broken[f.path] = f"{f.code} {f.message}"
     out: list[_Candidate] = []
     for info in report.files:
         name = info.path.rsplit("/", 1)[-1]
+        if BACKUP_DIRNAME in info.path.split("/"):
+            continue  # originals kept by an earlier repair: never repaired or backed up again
         if name.startswith(TMP_MARKER) or (inside is not None and p.is_dir() and (
                 info.path == inside or info.path.startswith(inside.rstrip("/") + "/"))):
             continue
@@ -97,6 +103,8 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
                 sorted({g.name for g in info.dangerous})), info))
         elif info.path in reasons:
             out.append(_Candidate(info.path, reasons[info.path], info))
+        elif info.path in broken:
+            out.append(_Candidate(info.path, broken[info.path], info))
         elif (to == "safetensors" and info.format in REWRITABLE and info.tensors
               and info.weights_only is not None and info.weights_only.loads):
             out.append(_Candidate(info.path, "--to safetensors: torch pickle holding tensors",
@@ -221,8 +229,8 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
         fp.hostile = True
         return prep
     if info.format not in REWRITABLE:
-        _refuse(fp, f"{info.format} file, not written by torch.save: ckptdoctor only rewrites "
-                    "torch.save files")
+        _refuse(fp, f"{cand.reason}; ckptdoctor only rewrites files torch.save wrote, and "
+                    f"this one is {info.format}")
         return prep
     prep.stat = path.stat()
     names = offending_names(info)
@@ -369,16 +377,26 @@ def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: st
         plan.findings.append(Code.PATH_MISSING.finding(str(path), f"{path}: no such file or "
                                                                  "directory"))
         return plan, []
-    from ..pickles.policy import classify
-    from ..model import GlobalClass
+    from ..pickles.policy import Verdict, vet
 
-    bad_allow = [n for n in allow if classify(n) is GlobalClass.DANGEROUS]
+    bad_allow = [n for n in allow if vet(n, allow).verdict is Verdict.DANGEROUS]
     if bad_allow:
         plan.findings.append(Code.REPAIR_REFUSED.finding(
             str(path), "--allow names code-executing global(s): " + ", ".join(bad_allow),
             hint="--allow only vouches for data types; ckptdoctor never loads code"))
         return plan, []
     backup_root = Path(backup_dir) if backup_dir else default_backup_root(root)
+    if in_backup_tree(p):
+        plan.findings.append(Code.REPAIR_REFUSED.finding(
+            str(path), f"{path} is inside a {BACKUP_DIRNAME} tree: backups are never repaired "
+            "(that would nest backups inside backups)", hint="repair the checkpoint itself, or "
+            "restore it with `ckptdoctor repair --undo`"))
+        return plan, []
+    if os.path.islink(backup_root):
+        plan.findings.append(Code.REPAIR_REFUSED.finding(
+            str(path), f"{backup_root} is a symlink: ckptdoctor does not write backups through "
+            "it", hint="remove the symlink, or pass --backup-dir"))
+        return plan, []
     for tmp in _tmp_files(root, backup_root):
         plan.leftovers.append(_rel(root, tmp))
     for s in sessions(backup_root):
@@ -388,7 +406,7 @@ def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: st
                 f"({len(s.doc['files'])} file(s)) are intact there", severity=Severity.INFO))
     cands, extra = _select(p, consumer, to, backup_root)
     plan.findings.extend(extra)
-    recorded = (al.read_document(root) or {}).get("files", {})
+    recorded = al.revetted_entries(root, allow)  # input only, re-vetted; never authority
     prepared = [_prepare(root, c, allow, to, recorded, backup_root) for c in cands]
     plan.files = [x.plan for x in prepared]
     hostile = [f.rel for f in plan.files if f.hostile]
@@ -403,8 +421,7 @@ def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: st
 
 def plan_repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
                 consumer: str = "framework", to: str = "torch",
-                backup_dir: str | os.PathLike | None = None, trust: bool = False
-                ) -> RepairPlan:
+                backup_dir: str | os.PathLike | None = None) -> RepairPlan:
     """Which files the consumer cannot load, which objects in them, what each becomes and
     why. Reads the files (never running code from them); writes nothing."""
     plan, _ = _plan(path, tuple(allow), consumer, to, backup_dir)
@@ -457,9 +474,9 @@ class _Run:
         entry = {"allowlist": fp.allowlist, "sha256": sha,
                  "why": {c.found: c.why for c in fp.kept}}
         # the allow-list lives in the checkpoint root (PATH, or the file's directory)
-        doc = al.merged_document(al.read_document(self.root), {fp.rel: entry})
+        doc = al.merged_document(al.revetted_entries(self.root, self.plan.allow), {fp.rel: entry})
         self.write_side(al.ALLOWLIST_FILE, al.render_document(doc), fp.rel)
-        self.write_side(al.SNIPPET_FILE, al.render_module(doc["allowlist"]), fp.rel)
+        self.write_side(al.SNIPPET_FILE, al.render_module(), fp.rel)
         self.result.allowlist_file = str(self.root / al.ALLOWLIST_FILE)
         self.result.snippet_file = str(self.root / al.SNIPPET_FILE)
 
@@ -621,19 +638,18 @@ def _dealias(obj: dict) -> dict:
 
 def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
            dry_run: bool = False, backup_dir: str | os.PathLike | None = None,
-           no_backup: bool = False, to: str = "torch", consumer: str = "framework",
-           trust: bool = False) -> RepairResult:
+           no_backup: bool = False, to: str = "torch", consumer: str = "framework"
+           ) -> RepairResult:
     """Rewrite every file the consumer cannot load into one it can, verified, with backups.
 
     `allow`: globals of unknown safety the user vouches are plain data (they are still read
-    with stand-ins; this never turns on weights_only=False). `trust` is accepted for symmetry
-    with the loader chain; repair never needs a trusted load. Returns a RepairResult whose
+    with stand-ins; this never turns on weights_only=False). Returns a RepairResult whose
     `exit_code` is 1 when a file was refused or failed verification."""
     plan, prepared = _plan(path, tuple(allow), consumer, to, backup_dir)
     result = RepairResult(plan, dry_run=dry_run)
     kept_all = sorted({n for f in plan.files for n in f.allowlist})
     if kept_all:
-        result.snippet = al.safe_globals_snippet(kept_all)
+        result.snippet = al.safe_globals_snippet(kept_all, allow=plan.allow)
     if dry_run:
         result.outcomes = [FileOutcome(f.rel, SKIPPED if f.action in (REWRITE, SAFETENSORS,
                                                                        ALLOWLIST)

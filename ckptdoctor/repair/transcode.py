@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model import FileInfo, GlobalClass
+from ..model import FileInfo
 from ..pickles.downgrade import Downgraded  # protocol > 2 pickles rewritten into protocol 2
-from ..pickles.policy import classify, torch_name
+from ..pickles.policy import (DangerousGlobalError, NotVouchedError, Verdict, allow_flags,
+                              require, torch_name, vet)
 from ..standins import StandIn, transcoding_globals
 
 # Dict and list subclasses: their stand-in must return a plain dict / list (torch only runs
@@ -131,30 +132,29 @@ def offending_names(info: FileInfo | None) -> list[str]:
         mod, _, qual = n.rpartition(".")
         tm, tq = torch_name(mod, qual)
         t = f"{tm}.{tq}" if tm else tq
-        if classify(t) is not GlobalClass.TORCH_ALLOWED:
+        if vet(t).verdict is not Verdict.TORCH:
             out.append(t)
     return list(dict.fromkeys(out))
 
 
 def check_policy(names: Iterable[str], allow: Iterable[str], covered: Iterable[str] = ()
                  ) -> None:
-    """Raise TranscodeRefused for dangerous names, and for unknown ones nobody vouched for."""
-    names = list(names)
-    allow, covered = set(allow), set(covered)
-    dangerous = [n for n in names if classify(n) is GlobalClass.DANGEROUS]
-    if dangerous:
+    """TranscodeRefused unless every name passes policy.vet, `allow` (the user's --allow) and
+    `covered` (names a reviewed repair rule consumes, registered as inert stand-ins only)
+    counting as vouched."""
+    try:
+        require(names, set(allow) | set(covered))
+    except DangerousGlobalError as exc:
         raise TranscodeRefused(
-            "references code-executing global(s): " + ", ".join(dangerous)
+            "references code-executing global(s): " + ", ".join(exc.names)
             + "; a file that needs them can run code when loaded, so it is not rewritten",
-            dangerous, hint="do not load this file; restore it from a trusted source",
-            dangerous=True)
-    unknown = [n for n in names if classify(n) is GlobalClass.UNKNOWN
-               and n not in allow and n not in covered]
-    if unknown:
+            exc.names, hint="do not load this file; restore it from a trusted source",
+            dangerous=True) from None
+    except NotVouchedError as exc:
         raise TranscodeRefused(
-            "references global(s) of unknown safety: " + ", ".join(unknown),
-            unknown, hint="if you trust the file, vouch for them: "
-                          + " ".join(f"--allow {n}" for n in unknown))
+            "references global(s) of unknown safety: " + ", ".join(exc.names),
+            exc.names, hint="if you trust the file, vouch for them: "
+                            + allow_flags(exc.names)) from None
 
 
 def standin_entries(names: Iterable[str], capture_types: bool = True) -> list[tuple[Any, str]]:

