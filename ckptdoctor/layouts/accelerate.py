@@ -51,6 +51,7 @@ def fsdp_dirs(d: DirView) -> list[str]:
 
 class Accelerate(LayoutBase):
     name = "accelerate"
+    framework = "accelerate"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         """Accelerate's own names: RNG or custom state files, or optimizer/scheduler .bin next to
@@ -122,7 +123,7 @@ class Accelerate(LayoutBase):
     def consumer(self, d: DirView, rel: str) -> Consumer:
         first, _, rest = rel.partition("/")
         if rest and deepspeed.is_tag(d, first):
-            return deepspeed.LOAD
+            return deepspeed.load_consumer(d.env)
         if rest and first in fsdp_dirs(d):
             return DCP_CONSUMER
         if re.fullmatch(RNG_RE, rel):

@@ -26,6 +26,7 @@ def checkpoints(d: DirView) -> dict[int, str]:
 
 class HfRun(LayoutBase):
     name = "hf-run"
+    framework = "transformers"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return bool(checkpoints(d)) or any(re.fullmatch(r"tmp-checkpoint-\d+", s)

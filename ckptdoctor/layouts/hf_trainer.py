@@ -70,6 +70,7 @@ def world_size(d: DirView) -> int | None:
 
 class HfTrainer(LayoutBase):
     name = "hf-trainer"
+    framework = "transformers"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         """trainer_state.json, or a non-empty `checkpoint-N` that lost it. Accelerate-based
@@ -170,7 +171,7 @@ class HfTrainer(LayoutBase):
         first, _, _ = rel.partition("/")
         name = rel.rsplit("/", 1)[-1]
         if "/" in rel and deepspeed.is_tag(d, first):
-            return deepspeed.LOAD
+            return deepspeed.load_consumer(d.env)
         if "/" in rel and first in fsdp_dirs(d):
             return DCP_CONSUMER
         if name.startswith("rng_state"):

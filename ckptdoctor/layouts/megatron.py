@@ -116,6 +116,7 @@ def iter_details(d: DirView, sub: str) -> dict[str, Any]:
 
 class Megatron(LayoutBase):
     name = "megatron"
+    framework = "megatron"  # whose resume (and version) the verdict models
 
     def is_iter(self, d: DirView) -> bool:
         return bool(re.fullmatch(ITER_RE, d.root.name) or d.root.name == "release") and bool(

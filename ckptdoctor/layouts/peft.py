@@ -83,15 +83,16 @@ def check_lora(d: DirView, rel: str, cfg: dict[str, Any], tensors: list[TensorIn
     if isinstance(targets, list) and a:
         unused = [t for t in targets if not any(m == t or m.endswith("." + t) for m in a)]
         if unused:
-            out.append(Code.ADAPTER_MISMATCH.finding(
+            out.append(Code.ADAPTER_TARGET_UNUSED.finding(
                 d.outer(rel), f"target_modules {unused} have no LoRA tensors in {rel}",
                 hint="the adapter was saved from a different config, or those modules do not "
-                     "exist in the base model", severity=Severity.WARNING, unused=unused))
+                     "exist in the base model", unused=unused))
     return out
 
 
 class Peft(LayoutBase):
     name = "peft"
+    framework = "peft"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return d.has("adapter_config.json") or adapter_file(d) is not None
