@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 from .codes import Code
-from .layouts import describe_file, detect_layout, find_checkpoints
+from .layouts import checkpoint_paths, describe_file, detect_layout, find_checkpoints
 from .layouts.base import DirView
 from .layouts.versions import Env
 from .model import Finding, LayoutInfo, Report
@@ -85,7 +85,7 @@ def inspect_view(path: str | os.PathLike, env: Env | None = None
     layout = detect_layout(view)
     if layout is not None:
         report.layout = layout.describe(view)
-        report.checkpoints = describe_children(view, checkpoint_paths(report.layout))
+        report.checkpoints = describe_children(view, checkpoint_paths(layout, view))
     else:
         report.checkpoints = describe_children(view, find_checkpoints(view))
         if not report.checkpoints:
@@ -106,9 +106,3 @@ def describe_children(view: DirView, rels: list[str]) -> list[LayoutInfo]:
             info.path = rel
             out.append(info)
     return out
-
-
-def checkpoint_paths(layout: LayoutInfo) -> list[str]:
-    """Relative paths of the checkpoints a run layout lists in its details."""
-    entries = layout.details.get("checkpoints", []) if layout.name == "hf-run" else []
-    return [e if isinstance(e, str) else e.get("path", "") for e in entries]

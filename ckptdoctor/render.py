@@ -14,6 +14,7 @@ from rich.text import Text
 
 from . import __version__
 from .codes import BY_CODE
+from .layouts import summary_keys
 from .model import FileInfo, Finding, Report, Severity, sorted_findings, tensor_summary
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -53,8 +54,7 @@ def _layout_line(report: Report) -> Text:
     t.append(lay.name, style="bold")
     if lay.step is not None:
         t.append(f"  step {lay.step}")
-    for key in ("epoch", "learning_rate", "world_size", "zero_stage", "num_shards", "dtype",
-                "transformers_version", "ds_version", "lightning_version", "torch_version"):
+    for key in summary_keys(lay.name):  # each layout module says which details matter
         if lay.details.get(key) is not None:
             t.append(f"  {key}={lay.details[key]}")
     return t

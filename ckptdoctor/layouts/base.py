@@ -186,6 +186,17 @@ class Layout(Protocol):
     def consumer(self, d: DirView, rel: str) -> Consumer:
         """How this framework's resume loads the file `rel`."""
 
+    def children(self, d: DirView) -> list[str]:
+        """Checkpoints inside `d` (a run of them) judged one by one; [] for one checkpoint."""
+
+    def summary_keys(self) -> tuple[str, ...]:
+        """LayoutInfo.details keys worth one line of text (`inspect`, `validate`)."""
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        """(what wrote these pickled globals, which release fixed loading it) for a file named
+        `base` (lower case) in a layout named `lay`, or None when this framework did not
+        write them (diagnosis)."""
+
 
 @dataclass
 class Detected:
@@ -466,3 +477,13 @@ class LayoutBase:
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         return WEIGHTS_ONLY
+
+    def children(self, d: DirView) -> list[str]:
+        return []
+
+    def summary_keys(self) -> tuple[str, ...]:
+        return ("epoch", "learning_rate", "world_size", "zero_stage", "num_shards", "dtype",
+                "transformers_version", "ds_version", "lightning_version", "torch_version")
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        return None

@@ -8,6 +8,8 @@ here. Sizes and stages are read off the pickles statically (dp_world_size, parti
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import re
 from pathlib import Path
 from typing import Any
@@ -249,3 +251,16 @@ class DeepSpeed(LayoutBase):
             return Consumer("unused", who=f"load_checkpoint reads tag {latest_tag(d)!r} "
                             f"('latest'), not {first}")
         return load_consumer(d.env)
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        """DeepSpeed's optimizer/model states (see `load_consumer` for the version history)."""
+        if not (any(n.startswith("deepspeed.") for n in names) or "deepspeed" in lay
+                or fnmatch(base, "*_optim_states.pt") or fnmatch(base, "*model_states.pt")):
+            return None
+        found = sorted(n.rpartition(".")[2] for n in names if n.startswith("deepspeed."))
+        return ("DeepSpeed training state (optimizer_state_dict holds the live `loss_scaler` "
+                "LossScaler object and `zero_stage` as ZeroStageEnum"
+                + (f"; found {', '.join(found)}" if found else "") + ")",
+                "DeepSpeed >= 0.16.0 (PR #6751) loads its own checkpoint files with "
+                "weights_only=False, so upgrading DeepSpeed fixes the resume; older DeepSpeed "
+                "on torch >= 2.6 fails here")

@@ -39,6 +39,10 @@ class HfRun(LayoutBase):
                    "final_model": MODEL.match(d)}
         return LayoutInfo(self.name, d.rel, max(ckpts) if ckpts else None, details)
 
+    def children(self, d: DirView) -> list[str]:
+        """The checkpoints validate and `latest` judge one by one."""
+        return list(checkpoints(d).values())
+
     def check(self, d: DirView) -> list[Finding]:
         return check_common(d, tuple(checkpoints(d).values())) + self.checks(d)
 

@@ -9,6 +9,8 @@ uses hparams. A `save_weights_only` checkpoint has no optimizer_states: fit() ra
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,12 @@ class Lightning(LayoutBase):
         if form == "fsdp" and parts[-1] != "meta.pt":
             return DCP_CONSUMER
         return load_consumer(d.env)
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        if not (base.endswith(".ckpt") or "lightning" in lay):
+            return None
+        return ("a PyTorch Lightning checkpoint (`hyper_parameters` / `hparams_type`, callback "
+                "or loop state)",
+                "Lightning 2.4-2.5 loaded with weights_only=False; Lightning >= 2.6 defers to "
+                "torch (weights_only=True), so upgrading does not fix it: repair the file, or "
+                "pass weights_only=False to Trainer.fit for a file you trust")

@@ -8,6 +8,8 @@ an iter dir with `.metadata` but no `metadata.json` is misdetected as `torch_dcp
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import re
 from typing import Any
 
@@ -173,3 +175,11 @@ class Megatron(LayoutBase):
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         return LOAD if rel.endswith(".pt") else DCP_CONSUMER
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        if not (fnmatch(base, "model_optim_rng*.pt") or "megatron" in lay):
+            return None
+        return ("Megatron-LM training state (rng_state[i]['np_rng_state'] numpy arrays, the "
+                "argparse.Namespace `args`, enums)",
+                "Megatron-LM registers megatron/core/safe_globals.py on torch >= 2.6 (Sep 2025 "
+                "and later); older releases loaded with weights_only=False")
