@@ -214,7 +214,7 @@ def _require_doc(path: Path, fmt: OutputFormat) -> None:
     report.command = "validate"
     found = report.all_findings()
     report.extra.update(verdict="NOT RESUMABLE: path does not exist", resumable=False,
-                        consumer=None)
+                        consumer={"framework": None, "version": None, "mode": None})
     sys.stdout.write(_validate_doc(report, found, fmt, Severity.ERROR))
     _require(path)
 
