@@ -110,7 +110,7 @@ def newest_valid(run_dir: Path, consumer: str = "framework", allow: tuple[str, .
         older = next((f for f in findings if f.code == Code.OLDER_TAG_RESUMABLE.code), None)
         if older is not None:  # DeepSpeed: `latest` names a broken tag, an older one is whole
             tag = older.detail["tag"]
-            save_dir = path / older.path.rpartition("/")[0] if "/" in older.path else path
+            save_dir = path / older.path if older.path else path  # the DeepSpeed save dir
             result.skipped.append(Skipped(path, _first_error(findings)))
             result.notes.append(
                 f"'latest' in {save_dir} names a broken tag; resume from the complete tag "

@@ -238,7 +238,7 @@ class DeepSpeed(LayoutBase):
         older = fallback_tag(d)
         if older is not None:
             out.append(Code.OLDER_TAG_RESUMABLE.finding(
-                d.outer("latest"), f"'latest' names {tag!r}, which cannot be resumed; tag "
+                d.outer(""), f"'latest' names {tag!r}, which cannot be resumed; tag "
                 f"{older} is complete: resume it with engine.load_checkpoint(<dir>, "
                 f"tag={older!r})", hint=f"ckptdoctor repair {d.outer('') or '.'} points "
                 f"'latest' at {older} (the old 'latest' is backed up)", tag=older, latest=tag))
