@@ -60,6 +60,24 @@ ConsumerOpt = Annotated[ConsumerChoice, typer.Option(
     "--consumer", help="Judge files by how the layout's own framework resumes (default) or by "
                        "plain torch.load(weights_only=True).")]
 
+FrameworkVersionOpt = Annotated[list[str], typer.Option(
+    "--framework-version", metavar="NAME=VERSION",
+    help="Judge as if NAME (torch, transformers, accelerate, deepspeed, lightning, peft) were "
+         "at VERSION, e.g. deepspeed=0.15.4. Repeatable. Default: the installed versions.")]
+
+
+def _versions(specs: list[str]) -> dict[str, str]:
+    from .layouts.versions import parse_override
+
+    out = {}
+    for spec in specs:
+        try:
+            name, version = parse_override(spec)
+        except ValueError as exc:
+            _fail(CliError(Code.FRAMEWORK_VERSION, spec, str(exc)))
+        out[name] = version
+    return out
+
 
 class CliError(Exception):
     """A user-facing failure: one line, a stable code, an exit code."""
@@ -148,32 +166,57 @@ def validate(
     select: Annotated[list[str], typer.Option("--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],  # noqa: B006
     ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
+    framework_version: FrameworkVersionOpt = [],  # noqa: B006
 ) -> None:
     """Pre-resume gate: is the checkpoint complete, intact and loadable by what will resume it?
     Exit 0 resumable, 1 findings at or above --fail-on, 2 usage or internal error."""
     from . import render
     from .validate import ValidateOptions, exit_code, validate as run
 
+    versions = _versions(framework_version)
+    if fmt in (OutputFormat.json, OutputFormat.junit, OutputFormat.sarif) and \
+            not os.path.lexists(path):
+        # a CI step that parses the document still gets one: the missing path is its finding
+        _require_doc(path, fmt)
     _require(path)
     _check_allow(allow)
     opts = ValidateOptions(consumer=consumer.value, allow=tuple(allow), trust=trust, load=load,
                            deep=deep, write_manifest=write_manifest, select=select,
-                           ignore=ignore, fail_on=Severity.parse(fail_on.value))
+                           ignore=ignore, fail_on=Severity.parse(fail_on.value),
+                           versions=versions)
     with _progress(deep or write_manifest) as progress:
         report, findings = run(path, opts, progress)
-    if fmt is OutputFormat.json:
-        text = render.to_json(report, findings=findings) + "\n"
-    elif fmt is OutputFormat.junit:
-        text = render.junit(report, findings, opts.fail_on)
-    elif fmt is OutputFormat.sarif:
-        text = render.sarif(report, findings) + "\n"
-    elif fmt is OutputFormat.github:
-        text = render.github(report, findings)
-    else:
-        text = render.findings_text(report, findings, report.extra["verdict"], width=out.width,
-                                    color=out.is_terminal)
-    sys.stdout.write(text)
+    sys.stdout.write(_validate_doc(report, findings, fmt, opts.fail_on))
     raise typer.Exit(exit_code(findings, opts.fail_on))
+
+
+def _validate_doc(report, findings, fmt: OutputFormat, fail_on: Severity) -> str:
+    from . import render
+
+    if fmt is OutputFormat.json:
+        return render.to_json(report, findings=findings) + "\n"
+    if fmt is OutputFormat.junit:
+        return render.junit(report, findings, fail_on)
+    if fmt is OutputFormat.sarif:
+        return render.sarif(report, findings) + "\n"
+    if fmt is OutputFormat.github:
+        return render.github(report, findings)
+    return render.findings_text(report, findings, report.extra["verdict"], width=out.width,
+                                color=out.is_terminal)
+
+
+def _require_doc(path: Path, fmt: OutputFormat) -> None:
+    """A missing PATH under --format json/junit/sarif: the document with its CK001 finding on
+    stdout, the one-line error on stderr, exit 2 as for any unusable path."""
+    from .inspect import inspect_path
+
+    report = inspect_path(path)
+    report.command = "validate"
+    found = report.all_findings()
+    report.extra.update(verdict="NOT RESUMABLE: path does not exist", resumable=False,
+                        consumer={"framework": None, "version": None, "mode": None})
+    sys.stdout.write(_validate_doc(report, found, fmt, Severity.ERROR))
+    _require(path)
 
 
 @app.command()
@@ -181,20 +224,23 @@ def latest(
     run_dir: Annotated[Path, typer.Argument(help="Run / output directory holding checkpoints.")],
     consumer: ConsumerOpt = ConsumerChoice.framework,
     allow: AllowOpt = [],  # noqa: B006
+    framework_version: FrameworkVersionOpt = [],  # noqa: B006
 ) -> None:
     """Print the newest checkpoint under RUN_DIR that passes validate (stderr says which newer
-    ones were skipped and why). Exit 1 when none is valid."""
+    ones were skipped and why, and which can be repaired). Exit 1 when none is valid: use
+    `ckpt=$(ckptdoctor latest out) || exit 1`."""
     from .latest import newest_valid
 
+    versions = _versions(framework_version)
     _require(run_dir)
     _check_allow(allow)
-    best, skipped = newest_valid(run_dir, consumer=consumer.value, allow=tuple(allow))
-    for path, reason in skipped:
-        err.print(f"skipped {path}: {reason}", markup=False)
-    if best is None:
-        err.print(f"ckptdoctor: no valid checkpoint under {run_dir}", markup=False)
+    result = newest_valid(run_dir, consumer=consumer.value, allow=tuple(allow),
+                          versions=versions)
+    for line in result.stderr_lines():
+        err.print(line, markup=False)
+    if result.best is None:
         raise typer.Exit(EXIT_FINDINGS)
-    sys.stdout.write(f"{best}\n")
+    sys.stdout.write(f"{result.best}\n")
 
 
 @app.command()

@@ -31,6 +31,7 @@ class Code(enum.Enum):
     UNKNOWN_FORMAT = ("CK007", Severity.INFO, "file format not recognised")
     NO_LAYOUT = ("CK008", Severity.WARNING, "no known checkpoint layout")
     TOO_MANY_FILES = ("CK009", Severity.WARNING, "walk stopped at the file limit")
+    FRAMEWORK_VERSION = ("CK090", Severity.ERROR, "--framework-version is not NAME=VERSION")
 
     # pickles
     DANGEROUS_GLOBAL = ("CK101", Severity.ERROR, "pickle references a code-executing global")
@@ -86,6 +87,16 @@ class Code(enum.Enum):
     JSON_INVALID = ("CK415", Severity.ERROR, "JSON sidecar does not parse")
     MODEL_ONLY = ("CK416", Severity.WARNING, "checkpoint holds model weights only (no optimizer)")
     OPTIONAL_MISSING = ("CK417", Severity.WARNING, "optional resume state missing; resume skips it")
+    UNREAD_MISSING = ("CK420", Severity.WARNING,
+                      "a file the resume does not read is missing")
+    LOAD_NOT_NEEDED = ("CK421", Severity.WARNING,
+                       "file does not load, but the resume never reads it or survives the failure")
+    NEWER_TAG_BROKEN = ("CK422", Severity.WARNING,
+                        "a tag newer than 'latest' is incomplete; resume uses 'latest'")
+    OLDER_TAG_RESUMABLE = ("CK423", Severity.INFO,
+                           "'latest' names a broken tag; an older complete tag can be resumed")
+    ADAPTER_TARGET_UNUSED = ("CK424", Severity.WARNING,
+                             "PEFT target_modules without LoRA tensors in the adapter")
 
     # deep
     NONFINITE = ("CK501", Severity.WARNING, "tensor holds NaN or Inf")

@@ -56,7 +56,11 @@ class Producer:
 
 
 def producer(path: str, names: set[str], layout: str | None = None) -> Producer | None:
-    """Which framework object wrote these globals, from the file name, globals and layout."""
+    """Which framework object wrote these globals, from the file name, globals and layout.
+    Each framework's layout module owns its own description (Layout.producer); what is left
+    here is torch- and numpy-level knowledge no framework owns."""
+    from .layouts import PRODUCERS
+
     base = PurePath(path).name.lower()
     lay = (layout or "").lower()
 
@@ -64,49 +68,10 @@ def producer(path: str, names: set[str], layout: str | None = None) -> Producer 
         return any(pred(n) for n in names)
 
     numpy_array = has(lambda n: n.endswith("multiarray._reconstruct"))
-    if has(lambda n: n.startswith("deepspeed.")) or "deepspeed" in lay or fnmatch(
-            base, "*_optim_states.pt") or fnmatch(base, "*model_states.pt"):
-        found = sorted(n.rpartition(".")[2] for n in names if n.startswith("deepspeed."))
-        return Producer(
-            "DeepSpeed training state (optimizer_state_dict holds the live `loss_scaler` "
-            "LossScaler object and `zero_stage` as ZeroStageEnum"
-            + (f"; found {', '.join(found)}" if found else "") + ")",
-            "DeepSpeed >= 0.16.0 (PR #6751) loads its own checkpoint files with "
-            "weights_only=False, so upgrading DeepSpeed fixes the resume; older DeepSpeed on "
-            "torch >= 2.6 fails here")
-    if numpy_array and (fnmatch(base, "rng_state*.pth") or "trainer" in lay
-                        or "transformers" in lay):
-        return Producer(
-            "the HF Trainer RNG state (rng_state.pth['numpy'] = np.random.get_state())",
-            "transformers PR #34632 loads rng_state inside safe_globals with numpy's "
-            "_reconstruct, ndarray, dtype and UInt32DType under their numpy._core names; it "
-            "still fails for files with numpy-1 names (numpy.core.*) read under numpy 2 and "
-            "for numpy scalars")
-    if numpy_array and (fnmatch(base, "random_states_*.pkl") or "accelerate" in lay):
-        return Producer(
-            "the Accelerate RNG state (random_states_<i>.pkl['numpy_random_seed'] = "
-            "np.random.get_state())",
-            "accelerate PR #3036 allow-lists numpy's _reconstruct, ndarray, dtype (and "
-            "UInt32DType on numpy >= 1.25) in accelerate.utils.load and PR #3247 adds the "
-            "numpy._core names; note accelerate catches this failure and resumes WITHOUT "
-            "restoring the RNG ('Could not load random states')")
-    if fnmatch(base, "model_optim_rng*.pt") or "megatron" in lay:
-        return Producer(
-            "Megatron-LM training state (rng_state[i]['np_rng_state'] numpy arrays, the "
-            "argparse.Namespace `args`, enums)",
-            "Megatron-LM registers megatron/core/safe_globals.py on torch >= 2.6 (Sep 2025 "
-            "and later); older releases loaded with weights_only=False")
-    if base.endswith(".ckpt") or "lightning" in lay:
-        return Producer(
-            "a PyTorch Lightning checkpoint (`hyper_parameters` / `hparams_type`, callback "
-            "or loop state)",
-            "Lightning 2.4-2.5 loaded with weights_only=False; Lightning >= 2.6 defers to "
-            "torch (weights_only=True), so upgrading does not fix it: repair the file, or "
-            "pass weights_only=False to Trainer.fit for a file you trust")
-    if base == "training_args.bin":
-        return Producer("transformers TrainingArguments (training_args.bin)",
-                        "the Trainer never reads training_args.bin on resume; only scripts "
-                        "that torch.load it fail")
+    for owner in PRODUCERS:
+        found = owner.producer(base, names, lay)
+        if found is not None:
+            return Producer(*found)
     if fnmatch(base, "scheduler*.pt") and has(lambda n: n.endswith(".getattr")):
         return Producer("OneCycleLR's `anneal_func` pickled by torch < 2.4",
                         "torch >= 2.4 stores `_anneal_func_type` instead (pytorch PR #123775)")

@@ -2,24 +2,69 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shlex
 from pathlib import Path
 
 from .codes import Code
-from .layouts import describe_file, detect_layout, find_checkpoints
+from .layouts import checkpoint_paths, describe_file, detect_layout, find_checkpoints
 from .layouts.base import DirView
-from .model import LayoutInfo, Report
+from .layouts.versions import Env
+from .model import Finding, LayoutInfo, Report
 from .formats import detect_file
 
 
 def inspect_path(path: str | os.PathLike) -> Report:
     """Identify PATH (a file or a directory) and describe every file in it."""
-    return inspect_view(path)[0]
+    report = inspect_view(path)[0]
+    runnable_hints(report)
+    return report
 
 
-def inspect_view(path: str | os.PathLike) -> tuple[Report, DirView | None]:
+_REPAIR = re.compile(r"ckptdoctor repair (\S+)")
+_LOAD = re.compile(r"torch\.load\(('[^']*'|\"[^\"]*\")")
+
+
+def shell_path(report: Report, rel: str) -> str:
+    """`rel` (relative to the inspected PATH) as a path from the working directory."""
+    root = report.path
+    if not rel or rel == "." or not os.path.isdir(root):
+        return root
+    return os.path.join(root, rel)
+
+
+def runnable_hints(report: Report) -> None:
+    """Make every `ckptdoctor repair X` and `torch.load('X')` in a hint name the file from
+    the working directory, shell-quoted, so the hint runs as pasted. Findings name files
+    relative to the inspected PATH; hints are built where the file is known, so they are
+    rewritten here, once, where PATH is known."""
+    def fix(f: Finding) -> Finding:
+        if not f.hint:
+            return f
+        full = shell_path(report, f.path)
+        rel_forms = {f.path, shlex.quote(f.path), ".", "''"} if f.path else {".", "''"}
+
+        def repl_repair(m: re.Match) -> str:
+            return f"ckptdoctor repair {shlex.quote(full)}" if m.group(1) in rel_forms \
+                else m.group(0)
+
+        def repl_load(m: re.Match) -> str:
+            return f"torch.load({full!r}" if m.group(1)[1:-1] in rel_forms else m.group(0)
+
+        hint = _LOAD.sub(repl_load, _REPAIR.sub(repl_repair, f.hint))
+        return f if hint == f.hint else dataclasses.replace(f, hint=hint)
+
+    report.findings = [fix(f) for f in report.findings]
+    for info in report.files:
+        info.findings = [fix(f) for f in info.findings]
+
+
+def inspect_view(path: str | os.PathLike, env: Env | None = None
+                 ) -> tuple[Report, DirView | None]:
     """inspect_path, also returning the directory view (None for a file) so validate reuses
-    what was already read."""
+    what was already read. `env`: the consumer versions layouts judge by (default: installed)."""
     p = Path(path)
     shown = str(path)
     if not os.path.lexists(p):
@@ -30,7 +75,7 @@ def inspect_view(path: str | os.PathLike) -> tuple[Report, DirView | None]:
         layout = describe_file(p, info) if info.format != "unknown" or info.size else \
             LayoutInfo("file", "")
         return Report(shown, layout, files=[info]), None
-    view = DirView(p)
+    view = DirView(p, env=env)
     report = Report(shown, LayoutInfo("directory", ""))
     if view.truncated:
         report.findings.append(Code.TOO_MANY_FILES.finding("", f"stopped after {len(view.files)} files"))
@@ -40,7 +85,7 @@ def inspect_view(path: str | os.PathLike) -> tuple[Report, DirView | None]:
     layout = detect_layout(view)
     if layout is not None:
         report.layout = layout.describe(view)
-        report.checkpoints = describe_children(view, checkpoint_paths(report.layout))
+        report.checkpoints = describe_children(view, checkpoint_paths(layout, view))
     else:
         report.checkpoints = describe_children(view, find_checkpoints(view))
         if not report.checkpoints:
@@ -61,9 +106,3 @@ def describe_children(view: DirView, rels: list[str]) -> list[LayoutInfo]:
             info.path = rel
             out.append(info)
     return out
-
-
-def checkpoint_paths(layout: LayoutInfo) -> list[str]:
-    """Relative paths of the checkpoints a run layout lists in its details."""
-    entries = layout.details.get("checkpoints", []) if layout.name == "hf-run" else []
-    return [e if isinstance(e, str) else e.get("path", "") for e in entries]

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from . import __version__
 from .codes import BY_CODE
+from .layouts import summary_keys
 from .model import FileInfo, Finding, Report, Severity, sorted_findings, tensor_summary
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -31,11 +32,32 @@ def human_bytes(n: int | None) -> str:
     return str(n)
 
 
+PICKLE_FORMATS = ("torch-zip", "torch-legacy", "pickle")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".pickle")
+
+
+def unreadable_verdict(f: FileInfo) -> dict[str, Any] | None:
+    """`weights_only` for a pickle-based file the scan could not read (truncated, empty):
+    it does not load, and why. None for files that are not pickles at all."""
+    if f.weights_only is not None:
+        return None
+    if f.format not in PICKLE_FORMATS and not (
+            f.format in ("empty", "unknown") and f.path.lower().endswith(PICKLE_SUFFIXES)):
+        return None
+    errors = [x for x in f.findings if x.severity is Severity.ERROR]
+    reason = f"{errors[0].code}: {errors[0].message}" if errors else "the pickle cannot be read"
+    return {"loads": False, "fixable": False, "allowlist": [], "blockers": [], "reason": reason}
+
+
 def to_json(report: Report, with_tensors: bool = False, findings: list[Finding] | None = None
             ) -> str:
     doc = report.to_json(with_tensors)
     if findings is not None:
         doc["findings"] = [f.to_json() for f in sorted_findings(findings)]
+    for info, entry in zip(report.files, doc.get("files", [])):
+        verdict = unreadable_verdict(info)
+        if verdict is not None:
+            entry["weights_only"] = verdict
     return json.dumps(doc, indent=2, default=str)
 
 
@@ -53,8 +75,7 @@ def _layout_line(report: Report) -> Text:
     t.append(lay.name, style="bold")
     if lay.step is not None:
         t.append(f"  step {lay.step}")
-    for key in ("epoch", "learning_rate", "world_size", "zero_stage", "num_shards", "dtype",
-                "transformers_version", "ds_version", "lightning_version", "torch_version"):
+    for key in summary_keys(lay.name):  # each layout module says which details matter
         if lay.details.get(key) is not None:
             t.append(f"  {key}={lay.details[key]}")
     return t
@@ -141,7 +162,25 @@ def findings_text(report: Report, findings: list[Finding], verdict: str, width: 
     _findings_block(con, findings)
     style = "bold green" if verdict.startswith("OK") else "bold red"
     con.print(Text(verdict, style=style))
+    assumed = assumes_line(report)
+    if assumed:
+        con.print(Text(assumed, style="dim"))
     return buf.getvalue()
+
+
+def assumes_line(report: Report) -> str:
+    """Which consumer versions the verdict assumes, e.g. `assumes: deepspeed 0.15.4 (given),
+    torch 2.13.0, ...`: the consumer's framework first, then torch, then the rest."""
+    versions = report.extra.get("versions") or {}
+    consumer = report.extra.get("consumer") or {}
+    given = set(report.extra.get("versions_given") or [])
+    if not versions:
+        return ""
+    first = [n for n in (consumer.get("framework"), "torch") if n in versions]
+    order = list(dict.fromkeys(first + sorted(versions)))
+    parts = [f"{n} {versions[n] or 'not installed'}" + (" (given)" if n in given else "")
+             for n in order]
+    return "assumes: " + ", ".join(parts)
 
 
 def junit(report: Report, findings: list[Finding], fail_on: Severity) -> str:

@@ -9,20 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import leftovers, write_bytes
 from .codes import Code, select
-from .inspect import inspect_view
+from .inspect import inspect_view, runnable_hints
 from .layouts import detect_layout
 from .layouts.base import WEIGHTS_ONLY, Consumer
+from .layouts.versions import Env
 from .model import FileInfo, Finding, Report, Severity
 
 MANIFEST = ".ckptdoctor-manifest.json"
 _PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 Progress = Callable[[str, int], None]  # (label, bytes done since last call)
+_FILE_FRAMEWORK = {"lightning": "lightning"}
 
 
 @dataclass
@@ -36,26 +39,40 @@ class ValidateOptions:
     select: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     fail_on: Severity = Severity.ERROR
+    # NAME -> VERSION (--framework-version): judge for that environment instead of this one
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
              progress: Progress | None = None) -> tuple[Report, list[Finding]]:
     """Return the report and the selected findings (the verdict is `exit_code(findings)`)."""
     opts = opts or ValidateOptions()
-    report, view = inspect_view(path)
+    env = Env.detect(opts.versions)
+    report, view = inspect_view(path, env)
     report.command = "validate"
     root = Path(path)
     consumers: dict[str, Consumer] = {}
+    framework = "torch"
     if view is not None and report.files:
         for rel, sub in [("", view)] + [(c.path, view.sub(c.path)) for c in report.checkpoints]:
             layout = detect_layout(sub)
             if layout is None:
                 continue
+            if not rel or framework == "torch":
+                framework = layout.framework
             report.findings.extend(layout.check(sub))
             prefix = f"{rel}/" if rel else ""
             consumers.update({prefix + f: layout.consumer(sub, f) for f in sub.files})
+    elif view is None and report.files:  # a single file: the layout describe_file found
+        framework = _FILE_FRAMEWORK.get(report.layout.name, "torch")
+        if framework == "lightning":
+            from .layouts.lightning import load_consumer
+
+            consumers[report.files[0].path] = load_consumer(env)
     for f in report.files:
         consumer = WEIGHTS_ONLY if opts.consumer == "torch" else consumers.get(f.path, WEIGHTS_ONLY)
+        if consumer.mode == "unused":
+            f.findings = unread_findings(f, consumer)
         verdict = consumer_findings(f, consumer, opts.allow)
         if verdict:  # the consumer's verdict replaces the plain-torch one for this file
             f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
@@ -66,13 +83,20 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
             _rel(root, tmp), "temporary file from an interrupted ckptdoctor write",
             hint="safe to delete; `ckptdoctor repair` removes it on its next run"))
     if opts.load:
-        report.findings.extend(_load_all(root, report, opts))
+        report.findings.extend(_load_all(root, report, opts, consumers))
     if opts.deep:
         report.findings.extend(_deep(root, report, progress))
     report.findings.extend(_manifest(root, report, opts.write_manifest, progress))
-    report.extra["consumer"] = opts.consumer
+    if opts.consumer == "torch":
+        framework = "torch"
+    runnable_hints(report)
     found = select(report.all_findings(), opts.select, opts.ignore)
     report.extra["verdict"] = verdict_text(found, opts.fail_on)
+    report.extra["resumable"] = exit_code(found, opts.fail_on) == 0
+    report.extra["consumer"] = {"framework": framework, "version": env.version(framework),
+                                "mode": opts.consumer}
+    report.extra["versions"] = env.to_json()
+    report.extra["versions_given"] = sorted(env.given)
     return report, found
 
 
@@ -113,17 +137,20 @@ def _rel(root: Path, p: Path) -> str:
 
 def consumer_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str] = ()
                       ) -> list[Finding]:
-    """Would the consumer load this file? Dangerous globals are reported by the scan itself."""
+    """Would the consumer load this file? Dangerous globals are reported by the scan itself.
+    A failure the resume survives (the file is never read, or the framework catches the load
+    error) is CK421, a warning; one that stops the resume is CK601, an error."""
     v = f.weights_only
     if v is None or f.dangerous or consumer.mode in ("unsafe", "unused", "safetensors"):
         return []
     fatal = getattr(consumer, "fatal", True)
-    sev = Severity.ERROR if fatal else Severity.WARNING
+    code = Code.LOAD_FAILS if fatal else Code.LOAD_NOT_NEEDED
     who = consumer.who or "torch.load(weights_only=True)"
+    where = shlex.quote(f.path)  # relative to PATH; runnable_hints makes it cwd-relative
     if not v.fixable:
-        return [Code.LOAD_FAILS.finding(
-            f.path, f"{who} cannot load it: " + "; ".join(v.blockers[:3]), severity=sev,
-            hint=f"ckptdoctor repair {f.path} re-saves it in torch's default format",
+        return [code.finding(
+            f.path, f"{who} cannot load it: " + "; ".join(v.blockers[:3]),
+            hint=f"ckptdoctor repair {where} re-saves it in torch's default format",
             consumer=who)]
     missing = [n for n in v.allowlist if n not in consumer.allow and n not in set(user_allow)]
     if not missing:
@@ -131,16 +158,36 @@ def consumer_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str]
     from .diagnose import safe_globals_snippet
 
     effect = "" if fatal else " (the framework skips it silently: state is not restored)"
-    return [Code.LOAD_FAILS.finding(
+    return [code.finding(
         f.path, f"{who} fails{effect}: Unsupported global {missing[0]}"
                 + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
                 + "; full allow-list: " + ", ".join(v.allowlist),
-        severity=sev,
-        hint=f"ckptdoctor repair {f.path}   or load with:\n{safe_globals_snippet(v.allowlist)}",
+        hint=f"ckptdoctor repair {where}   or load with:\n{safe_globals_snippet(v.allowlist)}",
         consumer=who, allowlist=v.allowlist, missing=missing)]
 
 
-def _load_all(root: Path, report: Report, opts: ValidateOptions) -> list[Finding]:
+_KEEP_ERRORS = (Code.DANGEROUS_GLOBAL.code, Code.DYNAMIC_GLOBAL.code)  # never downgraded
+
+
+def unread_findings(f: FileInfo, consumer: Consumer) -> list[Finding]:
+    """The findings of a file the resume never reads: what would be an error (truncated, empty,
+    unloadable) cannot stop the resume, so it is one CK421 warning naming the original code.
+    Code-executing globals stay errors: ckptdoctor refuses such a file wherever it is."""
+    out = []
+    for x in f.findings:
+        if x.severity is Severity.ERROR and x.code not in _KEEP_ERRORS:
+            x = Code.LOAD_NOT_NEEDED.finding(
+                x.path, f"{x.message} ({x.code}; not read on resume: {consumer.who})", x.hint,
+                **{**x.detail, "was": x.code})
+        out.append(x)
+    return out
+
+
+def _load_all(root: Path, report: Report, opts: ValidateOptions,
+              consumers: dict[str, Consumer] | None = None) -> list[Finding]:
+    """Really load each pickle-based file. A file the consumer never reads on resume (HF
+    training_args.bin) or whose load error it catches (accelerate's RNG) cannot stop the
+    resume: its failure is at most a warning (CK421), whatever the loader says."""
     from .loaders import LoadError, load_with_chain
 
     base = root if root.is_dir() else root.parent
@@ -154,7 +201,16 @@ def _load_all(root: Path, report: Report, opts: ValidateOptions) -> list[Finding
         try:
             res = load_with_chain(path, allow=opts.allow, trust=opts.trust, static=f, rel=f.path)
         except LoadError as exc:
-            out.extend(exc.findings or [Code.LOAD_FAILS.finding(f.path, str(exc))])
+            found = exc.findings or [Code.LOAD_FAILS.finding(f.path, str(exc))]
+            c = (consumers or {}).get(f.path)
+            if c is not None and (c.mode == "unused" or not c.fatal):
+                why = ("the resume never reads it" if c.mode == "unused" else
+                       "the framework catches this failure and resumes without its state")
+                found = [Code.LOAD_NOT_NEEDED.finding(
+                    x.path, f"{x.message} ({c.who or why}; {why})", x.hint,
+                    **{**x.detail, "was": x.code}) if x.severity is Severity.ERROR else x
+                    for x in found]
+            out.extend(found)
             continue
         note = f"loads via {res.strategy}"
         code = Code.LOAD_OK if res.strategy in ("weights_only", "safetensors") else \

@@ -28,11 +28,31 @@ LAYOUTS: tuple[Layout, ...] = (
     Accelerate(), DeepSpeed(), Peft(), HfModel(), Dcp(), File(),
 )
 LAYOUT_NAMES = tuple(layout.name for layout in LAYOUTS)
+# who to ask, in order, which framework object wrote a file's pickled globals (diagnosis):
+# the most telling signs first (DeepSpeed classes, then per-framework file names)
+PRODUCERS: tuple[Layout, ...] = tuple(
+    layout for name in ("deepspeed", "hf-trainer", "accelerate", "megatron", "lightning")
+    for layout in LAYOUTS if layout.name == name)
 
 
 def detect_layout(d: DirView) -> Layout | None:
     """The first layout (in registry order) that recognises `d`."""
     return next((layout for layout in LAYOUTS if layout.match(d)), None)
+
+
+def layout_named(name: str) -> Layout | None:
+    return next((layout for layout in LAYOUTS if layout.name == name), None)
+
+
+def checkpoint_paths(layout: Layout, d: DirView) -> list[str]:
+    """Relative paths of the checkpoints a run layout holds (its own `children`)."""
+    return layout.children(d)
+
+
+def summary_keys(name: str) -> tuple[str, ...]:
+    """The details a layout shows on its one text line (see LayoutBase.summary_keys)."""
+    layout = layout_named(name) or File()
+    return layout.summary_keys()
 
 
 def find_checkpoints(d: DirView) -> list[str]:
@@ -58,4 +78,5 @@ def find_checkpoints(d: DirView) -> list[str]:
 
 
 __all__ = ["LAYOUTS", "LAYOUT_NAMES", "Consumer", "DirView", "Layout", "detect_layout",
-           "describe_file", "find_checkpoints"]
+           "describe_file", "find_checkpoints", "checkpoint_paths", "layout_named",
+           "summary_keys", "PRODUCERS"]

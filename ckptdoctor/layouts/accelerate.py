@@ -8,6 +8,8 @@ random_states file is never an error there, the run just silently loses reproduc
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import re
 from typing import Any
 
@@ -51,6 +53,7 @@ def fsdp_dirs(d: DirView) -> list[str]:
 
 class Accelerate(LayoutBase):
     name = "accelerate"
+    framework = "accelerate"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         """Accelerate's own names: RNG or custom state files, or optimizer/scheduler .bin next to
@@ -122,7 +125,7 @@ class Accelerate(LayoutBase):
     def consumer(self, d: DirView, rel: str) -> Consumer:
         first, _, rest = rel.partition("/")
         if rest and deepspeed.is_tag(d, first):
-            return deepspeed.LOAD
+            return deepspeed.load_consumer(d.env)
         if rest and first in fsdp_dirs(d):
             return DCP_CONSUMER
         if re.fullmatch(RNG_RE, rel):
@@ -130,3 +133,15 @@ class Accelerate(LayoutBase):
         if rel.startswith("custom_checkpoint_"):
             return CUSTOM
         return SAFETENSORS if rel.endswith(".safetensors") else LOAD
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        """accelerate's RNG state (numpy arrays), whose load failure accelerate swallows."""
+        numpy_array = any(n.endswith("multiarray._reconstruct") for n in names)
+        if not (numpy_array and (fnmatch(base, "random_states_*.pkl") or "accelerate" in lay)):
+            return None
+        return ("the Accelerate RNG state (random_states_<i>.pkl['numpy_random_seed'] = "
+                "np.random.get_state())",
+                "accelerate PR #3036 allow-lists numpy's _reconstruct, ndarray, dtype (and "
+                "UInt32DType on numpy >= 1.25) in accelerate.utils.load and PR #3247 adds the "
+                "numpy._core names; note accelerate catches this failure and resumes WITHOUT "
+                "restoring the RNG ('Could not load random states')")

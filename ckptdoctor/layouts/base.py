@@ -21,6 +21,7 @@ from ..formats.dcp import DcpMetadata, read_metadata
 from ..formats.torch_zip import data_pkl_name, read_record
 from ..model import FileInfo, Finding, LayoutInfo, Severity
 from ..pickles.scan import Obj, SymDict, scan_bytes
+from .versions import Env, default_env
 
 MAX_FILES = 200_000
 SKIP_DIRS = frozenset({".ckptdoctor-backup", "__pycache__", ".git"})
@@ -52,9 +53,11 @@ class DirView:
     """A directory, walked once, with per-file metadata read on demand and cached."""
 
     def __init__(self, root: Path, rel: str = "", max_files: int = MAX_FILES,
-                 _infos: dict[str, FileInfo] | None = None):
+                 _infos: dict[str, FileInfo] | None = None, env: Env | None = None):
         self.root = root
         self.rel = rel  # this directory relative to the inspected PATH
+        # the consumer environment (torch / framework versions) the verdict assumes
+        self.env = env if env is not None else default_env()
         # keyed by absolute path and shared with sub-views: each file is read once per run
         self._infos: dict[str, FileInfo] = {} if _infos is None else _infos
         self._roots: dict[str, Any] = {}
@@ -162,12 +165,14 @@ class DirView:
 
     def sub(self, rel: str) -> "DirView":
         if rel not in self._subs:  # cached: layouts ask per file (consumer) and per check
-            self._subs[rel] = DirView(self.root / rel, self.outer(rel), _infos=self._infos)
+            self._subs[rel] = DirView(self.root / rel, self.outer(rel), _infos=self._infos,
+                                      env=self.env)
         return self._subs[rel]
 
 
 class Layout(Protocol):
     name: str
+    framework: str  # the package whose resume consumes it ("transformers", "deepspeed", ...)
 
     def match(self, d: DirView) -> bool:
         """Cheap recognition from names (and at most a small JSON/text read)."""
@@ -180,6 +185,17 @@ class Layout(Protocol):
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         """How this framework's resume loads the file `rel`."""
+
+    def children(self, d: DirView) -> list[str]:
+        """Checkpoints inside `d` (a run of them) judged one by one; [] for one checkpoint."""
+
+    def summary_keys(self) -> tuple[str, ...]:
+        """LayoutInfo.details keys worth one line of text (`inspect`, `validate`)."""
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        """(what wrote these pickled globals, which release fixed loading it) for a file named
+        `base` (lower case) in a layout named `lay`, or None when this framework did not
+        write them (diagnosis)."""
 
 
 @dataclass
@@ -451,6 +467,7 @@ class LayoutBase:
     checkpoints) call that layout's `checks()` so the all-layout checks run once."""
 
     name = ""
+    framework = "torch"
 
     def check(self, d: DirView) -> list[Finding]:
         return check_common(d) + self.checks(d)
@@ -460,3 +477,13 @@ class LayoutBase:
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         return WEIGHTS_ONLY
+
+    def children(self, d: DirView) -> list[str]:
+        return []
+
+    def summary_keys(self) -> tuple[str, ...]:
+        return ("epoch", "learning_rate", "world_size", "zero_stage", "num_shards", "dtype",
+                "transformers_version", "ds_version", "lightning_version", "torch_version")
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        return None

@@ -11,6 +11,7 @@ from .base import DCP_CONSUMER, Consumer, DirView, LayoutBase, check_dcp, dcp_de
 
 class Dcp(LayoutBase):
     name = "dcp"
+    framework = "torch"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return is_dcp(d)

@@ -8,18 +8,44 @@ here. Sizes and stages are read off the pickles statically (dp_world_size, parti
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import re
+from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from ..model import Finding, LayoutInfo
+from ..model import Finding, LayoutInfo, Severity
 from ..pickles.scan import SymList, lookup
 from .base import Consumer, DirView, LayoutBase, join, missing, plain, top_dirs, top_files
+from .versions import Env
 
 MODEL_RE = re.compile(r"(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt")
 OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
 LOAD = Consumer("unsafe", who="DeepSpeed >= 0.16 TorchCheckpointEngine "
                 "(torch.load(weights_only=False))")
+# DeepSpeed 0.16.0 (PR #6751, Nov 2024) made TorchCheckpointEngine.load and zero_to_fp32 pass
+# weights_only=False explicitly (installed 0.19.8: runtime/checkpoint_engine/
+# torch_checkpoint_engine.py `torch.load(path, map_location=..., weights_only=False)`). Older
+# releases call torch.load without the argument, so torch's own default decides: False before
+# torch 2.6, True from torch 2.6 (pytorch PR #137602) -- and then LossScaler / ZeroStageEnum in
+# the optimizer states fail with "Unsupported global" (seed 001; axolotl #2610, ms-swift #5808).
+EXPLICIT_UNSAFE_SINCE = (0, 16, 0)
+
+
+def load_consumer(env: Env) -> Consumer:
+    """How the DeepSpeed of `env` loads its own checkpoint files."""
+    version = env.version("deepspeed")
+    if env.at_least("deepspeed", EXPLICIT_UNSAFE_SINCE):
+        return LOAD if version is None else Consumer(
+            "unsafe", who=f"DeepSpeed {version} TorchCheckpointEngine "
+            "(torch.load(weights_only=False))")
+    torch = env.version("torch") or "?"
+    if env.torch_default_weights_only():
+        return Consumer("weights_only", who=f"DeepSpeed {version} TorchCheckpointEngine on "
+                        f"torch {torch} (torch.load's default weights_only=True)")
+    return Consumer("unsafe", who=f"DeepSpeed {version} on torch {torch} (torch.load's "
+                    "default weights_only=False)")
 
 
 def tags(d: DirView) -> list[str]:
@@ -111,8 +137,51 @@ def check_tag(d: DirView, tag: str) -> list[Finding]:
     return out
 
 
+def tag_step(d: DirView, tag: str) -> int:
+    """A tag's step: global_steps in its model states, else the digits ending its name."""
+    step = tag_facts(d, tag)["global_steps"] if is_tag(d, tag) else None
+    if not isinstance(step, int):
+        m = re.search(r"(\d+)$", tag)
+        step = int(m.group(1)) if m else -1
+    return step
+
+
+def tag_errors(d: DirView, tag: str) -> list[Finding]:
+    """Why `tag` cannot be resumed: its completeness errors and its files' own errors
+    (a truncated zip, an empty file). Empty when load_checkpoint(tag=tag) can read it."""
+    if not is_tag(d, tag):
+        return []
+    found = check_tag(d, tag) + [x for f in top_files(d, tag)
+                                 for x in d.info(join(tag, f)).findings]
+    return [x for x in found if x.severity is Severity.ERROR]
+
+
+def fallback_tag(d: DirView) -> str | None:
+    """The newest complete tag older than the broken one `latest` names (None when `latest`
+    is fine, absent, or no complete older tag exists): what to resume from instead."""
+    tag = latest_tag(d)
+    if tag is None or (is_tag(d, tag) and not tag_errors(d, tag)):
+        return None
+    limit = tag_step(d, tag) if is_tag(d, tag) else None
+    good = [t for t in tags(d) if t != tag and not tag_errors(d, t)
+            and (limit is None or tag_step(d, t) <= limit)]
+    return max(good, key=lambda t: (tag_step(d, t), t), default=None)
+
+
+def relink_latest(root: Path) -> tuple[str, str] | None:
+    """(old, new) content of `<root>/latest` that makes load_checkpoint(tag=None) resume the
+    newest complete tag, or None when nothing should change. `repair` calls this; the write
+    (atomic, backed up) is repair's."""
+    d = DirView(root)
+    if is_tag(d, "") or not d.has("latest"):
+        return None
+    new = fallback_tag(d)
+    return (latest_tag(d) or "", new) if new else None
+
+
 class DeepSpeed(LayoutBase):
     name = "deepspeed"
+    framework = "deepspeed"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         top = set(top_files(d))
@@ -136,6 +205,10 @@ class DeepSpeed(LayoutBase):
         return LayoutInfo(self.name, d.rel, step, details)
 
     def checks(self, d: DirView) -> list[Finding]:
+        """`load_checkpoint(tag=None)` reads only the tag `latest` names: its problems are
+        errors. Another tag's (a newer save cut short, an old one pruned half-way) are one
+        warning each (CK422): the resume never reads them. When `latest` names a broken tag
+        and an older tag is complete, CK423 says how to resume from that one."""
         if is_tag(d, ""):
             return check_tag(d, "")
         out = []
@@ -151,8 +224,43 @@ class DeepSpeed(LayoutBase):
                 hint="point 'latest' at a complete tag: " + (", ".join(tags(d)) or "none left"),
                 tag=tag))
         for t in tags(d):
-            out += check_tag(d, t)
+            if tag is None or t == tag:
+                out += check_tag(d, t)
+                continue
+            errors = tag_errors(d, t)
+            if errors:
+                first = errors[0]
+                out.append(Code.NEWER_TAG_BROKEN.finding(
+                    d.outer(t), f"tag {t} is incomplete ({first.code} {first.path}: "
+                    f"{first.message}); load_checkpoint resumes from {tag!r}, which 'latest' "
+                    "names, and never reads it", hint=f"delete {t} once {tag} is confirmed "
+                    "good", tag=t, latest=tag, errors=[e.code for e in errors]))
+        older = fallback_tag(d)
+        if older is not None:
+            out.append(Code.OLDER_TAG_RESUMABLE.finding(
+                d.outer(""), f"'latest' names {tag!r}, which cannot be resumed; tag "
+                f"{older} is complete: resume it with engine.load_checkpoint(<dir>, "
+                f"tag={older!r})", hint=f"ckptdoctor repair {d.outer('') or '.'} points "
+                f"'latest' at {older} (the old 'latest' is backed up)", tag=older, latest=tag))
         return out
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
-        return LOAD
+        first, _, rest = rel.partition("/")
+        if rest and not is_tag(d, "") and is_tag(d, first) and first != latest_tag(d) \
+                and latest_tag(d) is not None:
+            return Consumer("unused", who=f"load_checkpoint reads tag {latest_tag(d)!r} "
+                            f"('latest'), not {first}")
+        return load_consumer(d.env)
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        """DeepSpeed's optimizer/model states (see `load_consumer` for the version history)."""
+        if not (any(n.startswith("deepspeed.") for n in names) or "deepspeed" in lay
+                or fnmatch(base, "*_optim_states.pt") or fnmatch(base, "*model_states.pt")):
+            return None
+        found = sorted(n.rpartition(".")[2] for n in names if n.startswith("deepspeed."))
+        return ("DeepSpeed training state (optimizer_state_dict holds the live `loss_scaler` "
+                "LossScaler object and `zero_stage` as ZeroStageEnum"
+                + (f"; found {', '.join(found)}" if found else "") + ")",
+                "DeepSpeed >= 0.16.0 (PR #6751) loads its own checkpoint files with "
+                "weights_only=False, so upgrading DeepSpeed fixes the resume; older DeepSpeed "
+                "on torch >= 2.6 fails here")

@@ -12,6 +12,7 @@ from .lightning import describe_file
 
 class File(LayoutBase):
     name = "file"
+    framework = "torch"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return d.root.is_file()

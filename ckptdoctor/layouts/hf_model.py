@@ -58,6 +58,7 @@ def check_weights(d: DirView, why: str) -> list[Finding]:
 
 class HfModel(LayoutBase):
     name = "hf-model"
+    framework = "transformers"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         top = set(top_files(d))

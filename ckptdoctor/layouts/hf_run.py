@@ -26,6 +26,7 @@ def checkpoints(d: DirView) -> dict[int, str]:
 
 class HfRun(LayoutBase):
     name = "hf-run"
+    framework = "transformers"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return bool(checkpoints(d)) or any(re.fullmatch(r"tmp-checkpoint-\d+", s)
@@ -37,6 +38,10 @@ class HfRun(LayoutBase):
                    "latest": ckpts[max(ckpts)] if ckpts else None,
                    "final_model": MODEL.match(d)}
         return LayoutInfo(self.name, d.rel, max(ckpts) if ckpts else None, details)
+
+    def children(self, d: DirView) -> list[str]:
+        """The checkpoints validate and `latest` judge one by one."""
+        return list(checkpoints(d).values())
 
     def check(self, d: DirView) -> list[Finding]:
         return check_common(d, tuple(checkpoints(d).values())) + self.checks(d)

@@ -7,6 +7,8 @@ the silent cases are warnings here, the crashing ones errors."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import re
 from typing import Any
 
@@ -70,6 +72,7 @@ def world_size(d: DirView) -> int | None:
 
 class HfTrainer(LayoutBase):
     name = "hf-trainer"
+    framework = "transformers"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         """trainer_state.json, or a non-empty `checkpoint-N` that lost it. Accelerate-based
@@ -170,7 +173,7 @@ class HfTrainer(LayoutBase):
         first, _, _ = rel.partition("/")
         name = rel.rsplit("/", 1)[-1]
         if "/" in rel and deepspeed.is_tag(d, first):
-            return deepspeed.LOAD
+            return deepspeed.load_consumer(d.env)
         if "/" in rel and first in fsdp_dirs(d):
             return DCP_CONSUMER
         if name.startswith("rng_state"):
@@ -180,3 +183,19 @@ class HfTrainer(LayoutBase):
         if name.endswith(".safetensors"):
             return SAFETENSORS
         return LOAD
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        """The Trainer's RNG state (numpy arrays) and its TrainingArguments pickle."""
+        numpy_array = any(n.endswith("multiarray._reconstruct") for n in names)
+        if numpy_array and (fnmatch(base, "rng_state*.pth") or "trainer" in lay
+                            or "transformers" in lay):
+            return ("the HF Trainer RNG state (rng_state.pth['numpy'] = np.random.get_state())",
+                    "transformers PR #34632 loads rng_state inside safe_globals with numpy's "
+                    "_reconstruct, ndarray, dtype and UInt32DType under their numpy._core "
+                    "names; it still fails for files with numpy-1 names (numpy.core.*) read "
+                    "under numpy 2 and for numpy scalars")
+        if base == "training_args.bin":
+            return ("transformers TrainingArguments (training_args.bin)",
+                    "the Trainer never reads training_args.bin on resume; only scripts that "
+                    "torch.load it fail")
+        return None

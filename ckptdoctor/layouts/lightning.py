@@ -9,6 +9,8 @@ uses hparams. A `save_weights_only` checkpoint has no optimizer_states: fit() ra
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,31 @@ from ..codes import Code
 from ..model import FileInfo, Finding, LayoutInfo
 from ..pickles.scan import lookup, top_keys
 from . import deepspeed
+from .versions import Env
 from .base import (DCP_CONSUMER, Consumer, DirView, LayoutBase, check_dcp, dcp_keys, is_dcp, join,
                    missing, plain, read_pickle_root, top_dirs, top_files)
 
 LOAD = Consumer("weights_only", who="Lightning >= 2.6 Trainer.fit(ckpt_path) "
                 "(torch.load(weights_only=True), hyper_parameters included)")
 VERSION = "pytorch-lightning_version"
+# Loader history (checkpoint_connector / fabric cloud_io._load): < 2.4 passes no weights_only,
+# so torch's default applies (True from torch 2.6); 2.4-2.5 hard-code weights_only=False
+# (Lightning PR #20010); >= 2.6.0 defers to torch again, i.e. True (PR #21072, issue #20058).
+UNSAFE_SINCE, WEIGHTS_ONLY_SINCE = (2, 4, 0), (2, 6, 0)
+
+
+def load_consumer(env: Env) -> Consumer:
+    """How the Lightning of `env` loads a `.ckpt` in Trainer.fit(ckpt_path=...)."""
+    version = env.version("lightning")
+    if version is None or env.at_least("lightning", WEIGHTS_ONLY_SINCE):
+        return LOAD
+    if env.at_least("lightning", UNSAFE_SINCE):
+        return Consumer("unsafe", who=f"Lightning {version} (torch.load(weights_only=False))")
+    if env.torch_default_weights_only():
+        return Consumer("weights_only", who=f"Lightning {version} on torch "
+                        f"{env.version('torch')} (torch.load's default weights_only=True)")
+    return Consumer("unsafe", who=f"Lightning {version} on torch {env.version('torch')} "
+                    "(torch.load's default weights_only=False)")
 DS = deepspeed.DeepSpeed()
 
 
@@ -103,6 +124,7 @@ def check_one(d: DirView, sub: str, form: str) -> list[Finding]:
 
 class Lightning(LayoutBase):
     name = "lightning"
+    framework = "lightning"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return form_of(d) is not None
@@ -138,7 +160,16 @@ class Lightning(LayoutBase):
             form = dir_form(d, parts[0])
             parts = parts[1:]
         if form == "deepspeed":
-            return deepspeed.LOAD
+            return deepspeed.load_consumer(d.env)
         if form == "fsdp" and parts[-1] != "meta.pt":
             return DCP_CONSUMER
-        return LOAD
+        return load_consumer(d.env)
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        if not (base.endswith(".ckpt") or "lightning" in lay):
+            return None
+        return ("a PyTorch Lightning checkpoint (`hyper_parameters` / `hparams_type`, callback "
+                "or loop state)",
+                "Lightning 2.4-2.5 loaded with weights_only=False; Lightning >= 2.6 defers to "
+                "torch (weights_only=True), so upgrading does not fix it: repair the file, or "
+                "pass weights_only=False to Trainer.fit for a file you trust")

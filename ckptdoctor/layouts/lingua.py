@@ -16,24 +16,28 @@ from .base import (DCP_CONSUMER, Consumer, DirView, LayoutBase, check_dcp, dcp_d
                    is_dcp, load_json, numbered, top_files)
 
 TS_RE = r"train_state_(\d+)\.json"
+UNREAD = Consumer("unused", who="lingua resume (CheckpointManager.load reads the DCP state and "
+                  "train_state_<dp_rank>.json only)")
 CONSOLIDATED = Consumer("weights_only", who="lingua load_consolidated_model "
                         "(torch.load(weights_only=True))")
 
 
 def dp_size(d: DirView, params: Any) -> int | None:
-    """Data-parallel size from params.json: dp_shard * dp_replicate, or DCP ranks / tp_size."""
+    """Data-parallel size: the larger of params.json's dp_shard * dp_replicate and the ranks
+    that wrote DCP shards / tp_size. Every rank writes a `__<rank>_0.distcp`, so the shards
+    say how many ranks saved even when params.json is missing, stale or partial."""
     dist = params.get("distributed") if isinstance(params, dict) else None
-    if not isinstance(dist, dict):
-        return None
+    dist = dist if isinstance(dist, dict) else {}
     shard, rep, tp = (dist.get(k) for k in ("dp_shard", "dp_replicate", "tp_size"))
-    if all(isinstance(v, int) and v > 0 for v in (shard, rep)):
-        return shard * rep
+    tp = tp if isinstance(tp, int) and tp > 0 else 1
+    declared = shard * rep if all(isinstance(v, int) and v > 0 for v in (shard, rep)) else 0
     ranks = dcp_ranks(d)
-    return len(ranks) // tp if ranks and isinstance(tp, int) and tp > 0 else None
+    return max(declared, len(ranks) // tp) or None
 
 
 class Lingua(LayoutBase):
     name = "lingua"
+    framework = "lingua"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         names = top_files(d)
@@ -57,9 +61,15 @@ class Lingua(LayoutBase):
 
     def checks(self, d: DirView) -> list[Finding]:
         out = check_dcp(d)
-        params, found = load_json(d, "params.json", "the master writes it after the DCP save, "
-                                  "so the save did not finish (consolidation and eval need it)")
-        out += found
+        params = d.read_json("params.json") if d.has("params.json") else None
+        if not d.has("params.json"):  # resume takes its config from the command line
+            out.append(Code.UNREAD_MISSING.finding(
+                d.outer("params.json"), "params.json is missing: resume does not read it "
+                "(CheckpointManager.load restores DCP state and train_state only), but "
+                "consolidation and eval need it; the master writes it after the DCP save",
+                hint="copy params.json from another step of the same run"))
+        else:
+            out += load_json(d, "params.json", "consolidation and eval read it")[1]
         states = numbered(top_files(d), TS_RE)
         for rel in states.values():
             out += load_json(d, rel, "the rank cannot restore its step and data position")[1]
@@ -74,4 +84,6 @@ class Lingua(LayoutBase):
         return out
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
+        if rel == "params.json" or rel.startswith("consolidated/"):
+            return UNREAD  # resume never opens them (consolidation / eval do)
         return CONSOLIDATED if rel.endswith(".pth") else DCP_CONSUMER

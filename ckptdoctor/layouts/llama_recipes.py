@@ -25,6 +25,7 @@ def read_params(d: DirView) -> dict[str, str]:
 
 class LlamaRecipesFsdp(LayoutBase):
     name = "llama-recipes-fsdp"
+    framework = "llama-recipes"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return is_dcp(d) and d.has(PARAMS)

@@ -8,6 +8,8 @@ an iter dir with `.metadata` but no `metadata.json` is misdetected as `torch_dcp
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import re
 from typing import Any
 
@@ -116,6 +118,7 @@ def iter_details(d: DirView, sub: str) -> dict[str, Any]:
 
 class Megatron(LayoutBase):
     name = "megatron"
+    framework = "megatron"  # whose resume (and version) the verdict models
 
     def is_iter(self, d: DirView) -> bool:
         return bool(re.fullmatch(ITER_RE, d.root.name) or d.root.name == "release") and bool(
@@ -172,3 +175,11 @@ class Megatron(LayoutBase):
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         return LOAD if rel.endswith(".pt") else DCP_CONSUMER
+
+    def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        if not (fnmatch(base, "model_optim_rng*.pt") or "megatron" in lay):
+            return None
+        return ("Megatron-LM training state (rng_state[i]['np_rng_state'] numpy arrays, the "
+                "argparse.Namespace `args`, enums)",
+                "Megatron-LM registers megatron/core/safe_globals.py on torch >= 2.6 (Sep 2025 "
+                "and later); older releases loaded with weights_only=False")

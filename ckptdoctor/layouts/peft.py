@@ -2,9 +2,10 @@
 adapters go to `<dir>/<adapter_name>/`.
 
 The classic failure is an adapter that saved without error but holds nothing: the "443-byte
-adapter_model.bin" (an empty dict) or ZeRO-3 saves of ungathered, zero-sized tensors. Loading
-it "works" and silently gives the base model, so tensor count, sizes and LoRA ranks are checked
-against the config."""
+adapter_model.bin" (an empty dict) or ZeRO-3 saves of ungathered, zero-sized tensors. With peft
+0.21 the first loads with only a "missing adapter keys" warning (a fresh adapter: the base model)
+and the second raises a size mismatch, so tensor count, sizes and LoRA ranks are checked against
+the config."""
 
 from __future__ import annotations
 
@@ -44,11 +45,17 @@ def check_adapter(d: DirView, sub: str = "") -> list[Finding]:
         return out  # unreadable: the file's own findings say why
     empty = [t for t in info.tensors if t.numel == 0]
     if not info.tensors or empty:
-        what = (f"holds no tensors ({info.size} bytes)" if not info.tensors
+        # checked against peft 0.21.2: no tensors -> PeftModel.from_pretrained only warns
+        # "Found missing adapter keys" and keeps the fresh LoRA (B = 0, the base model);
+        # zero-sized tensors -> RuntimeError "size mismatch ... torch.Size([0])"
+        what = (f"holds no tensors ({info.size} bytes): PeftModel.from_pretrained only warns "
+                "'Found missing adapter keys' and runs a freshly initialised adapter, i.e. "
+                "the base model" if not info.tensors
                 else f"{len(empty)} of {len(info.tensors)} tensors are empty, e.g. "
-                     f"{empty[0].name} {list(empty[0].shape)}")
+                     f"{empty[0].name} {list(empty[0].shape)}: PeftModel.from_pretrained "
+                     "raises 'size mismatch ... copying a param with shape torch.Size([0])'")
         out.append(Code.ADAPTER_EMPTY.finding(
-            d.outer(rel), f"{rel} {what}: loading it silently gives the base model",
+            d.outer(rel), f"{rel} {what}",
             hint="the adapter was saved before its weights were gathered (ZeRO-3) or from the "
                  "wrong model object; save again with the gathered PEFT model"))
         return out
@@ -83,15 +90,16 @@ def check_lora(d: DirView, rel: str, cfg: dict[str, Any], tensors: list[TensorIn
     if isinstance(targets, list) and a:
         unused = [t for t in targets if not any(m == t or m.endswith("." + t) for m in a)]
         if unused:
-            out.append(Code.ADAPTER_MISMATCH.finding(
+            out.append(Code.ADAPTER_TARGET_UNUSED.finding(
                 d.outer(rel), f"target_modules {unused} have no LoRA tensors in {rel}",
                 hint="the adapter was saved from a different config, or those modules do not "
-                     "exist in the base model", severity=Severity.WARNING, unused=unused))
+                     "exist in the base model", unused=unused))
     return out
 
 
 class Peft(LayoutBase):
     name = "peft"
+    framework = "peft"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return d.has("adapter_config.json") or adapter_file(d) is not None

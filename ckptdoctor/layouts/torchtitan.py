@@ -48,6 +48,7 @@ def check_step(d: DirView, sub: str, resume_pick: bool) -> list[Finding]:
 
 class Torchtitan(LayoutBase):
     name = "torchtitan"
+    framework = "torchtitan"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         return bool(re.fullmatch(STEP_RE, d.root.name) and is_step(d)) or any(

@@ -409,6 +409,9 @@ def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: st
     recorded = al.revetted_entries(root, allow)  # input only, re-vetted; never authority
     prepared = [_prepare(root, c, allow, to, recorded, backup_root) for c in cands]
     plan.files = [x.plan for x in prepared]
+    from ..layouts.deepspeed import relink_latest  # hook: the rule lives in the layout
+
+    plan.relink = relink_latest(root) if root.is_dir() else None
     hostile = [f.rel for f in plan.files if f.hostile]
     if hostile:
         for f in plan.files:
@@ -691,6 +694,12 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
             outcome = FileOutcome(fp.rel, UNCHANGED, fp.reason)
         result.outcomes.append(outcome)
         prep.converted = None  # release mmapped originals as we go
+    if plan.relink is not None:  # DeepSpeed `latest` -> the newest complete tag, backed up
+        run.write_side("latest", plan.relink[1].encode(), "latest")
+        result.findings.append(Code.OLDER_TAG_RESUMABLE.finding(
+            "latest", f"'latest' now names {plan.relink[1]} (was {plan.relink[0]!r}); "
+            "load_checkpoint(tag=None) resumes from it", tag=plan.relink[1],
+            was=plan.relink[0]))
     if run.session is not None:
         run.session.finish()
     return result

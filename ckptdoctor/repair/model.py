@@ -86,6 +86,9 @@ class RepairPlan:
     files: list[FilePlan] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # temp files of interrupted writes (rel)
     findings: list[Finding] = field(default_factory=list)
+    # DeepSpeed: (old, new) content of `latest` when it names a broken tag and an older one is
+    # complete (layouts/deepspeed.relink_latest decides; repair writes it, backed up)
+    relink: tuple[str, str] | None = None
 
     @property
     def refused(self) -> list[FilePlan]:
@@ -98,7 +101,7 @@ class RepairPlan:
     @property
     def has_work(self) -> bool:
         """True when a real run would write something (not counting leftover clean-up)."""
-        return bool(self.writes)
+        return bool(self.writes) or self.relink is not None
 
     @property
     def allowlist(self) -> list[str]:

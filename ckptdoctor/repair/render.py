@@ -59,10 +59,13 @@ def render_plan(plan: RepairPlan) -> str:
     out = [f"ckptdoctor repair plan: {plan.path}  (consumer: {plan.consumer}, to: {plan.to})"]
     if plan.allow:
         out.append("  vouched for (--allow): " + ", ".join(plan.allow))
-    if not plan.files:
+    if not plan.files and plan.relink is None:
         out.append("  nothing to repair: every file loads for the consumer")
     for f in plan.files:
         out.extend(_file_lines(f))
+    if plan.relink is not None:
+        out.append(f"  latest: {plan.relink[0]!r} -> {plan.relink[1]!r} (DeepSpeed: 'latest' "
+                   "names a broken tag; the old file is backed up)")
     if plan.leftovers:
         out.append("  leftovers of an interrupted write (removed by the next real run):")
         out.extend(f"    {x}" for x in plan.leftovers)
