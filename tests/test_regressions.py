@@ -254,7 +254,10 @@ def test_safe_load_does_not_trust_by_default(tmp_path, monkeypatch):
     torch.save({"cfg": ckpt_regress_mod.Config(0.5), "w": torch.ones(2)}, p)
     with pytest.raises(LoadError):
         safe_load(p)
-    got = safe_load(p, trust=True)  # opting in still works, so the refusal above is the default
+    with pytest.raises(LoadError):  # --trust alone admits no unknown name (issue 9)
+        safe_load(p, trust=True)
+    # opting in, trust plus the vouched name, still works: so the refusal above is the default
+    got = safe_load(p, trust=True, allow=["ckpt_regress_mod.Config"])
     assert type(got["cfg"]).__name__ == "Config" and got["cfg"].lr == 0.5
 
 

@@ -86,7 +86,7 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
     reasons: dict[str, str] = {}
     broken: dict[str, str] = {}  # other errors about a file: repair cannot rewrite those
     for f in report.all_findings():
-        if f.code == Code.LOAD_FAILS.code and f.path not in reasons:
+        if f.code in (Code.LOAD_FAILS.code, Code.LOAD_NOT_NEEDED.code) and f.path not in reasons:
             reasons[f.path] = f.message
         elif f.severity is Severity.ERROR and f.path not in broken:
             broken[f.path] = f"{f.code} {f.message}"
@@ -406,12 +406,15 @@ def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: st
                 f"({len(s.doc['files'])} file(s)) are intact there", severity=Severity.INFO))
     cands, extra = _select(p, consumer, to, backup_root)
     plan.findings.extend(extra)
-    recorded = al.revetted_entries(root, allow)  # input only, re-vetted; never authority
-    prepared = [_prepare(root, c, allow, to, recorded, backup_root) for c in cands]
-    plan.files = [x.plan for x in prepared]
     from ..layouts.deepspeed import relink_latest  # hook: the rule lives in the layout
 
     plan.relink = relink_latest(root) if root.is_dir() else None
+    if plan.relink is not None:  # the broken tag is abandoned, not rewritten: DeepSpeed
+        abandoned = plan.relink[0].rstrip("/") + "/"  # resumes from the relinked one
+        cands = [c for c in cands if not c.rel.startswith(abandoned)]
+    recorded = al.revetted_entries(root, allow)  # input only, re-vetted; never authority
+    prepared = [_prepare(root, c, allow, to, recorded, backup_root) for c in cands]
+    plan.files = [x.plan for x in prepared]
     hostile = [f.rel for f in plan.files if f.hostile]
     if hostile:
         for f in plan.files:
