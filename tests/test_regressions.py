@@ -259,6 +259,67 @@ def test_safe_load_does_not_trust_by_default(tmp_path, monkeypatch):
     assert type(got["cfg"]).__name__ == "Config" and got["cfg"].lr == 0.5
 
 
+_SWAP = textwrap.dedent("""
+    # safe_load(trust=True) while another process swaps the file: an audit hook replaces the
+    # file the first time torch itself opens it, i.e. after ckptdoctor's static scan vouched
+    # for the original and before the trusted (weights_only=False) attempt.
+    import os, sys
+    target, payload, moddir = sys.argv[1:4]
+    sys.path.insert(0, moddir)
+    done = []
+
+    def hook(event, args):
+        if done or event != "open" or not args or not isinstance(args[0], (str, bytes)):
+            return
+        if os.path.realpath(os.fsdecode(args[0])) != os.path.realpath(target):
+            return
+        f = sys._getframe(1)
+        while f is not None:
+            if f.f_code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+                done.append(1)
+                os.replace(payload, target)
+                return
+            f = f.f_back
+
+    sys.addaudithook(hook)
+    from ckptdoctor.loaders import LoadError, safe_load
+    try:
+        safe_load(target, trust=True)
+        print("LOADED", bool(done))
+    except LoadError as exc:
+        print("REFUSED", bool(done), [(a.strategy, a.outcome, a.error) for a in exc.attempts])
+""")
+
+
+def test_trusted_load_refuses_a_file_swapped_after_its_scan(tmp_path):
+    """Mutation caught (tools/mutate.py survivor, loaders.py): the trusted strategy's "file
+    changed since it was scanned" check dropped. The swapped-in file's payload would then run
+    under weights_only=False, vouched for by the scan of the file it replaced."""
+    mod = tmp_path / "ckpt_swap_mod.py"
+    mod.write_text("class Config:\n    def __init__(self, lr):\n        self.lr = lr\n")
+    canary = tmp_path / "CANARY"
+    code = textwrap.dedent(f"""
+        import os, sys, torch
+        sys.path.insert(0, {str(tmp_path)!r})
+        import ckpt_swap_mod
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, ("touch {canary}",))
+
+        torch.save({{"cfg": ckpt_swap_mod.Config(0.5)}}, {str(tmp_path / "args.bin")!r})
+        torch.save({{"cfg": Payload()}}, {str(tmp_path / "payload.bin")!r})
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env())
+    proc = subprocess.run([sys.executable, "-c", _SWAP, str(tmp_path / "args.bin"),
+                           str(tmp_path / "payload.bin"), str(tmp_path)],
+                          capture_output=True, text=True, env=env())
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not canary.exists(), "the swapped-in payload ran"
+    assert proc.stdout.startswith("REFUSED True"), proc.stdout + proc.stderr
+    assert "('trusted', 'refused'" in proc.stdout and "changed" in proc.stdout, proc.stdout
+
+
 # --- repair through the CLI -----------------------------------------------------------------------
 def _numpy1_dir(tmp_path: Path) -> Path:
     d = tmp_path / "ck"

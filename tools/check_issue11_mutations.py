@@ -36,6 +36,8 @@ M = [
      '              trust: bool = False, map_location: Any = "cpu"',
      '              trust: bool = True, map_location: Any = "cpu"', "test_safe_load_does_not",
      REG),
+    ("trust-swap", "ckptdoctor/loaders.py", 'return "file changed since it was scanned"',
+     'return ""', "test_trusted_load_refuses_a_file_swapped", REG),
     ("repair-guard", "ckptdoctor/repair/engine.py", "if not self.unchanged_since_read(prep):",
      "if False:", "test_repair_refuses_when", REG),
     ("dry-run", "ckptdoctor/cli.py", "if dry_run or not plan.has_work:",
