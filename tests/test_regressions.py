@@ -259,6 +259,22 @@ def test_safe_load_does_not_trust_by_default(tmp_path, monkeypatch):
     assert type(got["cfg"]).__name__ == "Config" and got["cfg"].lr == 0.5
 
 
+@pytest.mark.parametrize("zipped", [True, False], ids=["torch-zip", "torch-legacy"])
+def test_safe_load_reads_zip_and_legacy_files_with_and_without_mmap(tmp_path, zipped):
+    """safe_load reads both torch formats, mmap on and off, to the object torch.save was given
+    (checked by the oracle). Written for the mutate.py survivor `ctx.mmap or fmt in ...` in
+    loaders.py, which it does NOT catch: torch 2.13 reads these either way (equivalent)."""
+    from ckptdoctor.loaders import safe_load
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    want = {"model": model.state_dict(), "step": 7}
+    p = tmp_path / "ckpt.pt"
+    torch.save(want, p, _use_new_zipfile_serialization=zipped)
+    for mmap in (True, False):
+        assert_same(want, safe_load(p, mmap=mmap))
+
+
 _SWAP = textwrap.dedent("""
     # safe_load(trust=True) while another process swaps the file: an audit hook replaces the
     # file the first time torch itself opens it, i.e. after ckptdoctor's static scan vouched
