@@ -275,6 +275,30 @@ def test_safe_load_reads_zip_and_legacy_files_with_and_without_mmap(tmp_path, zi
         assert_same(want, safe_load(p, mmap=mmap))
 
 
+def test_validate_library_does_not_trust_by_default(tmp_path, monkeypatch):
+    """Mutation caught (tools/mutate.py survivor, validate.py): ValidateOptions.trust defaulting
+    to True, so a library caller's `--load` unpickles arbitrary classes with weights_only=False."""
+    from ckptdoctor.validate import ValidateOptions
+    from ckptdoctor.validate import validate as run
+
+    (tmp_path / "ckpt_trust_mod.py").write_text(
+        "class Config:\n    def __init__(self, lr):\n        self.lr = lr\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ckpt_trust_mod
+
+    d = tmp_path / "ck"
+    d.mkdir()
+    torch.save({"cfg": ckpt_trust_mod.Config(0.5)}, d / "args.bin")
+    def loaded_trusted(findings) -> bool:
+        return any(f.path == "args.bin" and "trusted" in f.message for f in findings)
+
+    _, findings = run(d, ValidateOptions(load=True, consumer="torch"))
+    assert not loaded_trusted(findings), [(f.code, f.message) for f in findings]
+    assert ("CK601", "args.bin") in {(f.code, f.path) for f in findings}
+    _, findings = run(d, ValidateOptions(load=True, consumer="torch", trust=True))
+    assert loaded_trusted(findings)  # opting in works, so the default above is what refused
+
+
 _SWAP = textwrap.dedent("""
     # safe_load(trust=True) while another process swaps the file: an audit hook replaces the
     # file the first time torch itself opens it, i.e. after ckptdoctor's static scan vouched

@@ -38,6 +38,8 @@ M = [
      REG),
     ("trust-swap", "ckptdoctor/loaders.py", 'return "file changed since it was scanned"',
      'return ""', "test_trusted_load_refuses_a_file_swapped", REG),
+    ("validate-trust", "ckptdoctor/validate.py", "    trust: bool = False\n    load: bool",
+     "    trust: bool = True\n    load: bool", "test_validate_library_does_not_trust", REG),
     ("repair-guard", "ckptdoctor/repair/engine.py", "if not self.unchanged_since_read(prep):",
      "if False:", "test_repair_refuses_when", REG),
     ("dry-run", "ckptdoctor/cli.py", "if dry_run or not plan.has_work:",
