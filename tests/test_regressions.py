@@ -299,6 +299,28 @@ def test_validate_library_does_not_trust_by_default(tmp_path, monkeypatch):
     assert loaded_trusted(findings)  # opting in works, so the default above is what refused
 
 
+_NO_TORCH = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from ckptdoctor.validate import validate
+    from ckptdoctor.latest import newest_valid
+    root = Path(sys.argv[1])
+    validate(root / "checkpoint-10")
+    newest_valid(root)
+    print("TORCH_IMPORTED" if "torch" in sys.modules else "NO_TORCH")
+""")
+
+
+def test_library_validate_and_latest_defaults_are_static(run10):
+    """Mutation caught (tools/mutate.py survivor, validate.py): ValidateOptions.load (or
+    .deep) defaulting to True. The library defaults, which `latest` uses, are the static
+    checks: they never import torch."""
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(run10)], capture_output=True,
+                          text=True, env=env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "NO_TORCH", proc.stdout + proc.stderr
+
+
 _SWAP = textwrap.dedent("""
     # safe_load(trust=True) while another process swaps the file: an audit hook replaces the
     # file the first time torch itself opens it, i.e. after ckptdoctor's static scan vouched
