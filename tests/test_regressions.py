@@ -312,13 +312,15 @@ _NO_TORCH = textwrap.dedent("""
 
 
 def test_library_validate_and_latest_defaults_are_static(run10):
-    """Mutation caught (tools/mutate.py survivor, validate.py): ValidateOptions.load (or
-    .deep) defaulting to True. The library defaults, which `latest` uses, are the static
-    checks: they never import torch."""
+    """Mutations caught (tools/mutate.py survivors, validate.py): ValidateOptions.load, .deep
+    or .write_manifest defaulting to True. The library defaults, which `latest` uses, are the
+    static checks: they never import torch and write nothing."""
+    before = tree_hashes(run10)
     proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(run10)], capture_output=True,
                           text=True, env=env())
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "NO_TORCH", proc.stdout + proc.stderr
+    assert tree_hashes(run10) == before  # and write nothing (no manifest unless asked)
 
 
 _SWAP = textwrap.dedent("""
