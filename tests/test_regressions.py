@@ -311,7 +311,7 @@ _NO_TORCH = textwrap.dedent("""
 """)
 
 
-def test_library_validate_and_latest_defaults_are_static(run10):
+def test_library_validate_defaults_are_static(run10):
     """Mutations caught (tools/mutate.py survivors, validate.py): ValidateOptions.load, .deep
     or .write_manifest defaulting to True. The library defaults, which `latest` uses, are the
     static checks: they never import torch and write nothing."""

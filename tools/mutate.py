@@ -41,9 +41,9 @@ TARGETS: dict[str, tuple[list[str], str]] = {
     "pickles/torch_allowlist.py": (["tests/test_torch_allowlist.py",
                                     "tests/test_scan_verdict.py"], ""),
     "loaders.py": (["tests/test_loaders.py", "tests/test_regressions.py"],
-                   "not regressions or safe_load"),
-    "validate.py": (["tests/test_validate.py", "tests/test_cli.py",
-                     "tests/test_regressions.py"], "not latest and not repair and not convert"),
+                   "not regressions or safe_load or trust"),
+    "validate.py": (["tests/test_validate.py", "tests/test_cli.py", "tests/test_regressions.py"],
+                    "not latest_orders and not repair and not convert"),
     "deep.py": (["tests/test_regressions.py", "tests/test_cli.py", "tests/test_validate.py"],
                 "deep"),
 }
@@ -160,7 +160,8 @@ def _scratch() -> Path:
     return tmp
 
 
-def run(modules: list[str], sample: int | None, seed: int, timeout: int) -> dict:
+def run(modules: list[str], sample: int | None, seed: int, timeout: int,
+        only: dict[str, set[int]] | None = None) -> dict:
     scratch = _scratch()
     env = {**os.environ, "PYTHONPATH": str(scratch), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("CKPTDOCTOR_DEBUG", None)
@@ -173,6 +174,8 @@ def run(modules: list[str], sample: int | None, seed: int, timeout: int) -> dict
             all_sites = sites(original)
             chosen = all_sites if sample is None or sample >= len(all_sites) else \
                 sorted(rng.sample(all_sites, sample), key=lambda s: s.index)
+            if only is not None:
+                chosen = [s for s in all_sites if s.index in only.get(mod, set())]
             killed, survived = 0, []
             for s in chosen:
                 path.write_text(mutant(original, s.index))
@@ -212,13 +215,20 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=600, help="seconds per mutant's test run")
     ap.add_argument("--list", action="store_true", help="only count the sites")
     ap.add_argument("--out", default="mutate-report.json")
+    ap.add_argument("--survivors-of", metavar="REPORT",
+                    help="re-run only the survivors listed in an earlier report")
     args = ap.parse_args()
     modules = args.module or sorted(TARGETS)
     if args.list:
         for mod in modules:
             print(mod, len(sites((ROOT / "ckptdoctor" / mod).read_text())))
         return
-    report = run(modules, args.sample, args.seed, args.timeout)
+    only = None
+    if args.survivors_of:
+        old = json.loads(Path(args.survivors_of).read_text())["modules"]
+        only = {m: {s["index"] for s in r["survived"]} for m, r in old.items()}
+        modules = [m for m in modules if only.get(m)]
+    report = run(modules, args.sample, args.seed, args.timeout, only)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     for mod, m in report["modules"].items():
         print(f"{mod:<28} killed {m['killed']}/{m['run']} (of {m['sites']} sites)")
