@@ -1,13 +1,16 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   installs into .venv and runs ckptdoctor on a bundled example
 #   make test   installs into .venv (with the dev extra) and runs the whole test suite
+#   make lint   ruff (E, F, I, B, UP, SIM) and mypy (strict on pickles/, formats/, loaders.py)
+#   make mutate mutation testing of pickles/, loaders.py, validate.py, deep.py (slow; see
+#               docs/development.md; MUTATE_ARGS="--sample 6" runs a subset)
 # torch is pinned and installed FIRST: an unpinned torch pulls a multi-GB CUDA build.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean lint mutate
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +34,13 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_inspect.py
 	$(PY) benchmarks/bench_convert.py
 
+lint: $(VENV)/.dev
+	$(PY) -m ruff check ckptdoctor tests tools benchmarks
+	$(PY) -m mypy
+
+MUTATE_ARGS ?=
+mutate: $(VENV)/.dev
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
+
 clean:
-	rm -rf $(VENV) demo-out bench-out
+	rm -rf $(VENV) demo-out bench-out mutate-report.json

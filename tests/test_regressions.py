@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle  # for UnpicklingError only; nothing is unpickled with it
 import shutil
 import struct
 import subprocess
@@ -62,7 +63,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-# --- validate --deep ---------------------------------------------------------------------------
+# --- validate --deep ------------------------------------------------------------------------------
 def test_deep_reports_inf_without_nan(tmp_path):
     """Mutation caught: the non-finite check tests isnan only (Inf not detected)."""
     st = tmp_path / "m.safetensors"
@@ -101,7 +102,8 @@ def _bias_free(tmp_path: Path) -> tuple[Path, torch.nn.Module, torch.optim.Optim
     """A model whose safetensors names sort in parameter order (0.weight, 1.weight), trained one
     step: weights in model.safetensors, Adam state in optimizer.pt."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False), torch.nn.Linear(3, 5, bias=False))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False),
+                                torch.nn.Linear(3, 5, bias=False))
     opt = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
@@ -146,7 +148,7 @@ def test_deep_optimizer_shape_check_clean_linear_with_bias(tmp_path):
     assert not any(c == "CK502" for c, _ in validate(tmp_path, "--deep")[1])
 
 
-# --- format checks ---------------------------------------------------------------------------------
+# --- format checks --------------------------------------------------------------------------------
 def test_safetensors_gap_between_tensors(tmp_path):
     """Mutation caught: a gap between two tensors' data is not reported.
     Hand-built: no library writes a safetensors file with a gap (safetensors itself refuses to
@@ -160,9 +162,8 @@ def test_safetensors_gap_between_tensors(tmp_path):
     }).encode()
     p = tmp_path / "gap.safetensors"
     p.write_bytes(struct.pack("<Q", len(header)) + header + bytes(24))
-    with pytest.raises(Exception, match="offset"):
-        with safe_open(str(p), framework="pt") as fh:
-            fh.get_tensor("b")
+    with pytest.raises(Exception, match="offset"), safe_open(str(p), framework="pt") as fh:
+        fh.get_tensor("b")
     rc, found, findings = validate(p)
     assert rc == 1 and ("CK304", "gap.safetensors") in found, found
     assert any("gap" in f["message"] for f in findings if f["code"] == "CK304")
@@ -181,7 +182,7 @@ def test_zip_storage_record_shorter_than_its_tensor(tmp_path):
             if info.filename.endswith("/data/0"):
                 data = data[: len(data) // 2]
             zout.writestr(info.filename, data)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):  # torch: PytorchStreamReader failed reading file
         torch.load(p, weights_only=True)
     assert validate(src)[0] == 0
     rc, found, _ = validate(p)
@@ -203,7 +204,7 @@ def test_manifest_names_a_missing_file(tmp_path):
     assert rc == 1 and ("CK504", "optimizer.pt") in found, found
 
 
-# --- steps: hf-trainer and latest ----------------------------------------------------------------
+# --- steps: hf-trainer and latest -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run10(tmp_path_factory):
     """A real Trainer run saving checkpoint-5 and checkpoint-10."""
@@ -235,7 +236,7 @@ def test_latest_orders_by_step_not_by_path(run10, tmp_path):
     assert proc.stdout.strip() == str(run10 / "checkpoint-10")
 
 
-# --- loaders ---------------------------------------------------------------------------------------
+# --- loaders --------------------------------------------------------------------------------------
 def test_safe_load_does_not_trust_by_default(tmp_path, monkeypatch):
     """Mutation caught: safe_load(trust=...) defaults to True, so a file whose pickle names an
     arbitrary (not code-executing) class is unpickled with weights_only=False."""
@@ -261,7 +262,132 @@ def test_safe_load_does_not_trust_by_default(tmp_path, monkeypatch):
     assert type(got["cfg"]).__name__ == "Config" and got["cfg"].lr == 0.5
 
 
-# --- repair through the CLI ------------------------------------------------------------------------
+@pytest.mark.parametrize("zipped", [True, False], ids=["torch-zip", "torch-legacy"])
+def test_safe_load_reads_zip_and_legacy_files_with_and_without_mmap(tmp_path, zipped):
+    """safe_load reads both torch formats, mmap on and off, to the object torch.save was given
+    (checked by the oracle). Written for the mutate.py survivor `ctx.mmap or fmt in ...` in
+    loaders.py, which it does NOT catch: torch 2.13 reads these either way (equivalent)."""
+    from ckptdoctor.loaders import safe_load
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    want = {"model": model.state_dict(), "step": 7}
+    p = tmp_path / "ckpt.pt"
+    torch.save(want, p, _use_new_zipfile_serialization=zipped)
+    for mmap in (True, False):
+        assert_same(want, safe_load(p, mmap=mmap))
+
+
+def test_validate_library_does_not_trust_by_default(tmp_path, monkeypatch):
+    """Mutation caught (tools/mutate.py survivor, validate.py): ValidateOptions.trust defaulting
+    to True, so a library caller's `--load` unpickles arbitrary classes with weights_only=False."""
+    from ckptdoctor.validate import ValidateOptions
+    from ckptdoctor.validate import validate as run
+
+    (tmp_path / "ckpt_trust_mod.py").write_text(
+        "class Config:\n    def __init__(self, lr):\n        self.lr = lr\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ckpt_trust_mod
+
+    d = tmp_path / "ck"
+    d.mkdir()
+    torch.save({"cfg": ckpt_trust_mod.Config(0.5)}, d / "args.bin")
+    def loaded_trusted(findings) -> bool:
+        return any(f.path == "args.bin" and "trusted" in f.message for f in findings)
+
+    _, findings = run(d, ValidateOptions(load=True, consumer="torch"))
+    assert not loaded_trusted(findings), [(f.code, f.message) for f in findings]
+    assert ("CK601", "args.bin") in {(f.code, f.path) for f in findings}
+    _, findings = run(d, ValidateOptions(load=True, consumer="torch", trust=True))
+    assert loaded_trusted(findings)  # opting in works, so the default above is what refused
+
+
+_NO_TORCH = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from ckptdoctor.validate import validate
+    from ckptdoctor.latest import newest_valid
+    root = Path(sys.argv[1])
+    validate(root / "checkpoint-10")
+    newest_valid(root)
+    print("TORCH_IMPORTED" if "torch" in sys.modules else "NO_TORCH")
+""")
+
+
+def test_library_validate_defaults_are_static(run10):
+    """Mutations caught (tools/mutate.py survivors, validate.py): ValidateOptions.load, .deep
+    or .write_manifest defaulting to True. The library defaults, which `latest` uses, are the
+    static checks: they never import torch and write nothing."""
+    before = tree_hashes(run10)
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(run10)], capture_output=True,
+                          text=True, env=env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "NO_TORCH", proc.stdout + proc.stderr
+    assert tree_hashes(run10) == before  # and write nothing (no manifest unless asked)
+
+
+_SWAP = textwrap.dedent("""
+    # safe_load(trust=True) while another process swaps the file: an audit hook replaces the
+    # file the first time torch itself opens it, i.e. after ckptdoctor's static scan vouched
+    # for the original and before the trusted (weights_only=False) attempt.
+    import os, sys
+    target, payload, moddir = sys.argv[1:4]
+    sys.path.insert(0, moddir)
+    done = []
+
+    def hook(event, args):
+        if done or event != "open" or not args or not isinstance(args[0], (str, bytes)):
+            return
+        if os.path.realpath(os.fsdecode(args[0])) != os.path.realpath(target):
+            return
+        f = sys._getframe(1)
+        while f is not None:
+            if f.f_code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+                done.append(1)
+                os.replace(payload, target)
+                return
+            f = f.f_back
+
+    sys.addaudithook(hook)
+    from ckptdoctor.loaders import LoadError, safe_load
+    try:
+        safe_load(target, trust=True)
+        print("LOADED", bool(done))
+    except LoadError as exc:
+        print("REFUSED", bool(done), [(a.strategy, a.outcome, a.error) for a in exc.attempts])
+""")
+
+
+def test_trusted_load_refuses_a_file_swapped_after_its_scan(tmp_path):
+    """Mutation caught (tools/mutate.py survivor, loaders.py): the trusted strategy's "file
+    changed since it was scanned" check dropped. The swapped-in file's payload would then run
+    under weights_only=False, vouched for by the scan of the file it replaced."""
+    mod = tmp_path / "ckpt_swap_mod.py"
+    mod.write_text("class Config:\n    def __init__(self, lr):\n        self.lr = lr\n")
+    canary = tmp_path / "CANARY"
+    code = textwrap.dedent(f"""
+        import os, sys, torch
+        sys.path.insert(0, {str(tmp_path)!r})
+        import ckpt_swap_mod
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, ("touch {canary}",))
+
+        torch.save({{"cfg": ckpt_swap_mod.Config(0.5)}}, {str(tmp_path / "args.bin")!r})
+        torch.save({{"cfg": Payload()}}, {str(tmp_path / "payload.bin")!r})
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env())
+    proc = subprocess.run([sys.executable, "-c", _SWAP, str(tmp_path / "args.bin"),
+                           str(tmp_path / "payload.bin"), str(tmp_path)],
+                          capture_output=True, text=True, env=env())
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not canary.exists(), "the swapped-in payload ran"
+    assert proc.stdout.startswith("REFUSED True"), proc.stdout + proc.stderr
+    assert "('trusted', 'refused'" in proc.stdout and "changed" in proc.stdout, proc.stdout
+
+
+# --- repair through the CLI -----------------------------------------------------------------------
 def _numpy1_dir(tmp_path: Path) -> Path:
     d = tmp_path / "ck"
     d.mkdir()
@@ -277,7 +403,7 @@ def test_cli_repair_dry_run_writes_nothing(tmp_path):
     assert r.exit_code in (0, 1), r.output
     assert "rng_state.pth" in r.output
     assert tree_hashes(d) == before and sorted(os.listdir(d)) == ["rng_state.pth"]
-    with pytest.raises(Exception):  # still the file plain torch cannot load
+    with pytest.raises(pickle.UnpicklingError):  # still the file plain torch cannot load
         torch.load(d / "rng_state.pth", weights_only=True)
     # and without --dry-run the same command does rewrite it (so the flag is what held it back)
     r = cli("repair", "--yes", "--consumer", "torch", d)
@@ -327,7 +453,7 @@ def test_repair_refuses_when_the_file_changes_while_repairing(tmp_path):
     assert "CK701" in proc.stdout + proc.stderr and "changed" in proc.stdout + proc.stderr
 
 
-# --- convert through the CLI -----------------------------------------------------------------------
+# --- convert through the CLI ----------------------------------------------------------------------
 def test_cli_convert_refuses_existing_dst_without_overwrite(tmp_path):
     """Mutation caught: convert's --overwrite on by default (an existing DST replaced)."""
     torch.manual_seed(0)

@@ -59,6 +59,11 @@ CASES = {
     "slice": lambda: {"s": slice(1, 5, 2)},
     "parameter": lambda: {"p": torch.nn.Parameter(torch.ones(2))},
     "bf16_view": lambda: {"v": torch.arange(12, dtype=torch.bfloat16).reshape(3, 4)[:, 1]},
+    # one array per numpy dtype class the allow-list must name (itemsize -> class table)
+    "numpy_dtype_table": lambda: {k: np.zeros(2, dtype=k) for k in (
+        "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float16", "float32", "float64", "longdouble", "complex64", "complex128",
+        "clongdouble", "datetime64[s]", "timedelta64[s]", "U3", "S3")},
 }
 
 

@@ -42,7 +42,8 @@ def differences(a: Any, b: Any, path: str = "<root>", depth: int = 0) -> list[st
             return differences(a.tolist(), b.tolist(), path, depth + 1)
         return [] if a.tobytes() == b.tobytes() else [f"{path}: values"]
     if isinstance(a, np.generic):
-        return [] if (a.dtype == b.dtype and a.tobytes() == b.tobytes()) else [f"{path}: {a!r} vs {b!r}"]
+        same = a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        return [] if same else [f"{path}: {a!r} vs {b!r}"]
     if isinstance(a, float):
         same = (math.isnan(a) and math.isnan(b)) or (
             a == b and math.copysign(1.0, a) == math.copysign(1.0, b))
@@ -58,11 +59,10 @@ def differences(a: Any, b: Any, path: str = "<root>", depth: int = 0) -> list[st
     elif isinstance(a, (list, tuple)):
         if len(a) != len(b):
             return [f"{path}: length {len(a)} vs {len(b)}"]
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             out += differences(x, y, f"{path}[{i}]", depth + 1)
-    elif isinstance(a, (set, frozenset)):
-        if a != b:
-            out.append(f"{path}: {a!r} vs {b!r}")
+    elif isinstance(a, (set, frozenset)) and a != b:
+        out.append(f"{path}: {a!r} vs {b!r}")
     if hasattr(a, "__dict__") and not isinstance(a, type):
         out += differences(dict(sorted(vars(a).items())), dict(sorted(vars(b).items())),
                            f"{path}.@attrs", depth + 1)
