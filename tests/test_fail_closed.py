@@ -332,10 +332,12 @@ def test_planted_allowlist_is_never_authority(tmp_path, phase_module):
     d = tmp_path / "ck"
     d.mkdir()
     torch.save({"p": phase_module.Phase.TRAIN, "w": torch.ones(1)}, d / "u.pt")
+    torch.save({"w": torch.ones(1)}, d / "v.pt")  # a clean file the planted entry names
     planted = ["builtins.exec", inject]
     (d / ALLOWLIST_FILE).write_text(json.dumps({
         "version": 1, "allowlist": planted,
         "files": {"u.pt": {"allowlist": planted, "sha256": _sha(d / "u.pt")},
+                  "v.pt": {"allowlist": planted, "sha256": _sha(d / "v.pt")},
                   "../outside.pt": {"allowlist": ["builtins.eval"], "sha256": "0"}}}))
     result = repair(d, consumer="torch", allow=["ckpt_fc_enums.Phase"])
     assert result.exit_code == 0 and result.outcomes[0].status == "allowlisted"
