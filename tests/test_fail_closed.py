@@ -82,6 +82,8 @@ ISSUE_NAMES = [
     "typing._eval_type", "typing.ForwardRef", "imaplib.IMAP4_stream", "mailcap.findmatch",
     "logging.FileHandler", "pathlib.PosixPath.write_text", "logging.os", "pathlib._local.os",
     "transformers.training_args.os", "numpy.dtypes.np", "argparse._os",
+    "test.support.script_helper.assert_python_ok", "torch._dynamo.config.load_config",
+    "torch._inductor.config.load_config", "torch.utils._config_module.ConfigModule.load_config",
 ]
 
 
@@ -181,6 +183,23 @@ def test_trust_alone_never_admits_an_unknown_gadget(tmp_path, container):
     r = _cli("validate", f, "--load", "--trust", "--format", "json")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "--allow gzip.GzipFile" in r.stdout
+    assert not canary.exists()
+
+
+def test_torch_config_loader_gadget_is_refused_even_when_named(tmp_path):
+    """torch._dynamo.config.load_config(bytes) unpickles its argument with plain pickle."""
+    canary = tmp_path / "canary_cfg"
+    inner = P.PAYLOADS["posix_system_p2"].build(str(canary))
+    data = (P.PROTO(2) + P.GLOBAL("torch._dynamo.config", "load_config")
+            + P.SHORT_BINBYTES(inner) + P.TUPLE1 + P.REDUCE + P.STOP)
+    _live(data, canary, setup="import torch._dynamo.config\n")
+    f = tmp_path / "cfg.pt"
+    f.write_bytes(P.torch_zip_bytes(data))
+    name = "torch._dynamo.config.load_config"
+    with pytest.raises((LoadError, DangerousGlobalError)):
+        safe_load(f, trust=True, allow=(name,))
+    r = _cli("validate", tmp_path, "--load", "--trust", "--allow", name)
+    assert r.returncode == 1 and "CK101" in r.stderr
     assert not canary.exists()
 
 
