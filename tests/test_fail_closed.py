@@ -566,3 +566,17 @@ def test_hf_trainer_resumes_a_numpy1_checkpoint_inside_allow_for(tmp_path):
     fixture = torch.load(ck / "rng_state.pth", weights_only=False,
                          pickle_module=vetted_pickle_module())
     assert fixture["numpy"][0] == "MT19937"
+
+
+def test_one_gate_decides_resolution():
+    """Only policy.py defines the rule; the scanner and diagnose may *describe* a name with
+    classify(), nothing else decides with it (resolution goes through vet/require)."""
+    import re as _re
+
+    users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ckptdoctor").rglob("*.py")
+                   if _re.search(r"\bclassify\(", p.read_text("utf-8")))
+    assert users == ["ckptdoctor/diagnose.py", "ckptdoctor/pickles/policy.py",
+                     "ckptdoctor/pickles/scan.py"]
+    for p in (ROOT / "ckptdoctor").rglob("*.py"):
+        text = p.read_text("utf-8")
+        assert "DATA_PREFIXES" not in text and "DCP_GLOBAL_PREFIXES" not in text, p
