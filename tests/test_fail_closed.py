@@ -33,7 +33,7 @@ import ckptdoctor  # noqa: E402
 from ckptdoctor.loaders import (STRATEGIES, LoadContext, LoadError, RefusedGlobal,  # noqa: E402
                                 load_with_chain, safe_load, sandboxed, vetted_pickle_module)
 from ckptdoctor.pickles import policy  # noqa: E402
-from ckptdoctor.pickles.policy import (DangerousGlobalError, NotVouchedError, Verdict,  # noqa: E402
+from ckptdoctor.pickles.policy import (DangerousGlobalError, Verdict,  # noqa: E402
                                        vet)
 from ckptdoctor.repair import repair  # noqa: E402
 from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, MODULE_TEXT, SNIPPET_FILE  # noqa: E402
