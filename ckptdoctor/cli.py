@@ -51,11 +51,14 @@ class FailOn(str, enum.Enum):
 
 AllowOpt = Annotated[list[str], typer.Option(
     "--allow", metavar="GLOBAL",
-    help="Dotted global you vouch for (e.g. numpy.core.multiarray._reconstruct). Repeatable. "
-         "Never enables weights_only=False; code-executing globals are refused.")]
+    help="Dotted global of unknown safety you vouch for (e.g. mylib.Config). Repeatable. "
+         "Reviewed data names need no --allow; code-executing names are refused even when "
+         "named.")]
 TrustOpt = Annotated[bool, typer.Option(
-    "--trust", help="Allow the last loader strategy, torch.load(weights_only=False), for files "
-                    "whose static scan finds no code-executing global.")]
+    "--trust", help="Allow the last loader strategy: torch.load(weights_only=False) with "
+                    "Python's unpickler restricted to vetted names (torch defaults, reviewed "
+                    "data, --allow names). Admits no unknown name by itself; never for a file "
+                    "whose scan is not complete or finds a code-executing global.")]
 ConsumerOpt = Annotated[ConsumerChoice, typer.Option(
     "--consumer", help="Judge files by how the layout's own framework resumes (default) or by "
                        "plain torch.load(weights_only=True).")]

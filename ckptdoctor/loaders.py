@@ -35,7 +35,7 @@ import types
 
 from .model import FileInfo, Finding, GlobalClass, ScanState
 from .pickles.policy import (AllowListError, NotVouchedError, Verdict, allow_flags, require,
-                             spellings, vet)
+                             vet)
 from .standins import (ModuleReached, import_dotted, is_standin, numpy_location,
                        refuse_dangerous, resolve_allowlist)
 

@@ -33,7 +33,7 @@ import ckptdoctor  # noqa: E402
 from ckptdoctor.loaders import (STRATEGIES, LoadContext, LoadError, RefusedGlobal,  # noqa: E402
                                 load_with_chain, safe_load, sandboxed, vetted_pickle_module)
 from ckptdoctor.pickles import policy  # noqa: E402
-from ckptdoctor.pickles.policy import (DangerousGlobalError, NotVouchedError, Verdict,  # noqa: E402
+from ckptdoctor.pickles.policy import (DangerousGlobalError, Verdict,  # noqa: E402
                                        vet)
 from ckptdoctor.repair import repair  # noqa: E402
 from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, MODULE_TEXT, SNIPPET_FILE  # noqa: E402
@@ -82,6 +82,8 @@ ISSUE_NAMES = [
     "typing._eval_type", "typing.ForwardRef", "imaplib.IMAP4_stream", "mailcap.findmatch",
     "logging.FileHandler", "pathlib.PosixPath.write_text", "logging.os", "pathlib._local.os",
     "transformers.training_args.os", "numpy.dtypes.np", "argparse._os",
+    "test.support.script_helper.assert_python_ok", "torch._dynamo.config.load_config",
+    "torch._inductor.config.load_config", "torch.utils._config_module.ConfigModule.load_config",
 ]
 
 
@@ -181,6 +183,23 @@ def test_trust_alone_never_admits_an_unknown_gadget(tmp_path, container):
     r = _cli("validate", f, "--load", "--trust", "--format", "json")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "--allow gzip.GzipFile" in r.stdout
+    assert not canary.exists()
+
+
+def test_torch_config_loader_gadget_is_refused_even_when_named(tmp_path):
+    """torch._dynamo.config.load_config(bytes) unpickles its argument with plain pickle."""
+    canary = tmp_path / "canary_cfg"
+    inner = P.PAYLOADS["posix_system_p2"].build(str(canary))
+    data = (P.PROTO(2) + P.GLOBAL("torch._dynamo.config", "load_config")
+            + P.SHORT_BINBYTES(inner) + P.TUPLE1 + P.REDUCE + P.STOP)
+    _live(data, canary, setup="import torch._dynamo.config\n")
+    f = tmp_path / "cfg.pt"
+    f.write_bytes(P.torch_zip_bytes(data))
+    name = "torch._dynamo.config.load_config"
+    with pytest.raises((LoadError, DangerousGlobalError)):
+        safe_load(f, trust=True, allow=(name,))
+    r = _cli("validate", tmp_path, "--load", "--trust", "--allow", name)
+    assert r.returncode == 1 and "CK101" in r.stderr
     assert not canary.exists()
 
 
@@ -332,10 +351,12 @@ def test_planted_allowlist_is_never_authority(tmp_path, phase_module):
     d = tmp_path / "ck"
     d.mkdir()
     torch.save({"p": phase_module.Phase.TRAIN, "w": torch.ones(1)}, d / "u.pt")
+    torch.save({"w": torch.ones(1)}, d / "v.pt")  # a clean file the planted entry names
     planted = ["builtins.exec", inject]
     (d / ALLOWLIST_FILE).write_text(json.dumps({
         "version": 1, "allowlist": planted,
         "files": {"u.pt": {"allowlist": planted, "sha256": _sha(d / "u.pt")},
+                  "v.pt": {"allowlist": planted, "sha256": _sha(d / "v.pt")},
                   "../outside.pt": {"allowlist": ["builtins.eval"], "sha256": "0"}}}))
     result = repair(d, consumer="torch", allow=["ckpt_fc_enums.Phase"])
     assert result.exit_code == 0 and result.outcomes[0].status == "allowlisted"
@@ -545,3 +566,17 @@ def test_hf_trainer_resumes_a_numpy1_checkpoint_inside_allow_for(tmp_path):
     fixture = torch.load(ck / "rng_state.pth", weights_only=False,
                          pickle_module=vetted_pickle_module())
     assert fixture["numpy"][0] == "MT19937"
+
+
+def test_one_gate_decides_resolution():
+    """Only policy.py defines the rule; the scanner and diagnose may *describe* a name with
+    classify(), nothing else decides with it (resolution goes through vet/require)."""
+    import re as _re
+
+    users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ckptdoctor").rglob("*.py")
+                   if _re.search(r"\bclassify\(", p.read_text("utf-8")))
+    assert users == ["ckptdoctor/diagnose.py", "ckptdoctor/pickles/policy.py",
+                     "ckptdoctor/pickles/scan.py"]
+    for p in (ROOT / "ckptdoctor").rglob("*.py"):
+        text = p.read_text("utf-8")
+        assert "DATA_PREFIXES" not in text and "DCP_GLOBAL_PREFIXES" not in text, p

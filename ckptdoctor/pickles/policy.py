@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import enum
+import functools
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ def python_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def classify(name: str) -> GlobalClass:
     """Class a dotted global name (file spelling or torch spelling).
 

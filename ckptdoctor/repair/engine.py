@@ -25,7 +25,7 @@ from typing import Any
 
 from ..atomic import TMP_MARKER, commit, fsync_dir, leftovers, staged_file, write_bytes
 from ..codes import Code
-from ..model import FileInfo, Finding, Severity
+from ..model import FileInfo, Finding, ScanState, Severity
 from . import allowlist as al
 from .backup import (BACKUP_DIRNAME, Session, default_backup_root, in_backup_tree, sessions,
                      sha256_file)
@@ -101,6 +101,8 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
         if info.dangerous and info.format in REWRITABLE + ("pickle",):
             out.append(_Candidate(info.path, "references code-executing global(s): " + ", ".join(
                 sorted({g.name for g in info.dangerous})), info))
+        elif info.scan_state is not ScanState.COMPLETE:  # fail closed: refused in _prepare
+            out.append(_Candidate(info.path, f"the static scan is {info.scan_state.value}", info))
         elif info.path in reasons:
             out.append(_Candidate(info.path, reasons[info.path], info))
         elif info.path in broken:
@@ -223,6 +225,8 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
         fp.reason = f"symlink to {real_rel}"
         return prep  # the target is planned on its own
     incomplete = [f.message for f in info.findings if f.code in _SCAN_INCOMPLETE]
+    if info.scan_state is not ScanState.COMPLETE and not incomplete:
+        incomplete = [f"the scan is {info.scan_state.value}"]
     if incomplete:
         _refuse(fp, "the static scan cannot vouch for the whole pickle (" + incomplete[0][:200]
                 + "); it is not loaded", "do not load this file; restore it from a trusted source")
@@ -314,7 +318,7 @@ def convert_file(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (
     path = Path(path)
     rel = rel or path.name
     info = detect_file(path, rel)
-    if info.dangerous or any(f.code in _SCAN_INCOMPLETE for f in info.findings):
+    if not info.loadable or any(f.code in _SCAN_INCOMPLETE for f in info.findings):
         raise TranscodeRefused("the static scan finds code-executing or hidden globals: "
                                + ", ".join(sorted({g.name for g in info.dangerous})),
                                dangerous=True)
