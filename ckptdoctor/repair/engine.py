@@ -84,7 +84,11 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
     report, _ = validate(p, ValidateOptions(consumer=consumer))
     reasons: dict[str, str] = {}
     for f in report.all_findings():
-        if f.code == Code.LOAD_FAILS.code and f.path not in reasons:
+        # CK421 without `was`: a load failure the framework survives (accelerate's RNG), still
+        # worth rewriting; with `was` it is damage in a file the resume never reads
+        if (f.code == Code.LOAD_FAILS.code or (f.code == Code.LOAD_NOT_NEEDED.code
+                                               and "was" not in f.detail)) \
+                and f.path not in reasons:
             reasons[f.path] = f.message
     out: list[_Candidate] = []
     for info in report.files:
