@@ -8,7 +8,6 @@ the silent cases are warnings here, the crashing ones errors."""
 from __future__ import annotations
 
 from fnmatch import fnmatch
-
 import re
 from typing import Any
 

@@ -9,8 +9,6 @@ uses hparams. A `save_weights_only` checkpoint has no optimizer_states: fit() ra
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
-
 from pathlib import Path
 from typing import Any
 
