@@ -23,7 +23,8 @@ MODEL_RE = re.compile(r"(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt")
 OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
 LOAD = Consumer("unsafe", who="DeepSpeed >= 0.16 TorchCheckpointEngine "
                 "(torch.load(weights_only=False))")
-# DeepSpeed 0.16.0 (PR #6751, Nov 2024) made TorchCheckpointEngine.load and zero_to_fp32 pass
+# DeepSpeed 0.16.0 (PR #6751, commit 2e0c39b55 of 2024-11-19, first tag v0.16.0; checked in
+# the deepspeedai/DeepSpeed history) made TorchCheckpointEngine.load and zero_to_fp32 pass
 # weights_only=False explicitly (installed 0.19.8: runtime/checkpoint_engine/
 # torch_checkpoint_engine.py `torch.load(path, map_location=..., weights_only=False)`). Older
 # releases call torch.load without the argument, so torch's own default decides: False before
