@@ -172,6 +172,8 @@ def relink_latest(root: Path) -> tuple[str, str] | None:
     """(old, new) content of `<root>/latest` that makes load_checkpoint(tag=None) resume the
     newest complete tag, or None when nothing should change. `repair` calls this; the write
     (atomic, backed up) is repair's."""
+    if not (root / "latest").is_file():  # cheap: most directories are not DeepSpeed saves
+        return None
     d = DirView(root)
     if is_tag(d, "") or not d.has("latest"):
         return None
