@@ -137,6 +137,8 @@ def test_deepspeed_newer_tag_cut_short_resumes_from_latest(ds):
     rc, doc = vjson(ds)
     assert rc == 0 and doc["resumable"] is True
     assert codes(doc)["CK422"][0]["path"] == "global_step3"
+    rc, doc = vjson(ds, "--load", "--deep")  # reading every byte changes nothing: unread
+    assert rc == 0, [f for f in doc["findings"] if f["severity"] == "error"]
     rc, out, _ = cli("latest", ds.parent)
     assert rc == 0 and out.strip() == str(ds)
 
