@@ -173,7 +173,6 @@ def validate(
 ) -> None:
     """Pre-resume gate: is the checkpoint complete, intact and loadable by what will resume it?
     Exit 0 resumable, 1 findings at or above --fail-on, 2 usage or internal error."""
-    from . import render
     from .validate import ValidateOptions, exit_code, validate as run
 
     versions = _versions(framework_version)

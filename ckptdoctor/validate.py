@@ -72,7 +72,7 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
     for f in report.files:
         consumer = WEIGHTS_ONLY if opts.consumer == "torch" else consumers.get(f.path, WEIGHTS_ONLY)
         if consumer.mode == "unused":
-            f.findings = unread_findings(f, consumer)
+            f.findings = unread_findings(f.findings, consumer)
         verdict = consumer_findings(f, consumer, opts.allow)
         if verdict:  # the consumer's verdict replaces the plain-torch one for this file
             f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
@@ -83,10 +83,13 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
             _rel(root, tmp), "temporary file from an interrupted ckptdoctor write",
             hint="safe to delete; `ckptdoctor repair` removes it on its next run"))
     if opts.load:
-        report.findings.extend(_load_all(root, report, opts, consumers))
+        report.findings.extend(_load_all(root, report, opts,
+                                         consumers if opts.consumer != "torch" else {}))
     if opts.deep:
         report.findings.extend(_deep(root, report, progress))
     report.findings.extend(_manifest(root, report, opts.write_manifest, progress))
+    if opts.consumer != "torch":  # --load / --deep / manifest findings on unread files
+        report.findings = _unread_report(report.findings, consumers)
     if opts.consumer == "torch":
         framework = "torch"
     runnable_hints(report)
@@ -169,12 +172,20 @@ def consumer_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str]
 _KEEP_ERRORS = (Code.DANGEROUS_GLOBAL.code, Code.DYNAMIC_GLOBAL.code)  # never downgraded
 
 
-def unread_findings(f: FileInfo, consumer: Consumer) -> list[Finding]:
+def _unread_report(findings: list[Finding], consumers: dict[str, Consumer]) -> list[Finding]:
+    out = []
+    for f in findings:
+        c = consumers.get(f.path)
+        out += unread_findings([f], c) if c is not None and c.mode == "unused" else [f]
+    return out
+
+
+def unread_findings(findings: list[Finding], consumer: Consumer) -> list[Finding]:
     """The findings of a file the resume never reads: what would be an error (truncated, empty,
     unloadable) cannot stop the resume, so it is one CK421 warning naming the original code.
     Code-executing globals stay errors: ckptdoctor refuses such a file wherever it is."""
     out = []
-    for x in f.findings:
+    for x in findings:
         if x.severity is Severity.ERROR and x.code not in _KEEP_ERRORS:
             x = Code.LOAD_NOT_NEEDED.finding(
                 x.path, f"{x.message} ({x.code}; not read on resume: {consumer.who})", x.hint,

@@ -137,6 +137,8 @@ def test_deepspeed_newer_tag_cut_short_resumes_from_latest(ds):
     rc, doc = vjson(ds)
     assert rc == 0 and doc["resumable"] is True
     assert codes(doc)["CK422"][0]["path"] == "global_step3"
+    rc, doc = vjson(ds, "--load", "--deep")  # reading every byte changes nothing: unread
+    assert rc == 0, [f for f in doc["findings"] if f["severity"] == "error"]
     rc, out, _ = cli("latest", ds.parent)
     assert rc == 0 and out.strip() == str(ds)
 
@@ -184,6 +186,20 @@ def test_deepspeed_verdict_follows_the_deepspeed_version(ds):
     assert rc == 1 and "assumes: deepspeed 0.15.4 (given), torch " in out
     rc, _, err = cli("validate", "--framework-version", "deepspeed", ds)
     assert rc == 2 and "CK090" in err
+
+
+def test_trainer_rng_verdict_follows_torch_and_transformers(run_copy):
+    ck = run_copy / "checkpoint-10"
+    shutil.copy(fx.make_numpy1_fixtures() / "rng_state.pth", ck / "rng_state.pth")
+    with pytest.raises(Exception, match="numpy.core.multiarray._reconstruct"):
+        torch.load(ck / "rng_state.pth")  # torch >= 2.6's default, as the Trainer loads it
+    rc, doc = vjson(ck)
+    assert rc == 1 and codes(doc)["CK601"][0]["path"] == "rng_state.pth"
+    # transformers 4.x on torch 2.5: torch.load(rng_file) with torch's old default, unsafe
+    rc, doc = vjson(ck, "--framework-version", "torch=2.5.1",
+                    "--framework-version", "transformers=4.57.1")
+    assert rc == 0 and doc["consumer"] == {"framework": "transformers", "version": "4.57.1",
+                                           "mode": "framework"}
 
 
 def test_versions_are_read_without_importing_the_frameworks(ds):

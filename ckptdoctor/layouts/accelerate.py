@@ -9,7 +9,6 @@ random_states file is never an error there, the run just silently loses reproduc
 from __future__ import annotations
 
 from fnmatch import fnmatch
-
 import re
 from typing import Any
 

@@ -9,7 +9,6 @@ here. Sizes and stages are read off the pickles statically (dp_world_size, parti
 from __future__ import annotations
 
 from fnmatch import fnmatch
-
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ MODEL_RE = re.compile(r"(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt")
 OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
 LOAD = Consumer("unsafe", who="DeepSpeed >= 0.16 TorchCheckpointEngine "
                 "(torch.load(weights_only=False))")
-# DeepSpeed 0.16.0 (PR #6751, Nov 2024) made TorchCheckpointEngine.load and zero_to_fp32 pass
+# DeepSpeed 0.16.0 (PR #6751, commit 2e0c39b55 of 2024-11-19, first tag v0.16.0; checked in
+# the deepspeedai/DeepSpeed history) made TorchCheckpointEngine.load and zero_to_fp32 pass
 # weights_only=False explicitly (installed 0.19.8: runtime/checkpoint_engine/
 # torch_checkpoint_engine.py `torch.load(path, map_location=..., weights_only=False)`). Older
 # releases call torch.load without the argument, so torch's own default decides: False before
@@ -172,6 +172,8 @@ def relink_latest(root: Path) -> tuple[str, str] | None:
     """(old, new) content of `<root>/latest` that makes load_checkpoint(tag=None) resume the
     newest complete tag, or None when nothing should change. `repair` calls this; the write
     (atomic, backed up) is repair's."""
+    if not (root / "latest").is_file():  # cheap: most directories are not DeepSpeed saves
+        return None
     d = DirView(root)
     if is_tag(d, "") or not d.has("latest"):
         return None

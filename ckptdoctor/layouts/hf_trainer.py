@@ -8,7 +8,6 @@ the silent cases are warnings here, the crashing ones errors."""
 from __future__ import annotations
 
 from fnmatch import fnmatch
-
 import re
 from typing import Any
 
@@ -16,12 +15,27 @@ from ..codes import Code
 from ..model import Finding, LayoutInfo
 from . import deepspeed, hf_model, peft
 from .accelerate import Accelerate
+from .versions import Env
 from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, DirView, LayoutBase, check_dcp,
                    check_index, dcp_ranks, is_dcp, load_json, missing, numbered, top_dirs,
                    top_files, weights_details)
 
 NAME_RE = re.compile(r"checkpoint-(\d+)")
 RNG = Consumer("weights_only", NUMPY_RNG, who="transformers Trainer._load_rng_state")
+# Trainer._load_rng_state called torch.load(rng_file) without weights_only inside
+# safe_globals(), a nullcontext before torch 2.6: on torch < 2.6 it unpickled anything.
+# transformers 5.0 (PR #43140, 5.0.0rc3) passes weights_only=True and refuses torch < 2.6.
+RNG_WEIGHTS_ONLY_SINCE = (5, 0, 0)
+
+
+def rng_consumer(env: Env) -> Consumer:
+    """How the Trainer of `env` loads rng_state[_<rank>].pth."""
+    if env.torch_default_weights_only() or env.at_least("transformers",
+                                                         RNG_WEIGHTS_ONLY_SINCE):
+        return RNG
+    return Consumer("unsafe", who=f"transformers {env.version('transformers')} "
+                    f"Trainer._load_rng_state on torch {env.version('torch')} "
+                    "(torch.load's default weights_only=False)")
 LOAD = Consumer("weights_only", who="transformers Trainer (torch.load(weights_only=True))")
 ARGS = Consumer("unused", who="Trainer never reads it on resume")
 FSDP_WEIGHTS = ("pytorch_model_fsdp.bin",)
@@ -177,7 +191,7 @@ class HfTrainer(LayoutBase):
         if "/" in rel and first in fsdp_dirs(d):
             return DCP_CONSUMER
         if name.startswith("rng_state"):
-            return RNG
+            return rng_consumer(d.env)
         if name == "training_args.bin":
             return ARGS
         if name.endswith(".safetensors"):

@@ -9,8 +9,6 @@ uses hparams. A `save_weights_only` checkpoint has no optimizer_states: fit() ra
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
-
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,10 @@ LOAD = Consumer("weights_only", who="Lightning >= 2.6 Trainer.fit(ckpt_path) "
 VERSION = "pytorch-lightning_version"
 # Loader history (checkpoint_connector / fabric cloud_io._load): < 2.4 passes no weights_only,
 # so torch's default applies (True from torch 2.6); 2.4-2.5 hard-code weights_only=False
-# (Lightning PR #20010); >= 2.6.0 defers to torch again, i.e. True (PR #21072, issue #20058).
+# (Lightning PR #20010, commit bf25167bbf, first tag 2.4.0: fabric cloud_io._load
+# `weights_only: bool = False`); >= 2.6.0 defers to torch again, i.e. True (PR #21072, commit
+# 29abe6e47d, first tag 2.6.0: `weights_only=None`, passed through for local files; issue
+# #20058). Checked in the Lightning-AI/pytorch-lightning history.
 UNSAFE_SINCE, WEIGHTS_ONLY_SINCE = (2, 4, 0), (2, 6, 0)
 
 

@@ -9,7 +9,6 @@ an iter dir with `.metadata` but no `metadata.json` is misdetected as `torch_dcp
 from __future__ import annotations
 
 from fnmatch import fnmatch
-
 import re
 from typing import Any
 

@@ -86,7 +86,11 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
     reasons: dict[str, str] = {}
     broken: dict[str, str] = {}  # other errors about a file: repair cannot rewrite those
     for f in report.all_findings():
-        if f.code in (Code.LOAD_FAILS.code, Code.LOAD_NOT_NEEDED.code) and f.path not in reasons:
+        # CK421 without `was`: a load failure the framework survives (accelerate's RNG), still
+        # worth rewriting; with `was` it is damage in a file the resume never reads
+        if (f.code == Code.LOAD_FAILS.code or (f.code == Code.LOAD_NOT_NEEDED.code
+                                               and "was" not in f.detail)) \
+                and f.path not in reasons:
             reasons[f.path] = f.message
         elif f.severity is Severity.ERROR and f.path not in broken:
             broken[f.path] = f"{f.code} {f.message}"
