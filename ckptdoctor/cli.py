@@ -280,6 +280,45 @@ def convert(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
 
+class DiffFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="First checkpoint (file or directory).")],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint (any format or layout).")],
+    resume_equivalent: Annotated[bool, typer.Option("--resume-equivalent", help="Would B continue training exactly as A (bit-identical weights, optimizer, scheduler, RNG, step)?")] = False,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for 'equal'.")] = 1e-5,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for 'equal'.")] = 1e-8,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tensor pairs compared at once (memory grows with it).")] = 1,
+    fmt: Annotated[DiffFormat, typer.Option("--format", help="Output format.")] = DiffFormat.text,
+    allow: AllowOpt = [],  # noqa: B006
+    trust: TrustOpt = False,
+) -> None:
+    """What differs between two checkpoints: keys, shapes, dtypes, values (streamed one tensor
+    at a time), step / lr / scheduler / optimizer moments / RNG. Exit 0 equal within
+    --rtol/--atol (or resume-equivalent), 1 different, 2 error."""
+    from .diff import DiffError, exit_code, render_text, to_json
+    from .diff import diff as run
+
+    _require(a)
+    _require(b)
+    _check_allow(allow)
+    try:
+        report = run(a, b, rtol=rtol, atol=atol, resume_equivalent=resume_equivalent, jobs=jobs,
+                     allow=tuple(allow), trust=trust)
+    except DiffError as exc:
+        f = exc.finding
+        _fail(CliError(Code.DIFF_UNREADABLE, f.path, f.message.replace("\n", " ")))
+    if fmt is DiffFormat.json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        sys.stdout.write(render_text(report, width=out.width, color=out.is_terminal))
+    raise typer.Exit(exit_code(report))
+
+
 def _emit(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 

@@ -179,7 +179,16 @@ def _add_value(side: Side, section: Section, key: str, value: Any) -> None:
     from .convert.common import tensor_entry
     import torch
 
-    side.add(section, key, tensor_entry(key, value) if isinstance(value, torch.Tensor) else value)
+    if isinstance(value, torch.Tensor):
+        side.add(section, key, tensor_entry(key, value))
+    elif isinstance(value, Mapping) and value and all(isinstance(k, (str, int)) for k in value):
+        for k, v in value.items():  # DCP's naming: nested plain containers join with '.'
+            _add_value(side, section, f"{key}.{k}", v)
+    elif isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+        for i, v in enumerate(value):
+            _add_value(side, section, f"{key}.{i}", v)
+    else:
+        side.add(section, key, value)
 
 
 def _classify(key: Any) -> Section | None:
@@ -429,8 +438,7 @@ class DiffReport:
             keys = list(self.values_differ)
             out.append(f"{len(keys)} value(s) differ ({', '.join(keys[:3])}"
                        f"{' ...' if len(keys) > 3 else ''})")
-        ra = sorted(f for f in self.files_a if _RANK_FILE.search(f))
-        rb = sorted(f for f in self.files_b if _RANK_FILE.search(f))
+        ra, rb = _rank_files(self)
         if ra != rb:
             out.append(f"per-rank files differ: {len(ra)} in A, {len(rb)} in B")
         return out
@@ -452,6 +460,15 @@ class DiffReport:
             "files": {"a": self.files_a, "b": self.files_b},
             "findings": [f.to_json() for f in sorted_findings(self.findings)],
         }
+
+
+def _rank_files(rep: DiffReport) -> tuple[list[str], list[str]]:
+    """Per-rank files of each side; only comparable between two checkpoints of one kind (a
+    conversion to one consolidated file has none, by design)."""
+    if rep.kind_a != rep.kind_b:
+        return [], []
+    return (sorted(f for f in rep.files_a if _RANK_FILE.search(f)),
+            sorted(f for f in rep.files_b if _RANK_FILE.search(f)))
 
 
 def detect_renames(a: set[str], b: set[str]) -> list[tuple[str, str, list[tuple[str, str]]]]:
@@ -792,8 +809,7 @@ def _findings(rep: DiffReport) -> list[Finding]:
     for t in rep.tensors:
         if t.section is Section.RNG and not t.equal:
             out.append(Code.DIFF_RNG.finding(f"rng:{t.key}", f"{t.key}: RNG state differs"))
-    ra = sorted(f for f in rep.files_a if _RANK_FILE.search(f))
-    rb = sorted(f for f in rep.files_b if _RANK_FILE.search(f))
+    ra, rb = _rank_files(rep)
     if ra != rb:
         out.append(Code.DIFF_RANKS.finding("", f"per-rank files: {len(ra)} in A, {len(rb)} in B; "
                                                f"only in A: {sorted(set(ra) - set(rb))[:4]}, "
