@@ -119,18 +119,31 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document (schema_version 1).")] = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
+    ram: Annotated[Optional[str], typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
 ) -> None:
-    """What is this checkpoint: layout, step, files, tensors, pickled globals, and whether plain
-    torch.load(weights_only=True) loads each file. Metadata only; never imports torch."""
+    """What is this checkpoint: layout, step, files, tensors, pickled globals, whether plain
+    torch.load(weights_only=True) loads each file, and the memory a resume needs.
+    Metadata only; never imports torch."""
+    from .estimate import estimate, parse_bytes
+    from .estimate import render_text as estimate_text
     from .inspect import inspect_path
     from .render import inspect_text, to_json
 
     _require(path)
+    try:
+        ram_b, gpu_b = parse_bytes(ram), parse_bytes(gpu_mem)
+    except ValueError as exc:
+        _fail(CliError(Code.EST_PARTIAL, str(path), str(exc)))
     report = inspect_path(path)
+    est = estimate(report, ram=ram_b, gpu_mem=gpu_b)
     if json_out:
+        report.extra["memory_estimate"] = est.to_json()
         sys.stdout.write(to_json(report, with_tensors=tensors) + "\n")
     else:
         sys.stdout.write(inspect_text(report, tensors, width=out.width, color=out.is_terminal))
+        if est.params:
+            sys.stdout.write(estimate_text(est))
     if any(f.code == Code.DANGEROUS_GLOBAL.code for f in report.all_findings()):
         raise typer.Exit(EXIT_FINDINGS)
 
