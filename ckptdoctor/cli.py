@@ -20,7 +20,7 @@ from . import __version__
 from .codes import Code
 from .model import Severity
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
                   help="Inspect, validate, repair and convert PyTorch / LLM training checkpoints "
                        "without running code from them.")

@@ -7,8 +7,9 @@
 Lightning has no hook after a checkpoint file is written, so at `setup` the callback wraps the
 strategy's CheckpointIO: after each `save_checkpoint` (global rank 0) it validates the file and
 writes `<file>.ckptdoctor-complete.json` (size + sha256 + verdict; `remove_checkpoint` removes
-it with the file). Also at `setup`, before Lightning restores anything, `trainer.ckpt_path`
-goes through the pre-resume gate: a bad checkpoint raises CheckpointRejected at once."""
+it with the file), and every `load_checkpoint` (fit/validate with ckpt_path, which Lightning
+calls after `setup`) first goes through the pre-resume gate: a bad checkpoint raises
+CheckpointRejected before Lightning reads it."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-try:
-    from lightning.pytorch.callbacks import Callback
-except ImportError:  # the standalone package
+try:  # the package this project's extras install; `lightning` (the umbrella) otherwise
     from pytorch_lightning.callbacks import Callback
+except ImportError:
+    from lightning.pytorch.callbacks import Callback
 
 from .core import CheckpointRejected, SaveRecord, after_save, gate, marker_path, save_rng_state
 
@@ -36,9 +37,7 @@ class CheckpointDoctor(Callback):
         self._wrapped: set[int] = set()
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        ckpt = getattr(trainer, "ckpt_path", None)
-        if ckpt and Path(str(ckpt)).exists() or (ckpt and "://" not in str(ckpt)):
-            gate(ckpt, consumer=self.consumer, require_marker=self.require_marker)
+        # runs before Lightning restores a checkpoint: every load goes through the gate
         self._wrap(trainer)
 
     def _wrap(self, trainer: Any) -> None:
@@ -46,7 +45,12 @@ class CheckpointDoctor(Callback):
         if id(io) in self._wrapped:
             return
         self._wrapped.add(id(io))
-        save, remove = io.save_checkpoint, io.remove_checkpoint
+        save, remove, load = io.save_checkpoint, io.remove_checkpoint, io.load_checkpoint
+
+        def load_checkpoint(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if "://" not in str(path):  # remote paths: Lightning's own fsspec load
+                gate(path, consumer=self.consumer, require_marker=self.require_marker)
+            return load(path, *args, **kwargs)
 
         def save_checkpoint(checkpoint: Any, path: Any, storage_options: Any = None) -> None:
             save(checkpoint, path, storage_options=storage_options)
@@ -62,4 +66,5 @@ class CheckpointDoctor(Callback):
                 marker_path(path).unlink()
 
         io.save_checkpoint = save_checkpoint
+        io.load_checkpoint = load_checkpoint
         io.remove_checkpoint = remove_checkpoint
