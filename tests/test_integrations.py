@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -131,12 +132,16 @@ def test_lightning_callback_after_save_and_gate(tmp_path):
     shutil.copy(last, bad)
     shutil.copy(marker_path(last), marker_path(bad))
     raw = bytearray(bad.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    with zipfile.ZipFile(bad) as zf:  # flip a byte of tensor data: the static scan cannot see it
+        info = next(i for i in zf.infolist() if "/data/" in i.filename and i.file_size)
+    start = info.header_offset + 30 + len(info.filename.encode()) + \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    raw[start] ^= 0xFF
     bad.write_bytes(bytes(raw))
     t3 = F._lit_trainer(tmp_path / "r3", 3, [CheckpointDoctor()])
     with pytest.raises(CheckpointRejected) as exc:
         t3.fit(F._lit_module(False, "init_arg"), F._lit_loader(0), ckpt_path=str(bad))
-    assert "CK503" in str(exc.value) or "CK2" in str(exc.value)
+    assert "CK503" in str(exc.value)
     # a truncated file is refused before Lightning reads it
     _truncate(bad)
     t4 = F._lit_trainer(tmp_path / "r4", 3, [CheckpointDoctor()])
