@@ -33,7 +33,7 @@ from typing import Any
 from .codes import Code
 from .model import SCHEMA_VERSION, Finding, Severity, sorted_findings
 
-CHUNK_ELEMENTS = 1 << 20  # elements per comparison step (8 MB per float64 temporary)
+CHUNK_ELEMENTS = 1 << 18  # elements per comparison step (2 MB per float64 temporary)
 
 
 class Section(str, enum.Enum):
@@ -258,7 +258,9 @@ def _add_deepspeed(side: Side, path: Path, opts: Any) -> None:
     # the optimizer moments live per rank in the flat partitions of each *_optim_states.pt
     for rank, f in enumerate(sorted(tag.glob("*_optim_states.pt"), key=lambda p: _natural(p.name))):
         osd = load_torch(f, opts).get("optimizer_state_dict", {})
-        base = osd.get("base_optimizer_state") if isinstance(osd, Mapping) else None
+        base = None
+        if isinstance(osd, Mapping):  # ZeRO-1/2: base_optimizer_state; ZeRO-3: optimizer_state_dict
+            base = osd.get("base_optimizer_state", osd.get("optimizer_state_dict"))
         if base is not None:
             _add_object(side, base, str(f), Section.OPTIMIZER, f"rank{rank}.")
 

@@ -269,3 +269,72 @@ def test_nan_and_shape_findings(tmp_path):
     w = next(t for t in rep.tensors if t.key == "w")
     assert (w.nan_a, w.inf_a, w.nan_b, w.inf_b) == (0, 0, 1, 1) and not w.close
     assert Code.DIFF_SHAPE.code in _codes(rep) and Code.DIFF_NONFINITE.code in _codes(rep)
+
+
+# --- DeepSpeed ZeRO and Lightning --------------------------------------------------------------
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_checkpoint_vs_its_fp32_consolidation(tmp_path, stage):
+    src = F.make_deepspeed(tmp_path / "ds", stage=stage, world_size=2)
+    expected = F.deepspeed_expected_state_dict(src, stage=stage, world_size=2)
+    torch.save(expected, tmp_path / "fp32.pt")
+    rep = diff(src, tmp_path / "fp32.pt")
+    assert rep.kind_a == "deepspeed"
+    assert set(rep.unchanged(Section.WEIGHTS)) == set(expected)  # bit-identical fp32 masters
+    assert rep.state_a.step == int((src / "latest").read_text().strip().removeprefix("global_step"))
+    # the consolidated file has no optimizer: resuming from it restarts Adam
+    assert [f.path for f in rep.findings if f.code == Code.DIFF_STATE_MISSING.code] == ["optimizer"]
+    assert any(k.startswith("rank1.") for k in rep.only_a[Section.OPTIMIZER])
+
+
+def test_lightning_ckpt_vs_converted_weights(tmp_path):
+    ckpt = F.make_lightning_ckpt(tmp_path / "lit", hparams_namespace=False)
+    convert(ckpt, tmp_path / "st", "safetensors")
+    sd = torch.load(ckpt, weights_only=True)["state_dict"]
+    rep = diff(ckpt, tmp_path / "st", resume_equivalent=True)
+    assert rep.kind_a == "lightning"
+    assert set(rep.unchanged(Section.WEIGHTS)) == set(sd)
+    assert rep.state_a.step == torch.load(ckpt, weights_only=True)["global_step"]
+    assert not rep.resume_equivalent  # the optimizer and loops are not in the weights
+    assert Code.DIFF_STATE_MISSING.code in _codes(rep)
+    # the two files ModelCheckpoint wrote after the same step: the same weights
+    other = next(p for p in ckpt.parent.glob("epoch=*.ckpt"))
+    rep2 = diff(other, ckpt)
+    assert rep2.moved(Section.WEIGHTS) == [] and rep2.moved(Section.OPTIMIZER) == []
+
+
+# --- bounded memory ---------------------------------------------------------------------------
+def test_diff_memory_is_bounded_by_the_largest_pair(tmp_path):
+    """Peak RSS of a diff of two ~170 MB files stays near one tensor pair, far below the
+    files' total (child process; VmHWM reset with clear_refs, see test_estimate.py)."""
+    import os
+    import subprocess
+    import sys
+
+    sizes = [12_500_000, 10_000_000, 7_500_000, 12_500_000]  # fp32: 170 MB per file
+    g = torch.Generator().manual_seed(0)
+    a = {f"w{i}": torch.randn(n, generator=g) for i, n in enumerate(sizes)}
+    save_file(a, tmp_path / "a.safetensors")
+    b = {k: v + 1e-3 for k, v in a.items()}
+    save_file(b, tmp_path / "b.safetensors")
+    del a, b
+    code = (
+        "import sys\n"
+        "from ckptdoctor.diff import diff\n"
+        "import torch; torch.zeros(1)\n"
+        "def hwm():\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') "
+        "if l.startswith('VmHWM:'))\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = hwm()\n"
+        "rep = diff(sys.argv[1], sys.argv[2])\n"
+        "assert len(rep.moved()) == 4\n"
+        "print(hwm() - base)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.safetensors"),
+                          str(tmp_path / "b.safetensors")], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(root)), check=True)
+    peak = int(out.stdout.strip().splitlines()[-1])
+    largest_pair = 2 * 4 * max(sizes)
+    total = 2 * 4 * sum(sizes)
+    assert peak < largest_pair + 96 * 2**20, (peak, largest_pair, total)
+    assert peak < total / 2
