@@ -851,6 +851,14 @@ def render_text(rep: DiffReport, width: int = 100, color: bool = False) -> str:
             lines.append(f"  {section.value:<10} {n} common tensor(s), {moved.get(section.value, 0)} "
                          f"changed, {n - moved.get(section.value, 0)} unchanged; {oa} only in A, "
                          f"{ob} only in B")
+    frozen, moved_w = rep.unchanged(Section.WEIGHTS), rep.moved(Section.WEIGHTS)
+    if frozen and moved_w:
+        lines.append(f"unchanged weights (frozen or never trained): {', '.join(frozen[:10])}"
+                     + (f" ... ({len(frozen)})" if len(frozen) > 10 else ""))
+    ra, rb = (sorted(f for f in files if _RANK_FILE.search(f))
+              for files in (rep.files_a, rep.files_b))
+    if ra or rb:
+        lines.append(f"per-rank files: {len(ra)} in A, {len(rb)} in B")
     if rep.rng:
         same = sum(1 for v in rep.rng.values() if v)
         lines.append(f"rng: {same}/{len(rep.rng)} entries equal")

@@ -338,3 +338,18 @@ def test_diff_memory_is_bounded_by_the_largest_pair(tmp_path):
     total = 2 * 4 * sum(sizes)
     assert peak < largest_pair + 96 * 2**20, (peak, largest_pair, total)
     assert peak < total / 2
+
+
+def test_rich_table_on_a_terminal_and_jobs_option(run_bin):
+    from ckptdoctor.diff import render_text
+
+    a, b = run_bin / "checkpoint-2", run_bin / "checkpoint-4"
+    rep = diff(a, b)
+    plain, rich = render_text(rep, color=False), render_text(rep, color=True)
+    assert "changed tensors" in rich and "\x1b[" in rich and "\x1b[" not in plain
+    res = runner.invoke(app, ["diff", str(a), str(b), "--jobs", "2", "--format", "json"])
+    assert res.exit_code == 1
+    doc = json.loads(res.output)
+    assert doc["command"] == "diff" and doc["equal"] is False
+    assert {t["key"] for t in doc["tensors"] if t["section"] == "weights" and not t["equal"]} \
+        == set(rep.moved())
