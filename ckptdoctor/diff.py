@@ -633,12 +633,46 @@ def _norm(flat: Any, torch: Any) -> float:
 
 
 def _values_equal(a: Any, b: Any) -> bool:
+    """Equal, or equal as plain data: a numpy array and the list of its values, a tuple and a
+    list, a numpy scalar and its Python value restore the same state (repair rewrites numpy
+    RNG states that way so plain weights_only loads them; np.random.set_state takes both)."""
     from .convert.codec import deep_equal
 
     try:
-        return deep_equal(a, b) is None
+        if deep_equal(a, b) is None:
+            return True
     except Exception:  # noqa: BLE001 - exotic objects: compare their reprs
-        return repr(a) == repr(b)
+        if repr(a) == repr(b):
+            return True
+    try:
+        return _plain_data(a) == _plain_data(b)
+    except _NotPlain:
+        return False
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _plain_data(v: Any, depth: int = 0) -> Any:
+    import numpy as np
+
+    if depth > 50:
+        raise _NotPlain
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "biuf":
+            raise _NotPlain
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        items = [_plain_data(x, depth + 1) for x in v]
+        return items
+    if isinstance(v, Mapping):
+        return {k: _plain_data(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (str, bytes, int, float, bool, type(None))):
+        return v
+    raise _NotPlain
 
 
 def _short(v: Any, n: int = 80) -> str:

@@ -353,3 +353,32 @@ def test_rich_table_on_a_terminal_and_jobs_option(run_bin):
     assert doc["command"] == "diff" and doc["equal"] is False
     assert {t["key"] for t in doc["tensors"] if t["section"] == "weights" and not t["equal"]} \
         == set(rep.moved())
+
+
+def test_repaired_checkpoint_is_resume_equivalent(run_bin, tmp_path):
+    """repair --consumer torch rewrites rng_state.pth (numpy arrays become lists so plain
+    weights_only loads it): a different file that restores the same RNG streams."""
+    import numpy as np
+
+    src = run_bin / "checkpoint-2"
+    dst = tmp_path / "checkpoint-2"
+    shutil.copytree(src, dst)
+    res = runner.invoke(app, ["repair", str(dst), "--yes", "--consumer", "torch", "--no-backup"])
+    assert res.exit_code == 0, res.output
+    assert (dst / "rng_state.pth").read_bytes() != (src / "rng_state.pth").read_bytes()
+    torch.load(dst / "rng_state.pth", weights_only=True)  # the point of the repair
+    # independent: both numpy states give the same draws
+    draws = []
+    for p in (src, dst):
+        np.random.set_state(tuple(safe_load(p / "rng_state.pth")["numpy"]))
+        draws.append(np.random.rand(4))
+    assert np.array_equal(*draws)
+    rep = diff(src, dst, resume_equivalent=True)
+    assert rep.resume_equivalent, [f.message for f in rep.findings]
+    # a numpy state that really differs is still a difference
+    state = safe_load(dst / "rng_state.pth", mmap=False)  # overwritten below: no mapping
+    state["numpy"] = list(state["numpy"])
+    state["numpy"][2] = (state["numpy"][2] + 1) % 624
+    torch.save(state, dst / "rng_state.pth")
+    rep = diff(src, dst, resume_equivalent=True)
+    assert not rep.resume_equivalent and rep.rng["rng_state.numpy"] is False
