@@ -18,7 +18,6 @@ other value, the same per-rank files. Differences are Findings (CK9xx, see codes
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
 import os
 import re
@@ -690,8 +689,13 @@ def diff(a: str | os.PathLike, b: str | os.PathLike, *, rtol: float = 1e-5, atol
     except BaseException:
         side_a.close()
         raise
+    from .convert.common import ConvertError
+
     try:
         return _diff(side_a, side_b, rtol, atol, resume_equivalent, max(1, int(jobs)))
+    except ConvertError as exc:  # a tensor that does not load (DCP chunk, ZeRO partition)
+        raise _unreadable(exc.finding.path, f"{exc.finding.code} {exc.finding.message}",
+                          exc.finding.hint) from None
     finally:
         side_a.close()
         side_b.close()
@@ -982,11 +986,6 @@ def to_json(rep: DiffReport) -> str:
 def exit_code(rep: DiffReport) -> int:
     """0 equal (within tolerance / resume-equivalent), 1 different."""
     return 0 if rep.equal else 1
-
-
-def digest(value: Any) -> str:
-    """A short stable fingerprint of a value, for logs."""
-    return hashlib.sha256(repr(value).encode()).hexdigest()[:12]
 
 
 __all__ = ["diff", "open_side", "DiffReport", "TensorDiff", "Rename", "Section", "DiffError",

@@ -115,10 +115,8 @@ def estimate(report: Report, ram: int | None = None, gpu_mem: int | None = None,
                 est.optimizer_bytes += t.nbytes
                 optim_files[f.path] = optim_files.get(f.path, 0) + t.nbytes
             files_by_role[f.path] = files_by_role.get(f.path, 0) + t.nbytes
-    if layout == "deepspeed" or "zero_stage" in details:
-        # module in *_model_states.pt holds the (bf16/fp16) weights; the fp32 master copy and
-        # the moments live in the optim files (already counted as optimizer)
-        pass
+    # DeepSpeed: `module` in *_model_states.pt holds the (bf16/fp16) weights; the fp32 master
+    # copy and the moments live in the *_optim_states.pt files (counted as optimizer)
     est.grads_bytes = est.weights_bytes
     if not optim_files:
         est.optimizer_recorded = False
@@ -157,8 +155,9 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
     elif layout in ("lightning",) or (report.layout.name == "file" and len(files_by_role) == 1):
         total = sum(files_by_role.values())
         est.cpu_ram_steps = [("the whole checkpoint file, loaded by torch.load", total)]
-    elif est.sharding == "fsdp":
-        est.cpu_ram_steps = [("this rank's share of the shards", (w + est.optimizer_bytes) // ws)]
+    elif est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan"):
+        est.cpu_ram_steps = [("this rank's share of the DCP shards (weights + optimizer)",
+                              (w + est.optimizer_bytes) // ws)]
     else:
         optim = sum(optim_files.values())
         est.cpu_ram_steps = [("model weights", w)]
