@@ -17,7 +17,7 @@ so they are the bytes the loaders allocate; Python / allocator overheads are not
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .codes import Code
@@ -51,10 +51,11 @@ class MemoryEstimate:
     cpu_ram_steps: list[tuple[str, int]] = field(default_factory=list)
     consolidation_ram: int | None = None  # ZeRO -> fp32 (zero_to_fp32 / convert)
     findings: list[Finding] = field(default_factory=list)
+    checkpoint: str = ""  # the checkpoint estimated (the newest one of a run directory)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "params": self.params, "weights_bytes": self.weights_bytes,
+            "checkpoint": self.checkpoint, "params": self.params, "weights_bytes": self.weights_bytes,
             "grads_bytes": self.grads_bytes, "optimizer_bytes": self.optimizer_bytes,
             "optimizer_recorded": self.optimizer_recorded, "world_size": self.world_size,
             "sharding": self.sharding, "gpu_per_rank": self.gpu_per_rank,
@@ -81,6 +82,19 @@ def _role(path: str, t: TensorInfo) -> str:
     return "weights"
 
 
+def _newest_checkpoint(report: Report) -> Report:
+    """A run directory holds several checkpoints; a resume loads one: the newest (highest
+    step, as `ckptdoctor latest` and the Trainer pick it). Its files, its layout."""
+    kids = [c for c in report.checkpoints if c.path]
+    if not kids:
+        return report
+    best = max(kids, key=lambda c: (c.step if isinstance(c.step, int) else -1, c.path))
+    prefix = best.path.rstrip("/") + "/"
+    files = [replace(f, path=f.path[len(prefix):]) for f in report.files
+             if f.path.startswith(prefix)]
+    return Report(f"{report.path.rstrip('/')}/{best.path}", best, files=files)
+
+
 def _details(report: Report) -> dict[str, Any]:
     d = dict(report.layout.details)
     for nested in ("deepspeed", "fsdp"):
@@ -99,6 +113,8 @@ def estimate(report: Report, ram: int | None = None, gpu_mem: int | None = None,
     """The estimate for an inspect Report. `ram` / `gpu_mem` (bytes) are what the resuming
     machine has per rank; without `ram` the local machine's available memory is used."""
     est = MemoryEstimate()
+    report = _newest_checkpoint(report)
+    est.checkpoint = report.path
     layout = report.layout.name
     details = _details(report)
     files_by_role: dict[str, int] = {}
@@ -214,7 +230,7 @@ def human(n: int | float) -> str:
 
 def render_text(est: MemoryEstimate) -> str:
     """The estimate as a few lines (appended to inspect's text)."""
-    lines = [f"resume memory (estimate from metadata): {est.params:,} parameters, "
+    lines = [f"resume memory of {est.checkpoint} (estimate from metadata): {est.params:,} parameters, "
              f"weights {human(est.weights_bytes)}, gradients {human(est.grads_bytes)}, optimizer "
              f"{human(est.optimizer_bytes)}{'' if est.optimizer_recorded else ' (assumed AdamW)'}",
              f"  per rank ({est.sharding}, world size {est.world_size}): GPU "

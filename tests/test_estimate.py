@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -179,3 +180,18 @@ def test_estimate_never_imports_torch(big_trainer_ckpt):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_run_directory_estimates_its_newest_checkpoint(tmp_path):
+    run = F.make_hf_trainer_run(tmp_path / "run", steps=4, save_steps=2)
+    whole = estimate(inspect_path(run))
+    newest = estimate(inspect_path(run / "checkpoint-4"))
+    assert whole.checkpoint.endswith("checkpoint-4")
+    assert (whole.params, whole.weights_bytes, whole.optimizer_bytes, whole.cpu_ram_per_rank) == \
+        (newest.params, newest.weights_bytes, newest.optimizer_bytes, newest.cpu_ram_per_rank)
+    # independent: the parameter count of the saved weights
+    from safetensors import safe_open
+
+    with safe_open(run / "checkpoint-4" / "model.safetensors", "pt") as fh:
+        n = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    assert newest.params == n
