@@ -244,3 +244,20 @@ def test_shell_completion_is_enabled():
                         env={"_CKPTDOCTOR_COMPLETE": "complete_bash", "COMP_WORDS": "ckptdoctor di",
                              "COMP_CWORD": "1"})
     assert "diff" in res.output
+
+
+def test_trainer_require_marker_refuses_unchecked_checkpoint(tmp_path):
+    """A checkpoint saved without the callback has no completion marker: require_marker
+    refuses it; after after_save marks it, the same gate lets the resume through."""
+    from ckptdoctor.integrations.core import after_save
+    from ckptdoctor.integrations.transformers import CheckpointDoctorCallback
+
+    out = F.make_hf_trainer_run(tmp_path / "out", steps=2, save_steps=2)
+    trainer = F.build_trainer(out, steps=4, save_steps=2)
+    cb = CheckpointDoctorCallback(require_marker=True)
+    cb.attach(trainer)
+    with pytest.raises(CheckpointRejected) as exc:
+        _train(trainer, resume_from_checkpoint=True)
+    assert "CK930" in str(exc.value)
+    assert after_save(out / "checkpoint-2").ok
+    assert cb.check(True, out) == str(out / "checkpoint-2")
