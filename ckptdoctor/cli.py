@@ -20,7 +20,7 @@ from . import __version__
 from .codes import Code
 from .model import Severity
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
                   help="Inspect, validate, repair and convert PyTorch / LLM training checkpoints "
                        "without running code from them.")
@@ -140,18 +140,31 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document (schema_version 1).")] = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
+    ram: Annotated[Optional[str], typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
 ) -> None:
-    """What is this checkpoint: layout, step, files, tensors, pickled globals, and whether plain
-    torch.load(weights_only=True) loads each file. Metadata only; never imports torch."""
+    """What is this checkpoint: layout, step, files, tensors, pickled globals, whether plain
+    torch.load(weights_only=True) loads each file, and the memory a resume needs.
+    Metadata only; never imports torch."""
+    from .estimate import estimate, parse_bytes
+    from .estimate import render_text as estimate_text
     from .inspect import inspect_path
     from .render import inspect_text, to_json
 
     _require(path)
+    try:
+        ram_b, gpu_b = parse_bytes(ram), parse_bytes(gpu_mem)
+    except ValueError as exc:
+        _fail(CliError(Code.EST_PARTIAL, str(path), str(exc)))
     report = inspect_path(path)
+    est = estimate(report, ram=ram_b, gpu_mem=gpu_b)
     if json_out:
+        report.extra["memory_estimate"] = est.to_json()
         sys.stdout.write(to_json(report, with_tensors=tensors) + "\n")
     else:
         sys.stdout.write(inspect_text(report, tensors, width=out.width, color=out.is_terminal))
+        if est.params:
+            sys.stdout.write(estimate_text(est))
     if any(f.code == Code.DANGEROUS_GLOBAL.code for f in report.all_findings()):
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -330,6 +343,45 @@ def convert(
         raise typer.Exit(EXIT_FINDINGS) from None
     _emit(render_result(result))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
+
+
+class DiffFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="First checkpoint (file or directory).")],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint (any format or layout).")],
+    resume_equivalent: Annotated[bool, typer.Option("--resume-equivalent", help="Would B continue training exactly as A (bit-identical weights, optimizer, scheduler, RNG, step)?")] = False,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for 'equal'.")] = 1e-5,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for 'equal'.")] = 1e-8,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tensor pairs compared at once (memory grows with it).")] = 1,
+    fmt: Annotated[DiffFormat, typer.Option("--format", help="Output format.")] = DiffFormat.text,
+    allow: AllowOpt = [],  # noqa: B006
+    trust: TrustOpt = False,
+) -> None:
+    """What differs between two checkpoints: keys, shapes, dtypes, values (streamed one tensor
+    at a time), step / lr / scheduler / optimizer moments / RNG. Exit 0 equal within
+    --rtol/--atol (or resume-equivalent), 1 different, 2 error."""
+    from .diff import DiffError, exit_code, render_text, to_json
+    from .diff import diff as run
+
+    _require(a)
+    _require(b)
+    _check_allow(allow)
+    try:
+        report = run(a, b, rtol=rtol, atol=atol, resume_equivalent=resume_equivalent, jobs=jobs,
+                     allow=tuple(allow), trust=trust)
+    except DiffError as exc:
+        f = exc.finding
+        _fail(CliError(Code.DIFF_UNREADABLE, f.path, f.message.replace("\n", " ")))
+    if fmt is DiffFormat.json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        sys.stdout.write(render_text(report, width=out.width, color=out.is_terminal))
+    raise typer.Exit(exit_code(report))
 
 
 def _emit(text: str) -> None:

@@ -4,6 +4,7 @@ Prefixes group them so `--select CK1` / `--ignore CK4` work:
   CK0xx  input and I/O           CK1xx  pickles and globals      CK2xx  torch zip / legacy
   CK3xx  safetensors             CK4xx  layout completeness      CK5xx  deep checks (--deep)
   CK6xx  loading (--load)        CK7xx  repair / convert         CK8xx  numpy / dcp / other formats
+  CK9xx  diff and estimates
 """
 
 from __future__ import annotations
@@ -129,6 +130,27 @@ class Code(enum.Enum):
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle")
     DCP_METADATA = ("CK802", Severity.ERROR, "DCP .metadata cannot be parsed safely")
     JSON_BAD = ("CK803", Severity.ERROR, "file looks like JSON but does not parse")
+
+    # diff and estimates (CK900-CK949)
+    DIFF_UNREADABLE = ("CK901", Severity.ERROR, "a side of the diff cannot be read")
+    DIFF_KEYS = ("CK902", Severity.WARNING, "entries present on one side only")
+    DIFF_RENAMED = ("CK903", Severity.INFO, "keys renamed by a prefix")
+    DIFF_SHAPE = ("CK904", Severity.ERROR, "tensor shape differs")
+    DIFF_DTYPE = ("CK905", Severity.WARNING, "tensor dtype differs")
+    DIFF_VALUES = ("CK906", Severity.WARNING, "tensor values differ beyond --rtol/--atol")
+    DIFF_NONFINITE = ("CK907", Severity.WARNING, "tensor holds NaN or Inf on one side")
+    DIFF_ZERO = ("CK908", Severity.INFO, "tensor is all zeros")
+    DIFF_STATE = ("CK909", Severity.WARNING, "training state differs (step, epoch, lr, scheduler, values)")
+    DIFF_RNG = ("CK910", Severity.WARNING, "RNG state differs")
+    DIFF_STATE_MISSING = ("CK911", Severity.ERROR,
+                          "training state present on one side only: resume restarts it")
+    DIFF_RANKS = ("CK912", Severity.WARNING, "per-rank files differ")
+    NOT_RESUME_EQUIVALENT = ("CK913", Severity.ERROR,
+                             "B would not continue training exactly as A would")
+    EST_OVER_RAM = ("CK920", Severity.WARNING, "resume needs more CPU RAM than available")
+    EST_OVER_GPU = ("CK921", Severity.WARNING, "resume needs more GPU memory than given")
+    EST_PARTIAL = ("CK922", Severity.INFO, "memory estimate incomplete")
+    GATE_FAILED = ("CK930", Severity.ERROR, "the pre-resume gate refused the checkpoint")
 
     @property
     def code(self) -> str:

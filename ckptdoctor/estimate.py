@@ -1,0 +1,261 @@
+"""Resume-memory estimate, from metadata only (never imports torch).
+
+What resuming a checkpoint needs: bytes of weights, gradients (same dtype as the weights
+unless the checkpoint records otherwise) and optimizer state; per rank under the recorded
+ZeRO stage / FSDP sharding and world size; and the CPU RAM of the framework's own load path:
+
+  hf-trainer   the model's weights, and `optimizer.pt` loaded whole by torch.load on every rank
+  deepspeed    each rank loads its *_model_states.pt and its own *_optim_states.pt; the
+               consolidation (zero_to_fp32) loads every optim file and builds the full fp32 model
+  lightning    torch.load of the whole .ckpt on every rank
+  dcp / fsdp   each rank reads its share of the shards
+  anything else  the whole file(s)
+
+Numbers come from inspect's per-tensor metadata (safetensors headers, pickle rebuild calls),
+so they are the bytes the loaders allocate; Python / allocator overheads are not included."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .codes import Code
+from .model import Finding, Report, TensorInfo
+
+_OPTIM_FILE = re.compile(r"(^|/)(optimizer[^/]*\.(pt|bin)|[^/]*_optim_states\.pt)$")
+_OPTIM_DIR = re.compile(r"(^|/)optimizer(_\d+)?/")
+_WEIGHT_FILE = re.compile(r"(^|/)(model[^/]*\.safetensors|pytorch_model[^/]*\.bin|"
+                          r"adapter_model\.(safetensors|bin)|[^/]*_model_states\.pt|"
+                          r"consolidated[^/]*\.pth|model\.pth?|pytorch_model_fsdp[^/]*)$")
+_SKIP_FILE = re.compile(r"(^|/)(rng_state[^/]*|random_states_\d+\.pkl|scheduler[^/]*|"
+                        r"scaler\.pt|training_args\.bin)$")
+_OPTIM_KEYS = ("optimizer", "optimizer_states", "optimizer_state_dict", "optim", "optimizers",
+               "optimizer_state", "base_optimizer_state", "fp32_flat_groups",
+               "single_partition_of_fp32_groups")
+_WEIGHT_KEYS = ("state_dict", "model", "module", "model_state_dict", "model_state", "weights")
+_ADAM_BYTES_PER_PARAM = 8  # fp32 exp_avg + exp_avg_sq
+
+
+@dataclass
+class MemoryEstimate:
+    params: int = 0
+    weights_bytes: int = 0
+    grads_bytes: int = 0
+    optimizer_bytes: int = 0
+    optimizer_recorded: bool = True  # False: assumed AdamW (2 fp32 moments per parameter)
+    world_size: int = 1
+    sharding: str = "none"  # none, zero-1, zero-2, zero-3, fsdp
+    gpu_per_rank: int = 0
+    cpu_ram_per_rank: int = 0
+    cpu_ram_steps: list[tuple[str, int]] = field(default_factory=list)
+    consolidation_ram: int | None = None  # ZeRO -> fp32 (zero_to_fp32 / convert)
+    findings: list[Finding] = field(default_factory=list)
+    checkpoint: str = ""  # the checkpoint estimated (the newest one of a run directory)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint, "params": self.params, "weights_bytes": self.weights_bytes,
+            "grads_bytes": self.grads_bytes, "optimizer_bytes": self.optimizer_bytes,
+            "optimizer_recorded": self.optimizer_recorded, "world_size": self.world_size,
+            "sharding": self.sharding, "gpu_per_rank": self.gpu_per_rank,
+            "cpu_ram_per_rank": self.cpu_ram_per_rank,
+            "cpu_ram_steps": [{"step": s, "bytes": n} for s, n in self.cpu_ram_steps],
+            "consolidation_ram": self.consolidation_ram,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def _role(path: str, t: TensorInfo) -> str:
+    """weights, optimizer or other for one tensor of one file."""
+    if _SKIP_FILE.search(path):
+        return "other"
+    head = t.name.split(".", 1)[0]
+    if _OPTIM_FILE.search(path) or _OPTIM_DIR.search(path + "/" if path else path):
+        return "optimizer"
+    if head in _OPTIM_KEYS:
+        return "optimizer"
+    if head in _WEIGHT_KEYS or _WEIGHT_FILE.search(path):
+        return "weights"
+    if head in ("lr_schedulers", "lr_scheduler", "loops", "callbacks", "rng", "rng_state"):
+        return "other"
+    return "weights"
+
+
+def _newest_checkpoint(report: Report) -> Report:
+    """A run directory holds several checkpoints; a resume loads one: the newest (highest
+    step, as `ckptdoctor latest` and the Trainer pick it). Its files, its layout."""
+    kids = [c for c in report.checkpoints if c.path]
+    if not kids:
+        return report
+    best = max(kids, key=lambda c: (c.step if isinstance(c.step, int) else -1, c.path))
+    prefix = best.path.rstrip("/") + "/"
+    files = [replace(f, path=f.path[len(prefix):]) for f in report.files
+             if f.path.startswith(prefix)]
+    return Report(f"{report.path.rstrip('/')}/{best.path}", best, files=files)
+
+
+def _details(report: Report) -> dict[str, Any]:
+    d = dict(report.layout.details)
+    for nested in ("deepspeed", "fsdp"):
+        if isinstance(d.get(nested), dict):
+            for k, v in d[nested].items():
+                d.setdefault(k, v)
+    return d
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def estimate(report: Report, ram: int | None = None, gpu_mem: int | None = None,
+             local_ram: int | None = None) -> MemoryEstimate:
+    """The estimate for an inspect Report. `ram` / `gpu_mem` (bytes) are what the resuming
+    machine has per rank; without `ram` the local machine's available memory is used."""
+    est = MemoryEstimate()
+    report = _newest_checkpoint(report)
+    est.checkpoint = report.path
+    layout = report.layout.name
+    details = _details(report)
+    files_by_role: dict[str, int] = {}
+    optim_files: dict[str, int] = {}
+    weight_dtypes: set[str] = set()
+    for f in report.files:
+        for t in f.tensors:
+            role = _role(f.path, t)
+            if role == "weights":
+                est.params += t.numel
+                est.weights_bytes += t.nbytes
+                weight_dtypes.add(t.dtype)
+            elif role == "optimizer":
+                est.optimizer_bytes += t.nbytes
+                optim_files[f.path] = optim_files.get(f.path, 0) + t.nbytes
+            files_by_role[f.path] = files_by_role.get(f.path, 0) + t.nbytes
+    # DeepSpeed: `module` in *_model_states.pt holds the (bf16/fp16) weights; the fp32 master
+    # copy and the moments live in the *_optim_states.pt files (counted as optimizer)
+    est.grads_bytes = est.weights_bytes
+    if not optim_files:
+        est.optimizer_recorded = False
+        est.optimizer_bytes = est.params * _ADAM_BYTES_PER_PARAM
+        est.findings.append(Code.EST_PARTIAL.finding(
+            "", "no optimizer state recorded: assumed AdamW (two fp32 moments per parameter)"))
+    ws = _int(details.get("world_size")) or _int(details.get("dp_world_size")) or 1
+    est.world_size = ws
+    stage = details.get("zero_stage")
+    if isinstance(stage, int) and stage > 0:
+        est.sharding = f"zero-{stage}"
+    elif layout in ("dcp", "llama-recipes", "torchtitan") or details.get("fsdp"):
+        est.sharding = "fsdp" if ws > 1 else "none"
+    w, g, o = est.weights_bytes, est.grads_bytes, est.optimizer_bytes
+    if est.sharding == "zero-1":
+        est.gpu_per_rank = w + g + o // ws
+    elif est.sharding == "zero-2":
+        est.gpu_per_rank = w + (g + o) // ws
+    elif est.sharding in ("zero-3", "fsdp"):
+        est.gpu_per_rank = (w + g + o) // ws
+    else:
+        est.gpu_per_rank = w + g + o
+    _cpu_path(est, report, layout, optim_files, files_by_role, ws)
+    _limits(est, ram, gpu_mem, local_ram)
+    return est
+
+
+def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dict[str, int],
+              files_by_role: dict[str, int], ws: int) -> None:
+    w = est.weights_bytes
+    if est.sharding.startswith("zero"):
+        per_rank_optim = max(optim_files.values(), default=0)
+        est.cpu_ram_steps = [("model weights (*_model_states.pt)", w),
+                             ("this rank's *_optim_states.pt, loaded whole", per_rank_optim)]
+        est.consolidation_ram = sum(optim_files.values()) + est.params * 4
+    elif layout in ("lightning",) or (report.layout.name == "file" and len(files_by_role) == 1):
+        total = sum(files_by_role.values())
+        est.cpu_ram_steps = [("the whole checkpoint file, loaded by torch.load", total)]
+    elif est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan"):
+        est.cpu_ram_steps = [("this rank's share of the DCP shards (weights + optimizer)",
+                              (w + est.optimizer_bytes) // ws)]
+    else:
+        optim = sum(optim_files.values())
+        est.cpu_ram_steps = [("model weights", w)]
+        if optim:
+            est.cpu_ram_steps.append(("optimizer state loaded whole by torch.load on every rank",
+                                      optim))
+    est.cpu_ram_per_rank = sum(n for _, n in est.cpu_ram_steps)
+
+
+def local_available_ram() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _limits(est: MemoryEstimate, ram: int | None, gpu_mem: int | None,
+            local_ram: int | None) -> None:
+    where = "--ram"
+    if ram is None:
+        ram = local_ram if local_ram is not None else local_available_ram()
+        where = "this machine's available memory"
+    need = max(est.cpu_ram_per_rank, est.consolidation_ram or 0)
+    if ram is not None and est.cpu_ram_per_rank > ram:
+        est.findings.append(Code.EST_OVER_RAM.finding(
+            "", f"resume needs about {human(est.cpu_ram_per_rank)} of CPU RAM per rank, "
+                f"{where} is {human(ram)}", hint="load on a bigger host, or reshard so each "
+                                                 "rank loads less", need=est.cpu_ram_per_rank,
+            have=ram))
+    elif ram is not None and est.consolidation_ram and need > ram:
+        est.findings.append(Code.EST_OVER_RAM.finding(
+            "", f"consolidating to fp32 needs about {human(est.consolidation_ram)} of CPU RAM, "
+                f"{where} is {human(ram)}", need=est.consolidation_ram, have=ram))
+    if gpu_mem is not None and est.gpu_per_rank > gpu_mem:
+        est.findings.append(Code.EST_OVER_GPU.finding(
+            "", f"weights + gradients + optimizer state need about {human(est.gpu_per_rank)} "
+                f"per rank ({est.sharding}, world size {est.world_size}), --gpu-mem is "
+                f"{human(gpu_mem)}", hint="use a higher ZeRO stage / FSDP, more ranks, or "
+                                          "CPU offload", need=est.gpu_per_rank, have=gpu_mem))
+
+
+def human(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def render_text(est: MemoryEstimate) -> str:
+    """The estimate as a few lines (appended to inspect's text)."""
+    lines = [f"resume memory of {est.checkpoint} (estimate from metadata): {est.params:,} parameters, "
+             f"weights {human(est.weights_bytes)}, gradients {human(est.grads_bytes)}, optimizer "
+             f"{human(est.optimizer_bytes)}{'' if est.optimizer_recorded else ' (assumed AdamW)'}",
+             f"  per rank ({est.sharding}, world size {est.world_size}): GPU "
+             f"{human(est.gpu_per_rank)}, CPU RAM to load {human(est.cpu_ram_per_rank)}"]
+    for step, n in est.cpu_ram_steps:
+        lines.append(f"    {human(n):>10}  {step}")
+    if est.consolidation_ram:
+        lines.append(f"  consolidating to fp32 needs {human(est.consolidation_ram)} of CPU RAM")
+    for f in est.findings:
+        lines.append(f"  {f.code} {f.severity}: {f.message}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'16GB' / '16GiB' / '1.5e9' -> bytes (no torch import: convert.common is pure Python)."""
+    if text is None:
+        return None
+    from .convert.common import parse_size
+
+    try:
+        return int(float(text)) if re.fullmatch(r"\d+(\.\d+)?(e\d+)?", text.strip()) else \
+            parse_size(text)
+    except ValueError:
+        raise ValueError(f"bad size {text!r}: use e.g. 16GB, 512MB, 2GiB") from None
+
+
+__all__ = ["MemoryEstimate", "estimate", "render_text", "local_available_ram", "parse_bytes",
+           "human"]
