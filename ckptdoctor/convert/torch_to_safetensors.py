@@ -16,7 +16,7 @@ from .sources import flatten, source_dir, storage_identity, torch_files
 from .st_emit import Leaf, base_name, emit
 
 # the convert() options this pair honours
-OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "drop_non_tensors"}
+OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "add_prefix", "drop_non_tensors"}
 
 
 def leaves_of(obj, origin: str) -> list[Leaf]:
