@@ -205,3 +205,53 @@ def test_config_comes_from_the_run_directory(trainer_ckpt, tmp_path):
     (run / "config.json").unlink()
     r = _cli(ckpt, tmp_path / "noconf", "--to", "safetensors")
     assert r.exit_code == 0 and "CK731" in r.output
+
+
+# --- 4. --weights-only salvage -------------------------------------------------------------------
+def _truncate(path: Path) -> None:
+    """A save killed part-way: the file stops at half its length (hand-cut: no library writes
+    a partial file on purpose)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_weights_only_salvages_a_deepspeed_checkpoint_cut_short(trainer_ds_ckpt, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(trainer_ds_ckpt, ckpt)
+    optim = next((ckpt / "global_step2").glob("*_optim_states.pt"))
+    _truncate(optim)
+    (ckpt / "latest").unlink()  # DeepSpeed writes `latest` after the rank files
+    r = _cli(ckpt, tmp_path / "refused", "--to", "safetensors")
+    assert r.exit_code == 1 and not (tmp_path / "refused").exists()
+    assert "--weights-only" in r.output
+    dst = tmp_path / "salvaged"
+    r = _cli(ckpt, dst, "--to", "safetensors", "--weights-only")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "CK732" in text and "global_step2/ incomplete" in text
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in text and "no `latest`" in text
+    assert "rng_state.pth complete" in text
+    src = _tensors(ckpt / "model.safetensors")
+    out = _tensors(dst)
+    assert set(out) == set(src) and all(torch.equal(out[k], src[k]) for k in src)
+    AutoModelForCausalLM.from_pretrained(dst)
+
+
+def test_weights_only_lists_a_truncated_optimizer_pt(trainer_ckpt, tmp_path):
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(trainer_ckpt, ckpt)
+    _truncate(ckpt / "optimizer.pt")
+    r = _cli(ckpt, tmp_path / "w.safetensors", "--to", "safetensors", "--weights-only")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "optimizer.pt incomplete" in text and "scheduler.pt complete" in text
+    assert "model.safetensors" not in text.split("CK732")[1].split("hint")[0]
+    src = _tensors(ckpt / "model.safetensors")
+    out = _tensors(tmp_path / "w.safetensors")
+    assert set(out) == set(src) and all(torch.equal(out[k], src[k]) for k in src)
+    # the weights themselves cut short: nothing is exported
+    _truncate(ckpt / "model.safetensors")
+    r = _cli(ckpt, tmp_path / "none", "--to", "safetensors", "--weights-only")
+    assert r.exit_code == 1 and not (tmp_path / "none").exists()

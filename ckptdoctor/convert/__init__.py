@@ -104,11 +104,38 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
                    Path(params) if params is not None else None, weights_only)
     result = ConvertResult(str(src), str(dst), kind, to,
                            converter=runner.__module__.rpartition(".")[2])
-    runner(src, dst, opts, result)
+    try:
+        runner(src, dst, opts, result)
+    except ConvertError as exc:
+        raise _suggest_weights_only(src, exc, weights_only) from None
     if behind is not None:
         result.findings.append(behind)
     result.seconds = timer()
     return result
+
+
+def _suggest_weights_only(src: Path, exc: ConvertError, weights_only: bool) -> ConvertError:
+    """A training checkpoint that fails to convert while its saved weights are complete:
+    say that --weights-only exports them."""
+    if weights_only or not src.is_dir():
+        return exc
+    from .salvage import weights_of
+
+    try:
+        weights, _, _ = weights_of(src)
+    except ConvertError:
+        return exc
+    from dataclasses import replace
+
+    from ..model import Severity
+
+    note = f" ({weights.name} is there: --weights-only exports it and lists the rest)"
+    # the CLI prints the first error cause (else the CK705 itself): the note goes there
+    i = next((i for i, f in enumerate(exc.findings) if i and f.severity is Severity.ERROR), 0)
+    exc.findings[i] = replace(exc.findings[i], message=exc.findings[i].message + note)
+    if i == 0:
+        exc.finding = exc.findings[0]
+    return exc
 
 
 def render_result(result: ConvertResult) -> str:

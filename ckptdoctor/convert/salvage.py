@@ -26,7 +26,8 @@ _WEIGHTS = (
     ("pytorch_model.bin.index.json", "torch"), ("pytorch_model.bin", "torch"),
     ("adapter_model.bin", "torch"),
 )
-_NOT_STATE = set(SIDECAR_FILES) | {"README.md", "latest", ".gitattributes"}
+_NOT_STATE = set(SIDECAR_FILES) | {"README.md", "latest", ".gitattributes", "zero_to_fp32.py",
+                                   "zero_to_torch.py"}
 
 
 def weights_of(src: Path) -> tuple[Path, str, set[Path]]:
