@@ -294,6 +294,43 @@ def convert(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
 
+@app.command()
+def reshard(
+    src: Annotated[Path, typer.Argument(help="DeepSpeed ZeRO-1/2 checkpoint (the directory with `latest`, or the tag directory).")],
+    dst: Annotated[Path, typer.Argument(help="New checkpoint directory.")],
+    world_size: Annotated[int, typer.Option("--world-size", min=1, help="Data-parallel ranks to resume on.")],
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip re-reading the output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    allow: AllowOpt = [],  # noqa: B006
+    trust: TrustOpt = False,
+) -> None:
+    """Rewrite a DeepSpeed ZeRO-1/2 checkpoint saved on N ranks for --world-size M ranks,
+    offline on CPU, verified; DeepSpeed's load_checkpoint then resumes it on M ranks."""
+    _require(src)
+    _check_allow(allow)
+    from .convert import ConvertError
+    from .reshard import render
+    from .reshard import reshard as run
+
+    try:
+        result = run(src, dst, world_size, strict=strict, verify=not no_verify,
+                     overwrite=overwrite, allow=tuple(allow), trust=trust)
+    except ConvertError as exc:
+        cause = next((f for f in exc.findings[1:] if f.severity is Severity.ERROR), exc.finding)
+        err.print(f"ckptdoctor: error: {cause.code} {cause.path}: {cause.message}"
+                  .replace("\n", " "), markup=False)
+        raise typer.Exit(EXIT_FINDINGS) from None
+    if json_out:
+        import json
+
+        _emit(json.dumps(result.to_json(), indent=1))
+    else:
+        _emit(render(result))
+    raise typer.Exit(EXIT_OK)
+
+
 def _emit(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 

@@ -119,6 +119,10 @@ class Code(enum.Enum):
                            "training state left behind by --weights-only (files listed with their state)")
     CONVERT_PARAMS = ("CK733", Severity.WARNING,
                       "params.json has no `model` section (Lingua builds the model from it)")
+    RESHARD_FAILED = ("CK734", Severity.ERROR, "reshard failed; nothing written")
+    RESHARD_PER_RANK = ("CK735", Severity.WARNING,
+                        "per-rank state that cannot be split differs between ranks; copied from rank 0")
+    RESHARD_DONE = ("CK736", Severity.INFO, "checkpoint resharded to a new data-parallel world size")
 
     # other formats
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle")
