@@ -169,7 +169,8 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
         raise _err(ckpt.tag, f"{len(ckpt.models)} model state files: ZeRO-1/2 writes one")
     shapes = model["param_shapes"]
     plan = _plan(osds, shapes, ckpt, world_size, optim_files)
-    _per_rank_policy(states, optim_files, strict, result)
+    _per_rank_policy(states, optim_files, strict, result,
+                     {g["group"]: set(g["moments"]) for g in plan})
     new_states = [_rank_state(states[0], plan, r, world_size) for r in range(world_size)]
     new_model = dict(model)
     new_model["dp_world_size"] = world_size
@@ -261,7 +262,8 @@ def _plan(osds: list, shapes: list, ckpt: ZeroCheckpoint, world: int, files: lis
     return plan
 
 
-def _per_rank_policy(states: list, files: list[Path], strict: bool, result: ReshardResult) -> None:
+def _per_rank_policy(states: list, files: list[Path], strict: bool, result: ReshardResult,
+                     moments_of: dict[int, set[str]]) -> None:
     """Keys that are one value per rank and differ: copied from rank 0, or refused (--strict)."""
     differing = []
     for key in states[0]:
@@ -274,6 +276,19 @@ def _per_rank_policy(states: list, files: list[Path], strict: bool, result: Resh
             continue
         if any(_canon(s[OSD].get(key)) != _canon(states[0][OSD][key]) for s in states[1:]):
             differing.append(f"{OSD}.{key}")
+    # inside the base optimizer state: everything but the re-split tensors is per group and
+    # must be the same on every rank (step counters, hyper-parameters)
+    for i, st0 in states[0][OSD]["base_optimizer_state"]["state"].items():
+        for key, v in st0.items():
+            if key in moments_of.get(i, ()):
+                continue
+            if any(_canon(s[OSD]["base_optimizer_state"]["state"][i].get(key)) != _canon(v)
+                   for s in states[1:]):
+                differing.append(f"{OSD}.base_optimizer_state.state.{i}.{key}")
+    if any(_canon(s[OSD]["base_optimizer_state"].get("param_groups"))
+           != _canon(states[0][OSD]["base_optimizer_state"].get("param_groups"))
+           for s in states[1:]):
+        differing.append(f"{OSD}.base_optimizer_state.param_groups")
     extra = {k for s in states for k in s} ^ set(states[0])
     differing += sorted(extra)
     if not differing:
