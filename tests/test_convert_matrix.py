@@ -255,3 +255,24 @@ def test_weights_only_lists_a_truncated_optimizer_pt(trainer_ckpt, tmp_path):
     _truncate(ckpt / "model.safetensors")
     r = _cli(ckpt, tmp_path / "none", "--to", "safetensors", "--weights-only")
     assert r.exit_code == 1 and not (tmp_path / "none").exists()
+
+
+def test_add_prefix_on_torch_sources_and_options_a_pair_does_not_take(tmp_path):
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    src = tmp_path / "sd.pt"
+    torch.save(state, src)
+    st = tmp_path / "sd.safetensors"
+    r = _cli(src, st, "--to", "safetensors", "--add-prefix", "enc.")
+    assert r.exit_code == 0, r.output
+    out = load_file(st)
+    assert set(out) == {"enc.w", "enc.b"} and torch.equal(out["enc.w"], state["w"])
+    back = tmp_path / "back.pt"
+    r = _cli(st, back, "--to", "torch", "--strip-prefix", "enc.", "--add-prefix", "dec.")
+    assert r.exit_code == 0, r.output
+    loaded = torch.load(back, weights_only=True)
+    assert set(loaded) == {"dec.w", "dec.b"} and torch.equal(loaded["dec.b"], state["b"])
+    # refused, nothing written: DCP-only options on a safetensors output, --weights-only on a file
+    for extra in (["--nest", "model"], ["--params", str(src)], ["--weights-only"]):
+        r = _cli(src, tmp_path / "no.safetensors", "--to", "safetensors", *extra)
+        assert r.exit_code == 1 and "CK705" in r.output, (extra, r.output)
+        assert not (tmp_path / "no.safetensors").exists()
