@@ -27,14 +27,15 @@ JOB = Path(__file__).parent / "realds" / "reshard_job.py"
 runner = CliRunner()
 
 
-def _launch(world: int, mode: str, ckpt: Path, stage: int = 2) -> None:
+def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
     for r in range(world):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)}
+               "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
+               "RESHARD_BF16": "1" if bf16 else "0"}
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
@@ -42,9 +43,9 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2) -> None:
         assert p.returncode == 0, err[-3000:]
 
 
-def _resumed(ckpt: Path, world: int, stage: int = 2) -> dict:
+def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False) -> dict:
     """What DeepSpeed holds after load_checkpoint on `world` ranks, unsharded."""
-    _launch(world, "resume", ckpt, stage)
+    _launch(world, "resume", ckpt, stage, bf16)
     ranks = [json.loads(Path(f"{ckpt}.rank{r}.json").read_text()) for r in range(world)]
     out = {"step": {r["step"] for r in ranks}, "loss": {r["loss"] for r in ranks},
            "loss_after_step": {r["loss_after_step"] for r in ranks}, "groups": []}
@@ -63,10 +64,10 @@ class _Saved(dict):
         self.root = root
 
     def __missing__(self, key):
-        stage, n = key if isinstance(key, tuple) else (2, key)
-        ckpt = self.root / f"z{stage}_dp{n}"
-        _launch(n, "save", ckpt, stage)
-        self[key] = (ckpt, _resumed(ckpt, n, stage))
+        stage, n, bf16 = key
+        ckpt = self.root / f"z{stage}_dp{n}{'_bf16' if bf16 else ''}"
+        _launch(n, "save", ckpt, stage, bf16)
+        self[key] = (ckpt, _resumed(ckpt, n, stage, bf16))
         return self[key]
 
 
@@ -79,30 +80,33 @@ def _reshard(src: Path, dst: Path, m: int, *extra: str):
     return runner.invoke(app, ["reshard", str(src), str(dst), "--world-size", str(m), *extra])
 
 
-@pytest.mark.parametrize("stage,n,m", [(2, 2, 1), (2, 2, 3), (2, 1, 2), (1, 2, 1)])
-def test_resharded_zero_resumes_with_equal_state_and_loss(saved, tmp_path, stage, n, m):
-    src, reference = saved[(stage, n)]
+@pytest.mark.parametrize("stage,n,m,bf16", [(2, 2, 1, False), (2, 2, 3, False),
+                                             (2, 1, 2, False), (1, 2, 1, False),
+                                             (2, 2, 1, True)])
+def test_resharded_zero_resumes_with_equal_state_and_loss(saved, tmp_path, stage, n, m, bf16):
+    src, reference = saved[(stage, n, bf16)]
     dst = tmp_path / f"dp{n}_to_{m}"
     r = _reshard(src, dst, m)
     assert r.exit_code == 0, r.output
     assert "CK736" in r.output and f"ZeRO-{stage}" in r.output and f"{n} -> {m} ranks" in r.output
     tag = (dst / "latest").read_text()
     assert tag == (src / "latest").read_text()
+    prefix = "bf16_zero" if bf16 else "zero"
     assert sorted(p.name for p in (dst / tag).glob("*_optim_states.pt")) == [
-        f"zero_pp_rank_{k}_mp_rank_00_optim_states.pt" for k in range(m)]
-    got = _resumed(dst, m, stage)
+        f"{prefix}_pp_rank_{k}_mp_rank_00_optim_states.pt" for k in range(m)]
+    got = _resumed(dst, m, stage, bf16)
     assert got == reference  # exact: fp32 weights, exp_avg, exp_avg_sq, step, both losses
     assert len(reference["loss"]) == 1 and len(reference["groups"][0]["fp32"]) == 66
 
 
 def test_without_reshard_deepspeed_refuses_the_new_world_size(saved):
-    src, _ = saved[2]
+    src, _ = saved[(2, 2, False)]
     with pytest.raises(AssertionError, match="DP world size of 2"):
         _launch(1, "resume", src)
 
 
 def test_per_rank_state_is_reported_or_refused_with_strict(saved, tmp_path):
-    src, _ = saved[2]
+    src, _ = saved[(2, 2, False)]
     ckpt = tmp_path / "ckpt"
     import shutil
 
@@ -134,7 +138,7 @@ def test_per_rank_state_is_reported_or_refused_with_strict(saved, tmp_path):
 
 
 def test_reshard_refuses_what_it_cannot_do(saved, tmp_path):
-    src, _ = saved[2]
+    src, _ = saved[(2, 2, False)]
     r = _reshard(src, src, 1)
     assert r.exit_code == 1 and "CK734" in r.output
     r = _reshard(src, tmp_path / "x", 0)

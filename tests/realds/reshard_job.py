@@ -6,10 +6,12 @@ tests/test_reshard_real.py (RANK / WORLD_SIZE / MASTER_* in the environment).
                                              this rank's fp32 partition and Adam moments
                                              (unpadded), the loss on a fixed batch, then one
                                              step on that batch and the loss after it
+With RESHARD_BF16=1, bf16 parameters (fp32 master weights, `bf16_zero_*` files).
 Every rank sees the same batch at every step, so the data-parallel mean gradient is the same
 for any world size and results are comparable bit for bit across world sizes."""
 
 import json
+import os
 import sys
 
 import torch
@@ -23,15 +25,20 @@ model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Lin
 cfg = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
        "zero_optimization": {"stage": stage},
        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+BF16 = os.environ.get("RESHARD_BF16") == "1"  # bf16 params, fp32 master weights
+if BF16:
+    cfg["bf16"] = {"enabled": True}
 deepspeed.init_distributed(dist_backend="gloo")
 engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                        config=cfg)
 g = torch.Generator().manual_seed(1)
 batches = [torch.randn(4, 5, generator=g) for _ in range(5)]
+if BF16:
+    batches = [b.to(torch.bfloat16) for b in batches]
 
 
 def loss_on(x):
-    return engine(x).pow(2).mean()
+    return engine(x).float().pow(2).mean()
 
 
 if mode == "save":
