@@ -41,6 +41,11 @@ def search_dirs(start: Path) -> list[Path]:
     return out
 
 
+def is_training_dir(d: Path) -> bool:
+    """A Trainer / Accelerate checkpoint directory (its weights are meant for from_pretrained)."""
+    return any((d / n).is_file() for n in ("trainer_state.json", "optimizer.pt", "scheduler.pt"))
+
+
 def copy_sidecars(src_dir: Path | list[Path], staging: Staging, result: ConvertResult,
                   names: tuple[str, ...] = SIDECAR_FILES, expect_config: bool = False) -> None:
     """Carry each of `names` from the first directory that has it (the checkpoint directory,

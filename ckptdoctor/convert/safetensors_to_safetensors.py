@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .carry import is_training_dir
 from .common import ConvertResult, Options, fail
 from .sources import safetensors_files, source_dir
 from .st_emit import Leaf, base_name, emit, read_extras
@@ -53,12 +54,7 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         if extra.is_file():
             values = [Leaf(k, value=v) for k, v in read_extras(extra).items()]
         emit(src, dst, opts, result, leaves + values, source_dir(src), base_name(paths),
-             extra_source=paths[0].name, expect_config=_is_training_dir(source_dir(src)))
+             extra_source=paths[0].name, expect_config=is_training_dir(source_dir(src)))
     finally:
         for f in files:
             f.close()
-
-
-def _is_training_dir(d: Path) -> bool:
-    """A Trainer / Accelerate checkpoint directory (its weights are meant for from_pretrained)."""
-    return any((d / n).is_file() for n in ("trainer_state.json", "optimizer.pt", "scheduler.pt"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .carry import is_training_dir
 from .common import ConvertResult, Options, fail, tensor_entry
 from .loading import load_torch
 from .sources import flatten, source_dir, storage_identity, torch_files
@@ -43,4 +44,4 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
             seen.add(leaf.key)
             leaves.append(leaf)
     emit(src, dst, opts, result, leaves, source_dir(src), base_name(files),
-         extra_source=files[0].name)
+         extra_source=files[0].name, expect_config=is_training_dir(source_dir(src)))
