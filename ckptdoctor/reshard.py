@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from .codes import Code
-from .convert.common import ConvertError, Options, TensorEntry, fail
+from .convert.common import ConvertError, Options, TensorEntry
 from .convert.deepspeed_read import ZeroCheckpoint
 from .convert.loading import load_torch
 from .convert.staging import Staging
-from .model import Finding, Severity
+from .model import Finding
 
 ALIGN = 2  # DeepSpeed's nccl_start_alignment_factor
 OSD = "optimizer_state_dict"
@@ -143,8 +143,6 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
             verify: bool = True, overwrite: bool = False, allow: tuple[str, ...] = (),
             trust: bool = False) -> ReshardResult:
     """Rewrite the DeepSpeed ZeRO-1/2 checkpoint SRC for `world_size` ranks at DST."""
-    import torch
-
     src, dst = Path(src), Path(dst)
     result = ReshardResult(str(src), str(dst), new_world=world_size)
     if world_size < 1:
@@ -205,7 +203,6 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     result.findings.append(Code.RESHARD_DONE.finding(
         str(dst), f"ZeRO-{ckpt.stage} {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
                   f"({sum(g['numel'] for g in plan)} parameters in {len(plan)} group(s))"))
-    del torch
     return result
 
 
