@@ -308,19 +308,32 @@ def repair(
     raise typer.Exit(result.exit_code)
 
 
+class ConvertDtype(str, enum.Enum):
+    """--dtype of `convert`: floating-point tensors are cast to it."""
+
+    keep = "keep"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
 @app.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint file or directory.")],
     dst: Annotated[Path, typer.Argument(help="Destination file or directory.")],
     to: Annotated[str, typer.Option("--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
     max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="keep, bf16, fp16 or fp32.")] = "keep",
+    dtype: Annotated[ConvertDtype, typer.Option("--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the bit-identical re-read.")] = False,
     drop_non_tensors: Annotated[bool, typer.Option("--drop-non-tensors", help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
     strip_prefix: Annotated[Optional[str], typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
     allow: AllowOpt = [],  # noqa: B006
     trust: TrustOpt = False,
+    add_prefix: Annotated[Optional[str], typer.Option("--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
+    nest: Annotated[Optional[str], typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
+    params: Annotated[Optional[Path], typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
+    weights_only: Annotated[bool, typer.Option("--weights-only", help="Export only the weights of a checkpoint directory; list the training state left behind.")] = False,
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
     (one tensor at a time), written atomically and verified."""
@@ -331,10 +344,11 @@ def convert(
 
     try:
         with _progress(True) as progress:
-            result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype,
+            result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype.value,
                          verify=not no_verify, drop_non_tensors=drop_non_tensors,
                          strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
-                         progress=progress, overwrite=overwrite)
+                         progress=progress, overwrite=overwrite, add_prefix=add_prefix,
+                         nest=nest, params=params, weights_only=weights_only)
     except ConvertError as exc:
         # one line: the underlying cause (e.g. CK101) when there is one, else the CK7xx reason
         cause = next((f for f in exc.findings[1:] if f.severity is Severity.ERROR), exc.finding)
@@ -382,6 +396,43 @@ def diff(
     else:
         sys.stdout.write(render_text(report, width=out.width, color=out.is_terminal))
     raise typer.Exit(exit_code(report))
+
+
+@app.command()
+def reshard(
+    src: Annotated[Path, typer.Argument(help="DeepSpeed ZeRO-1/2 checkpoint (the directory with `latest`, or the tag directory).")],
+    dst: Annotated[Path, typer.Argument(help="New checkpoint directory.")],
+    world_size: Annotated[int, typer.Option("--world-size", min=1, help="Data-parallel ranks to resume on.")],
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip re-reading the output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    allow: AllowOpt = [],  # noqa: B006
+    trust: TrustOpt = False,
+) -> None:
+    """Rewrite a DeepSpeed ZeRO-1/2 checkpoint saved on N ranks for --world-size M ranks,
+    offline on CPU, verified; DeepSpeed's load_checkpoint then resumes it on M ranks."""
+    _require(src)
+    _check_allow(allow)
+    from .convert import ConvertError
+    from .reshard import render
+    from .reshard import reshard as run
+
+    try:
+        result = run(src, dst, world_size, strict=strict, verify=not no_verify,
+                     overwrite=overwrite, allow=tuple(allow), trust=trust)
+    except ConvertError as exc:
+        cause = next((f for f in exc.findings[1:] if f.severity is Severity.ERROR), exc.finding)
+        err.print(f"ckptdoctor: error: {cause.code} {cause.path}: {cause.message}"
+                  .replace("\n", " "), markup=False)
+        raise typer.Exit(EXIT_FINDINGS) from None
+    if json_out:
+        import json
+
+        _emit(json.dumps(result.to_json(), indent=1))
+    else:
+        _emit(render(result))
+    raise typer.Exit(EXIT_OK)
 
 
 def _emit(text: str) -> None:

@@ -125,6 +125,18 @@ class Code(enum.Enum):
                        "entries left out of the output (no --strip-prefix match, or training state)")
     WRITE_FAILED = ("CK710", Severity.ERROR,
                     "could not write (disk full, read-only, permission); originals untouched")
+    CONVERT_CARRIED = ("CK730", Severity.INFO,
+                       "config / tokenizer files carried over from the source or its run directory")
+    CONVERT_NO_CONFIG = ("CK731", Severity.WARNING,
+                         "no config.json found to carry over; from_pretrained needs one")
+    CONVERT_LEFT_BEHIND = ("CK732", Severity.WARNING,
+                           "training state left behind by --weights-only (files listed with their state)")
+    CONVERT_PARAMS = ("CK733", Severity.WARNING,
+                      "params.json has no `model` section (Lingua builds the model from it)")
+    RESHARD_FAILED = ("CK734", Severity.ERROR, "reshard failed; nothing written")
+    RESHARD_PER_RANK = ("CK735", Severity.WARNING,
+                        "per-rank state that cannot be split differs between ranks; copied from rank 0")
+    RESHARD_DONE = ("CK736", Severity.INFO, "checkpoint resharded to a new data-parallel world size")
 
     # other formats
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle")

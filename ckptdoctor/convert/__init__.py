@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import (dcp_to_safetensors, dcp_to_torch, deepspeed_to_safetensors, deepspeed_to_torch,
-               lightning_to_safetensors, safe_to_torch, safetensors_to_torch, torch_to_dcp,
+               lightning_to_safetensors, safe_to_torch, safetensors_to_dcp, safetensors_to_safetensors,
+               safetensors_to_torch, torch_to_dcp,
                torch_to_safe, torch_to_safetensors)
 from .common import (DTYPE_CHOICES, TARGETS, ConvertError, ConvertResult, Options, Progress,
                      Timer, fail, parse_size)
@@ -35,6 +36,8 @@ CONVERTERS: dict[tuple[str, str], Runner] = {
     ("torch", "safetensors"): torch_to_safetensors.run,
     ("lightning", "safetensors"): lightning_to_safetensors.run,
     ("safetensors", "torch"): safetensors_to_torch.run,
+    ("safetensors", "safetensors"): safetensors_to_safetensors.run,
+    ("safetensors", "dcp"): safetensors_to_dcp.run,
     ("torch", "dcp"): torch_to_dcp.run,
     ("dcp", "torch"): dcp_to_torch.run,
     ("dcp", "safetensors"): dcp_to_safetensors.run,
@@ -52,7 +55,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
             max_shard_size: int | str | None = None, dtype: str = "keep", verify: bool = True,
             drop_non_tensors: bool = False, strip_prefix: str | None = None,
             allow: tuple[str, ...] | list[str] = (), trust: bool = False,
-            progress: Progress | None = None, overwrite: bool = False) -> ConvertResult:
+            progress: Progress | None = None, overwrite: bool = False,
+            add_prefix: str | None = None, nest: str | None = None,
+            params: str | os.PathLike | None = None,
+            weights_only: bool = False) -> ConvertResult:
     """Convert SRC to DST in format `to`. Returns what was written; raises ConvertError."""
     timer = Timer()
     src, dst = Path(src), Path(dst)
@@ -66,7 +72,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
         raise fail(dst, str(exc)) from None
     if src.resolve() == dst.resolve():
         raise fail(dst, "DST is SRC: conversions never write over their source")
-    kind = detect(src)
+    behind = None
+    if weights_only:
+        from .salvage import left_behind, weights_of
+
+        weights, kind, taken = weights_of(src)
+        _, behind = left_behind(src, taken)
+        src = weights
+    else:
+        kind = detect(src)
     key = _FALLBACK.get((kind, to), (kind, to))
     runner = CONVERTERS.get(key)
     if runner is None:
@@ -75,20 +89,53 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
                    + (f" (from {kind}: --to {' / '.join(options)})" if options else ""))
     honoured = getattr(sys.modules[runner.__module__], "OPTIONS", set())
     asked = {"dtype": dtype != "keep", "max_shard_size": max_shard_size is not None,
-             "strip_prefix": bool(strip_prefix), "drop_non_tensors": drop_non_tensors}
+             "strip_prefix": bool(strip_prefix), "drop_non_tensors": drop_non_tensors,
+             "add_prefix": bool(add_prefix), "nest": bool(nest), "params": params is not None}
     unsupported = [k for k, v in asked.items() if v and k not in honoured]
     if unsupported:
         raise fail(dst, f"{kind} -> {to} does not take "
                         + ", ".join("--" + k.replace("_", "-") for k in unsupported)
                         + (" (--to safe is lossless: it keeps everything as it is)"
                            if "safe" in (kind, to) else ""))
+    if params is not None and not Path(params).is_file():
+        raise fail(params, f"--params {params}: no such file")
     opts = Options(to, shard_bytes, dtype, verify, drop_non_tensors, strip_prefix,
-                   tuple(allow), trust, progress, overwrite)
+                   tuple(allow), trust, progress, overwrite, add_prefix or None, nest or None,
+                   Path(params) if params is not None else None, weights_only)
     result = ConvertResult(str(src), str(dst), kind, to,
                            converter=runner.__module__.rpartition(".")[2])
-    runner(src, dst, opts, result)
+    try:
+        runner(src, dst, opts, result)
+    except ConvertError as exc:
+        raise _suggest_weights_only(src, exc, weights_only) from None
+    if behind is not None:
+        result.findings.append(behind)
     result.seconds = timer()
     return result
+
+
+def _suggest_weights_only(src: Path, exc: ConvertError, weights_only: bool) -> ConvertError:
+    """A training checkpoint that fails to convert while its saved weights are complete:
+    say that --weights-only exports them."""
+    if weights_only or not src.is_dir():
+        return exc
+    from .salvage import weights_of
+
+    try:
+        weights, _, _ = weights_of(src)
+    except ConvertError:
+        return exc
+    from dataclasses import replace
+
+    from ..model import Severity
+
+    note = f" ({weights.name} is there: --weights-only exports it and lists the rest)"
+    # the CLI prints the first error cause (else the CK705 itself): the note goes there
+    i = next((i for i, f in enumerate(exc.findings) if i and f.severity is Severity.ERROR), 0)
+    exc.findings[i] = replace(exc.findings[i], message=exc.findings[i].message + note)
+    if i == 0:
+        exc.finding = exc.findings[0]
+    return exc
 
 
 def render_result(result: ConvertResult) -> str:

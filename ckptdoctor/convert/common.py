@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import math
 
-import contextlib
 import ctypes
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import commit, fsync_dir, tmp_path_for
 from ..codes import Code
 from ..model import Finding, Severity
 
@@ -63,6 +60,10 @@ class Options:
     trust: bool = False
     progress: Progress | None = None
     overwrite: bool = False
+    add_prefix: str | None = None  # prepended to every key after --strip-prefix
+    nest: str | None = None  # DCP output: the state dict goes under this top-level key
+    params: Path | None = None  # DCP output: written as params.json (Lingua's config)
+    weights_only: bool = False  # export the weights, leave (possibly broken) training state
 
     def tick(self, label: str, nbytes: int) -> None:
         if self.progress is not None and nbytes:
@@ -450,129 +451,6 @@ class FileReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-# --- output staging ---------------------------------------------------------------------------
-class Staging:
-    """Where a conversion writes before anything is visible at DST.
-
-    kind "dir": a temp directory beside DST (same marker as atomic.py temp files); `commit`
-    fsyncs it and renames it to DST. kind "file": `path(name)` gives temp files beside their
-    targets; `commit` renames each (atomic.commit: fsync, rename, fsync dir), the main file
-    first. `abort` removes everything staged."""
-
-    def __init__(self, dst: Path, kind: str, overwrite: bool = False):
-        self.dst = Path(dst)
-        self.kind = kind
-        self.overwrite = overwrite
-        self.files: dict[Path, Path] = {}  # final target -> temp path (file mode)
-        self.dir: Path | None = None
-        if self.dst.exists() or self.dst.is_symlink():
-            if not overwrite and not (kind == "dir" and self.dst.is_dir()
-                                      and not any(self.dst.iterdir())):
-                raise fail(self.dst, f"{self.dst} already exists",
-                           hint="choose a new destination or remove it first")
-            if kind == "dir" and not self.dst.is_dir():
-                raise fail(self.dst, f"{self.dst} exists and is not a directory")
-            if kind == "file" and self.dst.is_dir():
-                raise fail(self.dst, f"{self.dst} is a directory; give a file name")
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        if kind == "dir":
-            self.dir = tmp_path_for(self.dst)
-            self.dir.mkdir()
-
-    def path(self, name: str) -> Path:
-        """Where to write the output file `name` (a file name inside DST, or, in file mode,
-        the DST file itself for name == DST.name and sidecars beside it)."""
-        if self.dir is not None:
-            return self.dir / name
-        target = self.dst.parent / name
-        if target not in self.files:
-            if target != self.dst and target.exists() and not self.overwrite:
-                raise fail(target, f"{target} already exists",
-                           hint="choose a new destination or remove it first")
-            self.files[target] = tmp_path_for(target)
-        return self.files[target]
-
-    def final(self, name: str) -> Path:
-        return (self.dst / name) if self.dir is not None else (self.dst.parent / name)
-
-    def commit(self) -> list[str]:
-        if self.dir is not None:
-            names = sorted(p.name for p in self.dir.iterdir())
-            for p in self.dir.iterdir():
-                if p.is_file():
-                    with open(p, "rb") as fh:
-                        os.fsync(fh.fileno())
-            fsync_dir(self.dir)
-            old = None
-            if self.dst.exists():
-                old = tmp_path_for(self.dst)
-                os.replace(self.dst, old)
-            os.replace(self.dir, self.dst)
-            fsync_dir(self.dst.parent)
-            self.dir = None
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            return [str(self.dst / n) for n in names]
-        done = []
-        order = sorted(self.files.items(), key=lambda kv: kv[0] != self.dst)  # main file first
-        for target, tmp in order:
-            if tmp.exists():
-                commit(tmp, target)
-                done.append(str(target))
-        self.files.clear()
-        return done
-
-    def abort(self) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-        for tmp in self.files.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        self.files.clear()
-
-
-def write_json(path: Path, doc: Any) -> None:
-    import json
-
-    data = (json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
-    with open(path, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-# Files a model directory carries besides its weights (copied when DST is a directory).
-SIDECAR_FILES = (
-    "config.json", "generation_config.json", "params.json", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "vocab.txt", "merges.txt", "tokenizer.model", "tokenizer.tiktoken", "chat_template.jinja",
-    "chat_template.json", "preprocessor_config.json", "adapter_config.json",
-    "train_params.yaml",
-)
-
-
-def copy_sidecars(src_dir: Path, staging: Staging, result: ConvertResult,
-                  names: tuple[str, ...] = SIDECAR_FILES) -> None:
-    """Carry known small files (config.json, params.json, tokenizer files) along."""
-    if not src_dir.is_dir():
-        return
-    for name in names:
-        p = src_dir / name
-        if not p.is_file():
-            continue
-        if staging.dir is None and staging.final(name).exists():
-            result.findings.append(Code.CONVERT_SKIPPED.finding(
-                str(p), f"{name} not copied: {staging.final(name)} exists", severity=Severity.INFO))
-            continue
-        out = staging.path(name)
-        with open(p, "rb") as fi, open(out, "xb") as fo:
-            shutil.copyfileobj(fi, fo, 8 << 20)
-            fo.flush()
-            os.fsync(fo.fileno())
-        result.copied.append(name)
 
 
 class Timer:

@@ -12,7 +12,7 @@ from .dcp_to_torch import source
 from .st_emit import Leaf, emit
 
 # the convert() options this pair honours
-OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "drop_non_tensors"}
+OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "add_prefix", "drop_non_tensors"}
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:

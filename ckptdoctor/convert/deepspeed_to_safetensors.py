@@ -11,10 +11,12 @@ from .deepspeed_read import leaves
 from .st_emit import Leaf, emit
 
 # the convert() options this pair honours
-OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "drop_non_tensors"}
+OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "add_prefix", "drop_non_tensors"}
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
     ckpt, entries = leaves(src, opts)
     out = [Leaf(name, entry, ("deepspeed", id(entry))) for name, entry in entries]
-    emit(src, dst, opts, result, out, None, "model", origin=str(ckpt.tag))
+    # config / tokenizer: from the tag directory's checkpoint directory or the run directory
+    emit(src, dst, opts, result, out, Path(ckpt.tag), "model", origin=str(ckpt.tag),
+         expect_config=True)

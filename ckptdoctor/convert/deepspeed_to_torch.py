@@ -21,4 +21,4 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         if id(entry) not in refs:
             refs[id(entry)] = TensorRef(entry, target_dtype(entry.dtype, opts.dtype))
         tree[name] = refs[id(entry)]
-    emit(dst, opts, result, tree, "pytorch_model.bin")
+    emit(dst, opts, result, tree, "pytorch_model.bin", Path(ckpt.tag))

@@ -19,7 +19,7 @@ from .st_emit import Leaf, emit
 from .torch_to_safetensors import leaves_of
 
 # the convert() options this pair honours
-OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "drop_non_tensors"}
+OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "add_prefix", "drop_non_tensors"}
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:

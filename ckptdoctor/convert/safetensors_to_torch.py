@@ -18,7 +18,7 @@ from .st_io import SafetensorsFile
 from .torch_emit import emit
 from .torch_writer import TensorRef
 
-OPTIONS = {"dtype", "strip_prefix", "drop_non_tensors"}  # convert() options it honours
+OPTIONS = {"dtype", "strip_prefix", "add_prefix", "drop_non_tensors"}  # convert() options it honours
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
@@ -52,4 +52,6 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         if not kept:
             raise fail(src, f"no entry starts with --strip-prefix {p!r}")
         tree = kept
+    if opts.add_prefix:
+        tree = {opts.add_prefix + k: v for k, v in tree.items()}
     emit(dst, opts, result, tree, "pytorch_model.bin", source_dir(src))

@@ -11,8 +11,10 @@ from typing import Any
 from ..codes import Code
 from . import st_io
 from .codec import CodecError, decode, deep_equal, encode
-from .common import (ConvertError, ConvertResult, Options, Staging, TensorEntry, copy_sidecars,
-                     fail, target_dtype, write_json)
+from .carry import copy_sidecars
+from .staging import Staging, write_json
+from .common import (ConvertError, ConvertResult, Options, TensorEntry,
+                     fail, target_dtype)
 
 EXTRA_FORMAT = "ckptdoctor.extra/1"
 _HEAD_WORDS = ("lm_head", "output", "decoder", "head", "classifier", "embed_out")
@@ -106,11 +108,15 @@ def base_name(files: list[Path]) -> str:
 
 def emit(src: Path, dst: Path, opts: Options, result: ConvertResult, leaves: list[Leaf],
          src_dir: Path | None, base: str = "model", origin: str = "",
-         extra_source: str = "", more_values: list[Leaf] | tuple = ()) -> None:
+         extra_source: str = "", more_values: list[Leaf] | tuple = (),
+         expect_config: bool = False) -> None:
     """Write `leaves` (after --strip-prefix) as safetensors; non-tensor leaves and
     `more_values` (not prefix-selected) go to the sidecar."""
     origin = origin or str(src)
     leaves = select_prefix(leaves, opts.strip_prefix, result, origin)
+    if opts.add_prefix:
+        for leaf in leaves:
+            leaf.key = opts.add_prefix + leaf.key
     tensors = [l for l in leaves if l.entry is not None]
     values = [l for l in leaves if l.entry is None] + list(more_values)
     if not tensors:
@@ -140,7 +146,7 @@ def emit(src: Path, dst: Path, opts: Options, result: ConvertResult, leaves: lis
         stem = dst.name.split(".")[0] if file_mode else base
         _extras(values, staging, opts, result, origin, stem, extra_source or src.name)
         if src_dir is not None and not file_mode:
-            copy_sidecars(src_dir, staging, result)
+            copy_sidecars(src_dir, staging, result, expect_config=expect_config)
         if opts.verify:
             for name, p in plans:
                 st_io.verify(staging.path(name), p, opts, str(staging.final(name)))

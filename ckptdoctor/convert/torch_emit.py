@@ -8,8 +8,10 @@ from typing import Any
 
 from ..codes import Code
 from .codec import deep_equal
-from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, MappedReader, Options, Staging,
-                     compare_bytes, copy_sidecars, entry_chunks, holds)
+from .carry import copy_sidecars
+from .staging import Staging
+from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, MappedReader, Options,
+                     compare_bytes, entry_chunks, holds)
 from .loading import load_torch
 from .torch_writer import TensorRef, write_torch_zip
 

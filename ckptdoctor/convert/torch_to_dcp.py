@@ -25,14 +25,16 @@ from ..codes import Code
 from ..model import Severity
 from ..standins import StandIn
 from .codec import CodecError, deep_equal, encode
-from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, FileReader, Options, Staging,
-                     Writeback, byte_chunks, compare_bytes, copy_sidecars, fail, holds,
-                     release_tensor, target_dtype, write_json)
+from .carry import copy_sidecars
+from .staging import Staging, write_json
+from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, FileReader, Options,
+                     Writeback, byte_chunks, compare_bytes, fail, holds,
+                     release_tensor, target_dtype)
 from .dcp_read import TREE_FORMAT, TREE_NAME, DcpCheckpoint
 from .loading import load_torch
 from .sources import torch_files
 
-OPTIONS = {"dtype"}  # convert() options it honours
+OPTIONS = {"dtype", "add_prefix", "nest", "params"}  # convert() options it honours
 
 
 def _is_terminal(v: Any) -> bool:
@@ -131,10 +133,10 @@ def _planner_class():
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemWriter
+    write_dcp(src, dst, opts, result, _torch_state(src, opts))
 
+
+def _torch_state(src: Path, opts: Options) -> Any:
     files = torch_files(src)
     state: Any = {}
     for f in files:
@@ -148,6 +150,62 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
             state.update(obj)
         else:
             state = obj
+    return state
+
+
+def reshape_for_consumer(state: dict, opts: Options, src: Path) -> dict:
+    """--add-prefix renames the top-level keys; --nest KEY puts the whole state dict under KEY
+    (Lingua's init_ckpt_path loads {"model": model_state_dict})."""
+    if opts.add_prefix:
+        state = {f"{opts.add_prefix}{k}": v for k, v in state.items()}
+    if opts.nest:
+        if "." in opts.nest:
+            raise fail(src, f"--nest {opts.nest!r}: one key without dots (DCP joins levels "
+                            "with '.')")
+        state = {opts.nest: state}
+    return state
+
+
+def write_params(staging: Staging, opts: Options, result: ConvertResult) -> bool:
+    """--params FILE -> DST/params.json (JSON, or YAML when PyYAML is installed)."""
+    if opts.params is None:
+        return False
+    path = opts.params
+    text = path.read_text("utf-8")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+
+                doc = yaml.safe_load(text)
+            except ImportError:
+                raise fail(path, f"--params {path}: YAML needs PyYAML; pass a JSON file") from None
+            except Exception as exc:  # noqa: BLE001 - yaml's errors
+                raise fail(path, f"--params {path}: not valid YAML: {exc}") from None
+        if doc is None:
+            raise fail(path, f"--params {path}: not valid JSON")
+    if not isinstance(doc, dict):
+        raise fail(path, f"--params {path}: holds {type(doc).__name__}, not an object")
+    if not isinstance(doc.get("model"), dict):
+        result.findings.append(Code.CONVERT_PARAMS.finding(
+            str(path), f"{path.name} has no `model` object: Lingua's consolidated loader builds "
+                       "the model from params.json's `model` section",
+            hint='write {"model": {"dim": ..., "n_layers": ...}, ...} (the training config)'))
+    write_json(staging.path("params.json"), doc)
+    result.copied.append("params.json")
+    return True
+
+
+def write_dcp(src: Path, dst: Path, opts: Options, result: ConvertResult, state: Any) -> None:
+    """Write `state` (a dict of tensors / values, tensors mmap-ed) as DCP at DST."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    state = reshape_for_consumer(state, opts, src)
     leaves, skeleton = leaves_and_skeleton(state)
     MAPPED.refresh()
     real: dict[int, tuple[Any, bool]] = {}
@@ -197,7 +255,8 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
             if isinstance(v, torch.Tensor):
                 result.tensors += 1
                 result.bytes += v.numel() * target_dtype(v.dtype, opts.dtype).itemsize
-        copy_sidecars(src if src.is_dir() else src.parent, staging, result, ("params.json",))
+        if not write_params(staging, opts, result):
+            copy_sidecars(src if src.is_dir() else src.parent, staging, result, ("params.json",))
         if opts.verify:
             _verify(staging.dir, leaves, opts, str(dst))
             result.verified = True

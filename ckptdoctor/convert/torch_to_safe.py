@@ -20,8 +20,9 @@ from typing import Any
 
 from . import st_io
 from .codec import CodecError, decode, deep_equal, encode, SKIP
-from .common import (ConvertError, ConvertResult, Options, Staging, TensorEntry, fail,
-                     tensor_entry, write_json)
+from .staging import Staging, write_json
+from .common import (ConvertError, ConvertResult, Options, TensorEntry, fail,
+                     tensor_entry)
 from .loading import load_torch
 from .sources import SAFE_FORMAT, storage_identity
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .carry import is_training_dir
 from .common import ConvertResult, Options, fail, tensor_entry
 from .loading import load_torch
 from .sources import flatten, source_dir, storage_identity, torch_files
 from .st_emit import Leaf, base_name, emit
 
 # the convert() options this pair honours
-OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "drop_non_tensors"}
+OPTIONS = {"dtype", "max_shard_size", "strip_prefix", "add_prefix", "drop_non_tensors"}
 
 
 def leaves_of(obj, origin: str) -> list[Leaf]:
@@ -43,4 +44,4 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
             seen.add(leaf.key)
             leaves.append(leaf)
     emit(src, dst, opts, result, leaves, source_dir(src), base_name(files),
-         extra_source=files[0].name)
+         extra_source=files[0].name, expect_config=is_training_dir(source_dir(src)))

@@ -1,0 +1,151 @@
+"""`ckptdoctor reshard` proved by real resumes: DeepSpeed ZeRO-2 (CPU, gloo, one process per
+rank, tests/realds/reshard_job.py) saved on N ranks, resharded through the CLI to M ranks, and
+resumed by DeepSpeed's own `load_checkpoint` on M ranks. The reference is the original
+checkpoint resumed on its own N ranks. Compared, from what DeepSpeed itself holds after
+loading: every rank's fp32 partition and Adam moments concatenated in rank order (the
+unsharded state), the loss on a fixed batch, and the loss after one more optimizer step (every
+rank sees the same batch, so the data-parallel mean gradient does not depend on the world
+size). Skipped where deepspeed does not import."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ckptdoctor.cli import app
+
+pytest.importorskip("deepspeed", reason="deepspeed is not installed")
+
+JOB = Path(__file__).parent / "realds" / "reshard_job.py"
+runner = CliRunner()
+
+
+def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(world):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
+               "RESHARD_BF16": "1" if bf16 else "0"}
+        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False) -> dict:
+    """What DeepSpeed holds after load_checkpoint on `world` ranks, unsharded."""
+    _launch(world, "resume", ckpt, stage, bf16)
+    ranks = [json.loads(Path(f"{ckpt}.rank{r}.json").read_text()) for r in range(world)]
+    out = {"step": {r["step"] for r in ranks}, "loss": {r["loss"] for r in ranks},
+           "loss_after_step": {r["loss_after_step"] for r in ranks}, "groups": []}
+    for i in range(len(ranks[0]["groups"])):
+        out["groups"].append({k: sum((r["groups"][i][k] for r in ranks), [])
+                              for k in ("fp32", "exp_avg", "exp_avg_sq")})
+        out["groups"][i]["adam_step"] = {r["groups"][i]["adam_step"] for r in ranks}
+    return out
+
+
+class _Saved(dict):
+    """(stage, ranks) -> (checkpoint saved by DeepSpeed, its state resumed on those ranks)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, key):
+        stage, n, bf16 = key
+        ckpt = self.root / f"z{stage}_dp{n}{'_bf16' if bf16 else ''}"
+        _launch(n, "save", ckpt, stage, bf16)
+        self[key] = (ckpt, _resumed(ckpt, n, stage, bf16))
+        return self[key]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    return _Saved(tmp_path_factory.mktemp("reshard"))
+
+
+def _reshard(src: Path, dst: Path, m: int, *extra: str):
+    return runner.invoke(app, ["reshard", str(src), str(dst), "--world-size", str(m), *extra])
+
+
+@pytest.mark.parametrize("stage,n,m,bf16", [(2, 2, 1, False), (2, 2, 3, False),
+                                             (2, 1, 2, False), (1, 2, 1, False),
+                                             (2, 2, 1, True)])
+def test_resharded_zero_resumes_with_equal_state_and_loss(saved, tmp_path, stage, n, m, bf16):
+    src, reference = saved[(stage, n, bf16)]
+    dst = tmp_path / f"dp{n}_to_{m}"
+    r = _reshard(src, dst, m)
+    assert r.exit_code == 0, r.output
+    assert "CK736" in r.output and f"ZeRO-{stage}" in r.output and f"{n} -> {m} ranks" in r.output
+    tag = (dst / "latest").read_text()
+    assert tag == (src / "latest").read_text()
+    prefix = "bf16_zero" if bf16 else "zero"
+    assert sorted(p.name for p in (dst / tag).glob("*_optim_states.pt")) == [
+        f"{prefix}_pp_rank_{k}_mp_rank_00_optim_states.pt" for k in range(m)]
+    got = _resumed(dst, m, stage, bf16)
+    assert got == reference  # exact: fp32 weights, exp_avg, exp_avg_sq, step, both losses
+    assert len(reference["loss"]) == 1 and len(reference["groups"][0]["fp32"]) == 66
+
+
+def test_without_reshard_deepspeed_refuses_the_new_world_size(saved):
+    src, _ = saved[(2, 2, False)]
+    with pytest.raises(AssertionError, match="DP world size of 2"):
+        _launch(1, "resume", src)
+
+
+def test_per_rank_state_is_reported_or_refused_with_strict(saved, tmp_path):
+    src, _ = saved[(2, 2, False)]
+    ckpt = tmp_path / "ckpt"
+    import shutil
+
+    shutil.copytree(src, ckpt)
+    # Give rank 1 a value of its own (DeepSpeed writes none for ZeRO-2, so the file is edited
+    # with torch itself, in a child process that imports deepspeed for its safe globals).
+    code = ("import torch, sys\n"
+            "from deepspeed.runtime.fp16.loss_scaler import LossScaler\n"
+            "from deepspeed.runtime.zero.config import ZeroStageEnum\n"
+            "from deepspeed.utils.tensor_fragment import fragment_address\n"
+            "p = sys.argv[1]\n"
+            "with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, "
+            "fragment_address]):\n"
+            "    sd = torch.load(p, weights_only=True)\n"
+            "sd['optimizer_state_dict']['clip_grad'] = 0.5\n"
+            "sd['optimizer_state_dict']['base_optimizer_state']['state'][0]['step'] += 1\n"
+            "torch.save(sd, p)\n")
+    rank1 = next(ckpt.glob("global_step*/zero_pp_rank_1_*_optim_states.pt"))
+    proc = subprocess.run([sys.executable, "-c", code, str(rank1)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = _reshard(ckpt, tmp_path / "strict", 1, "--strict")
+    assert r.exit_code == 1 and "CK734" in r.output and "clip_grad" in r.output
+    assert not (tmp_path / "strict").exists()
+    r = _reshard(ckpt, tmp_path / "lenient", 1)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "CK735" in text and "optimizer_state_dict.clip_grad" in text
+    assert "optimizer_state_dict.base_optimizer_state.state.0.step" in text
+
+
+def test_reshard_refuses_what_it_cannot_do(saved, tmp_path):
+    src, _ = saved[(2, 2, False)]
+    r = _reshard(src, src, 1)
+    assert r.exit_code == 1 and "CK734" in r.output
+    r = _reshard(src, tmp_path / "x", 0)
+    assert r.exit_code == 2 and not (tmp_path / "x").exists()
+    torch_file = tmp_path / "plain.pt"
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, torch_file)
+    r = _reshard(tmp_path, tmp_path / "y", 1)
+    assert r.exit_code == 1 and not (tmp_path / "y").exists()
