@@ -143,7 +143,9 @@ def validate(
     trust: TrustOpt = False,
     load: Annotated[bool, typer.Option("--load", help="Really load each file through the loader chain.")] = False,
     deep: Annotated[bool, typer.Option("--deep", help="Read all bytes: zip CRC32s, NaN/Inf, optimizer shapes.")] = False,
-    write_manifest: Annotated[bool, typer.Option("--write-manifest", help="Record sha256 of every file; later runs verify it.")] = False,
+    write_manifest: Annotated[bool, typer.Option("--write-manifest", help="Record sha256 of every file as an OpenSSF model-signing (in-toto) manifest; later runs verify it.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files read in parallel by --deep / manifests (0: one per CPU).")] = 0,
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="NaN/Inf in parameters or optimizer state is a warning, not an error.")] = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.text,
     select: Annotated[list[str], typer.Option("--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],  # noqa: B006
     ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
@@ -158,7 +160,8 @@ def validate(
     _check_allow(allow)
     opts = ValidateOptions(consumer=consumer.value, allow=tuple(allow), trust=trust, load=load,
                            deep=deep, write_manifest=write_manifest, select=select,
-                           ignore=ignore, fail_on=Severity.parse(fail_on.value))
+                           ignore=ignore, fail_on=Severity.parse(fail_on.value), jobs=jobs,
+                           allow_nonfinite=allow_nonfinite)
     with _progress(deep or write_manifest) as progress:
         report, findings = run(path, opts, progress)
     if fmt is OutputFormat.json:
