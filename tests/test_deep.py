@@ -1,0 +1,221 @@
+"""`validate --deep` streams every byte once: CRC32 of every zip record, NaN/Inf from raw bits
+for every floating dtype, optimizer shapes from metadata, in bounded memory. Every file here is
+written by torch / safetensors / transformers / accelerate; expected counts come from torch's
+own `isfinite` on the tensors that were saved, never from ckptdoctor."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from ckptdoctor.cli import app
+from tests.fixtures import factory as fx
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def deep_json(path, *extra):
+    r = cli("validate", "--deep", "--format", "json", *extra, path)
+    return r.exit_code, json.loads(r.stdout)["findings"]
+
+
+def nonfinite(findings):
+    return {f["detail"]["tensor"]: (f["detail"]["count"], f["severity"])
+            for f in findings if f["code"] == "CK501"}
+
+
+def torch_count(t: torch.Tensor) -> int:
+    """The independent oracle: torch's own isfinite (fp8 has no kernels: widen first)."""
+    if t.dtype.is_complex:
+        return int((~torch.isfinite(t)).sum())
+    return int((~torch.isfinite(t.to(torch.float32))).sum())
+
+
+def poisoned(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    base = torch.linspace(-2, 2, 300, dtype=torch.float32)
+    nan = base.clone()
+    nan[[3, 77, 299]] = float("nan")
+    inf = base.clone()
+    inf[[0, 150]] = float("inf")
+    inf[151] = float("-inf")
+    if dtype.is_complex:
+        return {"nan": nan.to(dtype), "inf": (inf * 1j).to(dtype), "clean": base.to(dtype)}
+    return {"nan": nan.to(dtype), "inf": inf.to(dtype), "clean": base.to(dtype)}
+
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+          torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.complex64]
+SAFETENSORS_DTYPES = {torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                      torch.float8_e4m3fn, torch.float8_e5m2}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_and_inf_in_every_dtype_torch_zip(tmp_path, dtype):
+    tensors = poisoned(dtype)
+    want = {k: torch_count(v) for k, v in tensors.items() if torch_count(v)}
+    assert want  # e4m3fn has no Inf: +-inf become NaN; the fnuz types saturate to their NaN
+    p = tmp_path / "w.pt"
+    torch.save(tensors, p)
+    rc, found = deep_json(p)
+    assert rc == 1
+    assert nonfinite(found) == {k: (n, "error") for k, n in want.items()}
+
+
+@pytest.mark.parametrize("dtype", sorted(SAFETENSORS_DTYPES, key=str), ids=str)
+def test_nan_and_inf_in_every_dtype_safetensors(tmp_path, dtype):
+    tensors = poisoned(dtype)
+    want = {k: torch_count(v) for k, v in tensors.items() if torch_count(v)}
+    p = tmp_path / "m.safetensors"
+    save_file(tensors, p, metadata={"format": "pt"})
+    rc, found = deep_json(p)
+    assert rc == 1 and nonfinite(found) == {k: (n, "error") for k, n in want.items()}
+
+
+def test_allow_nonfinite_turns_the_error_into_a_warning(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_file({"w": torch.tensor([1.0, float("inf")])}, p, metadata={"format": "pt"})
+    assert deep_json(p)[0] == 1
+    rc, found = deep_json(p, "--allow-nonfinite")
+    assert rc == 0 and nonfinite(found) == {"w": (1, "warning")}
+
+
+def test_views_of_one_storage_are_each_named(tmp_path):
+    """torch.save keeps views sharing one storage; a NaN is reported for every tensor that
+    sees it and for no tensor that does not."""
+    x = torch.arange(100, dtype=torch.float32)
+    x[5] = float("nan")
+    x[60] = float("inf")
+    p = tmp_path / "v.pt"
+    state = {"all": x, "head": x[:50], "tail": x[50:], "mid": x[40:55]}
+    torch.save(state, p)
+    _, found = deep_json(p)
+    assert nonfinite(found) == {k: (torch_count(v), "error") for k, v in state.items()
+                                if torch_count(v)}
+    assert nonfinite(found)["all"][0] == 2 and "mid" not in nonfinite(found)
+
+
+def test_flipped_byte_in_bf16_optimizer_state_is_a_crc_mismatch(tmp_path):
+    p = tmp_path / "optimizer.pt"
+    m = torch.nn.Linear(64, 64).to(torch.bfloat16)
+    opt = torch.optim.AdamW(m.parameters())
+    m(torch.randn(2, 64, dtype=torch.bfloat16)).sum().backward()
+    opt.step()
+    torch.save(opt.state_dict(), p)
+    assert deep_json(p)[0] == 0
+    data = bytearray(p.read_bytes())
+    needle = opt.state_dict()["state"][0]["exp_avg"].view(torch.uint8).numpy().tobytes()[100:116]
+    data[data.find(needle) + 3] ^= 0x10
+    p.write_bytes(bytes(data))
+    rc, found = deep_json(p)
+    assert rc == 1 and [f["code"] for f in found if f["severity"] == "error"] == ["CK204"]
+
+
+def test_crc_of_zero_is_not_recorded_not_corrupt(tmp_path):
+    p = tmp_path / "nocrc.pt"
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"w": torch.arange(1000, dtype=torch.float32)}, p)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    import zipfile
+
+    with zipfile.ZipFile(p) as zf:  # independent: torch really wrote 0 for the data record
+        assert any(i.CRC == 0 and i.file_size for i in zf.infolist())
+    rc, found = deep_json(p)
+    assert rc == 0
+    assert [f["code"] for f in found] == ["CK510"]
+    assert torch.equal(torch.load(p, weights_only=True)["w"], torch.arange(1000.0))
+
+
+# --- optimizer shapes from metadata (issue 10 item 1) -----------------------------------------
+@pytest.fixture(scope="module")
+def hf_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hf")
+    gpt2 = fx.make_hf_trainer_run(base / "gpt2", steps=2, save_steps=2)
+    llama = fx.make_hf_trainer_run(base / "llama", steps=2, save_steps=2, model="llama")
+    return gpt2 / "checkpoint-2", llama / "checkpoint-2"
+
+
+def codes(findings):
+    return [f["code"] for f in findings]
+
+
+def test_healthy_hf_trainer_checkpoint_has_no_optimizer_shape_finding(hf_runs):
+    gpt2, _ = hf_runs
+    # independent: the real Trainer split parameters into decay / no-decay groups, so the
+    # optimizer's indices are not in the weights' order (what made the old check misfire)
+    groups = torch.load(gpt2 / "optimizer.pt", weights_only=True)["param_groups"]
+    assert len(groups) == 2 and all(g["params"] for g in groups)
+    rc, found = deep_json(gpt2)
+    assert "CK502" not in codes(found), found
+
+
+def test_optimizer_of_another_model_is_found(hf_runs, tmp_path):
+    gpt2, llama = hf_runs
+    mixed = tmp_path / "checkpoint-2"
+    shutil.copytree(gpt2, mixed)
+    shutil.copy2(llama / "optimizer.pt", mixed / "optimizer.pt")
+    rc, found = deep_json(mixed)
+    assert rc == 1 and "CK502" in codes(found)
+
+
+def test_healthy_accelerate_state_has_no_optimizer_shape_finding(tmp_path):
+    d = fx.make_accelerate_state(tmp_path / "acc")
+    rc, found = deep_json(d)
+    assert "CK502" not in codes(found), found
+    # a real AdamW state of a different Linear in its place is caught
+    other = torch.nn.Linear(8, 5)
+    opt = torch.optim.AdamW(other.parameters())
+    other(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    torch.save(opt.state_dict(), d / "optimizer.bin")
+    rc, found = deep_json(d)
+    assert "CK502" in codes(found)
+
+
+# --- memory -----------------------------------------------------------------------------------
+# Peak RSS of the child's own address space. getrusage(RUSAGE_SELF).ru_maxrss is not used:
+# Linux carries the parent's peak across fork+exec into it (the pytest parent holds torch and
+# the 320 MB tensor), so it would measure the parent. VmHWM is reset by exec.
+RSS_PROBE = """
+import sys
+from ckptdoctor.validate import ValidateOptions, validate
+report, found = validate(sys.argv[1], ValidateOptions(deep=True, jobs=2))
+assert "torch" not in sys.modules, "--deep imported torch"
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+print(hwm, len(found))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_deep_peak_rss_is_bounded(tmp_path, fmt):
+    """A 320 MB file is checked in well under its own size of memory (ru_maxrss of the child,
+    not a wall clock); torch is never imported."""
+    big = torch.zeros(80 << 20, dtype=torch.float32)
+    big[-1] = float("nan")
+    p = tmp_path / f"big.{fmt}"
+    if fmt == "pt":
+        torch.save({"big": big}, p)
+    else:
+        save_file({"big": big}, p, metadata={"format": "pt"})
+    del big
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(p)], capture_output=True,
+                         text=True, env=env, check=True).stdout.split()
+    maxrss_mb = int(out[0]) / 1024  # kilobytes
+    assert int(out[1]) >= 1  # it did read to the NaN at the very end
+    assert maxrss_mb < 200, maxrss_mb
