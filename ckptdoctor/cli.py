@@ -111,6 +111,7 @@ def _progress(enabled: bool):
         def advance(label: str, nbytes: int) -> None:
             bar.update(task, advance=nbytes, description=label[-40:])
 
+        advance.set_total = lambda total: bar.update(task, total=total)  # type: ignore[attr-defined]
         yield advance
 
 

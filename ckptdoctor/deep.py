@@ -58,6 +58,9 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
                  allow_nonfinite: bool = False) -> list[FileOutcome]:
     """The single pass over `files`: per-file deep findings and sha256 (for rels in hash_rels)."""
     todo = [f for f in files if (deep and deep_eligible(f)) or f.path in hash_rels]
+    set_total = getattr(progress, "set_total", None)
+    if set_total is not None:  # the bar can show throughput and an ETA
+        set_total(sum(f.size for f in todo))
 
     def one(f: FileInfo) -> FileOutcome:
         return check_file(file_path(root, f), f, deep=deep and deep_eligible(f),

@@ -219,3 +219,34 @@ def test_deep_peak_rss_is_bounded(tmp_path, fmt):
     maxrss_mb = int(out[0]) / 1024  # kilobytes
     assert int(out[1]) >= 1  # it did read to the NaN at the very end
     assert maxrss_mb < 200, maxrss_mb
+
+
+def test_lightning_callback_inf_is_bookkeeping_not_an_error(tmp_path):
+    """A real Lightning checkpoint keeps ModelCheckpoint's kth_value = +inf on purpose: that is
+    a warning; the gate still passes."""
+    ckpt = fx.make_lightning_ckpt(tmp_path / "lit", hparams_namespace=False)
+    raw = torch.load(ckpt, weights_only=True)  # independent: the inf really is in the file
+    assert any(torch.isinf(v.get("kth_value", torch.tensor(0.0))).any()
+               for v in raw["callbacks"].values())
+    rc, found = deep_json(ckpt)
+    bad = nonfinite(found)
+    assert rc == 0 and bad and all(sev == "warning" and name.startswith("callbacks.")
+                                   for name, (_, sev) in bad.items())
+
+
+def test_jobs_give_the_same_findings_as_one_thread(tmp_path):
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(6):
+        t = torch.randn(64, 64)
+        t[i, i] = float("nan")
+        save_file({f"w{i}": t}, d / f"model-{i:05d}-of-00006.safetensors", metadata={"format": "pt"})
+        torch.save({f"x{i}": torch.arange(4096, dtype=torch.float32)}, d / f"extra_{i}.pt")
+    data = bytearray((d / "extra_3.pt").read_bytes())
+    data[data.find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[800:816])] ^= 1
+    (d / "extra_3.pt").write_bytes(bytes(data))
+    one = deep_json(d, "--jobs", "1")
+    four = deep_json(d, "--jobs", "4")
+    assert one == four
+    assert sorted(nonfinite(one[1])) == [f"w{i}" for i in range(6)]
+    assert [f["path"] for f in one[1] if f["code"] == "CK204"] == ["extra_3.pt"]
