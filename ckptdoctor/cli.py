@@ -155,15 +155,17 @@ def validate(
     """Pre-resume gate: is the checkpoint complete, intact and loadable by what will resume it?
     Exit 0 resumable, 1 findings at or above --fail-on, 2 usage or internal error."""
     from . import render
+    from .dist import from_env
     from .validate import ValidateOptions, exit_code, validate as run
 
     _require(path)
     _check_allow(allow)
+    group = from_env()  # under torchrun: the byte-reading pass is split across the ranks
     opts = ValidateOptions(consumer=consumer.value, allow=tuple(allow), trust=trust, load=load,
                            deep=deep, write_manifest=write_manifest, select=select,
                            ignore=ignore, fail_on=Severity.parse(fail_on.value), jobs=jobs,
-                           allow_nonfinite=allow_nonfinite)
-    with _progress(deep or write_manifest) as progress:
+                           allow_nonfinite=allow_nonfinite, dist=group)
+    with _progress((deep or write_manifest) and (group is None or group.rank == 0)) as progress:
         report, findings = run(path, opts, progress)
     if fmt is OutputFormat.json:
         text = render.to_json(report, findings=findings) + "\n"
@@ -176,8 +178,12 @@ def validate(
     else:
         text = render.findings_text(report, findings, report.extra["verdict"], width=out.width,
                                     color=out.is_terminal)
+    code = exit_code(findings, opts.fail_on)
+    if group is not None:  # one report (rank 0's stdout), one exit code on every rank
+        code = group.agree(code)
+        group.close()
     sys.stdout.write(text)
-    raise typer.Exit(exit_code(findings, opts.fail_on))
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -193,7 +199,9 @@ def latest(
     _require(run_dir)
     _check_allow(allow)
     best, skipped = newest_valid(run_dir, consumer=consumer.value, allow=tuple(allow))
-    for path, reason in skipped:
+    from .dist import env_rank
+
+    for path, reason in skipped if env_rank() == 0 else []:  # under torchrun: rank 0 reports
         err.print(f"skipped {path}: {reason}", markup=False)
     if best is None:
         err.print(f"ckptdoctor: no valid checkpoint under {run_dir}", markup=False)
@@ -303,6 +311,10 @@ def _check_allow(names: list[str]) -> None:
 
 def main() -> None:
     """Entry point: run the app; turn any unexpected exception into one line and exit 2."""
+    from .dist import env_rank
+
+    if env_rank() != 0:  # under torchrun only rank 0 prints the report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     try:
         app(standalone_mode=True)
     except SystemExit:
