@@ -65,7 +65,7 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
     def one(f: FileInfo) -> FileOutcome:
         return check_file(file_path(root, f), f, deep=deep and deep_eligible(f),
                           want_hash=f.path in hash_rels, progress=progress,
-                          allow_nonfinite=allow_nonfinite)
+                          allow_nonfinite=allow_nonfinite, overlap=jobs > 1)
 
     if jobs <= 1 or len(todo) <= 1:
         return [one(f) for f in todo]
@@ -74,7 +74,8 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
 
 
 def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
-               progress: Progress | None = None, allow_nonfinite: bool = False) -> FileOutcome:
+               progress: Progress | None = None, allow_nonfinite: bool = False,
+               overlap: bool = False) -> FileOutcome:
     from .stream import plan_regions, stream_file
 
     out = FileOutcome(f.path)
@@ -86,7 +87,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
             out.findings.append(Code.ZIP_CORRUPT.finding(rel, f"cannot verify CRCs: {exc}"))
             deep = False
-    res = stream_file(path, rel, regions, want_hash, progress)
+    res = stream_file(path, rel, regions, want_hash, progress, overlap=overlap)
     out.sha256, out.nbytes = res.sha256, res.nbytes
     if res.error is not None:
         out.findings.append(Code.UNREADABLE.finding(rel, f"cannot read: {res.error}"))

@@ -47,6 +47,32 @@ _BITS: dict[str, tuple[str, int, int]] = {
     "complex128": ("u8", 0x7FF0000000000000, 0x7FF0000000000000),
 }
 CHECKED_DTYPES = frozenset(_BITS)
+# Fast screen: for sign-magnitude formats a value is NaN/Inf iff its magnitude bits are at
+# least "exponent all ones" (e4m3fn: S.1111.111 is the maximum magnitude pattern), so one
+# AND and one max() per chunk clear it; only a chunk that fails the screen builds a mask.
+_SCREEN: dict[str, tuple[int, int]] = {
+    "float32": (0x7FFFFFFF, 0x7F800000), "float64": (0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
+    "float16": (0x7FFF, 0x7C00), "bfloat16": (0x7FFF, 0x7F80), "float8_e4m3fn": (0x7F, 0x7F),
+    "float8_e5m2": (0x7F, 0x7C), "float8_e8m0fnu": (0xFF, 0xFF), "complex32": (0x7FFF, 0x7C00),
+    "complex64": (0x7FFFFFFF, 0x7F800000),
+    "complex128": (0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
+}
+
+
+def maybe_nonfinite(data, dtype: str, byteorder: str = "little", scratch=None) -> bool:
+    """False when `data` certainly holds no NaN/Inf (cheap); True when it may (then build the
+    mask with nonfinite_mask)."""
+    spec = _SCREEN.get(dtype)
+    if spec is None:
+        return dtype in _BITS
+    view = np.frombuffer(data, dtype=("<" if byteorder == "little" else ">") + _BITS[dtype][0])
+    if not len(view):
+        return False
+    out = None
+    if scratch is not None and byteorder == "little":
+        out = np.frombuffer(scratch, dtype=view.dtype, count=len(view))
+    mag = np.bitwise_and(view, view.dtype.type(spec[0]), out=out)
+    return bool(mag.max() >= spec[1])
 
 
 def nonfinite_mask(data, dtype: str, byteorder: str = "little") -> np.ndarray | None:
@@ -79,6 +105,7 @@ class NonfiniteCounter:
         self.counts: dict[str, int] = {}
         self._elements = 0  # elements fed so far
         self._carry = b""  # a partial element left at the end of a chunk (unaligned regions)
+        self.scratch: bytearray | None = None  # reused output buffer of the screen
 
     def feed(self, chunk) -> None:
         if self._carry:
@@ -97,8 +124,11 @@ class NonfiniteCounter:
             self._count(chunk)
 
     def _count(self, data) -> None:
+        n = len(data) // self.itemsize
+        if not maybe_nonfinite(data, self.dtype, self.byteorder, self.scratch):
+            self._elements += n
+            return
         bad = nonfinite_mask(data, self.dtype, self.byteorder)
-        n = len(bad)
         if bad.any():
             where = np.flatnonzero(bad) + self._elements
             for name, lo, hi in self.tensors:
@@ -122,8 +152,14 @@ class Region:
     short: bool = False  # the file ended before `end`
 
     def feed(self, chunk) -> None:
+        self.feed_crc(chunk)
+        self.feed_values(chunk)
+
+    def feed_crc(self, chunk) -> None:
         if self.record is not None:
             self.computed = zlib.crc32(chunk, self.computed)
+
+    def feed_values(self, chunk) -> None:
         for c in self.counters:
             c.feed(chunk)
 
@@ -203,12 +239,24 @@ def _safetensors_regions(info: FileInfo) -> list[Region]:
 
 
 def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
-                progress: Progress | None = None, chunk: int = CHUNK) -> StreamResult:
-    """Read `path` once, front to back, feeding each region its bytes (and the hash all)."""
+                progress: Progress | None = None, chunk: int = CHUNK,
+                overlap: bool = False) -> StreamResult:
+    """Read `path` once, front to back, feeding each region its bytes (and the hash all).
+    With `overlap`, a helper thread runs the value checks of a chunk while this thread runs
+    its CRC32 and hash (both release the GIL)."""
     res = StreamResult(rel, regions)
     h = hashlib.sha256() if want_hash else None
     buf = bytearray(chunk)
     mv = memoryview(buf)
+    scratch = bytearray(chunk)
+    for reg in regions:
+        for c in reg.counters:
+            c.scratch = scratch
+    helper = None
+    if overlap and any(r.counters for r in regions):
+        from concurrent.futures import ThreadPoolExecutor
+
+        helper = ThreadPoolExecutor(max_workers=1)
     label = rel or path.name
     try:
         with open(path, "rb", buffering=0) as fh:
@@ -229,10 +277,16 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                         fh.seek(end)
                         return
                     block = mv[:n]
+                    pending = helper.submit(region.feed_values, block) \
+                        if helper is not None and region is not None and region.counters else None
                     if h is not None:
                         h.update(block)
                     if region is not None:
-                        region.feed(block)
+                        region.feed_crc(block)
+                        if pending is None:
+                            region.feed_values(block)
+                        else:
+                            pending.result()  # the buffer is reused by the next read
                     pos += n
                     res.nbytes += n
                     if progress:
@@ -255,6 +309,9 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                     reg.short = True
     except OSError as exc:
         res.error = exc.strerror or str(exc)
+    finally:
+        if helper is not None:
+            helper.shutdown()
     if h is not None and res.error is None:
         res.sha256 = h.hexdigest()
     return res
