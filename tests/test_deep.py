@@ -250,3 +250,43 @@ def test_jobs_give_the_same_findings_as_one_thread(tmp_path):
     assert one == four
     assert sorted(nonfinite(one[1])) == [f"w{i}" for i in range(6)]
     assert [f["path"] for f in one[1] if f["code"] == "CK204"] == ["extra_3.pt"]
+
+
+# --- manifests users can sign -----------------------------------------------------------------
+def test_written_manifest_is_the_model_signing_manifest_of_the_directory(tmp_path):
+    """model_signing's own parser reads the statement back into the same manifest that
+    model_signing computes from the directory: signing/verifying it works on the same bytes."""
+    pytest.importorskip("OpenSSL")
+    from model_signing import hashing
+    from model_signing._signing import signing
+
+    d = tmp_path / "ckpt"
+    (d / "sub").mkdir(parents=True)
+    save_file({"w": torch.ones(3)}, d / "model.safetensors", metadata={"format": "pt"})
+    torch.save({"a": torch.zeros(2)}, d / "sub" / "x.pt")
+    assert cli("validate", "--deep", "--write-manifest", d).exit_code == 0
+    doc = json.loads((d / ".ckptdoctor-manifest.json").read_text())
+    theirs = hashing.Config().set_ignored_paths(paths=[".ckptdoctor-manifest.json"]).hash(d)
+    assert signing.dsse_payload_to_manifest(doc) == theirs
+    assert cli("validate", d).exit_code == 0
+    (d / "sub" / "x.pt").write_bytes((d / "sub" / "x.pt").read_bytes()[:-1] + b"!")
+    r = cli("validate", "--format", "json", d)
+    assert r.exit_code == 1 and [f["path"] for f in json.loads(r.stdout)["findings"]
+                                 if f["code"] == "CK503"] == ["sub/x.pt"]
+
+
+def test_old_manifest_format_is_still_read(tmp_path):
+    import hashlib
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    save_file({"w": torch.ones(3)}, d / "model.safetensors", metadata={"format": "pt"})
+    data = (d / "model.safetensors").read_bytes()
+    old = {"version": 1, "algorithm": "sha256", "files": {"model.safetensors": {
+        "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}}
+    (d / ".ckptdoctor-manifest.json").write_text(json.dumps(old))
+    assert cli("validate", d).exit_code == 0
+    old["files"]["model.safetensors"]["sha256"] = "0" * 64
+    (d / ".ckptdoctor-manifest.json").write_text(json.dumps(old))
+    r = cli("validate", "--format", "json", d)
+    assert r.exit_code == 1 and "CK503" in [f["code"] for f in json.loads(r.stdout)["findings"]]
