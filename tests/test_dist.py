@@ -144,3 +144,17 @@ def test_two_rank_dcp_checkpoint_manifest_under_torchrun(tmp_path):
     assert two.returncode != 0
     assert [f["path"] for f in json.loads(two.stdout)["findings"] if f["code"] == "CK503"] == \
         ["__1_0.distcp"]
+
+
+def test_inspect_and_latest_under_torchrun_print_once(damaged_dir, tmp_path):
+    one = single("inspect", "--json", damaged_dir)
+    two = torchrun("inspect", "--json", damaged_dir)
+    assert two.returncode == one.returncode == 0, two.stderr[-2000:]
+    assert json.loads(two.stdout) == json.loads(one.stdout)
+    from tests.fixtures import factory as fx
+
+    run = fx.make_hf_trainer_run(tmp_path / "run", steps=4, save_steps=2)  # checkpoint-2, -4
+    one = single("latest", run)
+    two = torchrun("latest", run)
+    assert two.returncode == one.returncode and two.stdout == one.stdout
+    assert one.returncode == 0 and two.stdout.strip() == str(run / "checkpoint-4")
