@@ -110,8 +110,9 @@ def main() -> None:
         rows[f"{label}: sha256sum"] = measure(["sha256sum", *files])
         for j in sorted({1, 2, ncpu}):
             rows[f"{label}: validate --deep --jobs {j}"] = measure([*deep, "--jobs", str(j), str(target)])
-        rows[f"{label}: validate --deep --write-manifest"] = measure(
-            [*deep, "--write-manifest", str(target)]) if target.is_dir() else rows[f"{label}: validate --deep --jobs 1"]
+        if target.is_dir():  # manifests are written for directories
+            rows[f"{label}: validate --deep --write-manifest"] = measure(
+                [*deep, "--write-manifest", str(target)])
         rows[f"{label}: torchrun 2 ranks validate --deep"] = torchrun_peak(
             [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
              "-m", "ckptdoctor", "validate", "--deep", str(target)])

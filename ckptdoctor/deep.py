@@ -247,15 +247,3 @@ def _shape_findings(rel: str, f: FileInfo, order: list[tuple[int, str | None]],
                 hint="resume with the optimizer file saved together with these weights",
                 parameters=pids[:20], shape=list(shape)))
     return out
-
-
-# --- the whole of --deep ----------------------------------------------------------------------
-def deep_checks(base: Path, report: Report, progress: Progress | None = None, *,
-                jobs: int = 1, allow_nonfinite: bool = False) -> list[Finding]:
-    """Back-compatible entry point: the per-file pass (no hashing) plus the metadata checks."""
-    root = base / report.files[0].path if len(report.files) == 1 and report.files[0].path and \
-        (base / report.files[0].path).is_file() and not base.is_file() and \
-        report.files[0].path == Path(report.path).name else base
-    found = stream_files(root, report.files, deep=True, hash_rels=set(), jobs=jobs,
-                         progress=progress, allow_nonfinite=allow_nonfinite)
-    return [x for o in found for x in o.findings] + optimizer_checks(root, report)
