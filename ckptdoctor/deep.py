@@ -39,8 +39,12 @@ class FileOutcome:
     nbytes: int = 0
 
 
+MAX_DEFAULT_JOBS = 16  # more threads rarely read faster, and each holds a few MiB
+
+
 def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n, MAX_DEFAULT_JOBS))
 
 
 def file_path(root: Path, f: FileInfo) -> Path:
@@ -57,6 +61,7 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
                  jobs: int = 1, progress: Progress | None = None,
                  allow_nonfinite: bool = False) -> list[FileOutcome]:
     """The single pass over `files`: per-file deep findings and sha256 (for rels in hash_rels)."""
+    from .stream import chunk_for
     todo = [f for f in files if (deep and deep_eligible(f)) or f.path in hash_rels]
     set_total = getattr(progress, "set_total", None)
     if set_total is not None:  # the bar can show throughput and an ETA
@@ -65,7 +70,8 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
     def one(f: FileInfo) -> FileOutcome:
         return check_file(file_path(root, f), f, deep=deep and deep_eligible(f),
                           want_hash=f.path in hash_rels, progress=progress,
-                          allow_nonfinite=allow_nonfinite, overlap=jobs > 1)
+                          allow_nonfinite=allow_nonfinite, overlap=jobs > 1,
+                          chunk=chunk_for(jobs))
 
     if jobs <= 1 or len(todo) <= 1:
         return [one(f) for f in todo]
@@ -75,8 +81,8 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
 
 def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
                progress: Progress | None = None, allow_nonfinite: bool = False,
-               overlap: bool = False) -> FileOutcome:
-    from .stream import plan_regions, stream_file
+               overlap: bool = False, chunk: int | None = None) -> FileOutcome:
+    from .stream import CHUNK, plan_regions, stream_file
 
     out = FileOutcome(f.path)
     rel = f.path
@@ -87,7 +93,8 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
             out.findings.append(Code.ZIP_CORRUPT.finding(rel, f"cannot verify CRCs: {exc}"))
             deep = False
-    res = stream_file(path, rel, regions, want_hash, progress, overlap=overlap)
+    res = stream_file(path, rel, regions, want_hash, progress, overlap=overlap,
+                      chunk=chunk or CHUNK)
     out.sha256, out.nbytes = res.sha256, res.nbytes
     if res.error is not None:
         out.findings.append(Code.UNREADABLE.finding(rel, f"cannot read: {res.error}"))

@@ -23,6 +23,13 @@ import numpy as np
 from .model import FileInfo
 
 CHUNK = 4 << 20  # bytes per read; a multiple of every element size
+MEMORY_BUDGET = 96 << 20  # buffers of all threads together (each uses about 3 chunks)
+
+
+def chunk_for(jobs: int) -> int:
+    """Chunk size so `jobs` threads stay within MEMORY_BUDGET: 4 MiB down to 1 MiB."""
+    size = MEMORY_BUDGET // (3 * max(1, jobs))
+    return max(1 << 20, min(CHUNK, size - size % (64 << 10)))
 Progress = Callable[[str, int], None]
 
 
@@ -62,12 +69,14 @@ _SCREEN: dict[str, tuple[int, int]] = {
 def maybe_nonfinite(data, dtype: str, byteorder: str = "little", scratch=None) -> bool:
     """False when `data` certainly holds no NaN/Inf (cheap); True when it may (then build the
     mask with nonfinite_mask)."""
-    spec = _SCREEN.get(dtype)
-    if spec is None:
-        return dtype in _BITS
+    if dtype not in _BITS:
+        return False
     view = np.frombuffer(data, dtype=("<" if byteorder == "little" else ">") + _BITS[dtype][0])
     if not len(view):
         return False
+    spec = _SCREEN.get(dtype)
+    if spec is None:  # the *fnuz fp8 types: one NaN pattern, 0x80
+        return bool((view == 0x80).any())
     out = None
     if scratch is not None and byteorder == "little":
         out = np.frombuffer(scratch, dtype=view.dtype, count=len(view))
@@ -129,10 +138,11 @@ class NonfiniteCounter:
             self._elements += n
             return
         bad = nonfinite_mask(data, self.dtype, self.byteorder)
-        if bad.any():
-            where = np.flatnonzero(bad) + self._elements
-            for name, lo, hi in self.tensors:
-                c = int(np.searchsorted(where, hi) - np.searchsorted(where, lo))
+        base = self._elements
+        for name, lo, hi in self.tensors:  # count each tensor over its part of this chunk
+            a, b = max(lo - base, 0), min(hi - base, n)
+            if a < b:
+                c = int(np.count_nonzero(bad[a:b]))
                 if c:
                     self.counts[name] = self.counts.get(name, 0) + c
         self._elements += n

@@ -290,3 +290,26 @@ def test_old_manifest_format_is_still_read(tmp_path):
     (d / ".ckptdoctor-manifest.json").write_text(json.dumps(old))
     r = cli("validate", "--format", "json", d)
     assert r.exit_code == 1 and "CK503" in [f["code"] for f in json.loads(r.stdout)["findings"]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+                                   torch.float8_e5m2, torch.float8_e4m3fnuz,
+                                   torch.float8_e5m2fnuz], ids=str)
+def test_bit_tests_agree_with_torch_on_every_bit_pattern(dtype):
+    """Every 8/16-bit pattern: the raw-bit mask and the cheap screen equal torch.isfinite."""
+    from ckptdoctor.stream import maybe_nonfinite, nonfinite_mask
+
+    bits = 8 * torch.tensor([], dtype=dtype).element_size()
+    raw = torch.arange(2 ** bits, dtype=torch.int32).to(torch.uint8 if bits == 8 else torch.int16)
+    if bits == 16:
+        raw = torch.arange(-(2 ** 15), 2 ** 15, dtype=torch.int32).to(torch.int16)
+    values = raw.view(dtype)
+    want = ~torch.isfinite(values.to(torch.float32))
+    data = raw.numpy().tobytes()
+    name = str(dtype).removeprefix("torch.")
+    assert torch.equal(torch.from_numpy(nonfinite_mask(data, name).copy()), want)
+    for i in torch.nonzero(want).flatten()[:64].tolist():  # the screen flags a chunk with one bad value
+        clean = torch.zeros(1024, dtype=raw.dtype)
+        clean[i % 1024] = raw[i]
+        assert maybe_nonfinite(clean.numpy().tobytes(), name)
+    assert not maybe_nonfinite(raw[~want].numpy().tobytes(), name)
