@@ -53,7 +53,7 @@ def file_path(root: Path, f: FileInfo) -> Path:
 
 def deep_eligible(f: FileInfo) -> bool:
     """Broken or dangerous files are never read as tensors (the static findings say why)."""
-    return f.format in ("torch-zip", "safetensors", "torch-legacy") and not any(
+    return f.format in ("torch-zip", "safetensors", "torch-legacy", "dcp-shard") and not any(
         x.severity is Severity.ERROR for x in f.findings)
 
 
@@ -87,7 +87,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
     out = FileOutcome(f.path)
     rel = f.path
     regions = []
-    if deep and f.format in ("torch-zip", "safetensors"):
+    if deep and f.format in ("torch-zip", "safetensors", "dcp-shard"):
         try:
             regions = plan_regions(path, f)
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input

@@ -10,6 +10,7 @@ Nothing here imports torch."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import zipfile
@@ -200,7 +201,43 @@ def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> l
         return _zip_regions(path, info, nonfinite)
     if info.format == "safetensors" and nonfinite:
         return _safetensors_regions(info)
+    if info.format == "dcp-shard":
+        return _dcp_regions(path, nonfinite)
     return []
+
+
+def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
+    """A .distcp shard holds one torch.save zip per item, back to back, where the sibling
+    .metadata says (metadata only: nothing is unpickled). Each item's records are checked
+    like a torch zip's, its tensor named by the item's fully qualified name."""
+    from .formats.base import FileSlice
+    from .formats.dcp import read_metadata
+    from .formats.torch_zip import scan_zip
+
+    meta = path.parent / ".metadata"
+    if not meta.is_file():
+        return []
+    md = read_metadata(meta, ".metadata")[1]
+    if md is None:
+        return []
+    out: list[Region] = []
+    with open(path, "rb") as fh:
+        for e in md.storage:
+            if e.relative_path != path.name:
+                continue
+            item = FileSlice(fh, e.offset, e.length)
+            info = scan_zip(item, e.fqn)
+            if info.format != "torch-zip" or any(f.severity.name == "ERROR" for f in info.findings):
+                continue  # BytesIO items and broken ones: the static checks report them
+            info.tensors = [t.__class__(e.fqn, t.dtype, t.shape, t.nbytes, t.storage, t.offset)
+                            for t in info.tensors]
+            item.seek(0)
+            for r in _zip_regions(item, info, nonfinite):
+                r.start += e.offset
+                r.end += e.offset
+                r.record = f"{e.fqn}!{r.record}"
+                out.append(r)
+    return out
 
 
 def _zip_regions(path: Path, info: FileInfo, nonfinite: bool) -> list[Region]:
@@ -214,13 +251,19 @@ def _zip_regions(path: Path, info: FileInfo, nonfinite: bool) -> list[Region]:
         by_storage.setdefault(t.storage, {}).setdefault(t.dtype, []).append(
             (t.name, lo, lo + t.numel))
     regions = []
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
-        fd = raw.fileno()
+    with contextlib.ExitStack() as stack:
+        raw = path if not isinstance(path, Path) else stack.enter_context(open(path, "rb"))
+        zf = stack.enter_context(zipfile.ZipFile(raw))
+
+        def pread(n: int, at: int) -> bytes:
+            raw.seek(at)
+            return raw.read(n)
+
         for i in zf.infolist():
             if i.compress_type != zipfile.ZIP_STORED:
                 continue  # reported by the static scan; never inflated here
             # Data starts after the local header: 30 bytes + name + extra (local lengths).
-            head = os.pread(fd, 30, i.header_offset)
+            head = pread(30, i.header_offset)
             if len(head) < 30:
                 regions.append(Region(i.header_offset, i.header_offset, i.filename, i.CRC,
                                       short=True))

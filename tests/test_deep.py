@@ -313,3 +313,22 @@ def test_bit_tests_agree_with_torch_on_every_bit_pattern(dtype):
         clean[i % 1024] = raw[i]
         assert maybe_nonfinite(clean.numpy().tobytes(), name)
     assert not maybe_nonfinite(raw[~want].numpy().tobytes(), name)
+
+
+def test_dcp_shard_items_are_checked(tmp_path):
+    """DCP writes each tensor item as a torch.save zip inside the .distcp shard: its CRC32s
+    and values are checked, the tensor named by its fully qualified name."""
+    w = torch.randn(16, 8)
+    w[3, 3] = float("nan")
+    state = {"model": {"w": w, "b": torch.zeros(8)}, "step": 3}
+    out = tmp_path / "dcp"
+    fx._dcp_save(state, out)
+    rc, found = deep_json(out)
+    assert rc == 1 and nonfinite(found) == {"model.w": (torch_count(w), "error")}
+    shard = out / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[data.find(torch.zeros(8).numpy().tobytes()) + 5] ^= 0x20  # inside model.b's record
+    shard.write_bytes(bytes(data))
+    rc, found = deep_json(out)
+    assert [f["message"].split()[1] for f in found if f["code"] == "CK204"] == \
+        ["model.b!archive/data/0"]
