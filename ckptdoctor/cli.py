@@ -132,6 +132,7 @@ def _progress(enabled: bool):
         def advance(label: str, nbytes: int) -> None:
             bar.update(task, advance=nbytes, description=label[-40:])
 
+        advance.set_total = lambda total: bar.update(task, total=total)  # type: ignore[attr-defined]
         yield advance
 
 
@@ -177,7 +178,9 @@ def validate(
     trust: TrustOpt = False,
     load: Annotated[bool, typer.Option("--load", help="Really load each file through the loader chain.")] = False,
     deep: Annotated[bool, typer.Option("--deep", help="Read all bytes: zip CRC32s, NaN/Inf, optimizer shapes.")] = False,
-    write_manifest: Annotated[bool, typer.Option("--write-manifest", help="Record sha256 of every file; later runs verify it.")] = False,
+    write_manifest: Annotated[bool, typer.Option("--write-manifest", help="Record sha256 of every file as an OpenSSF model-signing (in-toto) manifest; later runs verify it.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files read in parallel by --deep / manifests (0: one per CPU).")] = 0,
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="NaN/Inf in parameters or optimizer state is a warning, not an error.")] = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.text,
     select: Annotated[list[str], typer.Option("--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],  # noqa: B006
     ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
@@ -186,6 +189,7 @@ def validate(
 ) -> None:
     """Pre-resume gate: is the checkpoint complete, intact and loadable by what will resume it?
     Exit 0 resumable, 1 findings at or above --fail-on, 2 usage or internal error."""
+    from .dist import from_env
     from .validate import ValidateOptions, exit_code, validate as run
 
     versions = _versions(framework_version)
@@ -195,14 +199,21 @@ def validate(
         _require_doc(path, fmt)
     _require(path)
     _check_allow(allow)
+    group = from_env()  # under torchrun: the byte-reading pass is split across the ranks
     opts = ValidateOptions(consumer=consumer.value, allow=tuple(allow), trust=trust, load=load,
                            deep=deep, write_manifest=write_manifest, select=select,
                            ignore=ignore, fail_on=Severity.parse(fail_on.value),
-                           versions=versions)
-    with _progress(deep or write_manifest) as progress:
+                           versions=versions, jobs=jobs, allow_nonfinite=allow_nonfinite,
+                           dist=group)
+    with _progress((deep or write_manifest) and (group is None or group.rank == 0)) as progress:
         report, findings = run(path, opts, progress)
-    sys.stdout.write(_validate_doc(report, findings, fmt, opts.fail_on))
-    raise typer.Exit(exit_code(findings, opts.fail_on))
+    text = _validate_doc(report, findings, fmt, opts.fail_on)
+    code = exit_code(findings, opts.fail_on)
+    if group is not None:  # one report (rank 0's stdout), one exit code on every rank
+        code = group.agree(code)
+        group.close()
+    sys.stdout.write(text)
+    raise typer.Exit(code)
 
 
 def _validate_doc(report, findings, fmt: OutputFormat, fail_on: Severity) -> str:
@@ -251,7 +262,9 @@ def latest(
     _check_allow(allow)
     result = newest_valid(run_dir, consumer=consumer.value, allow=tuple(allow),
                           versions=versions)
-    for line in result.stderr_lines():
+    from .dist import env_rank
+
+    for line in result.stderr_lines() if env_rank() == 0 else []:  # torchrun: rank 0 reports
         err.print(line, markup=False)
     if result.best is None:
         raise typer.Exit(EXIT_FINDINGS)
@@ -453,6 +466,10 @@ def _check_allow(names: list[str]) -> None:
 
 def main() -> None:
     """Entry point: run the app; turn any unexpected exception into one line and exit 2."""
+    from .dist import env_rank
+
+    if env_rank() != 0:  # under torchrun only rank 0 prints the report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     try:
         app(standalone_mode=True)
     except SystemExit:

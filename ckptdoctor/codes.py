@@ -100,10 +100,12 @@ class Code(enum.Enum):
                              "PEFT target_modules without LoRA tensors in the adapter")
 
     # deep
-    NONFINITE = ("CK501", Severity.WARNING, "tensor holds NaN or Inf")
+    NONFINITE = ("CK501", Severity.ERROR, "tensor holds NaN or Inf")
     OPTIM_SHAPE = ("CK502", Severity.ERROR, "optimizer state shape differs from its parameter")
     MANIFEST_MISMATCH = ("CK503", Severity.ERROR, "file differs from the recorded manifest")
     MANIFEST_MISSING_FILE = ("CK504", Severity.ERROR, "file in the manifest is missing")
+    CRC_NOT_RECORDED = ("CK510", Severity.INFO,
+                        "zip records carry no CRC32 (saved with compute_crc32=False)")
 
     # loading
     LOAD_FAILS = ("CK601", Severity.ERROR, "the resuming framework cannot load this file")

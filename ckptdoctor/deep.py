@@ -1,124 +1,256 @@
-"""`validate --deep`: checks that read every byte. Tensors are visited one at a time from mmap,
-so memory stays bounded by the largest tensor."""
+"""`validate --deep`: checks that read every byte, at disk speed and in bounded memory.
+
+Every file is read once, front to back, in a few MiB at a time (stream.py): the same pass
+verifies each torch-zip record's CRC32, finds NaN/Inf from the raw bits of every floating
+tensor, and hashes the file when a manifest is written or verified. No tensor is built and no
+pickle is loaded; which bytes are which tensor comes from the static scan's metadata. Optimizer
+shapes are checked from metadata too. Files are streamed by `jobs` threads (zlib, hashlib and
+numpy release the GIL)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .codes import Code
-from .formats.torch_zip import check_crc
-from .model import Finding, Report, Severity
+from .model import FileInfo, Finding, Report, Severity
 
 Progress = Callable[[str, int], None]
+# Tensors under these top-level keys are bookkeeping, not parameters or optimizer state: a
+# Lightning ModelCheckpoint/EarlyStopping keeps +-inf there on purpose.
+BOOKKEEPING = frozenset({"callbacks", "loops", "lr_schedulers", "lr_scheduler", "scheduler",
+                         "hyper_parameters", "hparams"})
+_STATE_RE = re.compile(r"state\.(\d+)\.(.+)")
 
 
-def deep_checks(base: Path, report: Report, progress: Progress | None = None) -> list[Finding]:
-    out: list[Finding] = []
-    weights: list[tuple[str, tuple[int, ...]]] = []
-    optimizers: list[tuple[str, Any]] = []
-    for f in report.files:
-        if any(x.severity is Severity.ERROR for x in f.findings):
-            continue  # broken or dangerous: never loaded
-        path = base / f.path if f.path and (base / f.path).exists() else base
-        if f.format == "torch-zip":
-            out.extend(check_crc(path, f.path))
-        if f.format == "safetensors":
-            out.extend(_nonfinite_safetensors(path, f.path, weights, progress))
-        elif f.format in ("torch-zip", "torch-legacy"):
-            obj = _load(path, f)
-            if obj is None:
-                continue
-            out.extend(_nonfinite_tree(obj, f.path, progress))
-            if isinstance(obj, dict) and "state" in obj and "param_groups" in obj:
-                optimizers.append((f.path, obj))
-    for rel, opt in optimizers:
-        out.extend(_optimizer_shapes(rel, opt, weights))
+@dataclass
+class FileOutcome:
+    """What the single pass over one file found (plain data: ranks exchange it as JSON)."""
+
+    rel: str
+    findings: list[Finding] = field(default_factory=list)
+    sha256: str | None = None
+    nbytes: int = 0
+
+
+MAX_DEFAULT_JOBS = 16  # more threads rarely read faster, and each holds a few MiB
+
+
+def default_jobs() -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n, MAX_DEFAULT_JOBS))
+
+
+def file_path(root: Path, f: FileInfo) -> Path:
+    return root if root.is_file() else root / f.path
+
+
+def deep_eligible(f: FileInfo) -> bool:
+    """Broken or dangerous files are never read as tensors (the static findings say why)."""
+    return f.format in ("torch-zip", "safetensors", "torch-legacy", "dcp-shard") and not any(
+        x.severity is Severity.ERROR for x in f.findings)
+
+
+def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels: set[str],
+                 jobs: int = 1, progress: Progress | None = None,
+                 allow_nonfinite: bool = False) -> list[FileOutcome]:
+    """The single pass over `files`: per-file deep findings and sha256 (for rels in hash_rels)."""
+    from .stream import chunk_for
+    todo = [f for f in files if (deep and deep_eligible(f)) or f.path in hash_rels]
+    set_total = getattr(progress, "set_total", None)
+    if set_total is not None:  # the bar can show throughput and an ETA
+        set_total(sum(f.size for f in todo))
+
+    def one(f: FileInfo) -> FileOutcome:
+        return check_file(file_path(root, f), f, deep=deep and deep_eligible(f),
+                          want_hash=f.path in hash_rels, progress=progress,
+                          allow_nonfinite=allow_nonfinite, overlap=jobs > 1,
+                          chunk=chunk_for(jobs))
+
+    if jobs <= 1 or len(todo) <= 1:
+        return [one(f) for f in todo]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, todo))
+
+
+def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
+               progress: Progress | None = None, allow_nonfinite: bool = False,
+               overlap: bool = False, chunk: int | None = None) -> FileOutcome:
+    from .stream import CHUNK, plan_regions, stream_file
+
+    out = FileOutcome(f.path)
+    rel = f.path
+    regions = []
+    if deep and f.format in ("torch-zip", "safetensors", "dcp-shard"):
+        try:
+            regions = plan_regions(path, f)
+        except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
+            out.findings.append(Code.ZIP_CORRUPT.finding(rel, f"cannot verify CRCs: {exc}"))
+            deep = False
+    res = stream_file(path, rel, regions, want_hash, progress, overlap=overlap,
+                      chunk=chunk or CHUNK)
+    out.sha256, out.nbytes = res.sha256, res.nbytes
+    if res.error is not None:
+        out.findings.append(Code.UNREADABLE.finding(rel, f"cannot read: {res.error}"))
+        return out
+    if not deep:
+        return out
+    if f.format == "torch-legacy":  # legacy files: small and old; loaded as before
+        out.findings.extend(_legacy_nonfinite(path, f, allow_nonfinite))
+        return out
+    unrecorded = 0
+    for r in res.regions:
+        if r.record is None:
+            continue
+        if not r.short and r.crc == 0 and r.computed != 0:
+            unrecorded += 1  # torch.save with compute_crc32=False writes 0: not corruption
+        elif r.short or r.computed != r.crc:
+            out.findings.append(Code.ZIP_CRC.finding(
+                rel, f"record {r.record} CRC32 {r.computed:08x} != recorded {r.crc:08x}: "
+                     "the bytes changed after torch wrote them",
+                hint="restore this file from a backup or use an earlier checkpoint"))
+    if unrecorded:
+        out.findings.append(Code.CRC_NOT_RECORDED.finding(
+            rel, f"{unrecorded} zip record(s) carry no CRC32 (saved with compute_crc32=False): "
+                 "their corruption cannot be detected from the file alone",
+            hint="record a manifest now: ckptdoctor validate --write-manifest",
+            records=unrecorded))
+    for name, bad in sorted(res.nonfinite.items()):
+        out.findings.append(nonfinite_finding(rel, name, bad, allow_nonfinite))
     return out
 
 
-def _load(path: Path, info) -> Any:
+def nonfinite_finding(rel: str, name: str, count: int, allow: bool) -> Finding:
+    """NaN/Inf in parameters or optimizer state is an error (resume continues from garbage);
+    in bookkeeping (callbacks' best scores...) or with --allow-nonfinite, a warning."""
+    bookkeeping = name.split(".", 1)[0] in BOOKKEEPING
+    sev = Severity.WARNING if allow or bookkeeping else Severity.ERROR
+    return Code.NONFINITE.finding(
+        rel, f"{name}: {count} NaN/Inf value(s)", severity=sev, tensor=name, count=count,
+        hint="" if sev is Severity.WARNING else
+        "training diverged before this save; resume from an earlier checkpoint "
+        "(--allow-nonfinite to accept it)")
+
+
+def _legacy_nonfinite(path: Path, info: FileInfo, allow: bool) -> list[Finding]:
+    import torch
+
     from .loaders import LoadError, load_with_chain
 
     try:
-        return load_with_chain(path, static=info, rel=info.path).obj
+        obj = load_with_chain(path, static=info, rel=info.path).obj
     except LoadError:
-        return None
-
-
-def _nonfinite(t: Any) -> int:
-    import torch
-
-    if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
-        return 0
-    return int((~torch.isfinite(t)).sum())
-
-
-def _nonfinite_safetensors(path: Path, rel: str, weights: list, progress: Progress | None
-                           ) -> list[Finding]:
-    from safetensors import safe_open
-
+        return []
     out = []
-    with safe_open(str(path), framework="pt") as fh:
-        for name in fh.keys():
-            t = fh.get_tensor(name)
-            weights.append((name, tuple(t.shape)))
-            bad = _nonfinite(t)
-            if progress:
-                progress(rel, t.numel() * t.element_size())
+    todo: list[tuple[str, Any, int]] = [("", obj, 0)]
+    while todo:
+        prefix, v, depth = todo.pop()
+        if depth > 50:
+            continue
+        if isinstance(v, dict):
+            todo.extend((f"{prefix}.{k}" if prefix else str(k), c, depth + 1) for k, c in v.items())
+        elif isinstance(v, (list, tuple)):
+            todo.extend((f"{prefix}.{i}" if prefix else str(i), c, depth + 1)
+                        for i, c in enumerate(v))
+        elif isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
+            bad = int((~torch.isfinite(v)).sum())
             if bad:
-                out.append(Code.NONFINITE.finding(rel, f"{name}: {bad} NaN/Inf value(s)",
-                                                  tensor=name, count=bad))
+                out.append(nonfinite_finding(info.path, prefix, bad, allow))
     return out
 
 
-def _walk(obj: Any, prefix: str = "", depth: int = 0):
-    if depth > 50:
-        return
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _walk(v, f"{prefix}.{i}" if prefix else str(i), depth + 1)
-    else:
-        yield prefix, obj
+# --- optimizer shapes from metadata -----------------------------------------------------------
+def _is_weights_file(f: FileInfo) -> bool:
+    name = f.path.rsplit("/", 1)[-1]
+    if f.format == "safetensors":
+        return True
+    return f.format == "torch-zip" and bool(re.fullmatch(
+        r"(pytorch_model|adapter_model|model)([-_.].*)?\.(bin|pt|pth)", name))
 
 
-def _nonfinite_tree(obj: Any, rel: str, progress: Progress | None) -> list[Finding]:
-    out = []
-    for name, v in _walk(obj):
-        bad = _nonfinite(v)
-        if progress and hasattr(v, "element_size"):
-            progress(rel, v.numel() * v.element_size())
-        if bad:
-            out.append(Code.NONFINITE.finding(rel, f"{name}: {bad} NaN/Inf value(s)",
-                                              tensor=name, count=bad))
+def optimizer_checks(root: Path, report: Report) -> list[Finding]:
+    """Per parameter, every state tensor (exp_avg, exp_avg_sq, ...) must have one shape; and the
+    optimizer may hold no more states of a shape than the weights beside it hold tensors of it.
+
+    torch numbers optimizer parameters in `param_groups` order (the HF Trainer's decay/no-decay
+    split reorders them), and a checkpoint does not record which weight each index is unless
+    the optimizer was built from named parameters (`param_names`): then the match is by name,
+    otherwise by the multiset of shapes, which never depends on the order."""
+    from .layouts.base import read_pickle_root
+    from .pickles.scan import SymDict, SymList, lookup, top_keys
+
+    out: list[Finding] = []
+    by_dir: dict[str, list[FileInfo]] = {}
+    for f in report.files:
+        by_dir.setdefault(f.path.rpartition("/")[0], []).append(f)
+    for d, files in sorted(by_dir.items()):
+        weights: dict[str, tuple[int, ...]] = {}
+        for f in files:
+            if _is_weights_file(f) and deep_eligible(f):
+                weights.update({t.name: t.shape for t in f.tensors})
+        for f in files:
+            if f.format != "torch-zip" or not deep_eligible(f) or not any(
+                    _STATE_RE.fullmatch(t.name) for t in f.tensors):
+                continue
+            sym = read_pickle_root(file_path(root, f))
+            if sym is None or not {"state", "param_groups"} <= set(top_keys(sym)):
+                continue
+            order: list[tuple[int, str | None]] = []
+            groups = lookup(sym, "param_groups")
+            for g in groups if isinstance(groups, SymList) else []:
+                params = lookup(g, "params") if isinstance(g, SymDict) else None
+                names = lookup(g, "param_names") if isinstance(g, SymDict) else None
+                ids = [p for p in params if isinstance(p, int)] if isinstance(params, SymList) else []
+                nms = [n if isinstance(n, str) else None for n in names] \
+                    if isinstance(names, SymList) and len(names) == len(ids) else [None] * len(ids)
+                order.extend(zip(ids, nms))
+            out.extend(_shape_findings(f.path, f, order, weights))
     return out
 
 
-def _optimizer_shapes(rel: str, opt: dict, weights: list[tuple[str, tuple[int, ...]]]
-                      ) -> list[Finding]:
-    """Per parameter, every state tensor (exp_avg, exp_avg_sq, ...) must have one shape; when
-    the checkpoint's weights line up one-to-one with the optimizer's parameters, that shape
-    must be the parameter's."""
-    import torch
-
+def _shape_findings(rel: str, f: FileInfo, order: list[tuple[int, str | None]],
+                    weights: dict[str, tuple[int, ...]]) -> list[Finding]:
     out = []
-    order = [p for g in opt.get("param_groups", []) for p in g.get("params", [])]
-    shapes: dict[Any, tuple[int, ...]] = {}
-    for pid, st in opt.get("state", {}).items():
-        seen = {tuple(v.shape) for v in st.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+    per: dict[int, set[tuple[int, ...]]] = {}
+    for t in f.tensors:
+        m = _STATE_RE.fullmatch(t.name)
+        if m and len(t.shape) > 0:
+            per.setdefault(int(m.group(1)), set()).add(tuple(t.shape))
+    shapes: dict[int, tuple[int, ...]] = {}
+    for pid, seen in sorted(per.items()):
         if len(seen) > 1:
             out.append(Code.OPTIM_SHAPE.finding(
                 rel, f"parameter {pid}: optimizer states disagree on shape: {sorted(seen)}"))
-        elif seen:
-            shapes[pid] = seen.pop()
-    if weights and len(weights) == len(order) and shapes:
-        for (name, wshape), pid in zip(weights, order):
-            if pid in shapes and shapes[pid] != wshape:
+        else:
+            shapes[pid] = next(iter(seen))
+    if not weights or not shapes:
+        return out
+    named = {pid: name for pid, name in order if name is not None}
+    unnamed: list[int] = []
+    for pid, shape in sorted(shapes.items()):
+        name = named.get(pid)
+        if name is not None and name in weights:
+            if weights[name] != shape:
                 out.append(Code.OPTIM_SHAPE.finding(
-                    rel, f"parameter {pid} ({name}): optimizer state {list(shapes[pid])} vs "
-                         f"weight {list(wshape)}"))
+                    rel, f"parameter {pid} ({name}): optimizer state {list(shape)} vs weight "
+                         f"{list(weights[name])}", parameter=pid, tensor=name))
+        else:
+            unnamed.append(pid)
+    have = Counter(weights.values())
+    need = Counter(shapes[p] for p in unnamed)
+    for shape, n in sorted(need.items()):
+        if n > have.get(shape, 0):
+            pids = [p for p in unnamed if shapes[p] == shape]
+            out.append(Code.OPTIM_SHAPE.finding(
+                rel, f"optimizer state for {n} parameter(s) shaped {list(shape)} (e.g. parameter "
+                     f"{pids[0]}); the weights beside it hold {have.get(shape, 0)} tensor(s) of "
+                     "that shape: the optimizer belongs to a different model",
+                hint="resume with the optimizer file saved together with these weights",
+                parameters=pids[:20], shape=list(shape)))
     return out

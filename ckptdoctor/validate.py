@@ -6,23 +6,21 @@ a manifest, when present, is verified on every run."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import leftovers, write_bytes
+from .atomic import leftovers
 from .codes import Code, select
 from .inspect import inspect_view, runnable_hints
 from .layouts import detect_layout
 from .layouts.base import WEIGHTS_ONLY, Consumer
 from .layouts.versions import Env
+from .manifest import MANIFEST  # re-exported: repair reads it from here
 from .model import FileInfo, Finding, Report, Severity
 
-MANIFEST = ".ckptdoctor-manifest.json"
 _PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 Progress = Callable[[str, int], None]  # (label, bytes done since last call)
 _FILE_FRAMEWORK = {"lightning": "lightning"}
@@ -41,6 +39,9 @@ class ValidateOptions:
     fail_on: Severity = Severity.ERROR
     # NAME -> VERSION (--framework-version): judge for that environment instead of this one
     versions: dict[str, str] = field(default_factory=dict)
+    jobs: int = 0  # threads for the --deep / manifest pass; 0: one per CPU
+    allow_nonfinite: bool = False  # NaN/Inf in parameters/optimizer state: warning, not error
+    dist: object = None  # a dist.Group under torchrun: files are split across its ranks
 
 
 def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
@@ -85,9 +86,7 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
     if opts.load:
         report.findings.extend(_load_all(root, report, opts,
                                          consumers if opts.consumer != "torch" else {}))
-    if opts.deep:
-        report.findings.extend(_deep(root, report, progress))
-    report.findings.extend(_manifest(root, report, opts.write_manifest, progress))
+    report.findings.extend(_single_pass(root, report, opts, progress))
     if opts.consumer != "torch":  # --load / --deep / manifest findings on unread files
         report.findings = _unread_report(report.findings, consumers)
     if opts.consumer == "torch":
@@ -230,48 +229,53 @@ def _load_all(root: Path, report: Report, opts: ValidateOptions,
     return out
 
 
-def _deep(root: Path, report: Report, progress: Progress | None) -> list[Finding]:
-    from .deep import deep_checks
+def _single_pass(root: Path, report: Report, opts: ValidateOptions,
+                 progress: Progress | None) -> list[Finding]:
+    """--deep and the manifest share one read of every byte (see deep.py and stream.py)."""
+    from . import manifest
 
-    base = root if root.is_dir() else root.parent
-    return deep_checks(base, report, progress)
-
-
-def _hash(path: Path, progress: Progress | None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            h.update(block)
-            if progress:
-                progress(path.name, len(block))
-    return h.hexdigest()
-
-
-def _manifest(root: Path, report: Report, write: bool, progress: Progress | None
-              ) -> list[Finding]:
-    if not root.is_dir():
-        return []
-    mpath = root / MANIFEST
     files = [f for f in report.files if f.path != MANIFEST]
-    if write:
-        doc = {"version": 1, "algorithm": "sha256", "files": {
-            f.path: {"size": f.size, "sha256": _hash(root / f.path, progress)} for f in files}}
-        write_bytes(mpath, json.dumps(doc, indent=1, sort_keys=True).encode())
-        return []
-    if not mpath.is_file():
-        return []
-    try:
-        recorded = json.loads(mpath.read_text("utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return [Code.JSON_INVALID.finding(MANIFEST, "manifest does not parse")]
-    out = []
-    present = {f.path: f for f in files}
-    for rel, want in sorted(recorded.items()):
-        f = present.get(rel)
-        if f is None:
-            out.append(Code.MANIFEST_MISSING_FILE.finding(rel, "listed in the manifest, missing"))
-        elif f.size != want.get("size") or _hash(root / rel, progress) != want.get("sha256"):
-            out.append(Code.MANIFEST_MISMATCH.finding(
-                rel, "content differs from the manifest written when the checkpoint was good",
-                hint="restore this file from a backup or use an earlier checkpoint"))
+    mpath = root / MANIFEST
+    recorded: dict[str, manifest.Entry] | None = None
+    out: list[Finding] = []
+    if root.is_dir() and not opts.write_manifest and mpath.is_file():
+        try:
+            recorded = manifest.read(mpath)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            out.append(Code.JSON_INVALID.finding(MANIFEST, f"manifest does not parse: {exc}"))
+    if opts.write_manifest and root.is_dir():
+        hash_rels = {f.path for f in files}
+    elif recorded is not None:
+        hash_rels = {f.path for f in files if f.path in recorded and
+                     recorded[f.path].size in (None, f.size)}
+    else:
+        hash_rels = set()
+    if not opts.deep and not hash_rels:
+        return out
+    from .deep import default_jobs, optimizer_checks, stream_files
+
+    jobs = opts.jobs or default_jobs()
+    group = opts.dist
+    mine = group.assign(files) if group is not None else files
+    outcomes = stream_files(root, mine, deep=opts.deep, hash_rels=hash_rels, jobs=jobs,
+                            progress=progress, allow_nonfinite=opts.allow_nonfinite)
+    if group is not None:
+        outcomes = group.gather(outcomes)
+    for o in sorted(outcomes, key=lambda o: o.rel):
+        out.extend(o.findings)
+    if opts.deep:
+        out.extend(optimizer_checks(root, report))
+    hashes = {o.rel: o.sha256 for o in outcomes if o.sha256}
+    if opts.write_manifest and root.is_dir():
+        if group is None or group.rank == 0:
+            manifest.write(root, {rel: hashes[rel] for rel in sorted(hash_rels) if rel in hashes})
+    elif recorded is not None:
+        present = {f.path for f in files}
+        for rel, want in sorted(recorded.items()):
+            if rel not in present:
+                out.append(Code.MANIFEST_MISSING_FILE.finding(rel, "listed in the manifest, missing"))
+            elif hashes.get(rel) != want.sha256:
+                out.append(Code.MANIFEST_MISMATCH.finding(
+                    rel, "content differs from the manifest written when the checkpoint was good",
+                    hint="restore this file from a backup or use an earlier checkpoint"))
     return out

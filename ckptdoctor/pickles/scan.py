@@ -115,6 +115,7 @@ class Tensor:
     offset: int
     shape: tuple[int, ...]
     parameter: bool = False
+    dtype: str | None = None  # _rebuild_tensor_v3's dtype argument (UntypedStorage records)
 
 
 class SymDict(list):
@@ -610,10 +611,13 @@ class _Scanner:
             offset = targs[1] if len(targs) > 1 and isinstance(targs[1], int) else 0
             shape = targs[2] if len(targs) > 2 and isinstance(targs[2], tuple) else ()
             shape = tuple(d for d in shape if isinstance(d, int))
-            return Tensor(st, offset, shape)
+            dt = targs[6] if f.endswith("_v3") and len(targs) > 6 else None
+            dtype = dt.match[6:] if isinstance(dt, Glob) and dt.match[:6] == "torch." \
+                and dt.match[6:] in DTYPE_SIZES else None
+            return Tensor(st, offset, shape, dtype=dtype)
         if f in _PARAM_REBUILDS and targs and isinstance(targs[0], Tensor):
             t = targs[0]
-            return Tensor(t.storage, t.offset, t.shape, parameter=True)
+            return Tensor(t.storage, t.offset, t.shape, parameter=True, dtype=t.dtype)
         if f == "torch._tensor._rebuild_from_type_v2" and len(targs) >= 2:
             inner = targs[0]
             new_type = targs[1].match if isinstance(targs[1], Glob) else None
@@ -675,7 +679,7 @@ def collect_tensors(root: Any, limits: ScanLimits = DEFAULT_LIMITS) -> list[Tens
             break
         if isinstance(v, Tensor):
             st = v.storage
-            dtype = st.dtype if st else "unknown"
+            dtype = v.dtype or (st.dtype if st else "unknown")
             n = math.prod(v.shape)
             out.append(TensorInfo(prefix or "<root>", dtype, v.shape, n * DTYPE_SIZES.get(dtype, 1),
                                   st.key if st else None, v.offset))

@@ -14,7 +14,6 @@ temp files left behind carry atomic.TMP_MARKER and the next run removes them."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat as stat_mod
@@ -498,23 +497,16 @@ class _Run:
                         ) -> None:
         """Keep a `validate --write-manifest` record true: the entry of a file repair replaced
         (only if it recorded the original) now describes the verified new file."""
+        from ..manifest import replaced
         from ..validate import MANIFEST
 
         mpath = self.root / MANIFEST
         if not mpath.is_file():
             return
-        try:
-            doc = json.loads(mpath.read_text("utf-8"))
-            files = doc["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        entry = files.get(old_rel)
-        if not isinstance(entry, dict) or entry.get("sha256") != old_sha:
-            return
-        files.pop(old_rel)
-        files[new_rel] = {"size": new_path.stat().st_size, "sha256": sha256_file(new_path)}
-        doc["files"] = dict(sorted(files.items()))
-        self.write_side(MANIFEST, json.dumps(doc, indent=1, sort_keys=True).encode(), old_rel)
+        data = replaced(mpath, old_rel, old_sha, new_rel, sha256_file(new_path),
+                        new_path.stat().st_size)
+        if data is not None:
+            self.write_side(MANIFEST, data, old_rel)
 
     def unchanged_since_read(self, prep: _Prepared) -> bool:
         now = prep.plan.path.stat()

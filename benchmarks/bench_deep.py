@@ -1,0 +1,133 @@
+"""`validate --deep` on a ~1.4 GB Llama-shaped bf16 checkpoint, as a torch zip and as sharded
+safetensors, next to the floor: one read + CRC32 pass over the same bytes, and `sha256sum`.
+
+Each contender runs in its own process; wall time and that process's peak RSS (from wait4's
+rusage; the orchestrator never imports torch, so no inherited peak) come from ONE run with a
+warm page cache (every file is read once before timing). Also: --jobs 1/2/N and torchrun with
+2 ranks.
+
+    .venv/bin/python benchmarks/bench_deep.py [--dir bench-out] [--layers 12]
+
+Targets: --deep wall <= 1.4x the read+CRC32 pass; peak RSS <= 256 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+WRITE = """
+import sys, torch
+from safetensors.torch import save_file
+layers, zip_path, st_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+h, v, inter = 2048, 32000, 5632
+g = torch.Generator().manual_seed(0)
+def w(*shape):  # random bf16 (no NaN/Inf): the checks must really look at every value
+    return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+sd = {"model.embed_tokens.weight": w(v, h)}
+for i in range(layers):
+    p = f"model.layers.{i}."
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        sd[p + "self_attn." + n + ".weight"] = w(h, h)
+    for n, shape in (("gate_proj", (inter, h)), ("up_proj", (inter, h)), ("down_proj", (h, inter))):
+        sd[p + "mlp." + n + ".weight"] = w(*shape)
+    sd[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+    sd[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+sd["model.norm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+sd["lm_head.weight"] = w(v, h)
+torch.save(sd, zip_path)
+shards, cur, size = [], {}, 0
+for k, t in sd.items():
+    cur[k] = t
+    size += t.numel() * t.element_size()
+    if size >= 350_000_000:
+        shards.append(cur); cur, size = {}, 0
+if cur:
+    shards.append(cur)
+import os
+os.makedirs(st_dir, exist_ok=True)
+for i, s in enumerate(shards):
+    save_file(s, f"{st_dir}/model-{i + 1:05d}-of-{len(shards):05d}.safetensors", metadata={"format": "pt"})
+"""
+
+READ_CRC = """
+import sys, zlib, os
+buf = bytearray(4 << 20); mv = memoryview(buf)
+for p in sys.argv[1:]:
+    crc = 0
+    with open(p, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            crc = zlib.crc32(mv[:n], crc)
+"""
+
+
+def measure(cmd: list[str]) -> tuple[float, float, int]:
+    """(seconds, peak RSS MiB, exit code) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    return elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def torchrun_peak(cmd: list[str]) -> tuple[float, float, int]:
+    """torchrun's workers are its children: RUSAGE_CHILDREN of a wrapper process gives the
+    largest worker's peak (the wrapper itself is small)."""
+    wrapper = ("import resource, subprocess, sys, time\n"
+               "t = time.perf_counter(); rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)\n")
+    out = subprocess.run([PY, "-c", wrapper, *cmd], capture_output=True, text=True, env=ENV).stdout
+    t, kb, rc = out.split()
+    return float(t), int(kb) / 1024, int(rc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default="bench-out")
+    ap.add_argument("--layers", type=int, default=12)  # ~1.4 GB of bf16
+    args = ap.parse_args()
+    out = Path(args.dir).resolve()
+    out.mkdir(exist_ok=True)
+    zpath, sdir = out / "llama_bf16.pt", out / "llama_bf16_st"
+    if not zpath.exists() or not sdir.exists():
+        subprocess.run([PY, "-c", WRITE, str(args.layers), str(zpath), str(sdir)], check=True)
+    shards = sorted(str(p) for p in sdir.glob("*.safetensors"))
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    size = zpath.stat().st_size
+    subprocess.run([PY, "-c", READ_CRC, str(zpath), *shards], check=True)  # warm the page cache
+    deep = [PY, "-m", "ckptdoctor", "validate", "--deep"]
+    rows: dict[str, tuple[float, float, int]] = {}
+    for label, target, files in (("torch zip", zpath, [str(zpath)]), ("safetensors x%d" % len(shards), sdir, shards)):
+        rows[f"{label}: read + CRC32 (4 MiB readinto)"] = measure([PY, "-c", READ_CRC, *files])
+        rows[f"{label}: sha256sum"] = measure(["sha256sum", *files])
+        for j in sorted({1, 2, ncpu}):
+            rows[f"{label}: validate --deep --jobs {j}"] = measure([*deep, "--jobs", str(j), str(target)])
+        if target.is_dir():  # manifests are written for directories
+            rows[f"{label}: validate --deep --write-manifest"] = measure(
+                [*deep, "--write-manifest", str(target)])
+        rows[f"{label}: torchrun 2 ranks validate --deep"] = torchrun_peak(
+            [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             "-m", "ckptdoctor", "validate", "--deep", str(target)])
+    print(f"torch zip {size / 1e9:.2f} GB; {len(shards)} safetensors shards; {ncpu} CPUs; "
+          f"python {sys.version.split()[0]}; warm page cache; one run")
+    print(f"{'contender':<58} {'wall s':>8} {'peak MiB':>9} {'GB/s':>6} rc")
+    for name, (t, m, rc) in rows.items():
+        print(f"{name:<58} {t:8.2f} {m:9.1f} {size / t / 1e9:6.2f} {rc}")
+    for label in ("torch zip", "safetensors x%d" % len(shards)):
+        floor = rows[f"{label}: read + CRC32 (4 MiB readinto)"][0]
+        best = min(rows[f"{label}: validate --deep --jobs {j}"][0] for j in sorted({1, 2, ncpu}))
+        worst_rss = max(m for k, (_, m, _) in rows.items() if k.startswith(label) and "validate" in k)
+        print(f"{label}: --deep {best / floor:.2f}x read+CRC32 (target <= 1.4); "
+              f"peak RSS {worst_rss:.0f} MiB (target <= 256)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""One sequential read per file, in bounded memory: every byte is read once into a reused
+buffer and fed, in the same pass, to
+
+- zlib.crc32 for every torch-zip record (torch writes CRCs and never checks them),
+- a NaN/Inf bit test on the raw bytes for every floating tensor (numpy, no torch),
+- hashlib.sha256 of the whole file when a manifest is written or verified.
+
+zlib, hashlib and numpy release the GIL, so files can be streamed from several threads.
+Nothing here imports torch."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .model import FileInfo
+
+CHUNK = 4 << 20  # bytes per read; a multiple of every element size
+MEMORY_BUDGET = 96 << 20  # buffers of all threads together (each uses about 3 chunks)
+
+
+def chunk_for(jobs: int) -> int:
+    """Chunk size so `jobs` threads stay within MEMORY_BUDGET: 4 MiB down to 1 MiB."""
+    size = MEMORY_BUDGET // (3 * max(1, jobs))
+    return max(1 << 20, min(CHUNK, size - size % (64 << 10)))
+Progress = Callable[[str, int], None]
+
+
+# --- NaN / Inf from bits ----------------------------------------------------------------------
+# dtype -> (unsigned view, exponent mask, value meaning "all ones"), or a byte equality test.
+# IEEE formats: NaN or Inf <=> exponent bits all ones. fp8 variants by their own encodings:
+# e4m3fn has no Inf and one NaN pattern per sign (S.1111.111); e5m2 is IEEE-like; the *fnuz
+# variants have a single NaN, 0x80 (negative zero's bit pattern); e8m0fnu's NaN is 0xFF.
+_BITS: dict[str, tuple[str, int, int]] = {
+    "float32": ("u4", 0x7F800000, 0x7F800000),
+    "float64": ("u8", 0x7FF0000000000000, 0x7FF0000000000000),
+    "float16": ("u2", 0x7C00, 0x7C00),
+    "bfloat16": ("u2", 0x7F80, 0x7F80),
+    "float8_e4m3fn": ("u1", 0x7F, 0x7F),
+    "float8_e5m2": ("u1", 0x7C, 0x7C),
+    "float8_e4m3fnuz": ("u1", 0xFF, 0x80),
+    "float8_e5m2fnuz": ("u1", 0xFF, 0x80),
+    "float8_e8m0fnu": ("u1", 0xFF, 0xFF),
+    # complex: two components per element; an element is bad when either component is
+    "complex32": ("u2", 0x7C00, 0x7C00),
+    "complex64": ("u4", 0x7F800000, 0x7F800000),
+    "complex128": ("u8", 0x7FF0000000000000, 0x7FF0000000000000),
+}
+CHECKED_DTYPES = frozenset(_BITS)
+# Fast screen: for sign-magnitude formats a value is NaN/Inf iff its magnitude bits are at
+# least "exponent all ones" (e4m3fn: S.1111.111 is the maximum magnitude pattern), so one
+# AND and one max() per chunk clear it; only a chunk that fails the screen builds a mask.
+_SCREEN: dict[str, tuple[int, int]] = {
+    "float32": (0x7FFFFFFF, 0x7F800000), "float64": (0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
+    "float16": (0x7FFF, 0x7C00), "bfloat16": (0x7FFF, 0x7F80), "float8_e4m3fn": (0x7F, 0x7F),
+    "float8_e5m2": (0x7F, 0x7C), "float8_e8m0fnu": (0xFF, 0xFF), "complex32": (0x7FFF, 0x7C00),
+    "complex64": (0x7FFFFFFF, 0x7F800000),
+    "complex128": (0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
+}
+
+
+def maybe_nonfinite(data, dtype: str, byteorder: str = "little", scratch=None) -> bool:
+    """False when `data` certainly holds no NaN/Inf (cheap); True when it may (then build the
+    mask with nonfinite_mask)."""
+    if dtype not in _BITS:
+        return False
+    view = np.frombuffer(data, dtype=("<" if byteorder == "little" else ">") + _BITS[dtype][0])
+    if not len(view):
+        return False
+    spec = _SCREEN.get(dtype)
+    if spec is None:  # the *fnuz fp8 types: one NaN pattern, 0x80
+        return bool((view == 0x80).any())
+    out = None
+    if scratch is not None and byteorder == "little":
+        out = np.frombuffer(scratch, dtype=view.dtype, count=len(view))
+    mag = np.bitwise_and(view, view.dtype.type(spec[0]), out=out)
+    return bool(mag.max() >= spec[1])
+
+
+def nonfinite_mask(data, dtype: str, byteorder: str = "little") -> np.ndarray | None:
+    """Boolean mask, one entry per element, of the NaN/Inf elements in raw `data` (bytes-like,
+    a whole number of elements), or None when `dtype` has no NaN/Inf encoding."""
+    spec = _BITS.get(dtype)
+    if spec is None:
+        return None
+    kind, mask, want = spec
+    view = np.frombuffer(data, dtype=("<" if byteorder == "little" else ">") + kind)
+    bad = (view & view.dtype.type(mask)) == view.dtype.type(want)
+    if dtype.startswith("complex"):
+        bad = bad.reshape(-1, 2).any(axis=1)
+    return bad
+
+
+def element_size(dtype: str) -> int:
+    kind = _BITS[dtype][0]
+    return int(kind[1:]) * (2 if dtype.startswith("complex") else 1)
+
+
+class NonfiniteCounter:
+    """Counts NaN/Inf per tensor over a storage fed in element-aligned chunks. Several tensors
+    may view one storage (views, tied weights): each is counted over its own element range."""
+
+    def __init__(self, dtype: str, tensors: list[tuple[str, int, int]], byteorder: str = "little"):
+        self.dtype, self.byteorder = dtype, byteorder
+        self.itemsize = element_size(dtype)
+        self.tensors = tensors  # (name, first element, end element)
+        self.counts: dict[str, int] = {}
+        self._elements = 0  # elements fed so far
+        self._carry = b""  # a partial element left at the end of a chunk (unaligned regions)
+        self.scratch: bytearray | None = None  # reused output buffer of the screen
+
+    def feed(self, chunk) -> None:
+        if self._carry:
+            need = self.itemsize - len(self._carry)
+            head, chunk = self._carry + bytes(chunk[:need]), chunk[need:]
+            self._carry = b""
+            if len(head) < self.itemsize:
+                self._carry = head
+                return
+            self._count(head)
+        cut = len(chunk) - len(chunk) % self.itemsize
+        if cut != len(chunk):
+            self._carry = bytes(chunk[cut:])
+            chunk = chunk[:cut]
+        if cut:
+            self._count(chunk)
+
+    def _count(self, data) -> None:
+        n = len(data) // self.itemsize
+        if not maybe_nonfinite(data, self.dtype, self.byteorder, self.scratch):
+            self._elements += n
+            return
+        bad = nonfinite_mask(data, self.dtype, self.byteorder)
+        base = self._elements
+        for name, lo, hi in self.tensors:  # count each tensor over its part of this chunk
+            a, b = max(lo - base, 0), min(hi - base, n)
+            if a < b:
+                c = int(np.count_nonzero(bad[a:b]))
+                if c:
+                    self.counts[name] = self.counts.get(name, 0) + c
+        self._elements += n
+
+
+# --- regions of a file ------------------------------------------------------------------------
+@dataclass
+class Region:
+    """A byte range [start, end) of a file and what to do with its bytes."""
+
+    start: int
+    end: int
+    record: str | None = None  # zip record name: CRC32 checked against `crc`
+    crc: int = 0
+    counters: list[NonfiniteCounter] = field(default_factory=list)
+    computed: int = 0
+    short: bool = False  # the file ended before `end`
+
+    def feed(self, chunk) -> None:
+        self.feed_crc(chunk)
+        self.feed_values(chunk)
+
+    def feed_crc(self, chunk) -> None:
+        if self.record is not None:
+            self.computed = zlib.crc32(chunk, self.computed)
+
+    def feed_values(self, chunk) -> None:
+        for c in self.counters:
+            c.feed(chunk)
+
+
+@dataclass
+class StreamResult:
+    rel: str
+    regions: list[Region] = field(default_factory=list)
+    sha256: str | None = None
+    nbytes: int = 0
+    error: str | None = None  # the file could not be read (OSError, zip structure)
+
+    @property
+    def nonfinite(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.regions:
+            for c in r.counters:
+                for k, v in c.counts.items():
+                    out[k] = out.get(k, 0) + v
+        return out
+
+
+def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> list[Region]:
+    """What to check in `path`, from its metadata. Unknown formats get no regions (hash only)."""
+    if info is None:
+        return []
+    if info.format == "torch-zip":
+        return _zip_regions(path, info, nonfinite)
+    if info.format == "safetensors" and nonfinite:
+        return _safetensors_regions(info)
+    if info.format == "dcp-shard":
+        return _dcp_regions(path, nonfinite)
+    return []
+
+
+def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
+    """A .distcp shard holds one torch.save zip per item, back to back, where the sibling
+    .metadata says (metadata only: nothing is unpickled). Each item's records are checked
+    like a torch zip's, its tensor named by the item's fully qualified name."""
+    from .formats.base import FileSlice
+    from .formats.dcp import read_metadata
+    from .formats.torch_zip import scan_zip
+
+    meta = path.parent / ".metadata"
+    if not meta.is_file():
+        return []
+    md = read_metadata(meta, ".metadata")[1]
+    if md is None:
+        return []
+    out: list[Region] = []
+    with open(path, "rb") as fh:
+        for e in md.storage:
+            if e.relative_path != path.name:
+                continue
+            item = FileSlice(fh, e.offset, e.length)
+            info = scan_zip(item, e.fqn)
+            if info.format != "torch-zip" or any(f.severity.name == "ERROR" for f in info.findings):
+                continue  # BytesIO items and broken ones: the static checks report them
+            info.tensors = [t.__class__(e.fqn, t.dtype, t.shape, t.nbytes, t.storage, t.offset)
+                            for t in info.tensors]
+            item.seek(0)
+            for r in _zip_regions(item, info, nonfinite):
+                r.start += e.offset
+                r.end += e.offset
+                r.record = f"{e.fqn}!{r.record}"
+                out.append(r)
+    return out
+
+
+def _zip_regions(path: Path, info: FileInfo, nonfinite: bool) -> list[Region]:
+    order = info.meta.get("byteorder") or "little"
+    prefix = info.meta.get("archive_name")
+    by_storage: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
+    for t in info.tensors if nonfinite else []:
+        if t.storage is None or t.dtype not in CHECKED_DTYPES:
+            continue
+        lo = t.offset or 0
+        by_storage.setdefault(t.storage, {}).setdefault(t.dtype, []).append(
+            (t.name, lo, lo + t.numel))
+    regions = []
+    with contextlib.ExitStack() as stack:
+        raw = path if not isinstance(path, Path) else stack.enter_context(open(path, "rb"))
+        zf = stack.enter_context(zipfile.ZipFile(raw))
+
+        def pread(n: int, at: int) -> bytes:
+            raw.seek(at)
+            return raw.read(n)
+
+        for i in zf.infolist():
+            if i.compress_type != zipfile.ZIP_STORED:
+                continue  # reported by the static scan; never inflated here
+            # Data starts after the local header: 30 bytes + name + extra (local lengths).
+            head = pread(30, i.header_offset)
+            if len(head) < 30:
+                regions.append(Region(i.header_offset, i.header_offset, i.filename, i.CRC,
+                                      short=True))
+                continue
+            start = i.header_offset + 30 + int.from_bytes(head[26:28], "little") \
+                + int.from_bytes(head[28:30], "little")
+            reg = Region(start, start + i.compress_size, i.filename, i.CRC)
+            if prefix is not None and i.filename.startswith(f"{prefix}/data/"):
+                key = i.filename[len(prefix) + 6:]
+                for dtype, tensors in by_storage.get(key, {}).items():
+                    reg.counters.append(NonfiniteCounter(dtype, sorted(tensors, key=lambda x: x[1]),
+                                                         order))
+            regions.append(reg)
+    return regions
+
+
+def _safetensors_regions(info: FileInfo) -> list[Region]:
+    base = info.meta.get("data_start", 0)
+    out = []
+    for t in info.tensors:
+        if t.offset is None or t.dtype not in CHECKED_DTYPES:
+            continue
+        out.append(Region(base + t.offset, base + t.offset + t.nbytes,
+                          counters=[NonfiniteCounter(t.dtype, [(t.name, 0, t.numel)])]))
+    return out
+
+
+def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
+                progress: Progress | None = None, chunk: int = CHUNK,
+                overlap: bool = False) -> StreamResult:
+    """Read `path` once, front to back, feeding each region its bytes (and the hash all).
+    With `overlap`, a helper thread runs the value checks of a chunk while this thread runs
+    its CRC32 and hash (both release the GIL)."""
+    res = StreamResult(rel, regions)
+    h = hashlib.sha256() if want_hash else None
+    buf = bytearray(chunk)
+    mv = memoryview(buf)
+    scratch = bytearray(chunk)
+    for reg in regions:
+        for c in reg.counters:
+            c.scratch = scratch
+    helper = None
+    if overlap and any(r.counters for r in regions):
+        from concurrent.futures import ThreadPoolExecutor
+
+        helper = ThreadPoolExecutor(max_workers=1)
+    label = rel or path.name
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            pos = 0
+
+            def read_to(end: int, region: Region | None) -> None:
+                nonlocal pos
+                if h is None and region is None:  # nothing wants these bytes: skip them
+                    pos = fh.seek(end)
+                    return
+                while pos < end:
+                    n = fh.readinto(mv[: min(chunk, end - pos)])
+                    if not n:
+                        if region is not None:
+                            region.short = True
+                        pos = end
+                        fh.seek(end)
+                        return
+                    block = mv[:n]
+                    pending = helper.submit(region.feed_values, block) \
+                        if helper is not None and region is not None and region.counters else None
+                    if h is not None:
+                        h.update(block)
+                    if region is not None:
+                        region.feed_crc(block)
+                        if pending is None:
+                            region.feed_values(block)
+                        else:
+                            pending.result()  # the buffer is reused by the next read
+                    pos += n
+                    res.nbytes += n
+                    if progress:
+                        progress(label, n)
+
+            overlapping = []
+            for reg in sorted(regions, key=lambda r: r.start):
+                if reg.start < pos or reg.start > size:
+                    overlapping.append(reg)
+                    continue
+                read_to(reg.start, None)
+                read_to(reg.end, reg)
+            if h is not None:
+                read_to(size, None)
+            for reg in overlapping:  # overlapping records (never torch's): read them again
+                fh.seek(reg.start)
+                pos = reg.start
+                read_to(reg.end, reg)
+                if reg.end > size:
+                    reg.short = True
+    except OSError as exc:
+        res.error = exc.strerror or str(exc)
+    finally:
+        if helper is not None:
+            helper.shutdown()
+    if h is not None and res.error is None:
+        res.sha256 = h.hexdigest()
+    return res
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> str | None:
+    return stream_file(path, path.name, [], True, progress).sha256
