@@ -43,6 +43,11 @@ LAYOUT: dict[str, tuple[str, tuple[str, ...]]] = {
     "deepspeed": ("ckpt", (
         "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "global_step2/mp_rank_00_model_states.pt",
         "latest", "zero_to_fp32.py", "zero_to_torch.py")),
+    "deepspeed_2r": ("ckpt", (
+        "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "global_step2/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "global_step2/mp_rank_00_model_states.pt",
+        "latest", "zero_to_fp32.py", "zero_to_torch.py")),
+    "fsdp2": ("ckpt", (".metadata", "__0_0.distcp", "__1_0.distcp")),
     "dcp": ("ckpt", (".metadata", "__0_0.distcp")),
     "lingua": ("dump/checkpoints/0000000002", (
         ".metadata", "__0_0.distcp", "consolidated/consolidated.pth", "consolidated/params.json", "params.json",
@@ -64,12 +69,17 @@ KILLS: dict[str, tuple[str, ...]] = {
     "accelerate": ("optimizer.bin", "random_states_0.pkl"),
     "lightning": ("last.ckpt",),
     "deepspeed": ("*optim_states.pt", "latest"),
+    # rank-specific kills of the 2-rank save: "rank<r>:<pattern>"
+    "deepspeed_2r": ("rank1:*optim_states.pt", "rank0:*optim_states.pt", "rank0:latest"),
+    "fsdp2": ("rank1:__1_0.distcp", "rank0:__0_0.distcp", "rank0:.metadata"),
     "dcp": ("__0_0.distcp", ".metadata"),
     "lingua": (".metadata", "params.json", "train_state_00000.json"),
     "torchtitan": (".metadata",),
 }
 
-NAN_FRAMEWORKS = ("hf_trainer", "hf_peft", "accelerate", "lightning", "deepspeed", "dcp")
+NAN_FRAMEWORKS = ("hf_trainer", "hf_peft", "accelerate", "lightning", "deepspeed", "fsdp2", "dcp")
+
+MULTI_RANK = ("deepspeed_2r", "fsdp2")
 
 # the CI subset (everything else is marked `oracle` and runs with `make oracle`)
 FAST = {
@@ -114,6 +124,8 @@ class Case:
         """The save this case starts from ("clean" = the shared reference)."""
         if self.kind == "nan":
             return "nan"
+        if self.kind == "kill" and self.target.startswith("rank"):
+            return f"kill-{self.target}"  # kill-rank<r>:<pattern>
         if self.kind == "kill":
             return f"kill:{self.target}"
         if self.kind == "newer":
@@ -129,6 +141,16 @@ def cases() -> list[Case]:
     out: list[Case] = []
     for fw, (_, files) in LAYOUT.items():
         out.append(Case(fw, "none", "none"))
+        if fw in MULTI_RANK:  # each 2-rank resume is slow: the per-rank files, NaN and the kills
+            for rel in files:
+                if "zero_pp_rank" in rel or rel.endswith(".distcp"):
+                    out.append(Case(fw, f"delete {rel}", "delete", rel))
+            if fw in NAN_FRAMEWORKS:
+                out.append(Case(fw, "NaN weight", "nan"))
+            for pat in KILLS[fw]:
+                rank, _, p = pat.partition(":")
+                out.append(Case(fw, f"SIGKILL {rank.replace('rank', 'rank ')} of 2 at {p}", "kill", pat))
+            continue
         for rel in files:
             out.append(Case(fw, f"delete {_label(rel)}", "delete", rel))
         for rel in files:

@@ -109,7 +109,9 @@ class Oracle:
         if key not in self.saves:
             work = self.base / fw / f"save-{len(self.saves)}"
             answer = self.zygote(fw).ask(op="save", work=str(work), variant=variant)
-            if "kill:" in variant:
+            if variant.startswith("kill-rank"):  # one rank killed: the job's save fails
+                assert "ckpt" not in answer, f"{fw} {variant}: the save survived a killed rank: {answer}"
+            elif "kill:" in variant:
                 assert answer["status"] == -9, f"{fw} {variant}: the save was not killed: {answer}"
             else:
                 assert answer.get("ckpt") == str(work / catalogue.LAYOUT[fw][0]), answer
@@ -140,7 +142,7 @@ class Oracle:
         shutil.copytree(src, work / "save", symlinks=True)
         ckpt = work / "save" / catalogue.LAYOUT[fw][0]
         catalogue.apply(case, ckpt)
-        verdicts = {mode: validate(ckpt, flags) for mode, flags in MODES.items()}
+        verdicts = validate_all(ckpt)
         real = self.resume(fw, ckpt, work / "resume")
         out = {"real": real, "healthy": healthy(real, reference, case.compare_loss),
                "reference": reference, "validate": verdicts}
@@ -152,17 +154,23 @@ class Oracle:
             z.close()
 
 
-def validate(ckpt: Path, flags: list[str]) -> dict[str, Any]:
-    """``python -m ckptdoctor validate [flags] --format json CKPT`` -> exit code and error codes."""
-    proc = subprocess.run([sys.executable, "-m", "ckptdoctor", "validate", *flags, "--format", "json", str(ckpt)],
-                          capture_output=True, text=True, env=_env(), cwd=catalogue.ROOT, timeout=600)
-    codes: list[str] = []
-    try:
-        doc = json.loads(proc.stdout)
-        codes = sorted({f["code"] for f in doc.get("findings", []) if f.get("severity") == "error"})
-    except (json.JSONDecodeError, AttributeError):
-        codes = [proc.stderr.strip().splitlines()[-1][:120]] if proc.stderr.strip() else []
-    return {"exit": proc.returncode, "errors": codes}
+def validate_all(ckpt: Path) -> dict[str, dict[str, Any]]:
+    """``python -m ckptdoctor validate [--load|--deep] --format json CKPT``, the three modes run
+    side by side -> per mode the exit code and the error codes it reported."""
+    procs = {mode: subprocess.Popen([sys.executable, "-m", "ckptdoctor", "validate", *flags, "--format", "json",
+                                     str(ckpt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=_env(), cwd=catalogue.ROOT)
+             for mode, flags in MODES.items()}
+    out = {}
+    for mode, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        try:
+            doc = json.loads(stdout)
+            codes = sorted({f["code"] for f in doc.get("findings", []) if f.get("severity") == "error"})
+        except (json.JSONDecodeError, AttributeError):
+            codes = [stderr.strip().splitlines()[-1][:120]] if stderr.strip() else []
+        out[mode] = {"exit": proc.returncode, "errors": codes}
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -370,6 +370,214 @@ def _ds_resume(ckpt: Path, work: Path) -> list[float]:
 
 
 # --------------------------------------------------------------------------- #
+# DeepSpeed engine on 2 ranks (ZeRO-2, bf16, CPU, gloo): one forked process per rank
+# --------------------------------------------------------------------------- #
+
+WORLD = 2
+RANK_TIMEOUT = 120  # seconds before a rank stuck in a collective with a dead peer is killed
+
+
+def _ds2_engine(rank: int, port: int):
+    import datetime
+
+    import deepspeed
+    import torch
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank)})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+           "bf16": {"enabled": True}, "zero_optimization": {"stage": 2},
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=RANK_TIMEOUT // 2))
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    return engine
+
+
+def _ds2_rank_steps(engine, rank: int, n: int) -> list[float]:
+    import torch
+
+    losses = []
+    for _ in range(n):
+        g = torch.Generator().manual_seed(1000 * (rank + 1) + engine.global_steps)
+        x = torch.randn(2, 4, generator=g).to(torch.bfloat16)
+        loss = engine(x).float().pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss))
+    return losses
+
+
+def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> list[Any]:
+    """Run ``fn(rank, port)`` in WORLD forked processes; return each rank's result (or its error)."""
+    port = _free_port()
+    pids = {}
+    for rank in range(WORLD):
+        res = work / f"rank{rank}.json"
+        res.unlink(missing_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                log = os.open(work / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                if rank in kill:
+                    _install_kill(kill[rank])
+                try:
+                    value = {"ok": fn(rank, port)}
+                except BaseException as e:  # noqa: BLE001 - the failure is the result
+                    traceback.print_exc()
+                    value = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+                res.write_text(json.dumps(value))
+            finally:
+                os._exit(0)
+        pids[rank] = pid
+    import time
+
+    deadline = time.monotonic() + RANK_TIMEOUT
+    status = {}
+    while len(status) < WORLD:
+        for rank, pid in pids.items():
+            if rank not in status:
+                done, st = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status[rank] = os.waitstatus_to_exitcode(st)
+        if time.monotonic() > deadline:
+            for rank, pid in pids.items():
+                if rank not in status:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    status[rank] = "hung: killed after the timeout"
+        time.sleep(0.1)
+    out = []
+    for rank in range(WORLD):
+        res = work / f"rank{rank}.json"
+        out.append(json.loads(res.read_text()) if res.is_file() else {"error": f"rank {rank} died ({status[rank]})"})
+    return out
+
+
+def _ds2_save(work: Path, variant: str, kill: dict[int, str] | None = None) -> str:
+    out = work / "ckpt"
+
+    def save(rank: int, port: int) -> str:
+        engine = _ds2_engine(rank, port)
+        _ds2_rank_steps(engine, rank, STEPS_BEFORE)
+        engine.save_checkpoint(str(out))
+        return str(out)
+
+    results = _ranks(work, save, kill or {})
+    bad = [r["error"] for r in results if "ok" not in r]
+    if bad:
+        raise RuntimeError("; ".join(bad))
+    return str(out)
+
+
+def _ds2_resume(ckpt: Path, work: Path) -> list[float]:
+    def resume(rank: int, port: int) -> list[float]:
+        engine = _ds2_engine(rank, port)
+        path, _ = engine.load_checkpoint(str(ckpt))
+        if path is None:
+            raise RuntimeError("DeepSpeed load_checkpoint returned (None, None): nothing loaded")
+        if engine.global_steps != STEPS_BEFORE:
+            raise RuntimeError(f"loaded step {engine.global_steps}, not {STEPS_BEFORE}")
+        return _ds2_rank_steps(engine, rank, STEPS_AFTER)
+
+    results = _ranks(work, resume, {})
+    bad = [f"rank {i}: {r['error']}" for i, r in enumerate(results) if "ok" not in r]
+    if bad:
+        raise RuntimeError("; ".join(bad))
+    return [x for r in results for x in r["ok"]]
+
+
+# --------------------------------------------------------------------------- #
+# FSDP2 (fully_shard) on 2 gloo ranks, saved and loaded with DCP
+# --------------------------------------------------------------------------- #
+
+
+def _fsdp_objects(rank: int, port: int):
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(WORLD)})
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=RANK_TIMEOUT // 2))
+    mesh = init_device_mesh("cpu", (WORLD,))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-2)
+
+
+def _fsdp_steps(model, optim, rank: int, start: int, n: int) -> list[float]:
+    import torch
+
+    losses = []
+    for step in range(start, start + n):
+        g = torch.Generator().manual_seed(100 * rank + step)
+        optim.zero_grad()
+        loss = model(torch.randn(4, 8, generator=g)).pow(2).mean()
+        loss.backward()
+        optim.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _fsdp_save(work: Path, variant: str, kill: dict[int, str] | None = None) -> str:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    out = work / "ckpt"
+
+    def save(rank: int, port: int) -> str:
+        model, optim = _fsdp_objects(rank, port)
+        _fsdp_steps(model, optim, rank, 0, STEPS_BEFORE)
+        if variant == "nan":
+            import torch
+
+            with torch.no_grad():  # every rank poisons its own shard of the first weight
+                model[0].weight.to_local().view(-1)[0] = float("nan")
+        msd, osd = get_state_dict(model, optim)
+        dcp.save({"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}}, checkpoint_id=str(out))
+        return str(out)
+
+    results = _ranks(work, save, kill or {})
+    bad = [r["error"] for r in results if "ok" not in r]
+    if bad:
+        raise RuntimeError("; ".join(bad))
+    return str(out)
+
+
+def _fsdp_resume(ckpt: Path, work: Path) -> list[float]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def resume(rank: int, port: int) -> list[float]:
+        model, optim = _fsdp_objects(rank, port)
+        msd, osd = get_state_dict(model, optim)
+        state = {"model": msd, "optim": osd, "train_state": {"step": 0}}
+        dcp.load(state, checkpoint_id=str(ckpt))
+        set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        step = state["train_state"]["step"]
+        if step != STEPS_BEFORE:
+            raise RuntimeError(f"train_state step {step}")
+        return _fsdp_steps(model, optim, rank, step, STEPS_AFTER)
+
+    results = _ranks(work, resume, {})
+    bad = [f"rank {i}: {r['error']}" for i, r in enumerate(results) if "ok" not in r]
+    if bad:
+        raise RuntimeError("; ".join(bad))
+    return [x for r in results for x in r["ok"]]
+
+
+# --------------------------------------------------------------------------- #
 # plain DCP (torch.distributed.checkpoint, single process)
 # --------------------------------------------------------------------------- #
 
@@ -547,12 +755,14 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
 # registry and zygote
 # --------------------------------------------------------------------------- #
 
-FRAMEWORKS: dict[str, tuple[Callable[[Path, str], str], Callable[[Path, Path], list[float]], tuple[str, ...]]] = {
+FRAMEWORKS: dict[str, tuple[Callable[..., str], Callable[[Path, Path], list[float]], tuple[str, ...]]] = {
     "hf_trainer": (lambda w, v: _hf_save(w, v, False), lambda c, w: _hf_resume(c, w, False), ("transformers",)),
     "hf_peft": (lambda w, v: _hf_save(w, v, True), lambda c, w: _hf_resume(c, w, True), ("transformers", "peft")),
     "accelerate": (_acc_save, _acc_resume, ("accelerate",)),
     "lightning": (_lit_save, _lit_resume, ("pytorch_lightning",)),
     "deepspeed": (_ds_save, _ds_resume, ("deepspeed",)),
+    "deepspeed_2r": (_ds2_save, _ds2_resume, ("deepspeed",)),
+    "fsdp2": (_fsdp_save, _fsdp_resume, ("torch.distributed.checkpoint", "torch.distributed.fsdp")),
     "dcp": (_dcp_save, _dcp_resume, ("torch.distributed.checkpoint",)),
     "lingua": (_lingua_save, lingua_resume, ("torch.distributed.checkpoint",)),
     "torchtitan": (_titan_save, titan_resume, ("torch.distributed.checkpoint",)),
@@ -575,6 +785,10 @@ def _child(framework: str, req: dict[str, Any]) -> None:
     try:
         if req["op"] == "save":
             variant = req.get("variant", "clean")
+            if variant.startswith("kill-rank"):  # "kill-rank<r>:<spec>" (2-rank frameworks)
+                rank, _, spec = variant[len("kill-rank"):].partition(":")
+                save(work, "clean", {int(rank): spec})
+                raise RuntimeError("unreachable: a killed rank makes the save fail")
             if "kill:" in variant:  # "kill:<spec>" or "newer-kill:<spec>"
                 base, _, spec = variant.partition("kill:")
                 _install_kill(spec)

@@ -89,3 +89,29 @@ def write_docs(new_rows: dict[str, str]) -> None:
 
 def doc_path() -> Path:
     return DOC
+
+
+def disagreements(outcomes: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str], str]:
+    """(framework, damage, mode) -> "disagrees: <what validate says> vs <real resume>", measured."""
+    flags = {"static": "validate", "load": "validate --load", "deep": "validate --deep"}
+    out = {}
+    for cid, o in outcomes.items():
+        fw, damage = cid.split("/", 1)
+        for mode in MODES:
+            if agrees(o, mode):
+                continue
+            v = o["validate"][mode]
+            said = f"exit {v['exit']}" + (f" ({', '.join(v['errors'])})" if v["errors"] else "")
+            real = real_text(o)
+            if not o["real"].get("resumed") and o["real"].get("error"):
+                real += f": {o['real']['error'][:90]}"
+            out[(fw, damage, mode)] = f"disagrees: {flags[mode]} {said} vs real resume {real}"
+    return out
+
+
+if __name__ == "__main__":  # python -m tests.oracle.matrix DUMP.json -> KNOWN entries to paste
+    import json
+    import sys
+
+    for key, reason in sorted(disagreements(json.loads(Path(sys.argv[1]).read_text())).items()):
+        print(f"    {key!r}:\n        {reason!r},")
