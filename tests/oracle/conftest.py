@@ -155,21 +155,22 @@ class Oracle:
 
 
 def validate_all(ckpt: Path) -> dict[str, dict[str, Any]]:
-    """``python -m ckptdoctor validate [--load|--deep] --format json CKPT``, the three modes run
-    side by side -> per mode the exit code and the error codes it reported."""
-    procs = {mode: subprocess.Popen([sys.executable, "-m", "ckptdoctor", "validate", *flags, "--format", "json",
-                                     str(ckpt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=_env(), cwd=catalogue.ROOT)
-             for mode, flags in MODES.items()}
+    """``ckptdoctor validate [--load|--deep] --format json CKPT`` through the real CLI app, in
+    process (the exit code is the one ``python -m ckptdoctor`` exits with; a subprocess per call
+    would cost a torch import each) -> per mode the exit code and the error codes it reported."""
+    from typer.testing import CliRunner
+
+    from ckptdoctor.cli import app
+
     out = {}
-    for mode, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=600)
+    for mode, flags in MODES.items():
+        r = CliRunner().invoke(app, ["validate", *flags, "--format", "json", str(ckpt)])
         try:
-            doc = json.loads(stdout)
+            doc = json.loads(r.stdout)
             codes = sorted({f["code"] for f in doc.get("findings", []) if f.get("severity") == "error"})
-        except (json.JSONDecodeError, AttributeError):
-            codes = [stderr.strip().splitlines()[-1][:120]] if stderr.strip() else []
-        out[mode] = {"exit": proc.returncode, "errors": codes}
+        except (json.JSONDecodeError, AttributeError, ValueError):
+            codes = [repr(r.exception)[:120]] if r.exception and not isinstance(r.exception, SystemExit) else []
+        out[mode] = {"exit": r.exit_code, "errors": codes}
     return out
 
 

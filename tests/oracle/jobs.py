@@ -140,11 +140,21 @@ def _finite(xs: list[float]) -> list[float | None]:
 # --------------------------------------------------------------------------- #
 
 
-def _hf_trainer(out: Path, steps: int, peft: bool, callbacks: list | None = None):
+HF_DEEPSPEED = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                "zero_optimization": {"stage": 2}, "bf16": {"enabled": False},
+                "optimizer": {"type": "AdamW", "params": {"lr": "auto", "torch_adam": True}}}
+
+
+def _hf_trainer(out: Path, steps: int, peft: bool, callbacks: list | None = None, deepspeed: bool = False):
     from transformers import Trainer, TrainingArguments, set_seed
 
     from tests.fixtures import factory
 
+    extra: dict[str, Any] = {}
+    if deepspeed:  # ZeRO-2 through the Trainer's own DeepSpeed integration (CPU, gloo, world size 1)
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+                           "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+        extra["deepspeed"] = HF_DEEPSPEED
     set_seed(0)
     if peft:
         from peft import LoraConfig, get_peft_model
@@ -157,12 +167,12 @@ def _hf_trainer(out: Path, steps: int, peft: bool, callbacks: list | None = None
         output_dir=str(out), max_steps=steps, save_strategy="steps", save_steps=STEPS_BEFORE,
         logging_strategy="steps", logging_steps=1, per_device_train_batch_size=4, learning_rate=1e-3,
         warmup_steps=0, seed=0, use_cpu=True, report_to=[], dataloader_num_workers=0,
-        dataloader_pin_memory=False, disable_tqdm=True,
+        dataloader_pin_memory=False, disable_tqdm=True, **extra,
     )
     return Trainer(model=model, args=args, train_dataset=factory.tiny_dataset(seed=0), callbacks=callbacks)
 
 
-def _hf_save(work: Path, variant: str, peft: bool) -> str:
+def _hf_save(work: Path, variant: str, peft: bool, deepspeed: bool = False) -> str:
     from transformers import TrainerCallback
 
     callbacks = []
@@ -174,13 +184,13 @@ def _hf_save(work: Path, variant: str, peft: bool) -> str:
                 return control
 
         callbacks.append(Poison())
-    trainer = _hf_trainer(work, STEPS_BEFORE, peft, callbacks)
+    trainer = _hf_trainer(work, STEPS_BEFORE, peft, callbacks, deepspeed)
     trainer.train()
     return str(work / f"checkpoint-{STEPS_BEFORE}")
 
 
-def _hf_resume(ckpt: Path, work: Path, peft: bool) -> list[float]:
-    trainer = _hf_trainer(work, STEPS_BEFORE + STEPS_AFTER, peft)
+def _hf_resume(ckpt: Path, work: Path, peft: bool, deepspeed: bool = False) -> list[float]:
+    trainer = _hf_trainer(work, STEPS_BEFORE + STEPS_AFTER, peft, None, deepspeed)
     trainer.args.save_strategy = "no"
     trainer.train(resume_from_checkpoint=str(ckpt))
     return [float(h["loss"]) for h in trainer.state.log_history if "loss" in h and h["step"] > STEPS_BEFORE]
@@ -758,6 +768,8 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
 FRAMEWORKS: dict[str, tuple[Callable[..., str], Callable[[Path, Path], list[float]], tuple[str, ...]]] = {
     "hf_trainer": (lambda w, v: _hf_save(w, v, False), lambda c, w: _hf_resume(c, w, False), ("transformers",)),
     "hf_peft": (lambda w, v: _hf_save(w, v, True), lambda c, w: _hf_resume(c, w, True), ("transformers", "peft")),
+    "hf_deepspeed": (lambda w, v: _hf_save(w, v, False, True), lambda c, w: _hf_resume(c, w, False, True),
+                     ("transformers", "deepspeed")),
     "accelerate": (_acc_save, _acc_resume, ("accelerate",)),
     "lightning": (_lit_save, _lit_resume, ("pytorch_lightning",)),
     "deepspeed": (_ds_save, _ds_resume, ("deepspeed",)),
@@ -806,6 +818,10 @@ def _child(framework: str, req: dict[str, Any]) -> None:
 def serve(framework: str) -> None:
     import importlib
 
+    with contextlib.suppress(Exception):  # die with the test session (Linux prctl PR_SET_PDEATHSIG)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
     # the protocol gets a private copy of stdout; whatever the libraries print goes to stderr
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
