@@ -5,7 +5,8 @@ Tests marked ``oracle`` are deselected unless ``-m`` mentions ``oracle`` or ``OR
 framework (tests/oracle/jobs.py) serves every save and resume of the session; each
 framework's clean reference (its save and the losses of its clean resume) is made once
 per session and copied by every damage.  With ``ORACLE_WRITE_DOCS=1`` the rows the session
-ran are written into docs/validate.md at the end.
+ran are written into docs/validate.md at the end; with ``ORACLE_DUMP=FILE`` each measured outcome is appended to FILE as a JSON line
+(``python -m tests.oracle.matrix FILE`` turns it into tests/oracle/known.py entries).
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ class Oracle:
         out = {"real": real, "healthy": healthy(real, reference, case.compare_loss),
                "reference": reference, "validate": verdicts}
         self.outcomes[case.id] = out
+        if os.environ.get("ORACLE_DUMP"):  # appended as measured: a cut-short run still leaves its rows
+            with open(os.environ["ORACLE_DUMP"], "a", encoding="utf-8") as f:
+                f.write(json.dumps({case.id: out}, sort_keys=True) + "\n")
         return out
 
     def close(self) -> None:
@@ -179,7 +183,5 @@ def oracle(tmp_path_factory: pytest.TempPathFactory):
     o = Oracle(tmp_path_factory.mktemp("oracle"))
     yield o
     o.close()
-    if os.environ.get("ORACLE_DUMP"):  # raw outcomes as JSON, for reports and tests/oracle/known.py
-        Path(os.environ["ORACLE_DUMP"]).write_text(json.dumps(o.outcomes, indent=1, sort_keys=True))
     if os.environ.get("ORACLE_WRITE_DOCS") == "1" and o.outcomes:
         matrix.write_docs({cid: matrix.row(cid, out) for cid, out in o.outcomes.items()})

@@ -109,9 +109,22 @@ def disagreements(outcomes: dict[str, dict[str, Any]]) -> dict[tuple[str, str, s
     return out
 
 
-if __name__ == "__main__":  # python -m tests.oracle.matrix DUMP.json -> KNOWN entries to paste
+def read_dump(path: Path) -> dict[str, dict[str, Any]]:
     import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            out.update(json.loads(line))
+    return out
+
+
+if __name__ == "__main__":
+    # python -m tests.oracle.matrix DUMP.jsonl [--write-docs] -> KNOWN entries to paste
     import sys
 
-    for key, reason in sorted(disagreements(json.loads(Path(sys.argv[1]).read_text())).items()):
+    outcomes = read_dump(Path(sys.argv[1]))
+    if "--write-docs" in sys.argv:
+        write_docs({cid: row(cid, o) for cid, o in outcomes.items()})
+    for key, reason in sorted(disagreements(outcomes).items()):
         print(f"    {key!r}:\n        {reason!r},")
