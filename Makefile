@@ -44,3 +44,9 @@ mutate: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) demo-out bench-out mutate-report.json
+
+# The full differential oracle (tests/oracle/): every framework x damage, real resume vs validate.
+# ORACLE_WRITE_DOCS=1 make oracle also regenerates the matrix in docs/validate.md.
+.PHONY: oracle
+oracle: $(VENV)/.dev
+	ORACLE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider tests/oracle
