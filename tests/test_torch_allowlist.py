@@ -16,9 +16,6 @@ def test_table_equals_installed_torch():
 
 
 
-@pytest.mark.xfail(strict=True, reason="bug found: the __main__ block opens the file for "
-                   "writing (truncating it) before _render_table() reads its head and tail, so "
-                   "regenerating leaves only the table; computing the text before open() fixes it")
 def test_regenerating_the_table_reproduces_the_file(tmp_path):
     """`python -m ckptdoctor.pickles.torch_allowlist` (the developer tool that rewrites the
     table) run on a copy gives back the committed file byte for byte with this torch."""

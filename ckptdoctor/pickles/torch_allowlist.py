@@ -165,5 +165,6 @@ def _render_table() -> str:  # pragma: no cover - developer tool, needs torch
 
 
 if __name__ == "__main__":  # pragma: no cover
+    text = _render_table()  # reads this file's head and tail: before open() truncates it
     with open(__file__, "w", encoding="utf-8") as fh:
-        fh.write(_render_table())
+        fh.write(text)
