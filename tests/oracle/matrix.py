@@ -103,8 +103,6 @@ def disagreements(outcomes: dict[str, dict[str, Any]]) -> dict[tuple[str, str, s
             v = o["validate"][mode]
             said = f"exit {v['exit']}" + (f" ({', '.join(v['errors'])})" if v["errors"] else "")
             real = real_text(o)
-            if not o["real"].get("resumed") and o["real"].get("error"):
-                real += f": {o['real']['error'][:90]}"
             out[(fw, damage, mode)] = f"disagrees: {flags[mode]} {said} vs real resume {real}"
     return out
 
@@ -123,8 +121,13 @@ if __name__ == "__main__":
     # python -m tests.oracle.matrix DUMP.jsonl [--write-docs] -> KNOWN entries to paste
     import sys
 
-    outcomes = read_dump(Path(sys.argv[1]))
+    outcomes: dict[str, dict[str, Any]] = {}
+    for arg in sys.argv[1:]:
+        if not arg.startswith("--"):
+            outcomes.update(read_dump(Path(arg)))
     if "--write-docs" in sys.argv:
         write_docs({cid: row(cid, o) for cid, o in outcomes.items()})
-    for key, reason in sorted(disagreements(outcomes).items()):
+    order = {(c.framework, c.damage): i for i, c in enumerate(catalogue.cases())}
+    for key, reason in sorted(disagreements(outcomes).items(),
+                              key=lambda kv: (order.get(kv[0][:2], 0), MODES.index(kv[0][2]))):
         print(f"    {key!r}:\n        {reason!r},")
