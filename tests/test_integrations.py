@@ -25,6 +25,8 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
+from ckptdoctor.manifest import read as manifest_read  # reads the OMS statement
+
 from ckptdoctor.cli import app
 from ckptdoctor.integrations.core import (MARKER, CheckpointRejected, gate, load_rng_state,
                                           marker_path, restore_rng_state, save_rng_state)
@@ -70,10 +72,10 @@ def test_trainer_callback_after_save_and_gate(tmp_path, caplog):
     assert len(lines) == 2 and all("ok" in line and "checkpoint-" in line for line in lines)
     for ck in ckpts:
         assert json.loads((ck / MARKER).read_text())["step"] == int(ck.name.split("-")[1])
-        manifest = json.loads((ck / MANIFEST).read_text())["files"]
+        manifest = manifest_read(ck / MANIFEST)
         # independent: the manifest's hashes are the files' hashes
-        assert manifest["model.safetensors"]["sha256"] == _sha(ck / "model.safetensors")
-        assert manifest["optimizer.pt"]["sha256"] == _sha(ck / "optimizer.pt")
+        assert manifest["model.safetensors"].sha256 == _sha(ck / "model.safetensors")
+        assert manifest["optimizer.pt"].sha256 == _sha(ck / "optimizer.pt")
         # the RNG file loads with plain weights_only=True and matches the Trainer's own
         ours = torch.load(ck / "ckptdoctor_rng_state_0.pt", weights_only=True)
         theirs = safe_load(ck / "rng_state.pth")
@@ -165,8 +167,8 @@ def test_accelerate_attach_after_save_and_gate(tmp_path):
     records = attach(acc, rng_state=True)
     where = Path(acc.save_state(str(tmp_path / "state")))
     assert records and records[0].ok and (where / MARKER).is_file()
-    manifest = json.loads((where / MANIFEST).read_text())["files"]
-    assert manifest["model.safetensors"]["sha256"] == _sha(where / "model.safetensors")
+    manifest = manifest_read(where / MANIFEST)
+    assert manifest["model.safetensors"].sha256 == _sha(where / "model.safetensors")
     w = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
@@ -234,7 +236,9 @@ def test_github_action_runs_validate_github():
 
 def test_shell_completion_is_enabled():
     runner = CliRunner()
-    res = runner.invoke(app, ["--show-completion", "bash"], prog_name="ckptdoctor")
+    # typer detects the shell from the environment (CI may have no SHELL): name it
+    res = runner.invoke(app, ["--show-completion", "bash"], prog_name="ckptdoctor",
+                        env={"SHELL": "/bin/bash"})
     assert res.exit_code == 0, res.output
     assert "_CKPTDOCTOR_COMPLETE" in res.output
     res = runner.invoke(app, ["--help"], prog_name="ckptdoctor")

@@ -75,6 +75,10 @@ def test_deep_reports_inf_without_nan(tmp_path):
         assert validate(p)[0] == 0  # the static checks read no tensor values
         rc, found, findings = validate(p, "--deep", "--fail-on", "warning")
         assert rc == 1 and ("CK501", p.name) in found, found
+        # Inf in a parameter is an error (issue 10: resume would continue from garbage) ...
+        assert {f["severity"] for f in findings if f["code"] == "CK501"} == {"error"}
+        # ... and a warning when the user accepts non-finite values
+        rc, found, findings = validate(p, "--deep", "--allow-nonfinite", "--fail-on", "warning")
         assert {f["severity"] for f in findings if f["code"] == "CK501"} == {"warning"}
 
 
@@ -134,9 +138,6 @@ def test_deep_optimizer_shape_check(tmp_path):
     assert rc == 1 and ("CK502", "optimizer.pt") in found, found
 
 
-@pytest.mark.xfail(strict=True, reason="bug found in review: deep pairs safetensors names "
-                   "(stored sorted) with optimizer params by position, so a clean Linear with a "
-                   "bias (bias sorts before weight) gets CK502")
 def test_deep_optimizer_shape_check_clean_linear_with_bias(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
@@ -280,7 +281,9 @@ def test_safe_load_reads_zip_and_legacy_files_with_and_without_mmap(tmp_path, zi
 
 def test_validate_library_does_not_trust_by_default(tmp_path, monkeypatch):
     """Mutation caught (tools/mutate.py survivor, validate.py): ValidateOptions.trust defaulting
-    to True, so a library caller's `--load` unpickles arbitrary classes with weights_only=False."""
+    to True, so a library caller's `--load` unpickles with the (vetted) trusted strategy. The
+    file needs it: a protocol-4 pickle, which torch's weights-only unpickler rejects even with
+    the class allow-listed."""
     from ckptdoctor.validate import ValidateOptions
     from ckptdoctor.validate import validate as run
 
@@ -291,14 +294,16 @@ def test_validate_library_does_not_trust_by_default(tmp_path, monkeypatch):
 
     d = tmp_path / "ck"
     d.mkdir()
-    torch.save({"cfg": ckpt_trust_mod.Config(0.5)}, d / "args.bin")
+    torch.save({"cfg": ckpt_trust_mod.Config(0.5)}, d / "args.bin", pickle_protocol=4)
+    allow = ("ckpt_trust_mod.Config",)
+
     def loaded_trusted(findings) -> bool:
         return any(f.path == "args.bin" and "trusted" in f.message for f in findings)
 
-    _, findings = run(d, ValidateOptions(load=True, consumer="torch"))
+    _, findings = run(d, ValidateOptions(load=True, consumer="torch", allow=allow))
     assert not loaded_trusted(findings), [(f.code, f.message) for f in findings]
     assert ("CK601", "args.bin") in {(f.code, f.path) for f in findings}
-    _, findings = run(d, ValidateOptions(load=True, consumer="torch", trust=True))
+    _, findings = run(d, ValidateOptions(load=True, consumer="torch", trust=True, allow=allow))
     assert loaded_trusted(findings)  # opting in works, so the default above is what refused
 
 
