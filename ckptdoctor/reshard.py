@@ -196,7 +196,8 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
         if verify:
             _verify(tagdir, names, plan, opts, world_size)
             result.verified = True
-        result.files = staging.commit()
+        staging.commit()
+        result.files = [str(p) for p in sorted(dst.rglob("*")) if p.is_file()]
     except BaseException:
         staging.abort()
         raise

@@ -94,6 +94,9 @@ def test_resharded_zero_resumes_with_equal_state_and_loss(saved, tmp_path, stage
     prefix = "bf16_zero" if bf16 else "zero"
     assert sorted(p.name for p in (dst / tag).glob("*_optim_states.pt")) == [
         f"{prefix}_pp_rank_{k}_mp_rank_00_optim_states.pt" for k in range(m)]
+    assert f"wrote {dst / tag / (prefix + '_pp_rank_0_mp_rank_00_optim_states.pt')}" in r.output
+    # ckptdoctor's own gate agrees: rank files match partition_count and the world size
+    assert runner.invoke(app, ["validate", str(dst)]).exit_code == 0
     got = _resumed(dst, m, stage, bf16)
     assert got == reference  # exact: fp32 weights, exp_avg, exp_avg_sq, step, both losses
     assert len(reference["loss"]) == 1 and len(reference["groups"][0]["fp32"]) == 66
