@@ -18,7 +18,7 @@ from .codes import Code, select
 from .inspect import inspect_view
 from .layouts import detect_layout
 from .layouts.base import WEIGHTS_ONLY, Consumer
-from .model import FileInfo, Finding, Report, Severity
+from .model import FileInfo, Finding, GlobalClass, Report, ScanState, Severity
 
 MANIFEST = ".ckptdoctor-manifest.json"
 _PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
@@ -56,7 +56,8 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
             consumers.update({prefix + f: layout.consumer(sub, f) for f in sub.files})
     for f in report.files:
         consumer = WEIGHTS_ONLY if opts.consumer == "torch" else consumers.get(f.path, WEIGHTS_ONLY)
-        verdict = consumer_findings(f, consumer, opts.allow)
+        verdict = consumer_findings(f, consumer, opts.allow) + \
+            vouched_findings(f, consumer, opts.allow)
         if verdict:  # the consumer's verdict replaces the plain-torch one for this file
             f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
         report.findings.extend(verdict)
@@ -70,7 +71,7 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
         report.findings.extend(_deep(root, report, progress))
     report.findings.extend(_manifest(root, report, opts.write_manifest, progress))
     report.extra["consumer"] = opts.consumer
-    found = select(report.all_findings(), opts.select, opts.ignore)
+    found = fail_closed(report, select(report.all_findings(), opts.select, opts.ignore))
     report.extra["verdict"] = verdict_text(found, opts.fail_on)
     return report, found
 
@@ -121,6 +122,46 @@ def consumer_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str]
         severity=sev,
         hint=f"ckptdoctor repair {f.path}   or load with:\n{safe_globals_snippet(v.allowlist)}",
         consumer=who, allowlist=v.allowlist, missing=missing)]
+
+
+def fail_closed(report: Report, found: list[Finding]) -> list[Finding]:
+    """The verdict rule no consumer, --select or --ignore relaxes: a file that is not loadable
+    (`FileInfo.loadable`: its scan is not complete, or it names a dangerous global) keeps at
+    least one error in the verdict, so it is never resumable and `latest` never picks it."""
+    out = list(found)
+    failing = {x.path for x in out if x.severity is Severity.ERROR}
+    for f in report.files:
+        if f.loadable or f.path in failing:
+            continue
+        own = [x for x in f.findings if x.severity is Severity.ERROR]
+        if not own:
+            code = Code.SCAN_FAILED if f.scan_state is ScanState.FAILED else Code.SCAN_INCONCLUSIVE
+            own = [code.finding(f.path, f"scan {f.scan_state.value}: {code.title}",
+                                hint="no consumer may load it; nothing overrides this")]
+            f.findings.extend(own)
+        out.extend(own)
+    return out
+
+
+def vouched_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str] = ()
+                     ) -> list[Finding]:
+    """A consumer that unpickles with weights_only=False but is judged by the scan
+    (`Consumer.vouched_only`, e.g. DeepSpeed): every global it would import must be
+    torch-allowed, reviewed data, the consumer's own, or named with --allow."""
+    if consumer.mode != "unsafe" or not getattr(consumer, "vouched_only", False):
+        return []
+    allowed = set(consumer.allow) | set(user_allow)
+    unknown = sorted({g.name for g in f.globals if g.klass is GlobalClass.UNKNOWN
+                      and g.name not in allowed and (g.match_name or g.name) not in allowed})
+    if not unknown:
+        return []
+    return [Code.LOAD_FAILS.finding(
+        f.path, f"{consumer.who} would import and call global(s) nobody vouched for: "
+                + ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5
+                                            else ""),
+        hint="only if you trust where the file came from: "
+             + " ".join(f"--allow {n}" for n in unknown[:5]),
+        consumer=consumer.who, unknown=unknown)]
 
 
 def _load_all(root: Path, report: Report, opts: ValidateOptions) -> list[Finding]:

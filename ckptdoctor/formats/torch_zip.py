@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..codes import Code
-from ..model import FileInfo, Finding, ScanState
-from ..pickles.scan import PickleScan, scan_bytes
+from ..model import FileInfo, Finding, GlobalClass, GlobalRef, ScanState
+from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, scan_bytes
 from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
 from .zip_view import Record, TorchView, torch_records
 
@@ -223,11 +223,26 @@ def _check_storages(scan: PickleScan, byname: dict, prefix: str, info: FileInfo,
                 rel, f"storage record data/{s.key} referenced by data.pkl is missing",
                 hint="the file was cut or edited; it cannot be loaded"))
             continue
+        if s.nbytes is not None and rec.file_size != s.nbytes and s.dtype != "unknown":
+            _storage_numel_mismatch(info, rel, s.key, rec.file_size, s.nbytes)
         want = s.nbytes if s.nbytes is not None else need.get(s.key, 0)
         if rec.file_size < want:
             info.findings.append(Code.ZIP_STORAGE_SHORT.finding(
                 rel, f"storage data/{s.key} holds {rec.file_size} bytes, needs {want}"))
     info.meta["storages"] = len(scan.storages)
+
+
+def _storage_numel_mismatch(info: FileInfo, rel: str, key: str, have: int, declared: int
+                            ) -> None:
+    """torch.save writes each storage record with exactly numel * itemsize bytes; any other
+    size is the CVE-2026-24747 pattern (weights_only memory corruption): dangerous."""
+    label = f"<{CVE_WEIGHTS_ONLY}: storage {key} size>"
+    info.globals.append(GlobalRef(label, GlobalClass.DANGEROUS, "BINPERSID", label))
+    info.findings.append(Code.STORAGE_NUMEL.finding(
+        rel, f"storage data/{key} holds {have} bytes, its persistent id declares {declared}: "
+             f"torch.save never writes this ({CVE_WEIGHTS_ONLY} pattern)",
+        hint="treat the file as hostile; do not load it with any torch version",
+        cve=CVE_WEIGHTS_ONLY))
 
 
 def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileInfo, rel: str,

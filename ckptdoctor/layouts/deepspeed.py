@@ -18,8 +18,12 @@ from .base import Consumer, DirView, LayoutBase, join, missing, plain, top_dirs,
 
 MODEL_RE = re.compile(r"(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt")
 OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
+# DeepSpeed unpickles with weights_only=False, so only the scan can vouch for a file: it
+# passes when every global is torch-allowed or reviewed data (DeepSpeed's own LossScaler,
+# ZeroStageEnum and fragment_address are in policy.DATA_EXACT; see tests/test_deepspeed_real.py)
+# or named with --allow; a dangerous or inconclusive file fails (validate.fail_closed).
 LOAD = Consumer("unsafe", who="DeepSpeed >= 0.16 TorchCheckpointEngine "
-                "(torch.load(weights_only=False))")
+                "(torch.load(weights_only=False))", vouched_only=True)
 
 
 def tags(d: DirView) -> list[str]:
