@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from ..codes import Code
 from ..model import FileInfo, Finding, GlobalClass, GlobalRef, ScanState
-from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, scan_bytes
+from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, current_budget, scan_bytes
 from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
 from .zip_view import Record, TorchView, torch_records
 
@@ -261,6 +261,8 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
             with zf.open(i) as fh:
                 head = fh.read(8)
         except Exception as exc:  # noqa: BLE001 - an unreadable record: not vouched for
+            if "CRC" in str(exc) and i.file_size <= 8:
+                continue  # a tiny record read whole: its CRC is --deep's (CK204) concern
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
                 rel, f"record {i.filename!r} cannot be read: {exc}"[:300]))
             continue
@@ -276,6 +278,12 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
                 rel, f"{i.filename}: zip nested more than {MAX_NESTING} deep; not scanned"))
             continue
         cap = min(MAX_INFLATE, budget.left)
+        spent = current_budget()
+        if spent is not None and spent.exhausted:
+            worsen(info, ScanState.INCONCLUSIVE, Code.PICKLE_LIMIT.finding(
+                rel, f"{i.filename} and later records not scanned: this file already hit a "
+                     f"scan cap ({spent.exhausted})"))
+            break
         if cap <= 0:
             worsen(info, ScanState.INCONCLUSIVE, Code.PICKLE_LIMIT.finding(
                 rel, f"{i.filename}: members already inflated {MAX_MEMBER_BYTES} bytes; the "
@@ -368,6 +376,11 @@ def reader_differential(fh: BinaryIO, info: FileInfo, rel: str, budget: _Budget)
                 and r.name.lower().endswith(PICKLE_SUFFIXES)]
     found: list[tuple[Record, bytes]] = []
     for rec in pickles:
+        if rec.method != zipfile.ZIP_STORED and not (structural or per_record):
+            continue  # zipfile read the same bytes; never inflate a record twice for nothing
+        spent = current_budget()
+        if spent is not None and spent.exhausted:
+            break  # the file is inconclusive already
         data = _torch_record_bytes(fh, rec, budget)
         if data is None:
             continue

@@ -105,6 +105,11 @@ _BUDGET: contextvars.ContextVar[FileBudget | None] = contextvars.ContextVar(
     "ckptdoctor_file_budget", default=None)
 
 
+def current_budget() -> FileBudget | None:
+    """The budget of the file being scanned (None outside `file_budget`)."""
+    return _BUDGET.get()
+
+
 @contextlib.contextmanager
 def file_budget(limits: ScanLimits = DEFAULT_LIMITS) -> Iterator[FileBudget]:
     """Scans inside this block share one FileBudget (nested blocks reuse the outer one)."""
@@ -434,6 +439,9 @@ class _Scanner:
         start = stream.tell()
         max_stack = self.limits.max_stack
         try:
+            if self.budget.exhausted:
+                raise _Limit(f"not scanned: this file already hit a scan cap "
+                             f"({self.budget.exhausted})")
             for name, arg in iter_opcodes(stream):
                 res.opcodes += 1
                 if res.opcodes > self.max_opcodes:
@@ -450,7 +458,8 @@ class _Scanner:
             res.findings.append(Code.PICKLE_LIMIT.finding(self.path, f"{exc}; scan stopped"))
             self.block("scan limit")
             res.limit_hit = True
-            self.budget.exhausted = self.budget.exhausted or str(exc)
+            if self.limits is DEFAULT_LIMITS:  # not a caller's own probe limits (pickle sniff)
+                self.budget.exhausted = self.budget.exhausted or str(exc)
         except _Fault as exc:
             if isinstance(exc, _Desync):
                 self._dynamic("<dynamic>", "FRAME", f"globals cannot be known statically: {exc}")
