@@ -368,7 +368,8 @@ def test_inconclusive_fails_even_with_every_code_ignored(tmp_path):
     _rewrite_record(d / "model.pt", d / "model2.pt", "model/data.pkl", _bomb_small)
     (d / "model.pt").unlink()
     for consumer in ("framework", "torch"):
-        code, doc = _validate(d, "--consumer", consumer, "--ignore", "CK1", "--ignore", "CK2")
+        code, doc = _validate(d, "--consumer", consumer, "--ignore", "CK1", "--ignore", "CK2",
+                              "--ignore", "CK6")
         assert code == 1, doc["findings"]
         assert doc["verdict"].startswith("NOT RESUMABLE")
 
