@@ -48,6 +48,15 @@ class Code(enum.Enum):
                        "pickle protocol > 2: torch's weights-only unpickler rejects it")
     TORCH_WEIGHTS_ONLY_CVE = ("CK110", Severity.WARNING,
                               "installed torch has a known weights_only hole (CVE)")
+    # scan states (fail closed) and reader differentials
+    SCAN_INCONCLUSIVE = ("CK120", Severity.ERROR,
+                         "scan inconclusive: not every byte the consumer reads was scanned")
+    SCAN_FAILED = ("CK121", Severity.ERROR, "the scan of this file could not run")
+    POLYGLOT = ("CK122", Severity.ERROR, "file is also a valid pickle (polyglot)")
+    CVE_PATTERN = ("CK123", Severity.ERROR,
+                   "SETITEM(S) into a non-dict: the CVE-2026-24747 exploit pattern")
+    STORAGE_NUMEL = ("CK124", Severity.ERROR,
+                     "storage size disagrees with its declared numel (CVE-2026-24747 pattern)")
 
     # torch zip / legacy
     ZIP_TRUNCATED = ("CK201", Severity.ERROR, "zip archive truncated (no central directory)")
@@ -60,6 +69,11 @@ class Code(enum.Enum):
     ZIP_CORRUPT = ("CK208", Severity.ERROR, "zip structure corrupt")
     LEGACY_TRUNCATED = ("CK209", Severity.ERROR, "legacy torch file truncated")
     BYTEORDER = ("CK210", Severity.WARNING, "checkpoint byte order differs from this machine")
+    ZIP_READERS_DIFFER = ("CK220", Severity.ERROR,
+                          "zip readers disagree: torch's reader sees other records than zipfile")
+    ZIP_ENTRY_FLAGS = ("CK221", Severity.ERROR,
+                       "zip record has encryption/patch flags, a CRC mismatch or a local name "
+                       "that differs from the central directory")
 
     # safetensors
     ST_HEADER_SMALL = ("CK301", Severity.ERROR, "safetensors file too small for a header")
@@ -144,6 +158,9 @@ class Code(enum.Enum):
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle")
     DCP_METADATA = ("CK802", Severity.ERROR, "DCP .metadata cannot be parsed safely")
     JSON_BAD = ("CK803", Severity.ERROR, "file looks like JSON but does not parse")
+    NPY_HEADER = ("CK820", Severity.ERROR, "numpy header invalid (shape, dtype or keys)")
+    DCP_PATH = ("CK821", Severity.ERROR,
+                "DCP storage path escapes the checkpoint or names no regular file")
 
     # diff and estimates (CK900-CK949)
     DIFF_UNREADABLE = ("CK901", Severity.ERROR, "a side of the diff cannot be read")

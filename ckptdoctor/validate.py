@@ -19,7 +19,7 @@ from .layouts import detect_layout
 from .layouts.base import WEIGHTS_ONLY, Consumer
 from .layouts.versions import Env
 from .manifest import MANIFEST  # re-exported: repair reads it from here
-from .model import FileInfo, Finding, Report, Severity
+from .model import FileInfo, Finding, GlobalClass, Report, ScanState, Severity
 
 _PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 Progress = Callable[[str, int], None]  # (label, bytes done since last call)
@@ -74,7 +74,8 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
         consumer = WEIGHTS_ONLY if opts.consumer == "torch" else consumers.get(f.path, WEIGHTS_ONLY)
         if consumer.mode == "unused":
             f.findings = unread_findings(f.findings, consumer)
-        verdict = consumer_findings(f, consumer, opts.allow)
+        verdict = consumer_findings(f, consumer, opts.allow) + \
+            vouched_findings(f, consumer, opts.allow)
         if verdict:  # the consumer's verdict replaces the plain-torch one for this file
             f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
         report.findings.extend(verdict)
@@ -92,7 +93,8 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
     if opts.consumer == "torch":
         framework = "torch"
     runnable_hints(report)
-    found = select(report.all_findings(), opts.select, opts.ignore)
+    found = fail_closed(report, select(report.all_findings(), opts.select, opts.ignore),
+                        consumers if opts.consumer != "torch" else {})
     report.extra["verdict"] = verdict_text(found, opts.fail_on)
     report.extra["resumable"] = exit_code(found, opts.fail_on) == 0
     report.extra["consumer"] = {"framework": framework, "version": env.version(framework),
@@ -191,6 +193,67 @@ def unread_findings(findings: list[Finding], consumer: Consumer) -> list[Finding
                 **{**x.detail, "was": x.code})
         out.append(x)
     return out
+
+
+# Why a scan did not complete that point at a crafted file, not at damage: these fail the
+# verdict even in a file the resume never reads (a truncated training_args.bin is a warning,
+# a training_args.bin whose zip readers disagree is not).
+HOSTILE_SIGNALS = frozenset(c.code for c in (
+    Code.DANGEROUS_GLOBAL, Code.PICKLE_LIMIT, Code.DYNAMIC_GLOBAL, Code.POLYGLOT,
+    Code.CVE_PATTERN, Code.STORAGE_NUMEL, Code.ZIP_READERS_DIFFER, Code.ZIP_ENTRY_FLAGS,
+    Code.DCP_PATH, Code.SCAN_FAILED))
+
+
+def _hostile(f: FileInfo) -> bool:
+    return bool(f.dangerous) or any(
+        x.code in HOSTILE_SIGNALS or x.detail.get("was") in HOSTILE_SIGNALS for x in f.findings)
+
+
+def fail_closed(report: Report, found: list[Finding],
+                consumers: dict[str, Consumer] | None = None) -> list[Finding]:
+    """The verdict rule no consumer, --select or --ignore relaxes: a file that is not loadable
+    (`FileInfo.loadable`: its scan is not complete, or it names a dangerous global) keeps at
+    least one error in the verdict, so it is never resumable and `latest` never picks it. The
+    one exception is damage (not a hostile signal) in a file the resume never reads: that
+    stays the CK421 warning the layout gave it (issue 10: severity is the effect on resume)."""
+    out = list(found)
+    failing = {x.path for x in out if x.severity is Severity.ERROR}
+    consumers = consumers or {}
+    for f in report.files:
+        if f.loadable or f.path in failing:
+            continue
+        unread = consumers.get(f.path) is not None and consumers[f.path].mode == "unused"
+        if unread and not _hostile(f):
+            continue
+        own = [x for x in f.findings if x.severity is Severity.ERROR]
+        if not own:
+            code = Code.SCAN_FAILED if f.scan_state is ScanState.FAILED else Code.SCAN_INCONCLUSIVE
+            own = [code.finding(f.path, f"scan {f.scan_state.value}: {code.title}",
+                                hint="no consumer may load it; nothing overrides this")]
+            f.findings.extend(own)
+        out.extend(own)
+    return out
+
+
+def vouched_findings(f: FileInfo, consumer: Consumer, user_allow: Iterable[str] = ()
+                     ) -> list[Finding]:
+    """A consumer that unpickles with weights_only=False but is judged by the scan
+    (`Consumer.vouched_only`, e.g. DeepSpeed): every global it would import must be
+    torch-allowed, reviewed data, the consumer's own, or named with --allow."""
+    if consumer.mode != "unsafe" or not getattr(consumer, "vouched_only", False):
+        return []
+    allowed = set(consumer.allow) | set(user_allow)
+    unknown = sorted({g.name for g in f.globals if g.klass is GlobalClass.UNKNOWN
+                      and g.name not in allowed and (g.match_name or g.name) not in allowed})
+    if not unknown:
+        return []
+    return [Code.LOAD_FAILS.finding(
+        f.path, f"{consumer.who} would import and call global(s) nobody vouched for: "
+                + ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5
+                                            else ""),
+        hint="only if you trust where the file came from: "
+             + " ".join(f"--allow {n}" for n in unknown[:5]),
+        consumer=consumer.who, unknown=unknown)]
 
 
 def _load_all(root: Path, report: Report, opts: ValidateOptions,

@@ -10,11 +10,12 @@ import stat
 from pathlib import Path
 
 from ..codes import Code
-from ..model import FileInfo
+from ..model import FileInfo, ScanState
+from ..pickles.scan import file_budget
 from .base import HEAD_BYTES, Format, Probe
 from .dcp import DcpMetadataFormat, DcpShard
 from .numpy_file import Numpy
-from .pickle_file import PickleFile, hidden_pickle
+from .pickle_file import PickleFile, check_polyglot, hidden_pickle
 from .safetensors_file import Safetensors
 from .text_file import Empty, Json, Text
 from .torch_legacy import TorchLegacy
@@ -26,6 +27,10 @@ FORMATS: tuple[Format, ...] = (
 )
 FORMAT_NAMES = ("torch-zip", "torch-legacy", "pickle", "safetensors", "numpy", "dcp-metadata",
                 "dcp-shard", "zip", "json", "text", "empty", "unknown")
+# Formats that are pickles themselves (scanned as such); every other file is checked for being
+# a pickle too (a polyglot), since torch.load unpickles anything that is not a zip or a tar.
+PICKLE_FORMATS = frozenset({"torch-zip", "torch-legacy", "pickle", "dcp-metadata", "zip",
+                            "dcp-shard", "empty", "unknown"})
 # Extensions that promise a format: when content does not match, read it as that format anyway
 # so the user hears what is wrong with it (a cut safetensors file has no valid header to sniff).
 PROMISED = {".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip(),
@@ -33,7 +38,30 @@ PROMISED = {".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip()
 
 
 def detect_file(path: Path, rel: str = "") -> FileInfo:
-    """Identify and read one file from metadata. Never raises: problems become findings."""
+    """Identify and read one file from metadata. Never raises: problems become findings, and
+    an internal error in a reader is a CK121 finding (scan state `failed`) for this file only.
+    All scans of the file share one budget (pickles.scan.file_budget)."""
+    try:
+        with file_budget():
+            info = _detect_file(path, rel)
+            if info.format not in PICKLE_FORMATS and info.size:
+                check_polyglot(path, info)
+            return info
+    except Exception as exc:  # noqa: BLE001 - one hostile file must not end a directory run
+        return FileInfo(rel, "unknown", _size(path), scan_state=ScanState.FAILED, findings=[
+            Code.SCAN_FAILED.finding(rel, f"the scan could not run: {type(exc).__name__}: "
+                                          f"{exc}"[:300],
+                                     hint="not loadable until it scans; please report this")])
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _detect_file(path: Path, rel: str = "") -> FileInfo:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -68,8 +96,9 @@ def detect_file(path: Path, rel: str = "") -> FileInfo:
         return FileInfo(rel, fmt.name, st.st_size,
                         findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
     except (RecursionError, MemoryError, ValueError, EOFError) as exc:
-        return FileInfo(rel, fmt.name, st.st_size, findings=[Code.PICKLE_MALFORMED.finding(
-            rel, f"could not parse as {fmt.name}: {type(exc).__name__}: {exc}"[:300])])
+        return FileInfo(rel, fmt.name, st.st_size, scan_state=ScanState.INCONCLUSIVE,
+                        findings=[Code.PICKLE_MALFORMED.finding(
+                            rel, f"could not parse as {fmt.name}: {type(exc).__name__}: {exc}"[:300])])
 
 
 __all__ = ["FORMATS", "FORMAT_NAMES", "detect_file"]

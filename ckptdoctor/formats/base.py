@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..codes import Code
-from ..model import FileInfo, WeightsOnlyVerdict
+from ..model import FileInfo, Finding, ScanState, WeightsOnlyVerdict
 from ..pickles.scan import PickleScan
 
 HEAD_BYTES = 64
@@ -35,6 +35,17 @@ class Format(Protocol):
         """Metadata-only read. Never raises on bad content: problems become findings."""
 
 
+_STATE_RANK = {ScanState.COMPLETE: 0, ScanState.INCONCLUSIVE: 1, ScanState.FAILED: 2}
+
+
+def worsen(info: FileInfo, state: ScanState, finding: Finding | None = None) -> None:
+    """Lower the file's scan state to `state` (never raise it back), recording why."""
+    if _STATE_RANK[state] > _STATE_RANK[info.scan_state]:
+        info.scan_state = state
+    if finding is not None:
+        info.findings.append(finding)
+
+
 def merge_scans(info: FileInfo, scans: list[PickleScan], rel: str) -> None:
     """Fold several pickle scans (legacy files, npz members, embedded zips) into one FileInfo."""
     seen: set[tuple[str, str]] = {(g.name, g.opcode) for g in info.globals}
@@ -50,6 +61,7 @@ def merge_scans(info: FileInfo, scans: list[PickleScan], rel: str) -> None:
         blockers.update(dict.fromkeys(scan.verdict.blockers))
         info.tensors.extend(scan.tensors)
         info.findings.extend(scan.findings)
+        worsen(info, scan.state)  # every finding that explains it is in scan.findings
     info.weights_only = WeightsOnlyVerdict(not allow and not blockers, list(allow),
                                            not blockers, list(blockers))
     add_global_findings(info, rel)
@@ -124,5 +136,5 @@ class FileSlice(io.RawIOBase):
         return len(data)
 
 
-__all__ = ["Probe", "Format", "merge_scans", "add_global_findings", "FileSlice",
+__all__ = ["Probe", "Format", "merge_scans", "worsen", "add_global_findings", "FileSlice",
            "HEAD_BYTES", "MAX_PICKLE_BYTES"]

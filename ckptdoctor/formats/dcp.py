@@ -8,15 +8,17 @@ off the symbolic tree, so nothing in the file is imported or called."""
 from __future__ import annotations
 
 import math
+import os
+import posixpath
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from ..model import FileInfo, TensorInfo
+from ..model import FileInfo, ScanState, TensorInfo
 from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, scan_bytes, scan_stream
-from .base import FileSlice, Probe, add_global_findings, merge_scans
+from .base import FileSlice, Probe, add_global_findings, merge_scans, worsen
 from .torch_zip import ZIP_MAGIC, scan_zip
 
 MAX_METADATA = 1 << 30
@@ -43,8 +45,22 @@ class StorageEntry:
 class DcpMetadata:
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     bytes_items: list[str] = field(default_factory=list)
-    storage: list[StorageEntry] = field(default_factory=list)
+    storage: list[StorageEntry] = field(default_factory=list)  # relative_path normalised
     version: str | None = None
+    bad_paths: list[str] = field(default_factory=list)  # absolute or escaping relative_paths
+
+
+def normalise_relative(relative_path: str) -> str | None:
+    """The file DCP's FileSystemReader opens for `relative_path` (it joins it to the checkpoint
+    directory: `./__0_0.distcp` IS `__0_0.distcp`), relative to that directory; None when the
+    path is absolute or climbs out of it (DCP would read a file outside the checkpoint)."""
+    text = relative_path.replace("\\", "/")
+    if not text or text.startswith("/") or (len(text) > 1 and text[1] == ":") or "\x00" in text:
+        return None
+    norm = posixpath.normpath(text)
+    if norm in (".", "..") or norm.startswith("../"):
+        return None
+    return norm
 
 
 def _state(obj: Any) -> dict[str, Any]:
@@ -88,7 +104,11 @@ def metadata_from_root(root: Any) -> DcpMetadata:
         s = _state(sinfo)
         if isinstance(s.get("relative_path"), str) and isinstance(s.get("offset"), int) \
                 and isinstance(s.get("length"), int):
-            md.storage.append(StorageEntry(str(fqn), s["relative_path"], s["offset"], s["length"]))
+            norm = normalise_relative(s["relative_path"])
+            if norm is None:
+                md.bad_paths.append(s["relative_path"])
+                continue
+            md.storage.append(StorageEntry(str(fqn), norm, s["offset"], s["length"]))
     return md
 
 
@@ -112,10 +132,53 @@ def read_metadata(path: Path, rel: str) -> tuple[FileInfo, DcpMetadata | None]:
                  "do not load it"))
         return info, None
     md = metadata_from_root(scan.root)
+    _check_storage_paths(path.parent, md, info, rel)
     info.tensors = list(md.tensors.values())
     info.meta.update(version=md.version, tensors=len(md.tensors), bytes_items=len(md.bytes_items),
                      storage_entries=len(md.storage))
     return info, md
+
+
+def _check_storage_paths(base: Path, md: DcpMetadata, info: FileInfo, rel: str) -> None:
+    """Every storage path must stay inside the checkpoint (CK821), and every BYTES item DCP
+    would torch.load(weights_only=False) is scanned: items in `.distcp` shards by DcpShard,
+    items placed in any other file here."""
+    for bad in md.bad_paths[:5]:
+        worsen(info, ScanState.INCONCLUSIVE, Code.DCP_PATH.finding(
+            rel, f"storage path {bad!r} is absolute or leaves the checkpoint directory: "
+                 "dcp.load would read a file outside it",
+            hint="torch.save never writes this; treat the checkpoint as hostile"))
+    root = os.path.realpath(base)
+    byte_fqns = set(md.bytes_items)
+    for e in md.storage:
+        target = base / e.relative_path
+        real = os.path.realpath(target)
+        if not (real == root or real.startswith(root + os.sep)):
+            worsen(info, ScanState.INCONCLUSIVE, Code.DCP_PATH.finding(
+                rel, f"storage path {e.relative_path!r} resolves outside the checkpoint "
+                     "(a symlink)", hint="treat the checkpoint as hostile"))
+            continue
+        if e.fqn not in byte_fqns or target.suffix == ".distcp" or not target.is_file():
+            continue  # shards scan their own items; a missing file is CK412 (layout check)
+        part = _scan_item(target, e.offset, e.length, f"{rel}->{e.relative_path}@{e.offset}")
+        seen = {(g.name, g.opcode) for g in info.globals}
+        info.globals.extend(g for g in part.globals if (g.name, g.opcode) not in seen)
+        info.findings.extend(f for f in part.findings if f.code not in _PER_FILE_CODES)
+        worsen(info, part.scan_state)
+    if any(g.klass.value in ("dangerous", "unknown") for g in info.globals):
+        info.findings = [f for f in info.findings if f.code not in _PER_FILE_CODES]
+        add_global_findings(info, rel)
+
+
+def _scan_item(path: Path, start: int, length: int, where: str) -> FileInfo:
+    """Scan one DCP item as DCP reads it: torch.load(BytesIO(item)) (a zip, else a pickle)."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        if fh.read(4) != ZIP_MAGIC:
+            part = FileInfo(where, "pickle", length)
+            merge_scans(part, [scan_stream(FileSlice(fh, start, length), where)], where)
+            return part
+        return scan_zip(FileSlice(fh, start, length), where)
 
 
 class DcpMetadataFormat:
@@ -147,7 +210,7 @@ def item_spans(path: Path) -> list[tuple[int, int]]:
         _, md = read_metadata(meta, ".metadata")
         if md is not None:
             return sorted({(e.offset, e.length) for e in md.storage
-                           if e.relative_path == path.name})
+                           if e.relative_path == path.name})  # normalised like DCP does
     spans, start, base, tail = [], 0, 0, b""
     with open(path, "rb") as fh:
         while len(spans) < MAX_ITEMS:
@@ -176,23 +239,16 @@ class DcpShard:
         info = FileInfo(rel, self.name, probe.size)
         spans = item_spans(probe.path)
         inner = []
-        with open(probe.path, "rb") as fh:
-            for start, length in spans:
-                if start + length > probe.size:
-                    continue  # reported by the layout check against .metadata
-                fh.seek(start)
-                if fh.read(4) != ZIP_MAGIC:
-                    # torch.load(BytesIO(item)) reads a non-zip item as a legacy pickle stream
-                    where = f"{rel}@{start}"
-                    part = FileInfo(where, "pickle", length)
-                    merge_scans(part, [scan_stream(FileSlice(fh, start, length), where)], where)
-                else:
-                    part = scan_zip(FileSlice(fh, start, length), f"{rel}@{start}")
-                inner.append(part)
+        for start, length in spans:
+            if start + length > probe.size:
+                continue  # reported by the layout check against .metadata
+            # torch.load(BytesIO(item)) reads a non-zip item as a legacy pickle stream
+            inner.append(_scan_item(probe.path, start, length, f"{rel}@{start}"))
         info.meta["items"] = len(spans)
         for part in inner:
             info.globals.extend(g for g in part.globals if g not in info.globals)
             info.findings.extend(f for f in part.findings if f.code not in _PER_FILE_CODES)
+            worsen(info, part.scan_state)
         # The items DCP reads back with weights_only=False (BytesIO) are what could run code.
         add_global_findings(info, rel)
         return info

@@ -10,9 +10,9 @@ import zipfile
 from typing import BinaryIO
 
 from ..codes import Code
-from ..model import FileInfo, TensorInfo
+from ..model import FileInfo, ScanState, TensorInfo
 from ..pickles.scan import scan_stream
-from .base import Probe, merge_scans
+from .base import Probe, merge_scans, worsen
 from .torch_zip import is_zip_head
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -27,23 +27,52 @@ def _read_npy(fh: BinaryIO, rel: str, info: FileInfo, name: str) -> None:
     major = magic[6]
     hlen = int.from_bytes(fh.read(2 if major == 1 else 4), "little")
     if hlen > MAX_NPY_HEADER:
-        info.findings.append(Code.PICKLE_LIMIT.finding(rel, f"{name}: npy header of {hlen} bytes"))
+        worsen(info, ScanState.INCONCLUSIVE,
+               Code.PICKLE_LIMIT.finding(rel, f"{name}: npy header of {hlen} bytes"))
         return
     try:
         header = ast.literal_eval(fh.read(hlen).decode("latin-1"))
-        descr, shape = header["descr"], tuple(header["shape"])
     except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
-        info.findings.append(Code.PICKLE_MALFORMED.finding(rel, f"{name}: bad npy header: {exc}"))
+        worsen(info, ScanState.INCONCLUSIVE,
+               Code.PICKLE_MALFORMED.finding(rel, f"{name}: bad npy header: {exc}"))
         return
+    problem = npy_header_problem(header)
+    if problem:
+        worsen(info, ScanState.INCONCLUSIVE, Code.NPY_HEADER.finding(
+            rel, f"{name}: invalid npy header: {problem}"[:300],
+            hint="numpy.load refuses it; the file is damaged or hostile"))
+        return
+    descr, shape = header["descr"], header["shape"]
     if _may_hold_objects(descr):
         info.findings.append(Code.NPY_OBJECT.finding(
             rel, f"{name}: object array; numpy.load(allow_pickle=True) would unpickle it"))
         scan = scan_stream(fh, f"{rel}!{name}")
         merge_scans(info, [scan], rel)
         return
-    n = math.prod(int(d) for d in shape)
+    n = math.prod(shape)
     itemsize = int(str(descr)[2:]) if str(descr)[2:].isdigit() else 0
     info.tensors.append(TensorInfo(name, str(descr), shape, n * itemsize))
+
+
+_NPY_KEYS = {"descr", "fortran_order", "shape"}
+
+
+def npy_header_problem(header: object) -> str:
+    """What numpy's own header check (numpy.lib.format) would refuse, or "" when valid: exactly
+    the three keys, a bool fortran_order, a shape tuple of non-negative Python ints."""
+    if not isinstance(header, dict):
+        return f"header is a {type(header).__name__}, not a dict"
+    if set(header) != _NPY_KEYS:
+        return f"keys {sorted(map(str, header))}, expected {sorted(_NPY_KEYS)}"
+    shape = header["shape"]
+    if not isinstance(shape, tuple) or not all(
+            type(d) is int and d >= 0 for d in shape):  # noqa: E721 - bool is no dimension
+        return f"shape {shape!r} is not a tuple of non-negative integers"
+    if not isinstance(header["fortran_order"], bool):
+        return f"fortran_order {header['fortran_order']!r} is not a bool"
+    if not isinstance(header["descr"], (str, list)):
+        return f"descr {header['descr']!r} is not a dtype description"
+    return ""
 
 
 def _may_hold_objects(descr: object) -> bool:
@@ -81,6 +110,8 @@ class Numpy:
                     # is inflated, never a whole (possibly bomb) member.
                     with zf.open(member) as fh:
                         _read_npy(fh, rel, info, member.filename)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-            info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"npz archive corrupt: {exc}"))
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+                RuntimeError) as exc:
+            worsen(info, ScanState.INCONCLUSIVE,
+                   Code.ZIP_CORRUPT.finding(rel, f"npz archive corrupt: {exc}"))
         return info

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 from ..codes import Code
-from ..model import FileInfo
+from ..model import FileInfo, ScanState
 from ..pickles.scan import ScanLimits, scan_stream
-from .base import Probe, merge_scans
+from .base import Probe, add_global_findings, merge_scans, worsen
 
 MAX_STACKED = 64
 # First opcodes a protocol 0/1 pickle can start with (no PROTO opcode there).
@@ -60,6 +60,28 @@ def hidden_pickle(path: Path) -> bool:
     # A FRAME-boundary parser differential is deliberate (random bytes would need a FRAME
     # whose 8-byte length lands inside the file): evidence even though the scan stopped.
     return any(_IDENT.fullmatch(g.name) or g.opcode == "FRAME" for g in scan.globals)
+
+
+def check_polyglot(path: Path, info: FileInfo) -> None:
+    """Is this non-pickle file (safetensors, numpy, JSON, text) ALSO a pickle? torch.load
+    unpickles every file that is neither a zip nor a tar, and the unpickler runs each opcode as
+    it reads it, so a prefix that reaches a global, a STOP or a scan cap is a second reading
+    of the file: it is inconclusive (CK122) and that reading's globals are reported."""
+    with open(path, "rb") as fh:
+        scan = scan_stream(fh, info.path, _SHADOW_LIMITS)
+    if not (scan.complete or scan.globals or scan.limit_hit):
+        return
+    seen = {(g.name, g.opcode) for g in info.globals}
+    info.globals.extend(g for g in scan.globals if (g.name, g.opcode) not in seen)
+    worsen(info, ScanState.INCONCLUSIVE, Code.POLYGLOT.finding(
+        info.path, f"the file is also a pickle ({scan.opcodes} opcodes"
+                   + (", to its STOP" if scan.complete else "") + "): torch.load("
+                   "weights_only=False) or pickle.load would unpickle it"
+                   + (": " + ", ".join(sorted({g.name for g in scan.globals})[:5])
+                      if scan.globals else ""),
+        hint="no writer produces such a file by accident; treat it as hostile",
+        globals=sorted({g.name for g in scan.globals})))
+    add_global_findings(info, info.path)
 
 
 class PickleFile:

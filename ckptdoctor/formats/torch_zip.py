@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..codes import Code
-from ..model import FileInfo, Finding
-from ..pickles.scan import PickleScan, scan_bytes
-from .base import MAX_PICKLE_BYTES, Probe, merge_scans
+from ..model import FileInfo, Finding, GlobalClass, GlobalRef, ScanState
+from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, current_budget, scan_bytes
+from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
+from .zip_view import Record, TorchView, torch_records
 
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_INFLATE = 256 << 20  # a compressed record is inflated at most this far (zip bombs)
@@ -71,8 +72,21 @@ def torch_data_pkls(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
 
 def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip", *,
              _depth: int = 0, _budget: _Budget | None = None) -> FileInfo:
-    """Scan a torch zip (a path, or a file object such as a FileSlice)."""
+    """Scan a torch zip (a path, or a file object such as a FileSlice): the records Python's
+    zipfile sees, then the records torch's own reader sees (formats/zip_view.py); any
+    disagreement makes the file inconclusive and the pickles of both views are scanned."""
     budget = _budget or _Budget()
+    info = _scan_zipfile_view(source, rel, fmt, _depth, budget)
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as fh:
+            reader_differential(fh, info, rel, budget)
+    else:
+        reader_differential(source, info, rel, budget)
+    return info
+
+
+def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth: int,
+                       budget: _Budget) -> FileInfo:
     size = _size_of(source)
     info = FileInfo(rel, fmt, size)
     try:
@@ -84,15 +98,18 @@ def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip", *,
             rel, f"{code.title}: {exc}",
             hint="the save was cut short; torch.load says 'failed finding central directory'."
                  " Use the previous checkpoint (`ckptdoctor latest`)."))
+        worsen(info, ScanState.INCONCLUSIVE)
         return info
     except (OSError, ValueError, EOFError, NotImplementedError) as exc:
-        info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
+        worsen(info, ScanState.INCONCLUSIVE,
+               Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
         return info
     with zf:
         try:
             infos = zf.infolist()
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
-            info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
+            worsen(info, ScanState.INCONCLUSIVE,
+                   Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
             return info
         _check_records(infos, size, info, rel)
         declared = _declared_entries(zf)
@@ -137,13 +154,14 @@ def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip", *,
         # A compressed data.pkl is never torch's; inflate it no further than MAX_INFLATE.
         cap = MAX_PICKLE_BYTES if pinfo.compress_type == zipfile.ZIP_STORED else MAX_INFLATE
         if pinfo.file_size > cap:
-            info.findings.append(Code.PICKLE_LIMIT.finding(
+            worsen(info, ScanState.INCONCLUSIVE, Code.PICKLE_LIMIT.finding(
                 rel, f"data.pkl is {pinfo.file_size} bytes; not scanned"))
             return info
         try:
             data = read_record(zf, pinfo, cap)
         except Exception as exc:  # noqa: BLE001
-            info.findings.append(Code.ZIP_CORRUPT.finding(rel, f"cannot read data.pkl: {exc}"))
+            worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
+                rel, f"cannot read data.pkl: {exc}"))
             return info
         scan = scan_bytes(data, rel)
         info.meta["protocol"] = scan.protocol
@@ -208,11 +226,26 @@ def _check_storages(scan: PickleScan, byname: dict, prefix: str, info: FileInfo,
                 rel, f"storage record data/{s.key} referenced by data.pkl is missing",
                 hint="the file was cut or edited; it cannot be loaded"))
             continue
+        if s.nbytes is not None and rec.file_size != s.nbytes and s.dtype != "unknown":
+            _storage_numel_mismatch(info, rel, s.key, rec.file_size, s.nbytes)
         want = s.nbytes if s.nbytes is not None else need.get(s.key, 0)
         if rec.file_size < want:
             info.findings.append(Code.ZIP_STORAGE_SHORT.finding(
                 rel, f"storage data/{s.key} holds {rec.file_size} bytes, needs {want}"))
     info.meta["storages"] = len(scan.storages)
+
+
+def _storage_numel_mismatch(info: FileInfo, rel: str, key: str, have: int, declared: int
+                            ) -> None:
+    """torch.save writes each storage record with exactly numel * itemsize bytes; any other
+    size is the CVE-2026-24747 pattern (weights_only memory corruption): dangerous."""
+    label = f"<{CVE_WEIGHTS_ONLY}: storage {key} size>"
+    info.globals.append(GlobalRef(label, GlobalClass.DANGEROUS, "BINPERSID", label))
+    info.findings.append(Code.STORAGE_NUMEL.finding(
+        rel, f"storage data/{key} holds {have} bytes, its persistent id declares {declared}: "
+             f"torch.save never writes this ({CVE_WEIGHTS_ONLY} pattern)",
+        hint="treat the file as hostile; do not load it with any torch version",
+        cve=CVE_WEIGHTS_ONLY))
 
 
 def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileInfo, rel: str,
@@ -229,8 +262,11 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
             continue
         try:
             with zf.open(i) as fh:
+                fh._expected_crc = None  # noqa: SLF001 - torch never checks CRCs; --deep does
                 head = fh.read(8)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - an unreadable record: not vouched for
+            worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
+                rel, f"record {i.filename!r} cannot be read: {exc}"[:300]))
             continue
         nested_zip = head.startswith(ZIP_MAGIC)
         is_pickle = head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5
@@ -240,22 +276,31 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
         if not (nested_zip or is_pickle or named_pickle):
             continue
         if nested_zip and depth >= MAX_NESTING:
-            info.findings.append(Code.PICKLE_LIMIT.finding(
+            worsen(info, ScanState.INCONCLUSIVE, Code.PICKLE_LIMIT.finding(
                 rel, f"{i.filename}: zip nested more than {MAX_NESTING} deep; not scanned"))
             continue
         cap = min(MAX_INFLATE, budget.left)
+        spent = current_budget()
+        if spent is not None and spent.exhausted:
+            worsen(info, ScanState.INCONCLUSIVE, Code.PICKLE_LIMIT.finding(
+                rel, f"{i.filename} and later records not scanned: this file already hit a "
+                     f"scan cap ({spent.exhausted})"))
+            break
         if cap <= 0:
-            info.findings.append(Code.PICKLE_LIMIT.finding(
+            worsen(info, ScanState.INCONCLUSIVE, Code.PICKLE_LIMIT.finding(
                 rel, f"{i.filename}: members already inflated {MAX_MEMBER_BYTES} bytes; the "
                      "rest are not scanned"))
             break
         data = b""  # drop the previous member before inflating the next
         try:
             data = read_record(zf, i, cap)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
+                rel, f"record {i.filename!r} cannot be read: {exc}"[:300]))
             continue
         budget.left -= len(data)
         if i.file_size > cap:
+            worsen(info, ScanState.INCONCLUSIVE)
             info.findings.append(Code.PICKLE_LIMIT.finding(
                 rel, f"{i.filename}: {i.file_size} bytes inflated; only the first {cap} are "
                      "scanned"))
@@ -264,10 +309,119 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
                              _budget=budget)
             info.globals.extend(g for g in inner.globals if g not in info.globals)
             info.findings.extend(inner.findings)
+            worsen(info, inner.scan_state)
         else:
             scans.append(scan_bytes(data, f"{rel}!{i.filename}"))
     if scans:
         merge_scans(info, scans, rel)
+
+
+def _zipfile_records(fh: BinaryIO) -> list[tuple[str, int]] | None:
+    """(name, header offset) of every record as Python's zipfile reads them, or None."""
+    try:
+        fh.seek(0)
+        with zipfile.ZipFile(fh) as zf:
+            return [(i.filename, i.header_offset) for i in zf.infolist()]
+    except Exception:  # noqa: BLE001 - zipfile raises many types on hostile input
+        return None
+
+
+def _torch_record_bytes(fh: BinaryIO, rec: Record, budget: _Budget) -> bytes | None:
+    """A record's bytes as torch's reader gets them: stored or inflated (capped), no CRC check.
+    None when torch's reader could not read it either (unsupported method, no local header)."""
+    if rec.data_offset is None or rec.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return None
+    fh.seek(rec.data_offset)
+    if rec.method == zipfile.ZIP_STORED:
+        return fh.read(min(rec.csize, MAX_PICKLE_BYTES))
+    cap = max(0, min(MAX_INFLATE, budget.left))
+    raw = fh.read(min(rec.csize, MAX_PICKLE_BYTES))
+    try:
+        data = zlib.decompressobj(-15).decompress(raw, cap)
+    except zlib.error:
+        return None
+    budget.left -= len(data)
+    return data
+
+
+def reader_differential(fh: BinaryIO, info: FileInfo, rel: str, budget: _Budget) -> None:
+    """Compare the records torch's reader locates with zipfile's; on any disagreement the file
+    is inconclusive (CK220 / CK221) and every pickle torch's reader would find is scanned too
+    (its globals are reported: a payload only torch sees is still dangerous)."""
+    size = _size_of(fh)
+    view: TorchView = torch_records(fh, size)
+    theirs = _zipfile_records(fh)
+    structural: list[str] = []
+    if view.error:
+        if theirs is not None:
+            structural.append(f"torch's reader refuses the archive ({view.error}) while "
+                              "zipfile reads it")
+        _report_differential(info, rel, structural, [])
+        return
+    ours = [(r.name, r.header_offset) for r in view.records]
+    if theirs is None:
+        structural.append("zipfile cannot read the archive; torch's reader can")
+    elif [n for n, _ in theirs] == [n for n, _ in ours] and theirs != ours:
+        shift = {b - a for (_, a), (_, b) in zip(ours, theirs)}
+        structural.append(
+            f"offset fix-up: torch's reader takes the central directory at the declared byte "
+            f"{view.cdir_offset}; zipfile shifts the records by {sorted(shift)[:3]} bytes, so "
+            "the two read different bytes")
+    elif theirs != ours:
+        structural.append(
+            f"two central directories: zipfile sees {len(theirs)} record(s) "
+            f"({_names(theirs)}), torch's reader (declared offset {view.cdir_offset}) sees "
+            f"{len(ours)} ({_names(ours)})")
+    per_record = [p for r in view.records for p in r.problems(size)]
+    pickles = view.data_pkls()
+    pickles += [r for r in view.records if r not in pickles
+                and r.name.lower().endswith(PICKLE_SUFFIXES)]
+    found: list[tuple[Record, bytes]] = []
+    for rec in pickles:
+        if rec.method != zipfile.ZIP_STORED and not (structural or per_record):
+            continue  # zipfile read the same bytes; never inflate a record twice for nothing
+        spent = current_budget()
+        if spent is not None and spent.exhausted:
+            break  # the file is inconclusive already
+        data = _torch_record_bytes(fh, rec, budget)
+        if data is None:
+            continue
+        if rec.method == zipfile.ZIP_STORED and rec.csize <= MAX_PICKLE_BYTES \
+                and zlib.crc32(data) != rec.crc:
+            per_record.append(f"record {rec.name!r}: CRC32 {zlib.crc32(data):08x} != recorded "
+                              f"{rec.crc:08x} (zipfile refuses it; torch's reader does not "
+                              "check CRCs)")
+        found.append((rec, data))
+    if not structural and not per_record:
+        return
+    scans = []
+    for rec, data in found:
+        scan = scan_bytes(data, f"{rel}!{rec.name}")
+        scan.tensors = []  # tensors are listed from the zipfile view only
+        scans.append(scan)
+    _report_differential(info, rel, structural, per_record)
+    if scans:
+        info.findings = [f for f in info.findings if f.code not in (
+            Code.DANGEROUS_GLOBAL.code, Code.UNKNOWN_GLOBAL.code,
+            Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)]
+        merge_scans(info, scans, rel)  # re-adds the per-global findings over both views
+
+
+def _names(records: list[tuple[str, int]]) -> str:
+    shown = ", ".join(repr(n) for n, _ in records[:4])
+    return shown + (", ..." if len(records) > 4 else "")
+
+
+def _report_differential(info: FileInfo, rel: str, structural: list[str],
+                         per_record: list[str]) -> None:
+    hint = ("torch.save never writes this; what torch.load would unpickle differs from what "
+            "other tools show. Treat the file as hostile")
+    if structural:
+        worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_READERS_DIFFER.finding(
+            rel, "; ".join(structural)[:600], hint=hint, problems=structural))
+    if per_record:
+        worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_ENTRY_FLAGS.finding(
+            rel, "; ".join(per_record[:4])[:600], hint=hint, problems=per_record))
 
 
 def check_crc(path: Path, rel: str, chunk: int = 8 << 20) -> list[Finding]:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 
 import codecs
+import contextlib
+import contextvars
 import io
 import pickletools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ..codes import Code
-from ..model import Finding, GlobalClass, GlobalRef, TensorInfo, WeightsOnlyVerdict
+from ..model import Finding, GlobalClass, GlobalRef, ScanState, TensorInfo, WeightsOnlyVerdict
 from .policy import TORCH_BLOCKED_MODULES, TORCH_DEFAULT_ALLOWED, classify, numpy_dtype_class, torch_name
 
 # Opcodes torch's weights-only Unpickler implements; anything else is "Unsupported operand N".
@@ -42,6 +45,16 @@ _BUILDABLE_BY_DEFAULT = frozenset(
     {"torch.Tensor", "torch.nn.parameter.Parameter", "collections.OrderedDict"}
 )
 _SETITEM_TYPES = frozenset({"collections.OrderedDict", "collections.Counter"})
+# Call results that are known not to be dicts: SETITEM(S) into one is the CVE-2026-24747
+# pattern. Results of other (unknown) classes may be dict subclasses (defaultdict, ModelOutput).
+_NON_DICT_TYPES = frozenset(
+    "builtins.list builtins.tuple builtins.set builtins.frozenset builtins.bytearray "
+    "builtins.bytes builtins.str builtins.int builtins.float builtins.complex builtins.bool "
+    "builtins.slice builtins.range torch.Size torch.device torch.Tensor "
+    "torch.nn.parameter.Parameter torch._utils._rebuild_qtensor "
+    "torch._utils._rebuild_sparse_tensor torch._utils._rebuild_nested_tensor".split()
+) | {None}
+CVE_WEIGHTS_ONLY = "CVE-2026-24747"
 
 # Storage class name -> (torch dtype name, element size in bytes).
 STORAGE_DTYPES = {
@@ -65,14 +78,51 @@ DTYPE_SIZES.update({
 class ScanLimits:
     """Hard caps so hostile input costs bounded time and memory (each hit is a finding)."""
 
-    max_opcodes: int = 50_000_000
-    max_memo: int = 10_000_000
+    max_opcodes: int = 50_000_000  # per FILE (all its pickles together), see FileBudget
+    max_memo: int = 1_000_000  # memo entries, per file
     max_walk_nodes: int = 5_000_000
     max_depth: int = 200
     max_marks: int = 100_000  # open MARKs (each costs a list; pickle.dumps never nests this deep)
+    max_stack: int = 250_000  # values on the stack (all MARK levels); pickle.dumps batches by 1000
 
 
 DEFAULT_LIMITS = ScanLimits()
+
+
+class FileBudget:
+    """What the scans of ONE file may still spend: the caps apply to the whole file (every
+    member of a zip, every item of a shard, every stacked pickle), not to each pickle, so a
+    file of twenty bombs costs what one does. Opened by `file_budget()` (formats.detect_file
+    does); a scan outside one gets a fresh budget of its own."""
+
+    def __init__(self, limits: ScanLimits = DEFAULT_LIMITS):
+        self.opcodes = limits.max_opcodes
+        self.memo = limits.max_memo
+        self.exhausted = ""  # the first cap hit, once one was
+
+
+_BUDGET: contextvars.ContextVar[FileBudget | None] = contextvars.ContextVar(
+    "ckptdoctor_file_budget", default=None)
+
+
+def current_budget() -> FileBudget | None:
+    """The budget of the file being scanned (None outside `file_budget`)."""
+    return _BUDGET.get()
+
+
+@contextlib.contextmanager
+def file_budget(limits: ScanLimits = DEFAULT_LIMITS) -> Iterator[FileBudget]:
+    """Scans inside this block share one FileBudget (nested blocks reuse the outer one)."""
+    outer = _BUDGET.get()
+    if outer is not None:
+        yield outer
+        return
+    budget = FileBudget(limits)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
 
 
 # --- symbolic values --------------------------------------------------------------------------
@@ -162,6 +212,13 @@ class PickleScan:
     verdict: WeightsOnlyVerdict = field(default_factory=lambda: WeightsOnlyVerdict(True))
     findings: list[Finding] = field(default_factory=list)
     root: Any = None  # symbolic root value (for layout modules that read keys like global_step)
+    limit_hit: bool = False  # a ScanLimits / FileBudget cap stopped the scan
+
+    @property
+    def state(self) -> ScanState:
+        """COMPLETE only when the stream was walked to its STOP with no cap hit."""
+        return ScanState.COMPLETE if self.complete and not self.limit_hit \
+            else ScanState.INCONCLUSIVE
 
     @property
     def dangerous(self) -> list[GlobalRef]:
@@ -294,6 +351,10 @@ class _Scanner:
         self.need_allow: dict[str, None] = {}  # ordered set, torch spelling
         self.blockers: dict[str, None] = {}
         self.storages: dict[str, StorageRef] = {}
+        self.saved = 0  # values held on the metastack (below open MARKs)
+        self.budget = _BUDGET.get() or FileBudget(limits)
+        self.max_opcodes = min(limits.max_opcodes, self.budget.opcodes)
+        self.max_memo = min(limits.max_memo, self.budget.memo)
 
     # -- weights-only bookkeeping --
     def block(self, reason: str) -> None:
@@ -332,6 +393,21 @@ class _Scanner:
         self.seen_globals[(label, "")] = ref
         self.res.globals.append(ref)
 
+    def _cve_pattern(self, what: str) -> None:
+        """A structure only a memory-corruption exploit of torch's weights-only unpickler
+        writes (CVE-2026-24747, fixed in torch 2.10): dangerous, whatever the globals."""
+        label = f"<{CVE_WEIGHTS_ONLY}: {what}>"
+        if (label, "") in self.seen_globals:
+            return
+        self.res.findings.append(Code.CVE_PATTERN.finding(
+            self.path, f"{what}: pickle.dumps never writes this; it is the {CVE_WEIGHTS_ONLY} "
+                       "pattern (memory corruption in torch.load(weights_only=True) < 2.10)",
+            hint="treat the file as hostile; do not load it with any torch version",
+            cve=CVE_WEIGHTS_ONLY))
+        ref = GlobalRef(label, GlobalClass.DANGEROUS, "SETITEM", label)
+        self.seen_globals[(label, "")] = ref
+        self.res.globals.append(ref)
+
     def on_build_type(self, type_name: str | None, what: str) -> None:
         if type_name is None:
             self.block(f"BUILD on {what}: torch only builds Tensor, Parameter, OrderedDict "
@@ -362,21 +438,29 @@ class _Scanner:
     def run(self, stream: BinaryIO) -> PickleScan:
         res = self.res
         start = stream.tell()
+        max_stack = self.limits.max_stack
         try:
+            if self.budget.exhausted:
+                raise _Limit(f"not scanned: this file already hit a scan cap "
+                             f"({self.budget.exhausted})")
             for name, arg in iter_opcodes(stream):
                 res.opcodes += 1
-                if res.opcodes > self.limits.max_opcodes:
-                    res.findings.append(Code.PICKLE_LIMIT.finding(
-                        self.path, f"more than {self.limits.max_opcodes} opcodes; scan stopped"))
-                    self.block("scan limit")
-                    break
+                if res.opcodes > self.max_opcodes:
+                    raise _Limit(f"more than {self.max_opcodes} opcodes"
+                                 + (" in this file" if self.max_opcodes < self.limits.max_opcodes
+                                    else ""))
                 self.step(name, arg)
+                if len(self.stack) + self.saved > max_stack:
+                    raise _Limit(f"more than {max_stack} values on the pickle stack")
                 if name == "STOP":
                     res.complete = True
                     break
         except _Limit as exc:
             res.findings.append(Code.PICKLE_LIMIT.finding(self.path, f"{exc}; scan stopped"))
             self.block("scan limit")
+            res.limit_hit = True
+            if self.limits is DEFAULT_LIMITS:  # not a caller's own probe limits (pickle sniff)
+                self.budget.exhausted = self.budget.exhausted or str(exc)
         except _Fault as exc:
             if isinstance(exc, _Desync):
                 self._dynamic("<dynamic>", "FRAME", f"globals cannot be known statically: {exc}")
@@ -390,6 +474,8 @@ class _Scanner:
                 self.path, f"malformed or truncated pickle after {res.opcodes} opcodes: {text}"))
             self.block("malformed pickle")
         res.end_offset = stream.tell() - start
+        self.budget.opcodes -= min(res.opcodes, self.budget.opcodes)
+        self.budget.memo -= min(len(self.memo), self.budget.memo)
         if not res.complete and not res.findings:
             res.findings.append(Code.PICKLE_MALFORMED.finding(self.path, "pickle has no STOP"))
             self.block("malformed pickle")
@@ -442,6 +528,7 @@ class _Scanner:
             if len(self.metastack) >= self.limits.max_marks:
                 raise _Limit(f"more than {self.limits.max_marks} nested MARKs")
             self.metastack.append(st)
+            self.saved += len(st)
             self.stack = []
         elif name == "TUPLE":
             items = self._pop_mark_items()
@@ -573,13 +660,15 @@ class _Scanner:
         if not self.metastack:
             raise _Fault("MARK missing")
         self.stack = self.metastack.pop()
+        self.saved -= len(self.stack)
         if any(v is MARK for v in items):
             raise _Fault("nested MARK")
         return items
 
     def _memo_put(self, key: int, value: Any) -> None:
-        if key not in self.memo and len(self.memo) >= self.limits.max_memo:
-            raise _Limit(f"memo larger than {self.limits.max_memo} entries")
+        if key not in self.memo and len(self.memo) >= self.max_memo:
+            raise _Limit(f"memo larger than {self.max_memo} entries"
+                         + (" in this file" if self.max_memo < self.limits.max_memo else ""))
         self.memo[key] = value
 
     def _append(self, target: Any, items: list[Any]) -> None:
@@ -595,6 +684,8 @@ class _Scanner:
             target.items.extend(pairs)
         else:
             what = target.type_name if isinstance(target, Obj) else type(target).__name__
+            if not (isinstance(target, Obj) and target.type_name not in _NON_DICT_TYPES):
+                self._cve_pattern(f"SETITEM(S) into a {what}")
             if isinstance(target, Obj):
                 target.items.extend(pairs)
             self.block(f"SETITEMS into {what}: torch only fills dict, OrderedDict and Counter "
