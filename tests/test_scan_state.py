@@ -409,12 +409,12 @@ def test_latest_skips_an_inconclusive_checkpoint(trainer_run, tmp_path):
         from test_reader_differential import two_central_directories
     run = tmp_path / "out"
     shutil.copytree(trainer_run, run)
-    assert newest_valid(run)[0] == run / "checkpoint-4"
+    assert newest_valid(run).best == run / "checkpoint-4"
     opt = run / "checkpoint-4" / "optimizer.pt"
     raw = opt.read_bytes()
     opt.write_bytes(two_central_directories(raw, raw))
     info = detect_file(opt, "optimizer.pt")
     assert info.scan_state is ScanState.INCONCLUSIVE and not info.dangerous
-    picked, skipped = newest_valid(run)
-    assert picked == run / "checkpoint-2", skipped
-    assert any("CK220" in why for _, why in skipped)
+    result = newest_valid(run)
+    assert result.best == run / "checkpoint-2", result.skipped
+    assert any("CK220" in s.reason for s in result.skipped)

@@ -69,7 +69,10 @@ def check_polyglot(path: Path, info: FileInfo) -> None:
     of the file: it is inconclusive (CK122) and that reading's globals are reported."""
     with open(path, "rb") as fh:
         scan = scan_stream(fh, info.path, _SHADOW_LIMITS)
-    if not (scan.complete or scan.globals or scan.limit_hit):
+    # A prefix "reaches a global" only when the name is one an import could resolve (plain
+    # text starting with "c" reads as GLOBAL 'heckpoint notes ...': nothing to import).
+    importable = any(_IDENT.fullmatch(g.name) or g.opcode == "FRAME" for g in scan.globals)
+    if not (scan.complete or importable or scan.limit_hit):
         return
     seen = {(g.name, g.opcode) for g in info.globals}
     info.globals.extend(g for g in scan.globals if (g.name, g.opcode) not in seen)
