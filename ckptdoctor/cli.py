@@ -199,6 +199,7 @@ def validate(
         _require_doc(path, fmt)
     _require(path)
     _check_allow(allow)
+    _check_prefixes(select + ignore)
     group = from_env()  # under torchrun: the byte-reading pass is split across the ranks
     opts = ValidateOptions(consumer=consumer.value, allow=tuple(allow), trust=trust, load=load,
                            deep=deep, write_manifest=write_manifest, select=select,
@@ -450,6 +451,33 @@ def reshard(
 
 def _emit(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _check_prefixes(prefixes: list[str]) -> None:
+    from .codes import lookup
+
+    for p in prefixes:
+        if not lookup(p):
+            _fail(CliError(Code.BAD_PREFIX, p, "matches no finding code (see `ckptdoctor codes`)"))
+
+
+@app.command()
+def codes(
+    prefix: Annotated[Optional[str], typer.Argument(help="A code or prefix: CK101, CK4.")] = None,  # noqa: UP007
+    markdown: Annotated[bool, typer.Option("--markdown", help="The docs table (docs/validate.md).")] = False,
+) -> None:
+    """List the stable finding codes, their severity, meaning and what to do."""
+    from .codes import lookup, markdown_table
+
+    if markdown:
+        _emit(markdown_table())
+        raise typer.Exit(EXIT_OK)
+    found = lookup(prefix or "CK")
+    if not found:
+        _fail(CliError(Code.BAD_PREFIX, prefix or "", "matches no finding code"))
+    for c in found:
+        _emit(f"{c.code}  {c.severity}  {c.explanation}" + (f"\n       fix: {c.fix}" if c.fix else ""))
+    raise typer.Exit(EXIT_OK)
 
 
 def _check_allow(names: list[str]) -> None:
