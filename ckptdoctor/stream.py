@@ -295,33 +295,41 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                 progress: Progress | None = None, chunk: int = CHUNK,
                 overlap: bool = False) -> StreamResult:
     """Read `path` once, front to back, feeding each region its bytes (and the hash all).
-    With `overlap`, a helper thread runs the value checks of a chunk while this thread runs
-    its CRC32 and hash (both release the GIL)."""
+    With `overlap`, two buffers alternate: a helper thread runs the value checks (NaN/Inf) of
+    one chunk while this thread reads the next chunk and runs its CRC32 and hash (readinto,
+    zlib, hashlib and numpy all release the GIL). The helper runs the checks in file order."""
     res = StreamResult(rel, regions)
     h = hashlib.sha256() if want_hash else None
-    buf = bytearray(chunk)
-    mv = memoryview(buf)
-    scratch = bytearray(chunk)
-    for reg in regions:
-        for c in reg.counters:
-            c.scratch = scratch
     helper = None
     if overlap and any(r.counters for r in regions):
         from concurrent.futures import ThreadPoolExecutor
 
         helper = ThreadPoolExecutor(max_workers=1)
+    nbuf = 2 if helper is not None else 1
+    bufs = [memoryview(bytearray(chunk)) for _ in range(nbuf)]
+    pending: list = [None] * nbuf  # the helper's job still reading each buffer
+    scratch = bytearray(chunk)  # the screen's output; only one thread screens at a time
+    for reg in regions:
+        for c in reg.counters:
+            c.scratch = scratch
     label = rel or path.name
+    turn = 0
     try:
         with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             pos = 0
 
             def read_to(end: int, region: Region | None) -> None:
-                nonlocal pos
+                nonlocal pos, turn
                 if h is None and region is None:  # nothing wants these bytes: skip them
                     pos = fh.seek(end)
                     return
                 while pos < end:
+                    i = turn
+                    if pending[i] is not None:  # the helper still checks this buffer's bytes
+                        pending[i].result()
+                        pending[i] = None
+                    mv = bufs[i]
                     n = fh.readinto(mv[: min(chunk, end - pos)])
                     if not n:
                         if region is not None:
@@ -330,16 +338,16 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                         fh.seek(end)
                         return
                     block = mv[:n]
-                    pending = helper.submit(region.feed_values, block) \
-                        if helper is not None and region is not None and region.counters else None
                     if h is not None:
                         h.update(block)
                     if region is not None:
                         region.feed_crc(block)
-                        if pending is None:
-                            region.feed_values(block)
-                        else:
-                            pending.result()  # the buffer is reused by the next read
+                        if region.counters:
+                            if helper is None:
+                                region.feed_values(block)
+                            else:
+                                pending[i] = helper.submit(region.feed_values, block)
+                                turn = (turn + 1) % nbuf
                     pos += n
                     res.nbytes += n
                     if progress:
@@ -364,6 +372,9 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
         res.error = exc.strerror or str(exc)
     finally:
         if helper is not None:
+            for job in pending:  # the counts are complete only when every check has run
+                if job is not None:
+                    job.result()
             helper.shutdown()
     if h is not None and res.error is None:
         res.sha256 = h.hexdigest()
