@@ -87,6 +87,15 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
     out = FileOutcome(f.path)
     rel = f.path
     regions = []
+    legacy_loaded = False  # a legacy file outside the streamable layout: loaded as before
+    if deep and f.format == "torch-legacy":
+        from .stream import legacy_regions
+        try:
+            planned = legacy_regions(path, f)
+        except OSError:
+            planned = None
+        legacy_loaded = planned is None
+        regions = planned or []
     if deep and f.format in ("torch-zip", "safetensors", "dcp-shard"):
         try:
             regions = plan_regions(path, f)
@@ -101,7 +110,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
         return out
     if not deep:
         return out
-    if f.format == "torch-legacy":  # legacy files: small and old; loaded as before
+    if legacy_loaded:  # the tar format or an odd layout: small and rare; loaded as before
         out.findings.extend(_legacy_nonfinite(path, f, allow_nonfinite))
         return out
     unrecorded = 0

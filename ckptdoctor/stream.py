@@ -203,7 +203,53 @@ def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> l
         return _safetensors_regions(info)
     if info.format == "dcp-shard":
         return _dcp_regions(path, nonfinite)
+    if info.format == "torch-legacy" and nonfinite:
+        return legacy_regions(path, info) or []
     return []
+
+
+def legacy_regions(path: Path, info: FileInfo) -> list[Region] | None:
+    """Pre-1.6 torch files: five pickles, then each storage as an 8-byte little-endian element
+    count and its raw bytes, in the order of the fifth pickle's keys (the layout the static scan
+    walks). One region per storage, its tensors' element ranges from the scanned metadata.
+    None when the file is not in that layout (the tar format, a big-endian writer, a broken
+    walk): the caller then falls back."""
+    from .formats.torch_legacy import LEGACY_MAGIC
+    from .pickles.scan import SymList, lookup, scan_stream
+
+    by_storage: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
+    for t in info.tensors:
+        if t.storage is not None and t.dtype in CHECKED_DTYPES:
+            lo = t.offset or 0
+            by_storage.setdefault(t.storage, {}).setdefault(t.dtype, []).append(
+                (t.name, lo, lo + t.numel))
+    out: list[Region] = []
+    with open(path, "rb") as fh:
+        if not fh.read(len(LEGACY_MAGIC)).startswith(LEGACY_MAGIC):
+            return None
+        fh.seek(0)
+        scans = [scan_stream(fh, info.path) for _ in range(5)]
+        if not all(sc.complete for sc in scans) or not isinstance(scans[4].root, SymList):
+            return None
+        if lookup(scans[2].root, "little_endian") is False:
+            return None
+        sizes = {str(st.key): st.itemsize for st in scans[3].storages}
+        size = os.fstat(fh.fileno()).st_size
+        for key in (str(k) for k in scans[4].root):
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return None
+            start = fh.tell()
+            end = start + int.from_bytes(raw, "little") * sizes.get(key, 1)
+            if end > size:
+                return None
+            reg = Region(start, end)
+            for dtype, tensors in by_storage.get(key, {}).items():
+                reg.counters.append(NonfiniteCounter(dtype, sorted(tensors, key=lambda x: x[1])))
+            if reg.counters:
+                out.append(reg)
+            fh.seek(end)
+    return out
 
 
 def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:

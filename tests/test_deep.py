@@ -365,3 +365,38 @@ def test_double_buffered_checks_count_every_chunk(tmp_path, overlap):
     assert [f.code for f in out.findings].count("CK204") == 1
     import hashlib
     assert out.sha256 == hashlib.sha256(bytes(data)).hexdigest()
+
+
+LEGACY_NO_TORCH = """
+import sys
+from ckptdoctor.validate import ValidateOptions, validate
+report, found = validate(sys.argv[1], ValidateOptions(deep=True, jobs=1))
+print(sorted((f.detail["tensor"], f.detail["count"]) for f in found if f.code == "CK501"))
+print("torch" in sys.modules)
+"""
+
+
+def test_legacy_torch_file_is_streamed_without_torch(tmp_path):
+    """Pre-1.6 (non-zip) files: NaN/Inf from the raw storages, found by walking the legacy
+    layout; torch is never imported. Counts come from torch's isfinite on what was saved."""
+    sd = {}
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        for k, v in poisoned(dtype).items():
+            sd[f"{k}_{str(dtype)[6:]}"] = v
+    base = poisoned(torch.float32)["nan"]
+    sd["view_tail"] = base[100:]  # a view into another tensor's storage: its own range only
+    sd["int"] = torch.arange(10)
+    path = tmp_path / "legacy.pt"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    assert not zipfile_like(path)
+    expect = sorted((k, torch_count(v)) for k, v in sd.items()
+                    if v.is_floating_point() and torch_count(v))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", LEGACY_NO_TORCH, str(path)], env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [repr(expect), "False"]
+
+
+def zipfile_like(path: Path) -> bool:
+    import zipfile
+    return zipfile.is_zipfile(path)
