@@ -40,6 +40,10 @@ class FileOutcome:
 
 
 MAX_DEFAULT_JOBS = 16  # more threads rarely read faster, and each holds a few MiB
+# Check a file's values in a helper thread beside its read+CRC32 (stream_file's `overlap`).
+# Off: the bit test costs ~0.14 ms per 4 MiB, less than handing chunks between threads costs
+# in CPU (measured in docs/scale.md); on a shared machine CPU time is wall time.
+OVERLAP = False
 
 
 def default_jobs() -> int:
@@ -70,7 +74,7 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
     def one(f: FileInfo) -> FileOutcome:
         return check_file(file_path(root, f), f, deep=deep and deep_eligible(f),
                           want_hash=f.path in hash_rels, progress=progress,
-                          allow_nonfinite=allow_nonfinite, overlap=jobs > 1,
+                          allow_nonfinite=allow_nonfinite, overlap=OVERLAP,
                           chunk=chunk_for(jobs))
 
     if jobs <= 1 or len(todo) <= 1:
