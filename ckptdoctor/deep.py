@@ -40,6 +40,10 @@ class FileOutcome:
 
 
 MAX_DEFAULT_JOBS = 16  # more threads rarely read faster, and each holds a few MiB
+# Check a file's values in a helper thread beside its read+CRC32 (stream_file's `overlap`).
+# Off: the bit test costs ~0.14 ms per 4 MiB, less than handing chunks between threads costs
+# in CPU (measured in docs/scale.md); on a shared machine CPU time is wall time.
+OVERLAP = False
 
 
 def default_jobs() -> int:
@@ -70,7 +74,7 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
     def one(f: FileInfo) -> FileOutcome:
         return check_file(file_path(root, f), f, deep=deep and deep_eligible(f),
                           want_hash=f.path in hash_rels, progress=progress,
-                          allow_nonfinite=allow_nonfinite, overlap=jobs > 1,
+                          allow_nonfinite=allow_nonfinite, overlap=OVERLAP,
                           chunk=chunk_for(jobs))
 
     if jobs <= 1 or len(todo) <= 1:
@@ -87,6 +91,15 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
     out = FileOutcome(f.path)
     rel = f.path
     regions = []
+    legacy_loaded = False  # a legacy file outside the streamable layout: loaded as before
+    if deep and f.format == "torch-legacy":
+        from .stream import legacy_regions
+        try:
+            planned = legacy_regions(path, f)
+        except OSError:
+            planned = None
+        legacy_loaded = planned is None
+        regions = planned or []
     if deep and f.format in ("torch-zip", "safetensors", "dcp-shard"):
         try:
             regions = plan_regions(path, f)
@@ -101,7 +114,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
         return out
     if not deep:
         return out
-    if f.format == "torch-legacy":  # legacy files: small and old; loaded as before
+    if legacy_loaded:  # the tar format or an odd layout: small and rare; loaded as before
         out.findings.extend(_legacy_nonfinite(path, f, allow_nonfinite))
         return out
     unrecorded = 0

@@ -203,7 +203,53 @@ def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> l
         return _safetensors_regions(info)
     if info.format == "dcp-shard":
         return _dcp_regions(path, nonfinite)
+    if info.format == "torch-legacy" and nonfinite:
+        return legacy_regions(path, info) or []
     return []
+
+
+def legacy_regions(path: Path, info: FileInfo) -> list[Region] | None:
+    """Pre-1.6 torch files: five pickles, then each storage as an 8-byte little-endian element
+    count and its raw bytes, in the order of the fifth pickle's keys (the layout the static scan
+    walks). One region per storage, its tensors' element ranges from the scanned metadata.
+    None when the file is not in that layout (the tar format, a big-endian writer, a broken
+    walk): the caller then falls back."""
+    from .formats.torch_legacy import LEGACY_MAGIC
+    from .pickles.scan import SymList, lookup, scan_stream
+
+    by_storage: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
+    for t in info.tensors:
+        if t.storage is not None and t.dtype in CHECKED_DTYPES:
+            lo = t.offset or 0
+            by_storage.setdefault(t.storage, {}).setdefault(t.dtype, []).append(
+                (t.name, lo, lo + t.numel))
+    out: list[Region] = []
+    with open(path, "rb") as fh:
+        if not fh.read(len(LEGACY_MAGIC)).startswith(LEGACY_MAGIC):
+            return None
+        fh.seek(0)
+        scans = [scan_stream(fh, info.path) for _ in range(5)]
+        if not all(sc.complete for sc in scans) or not isinstance(scans[4].root, SymList):
+            return None
+        if lookup(scans[2].root, "little_endian") is False:
+            return None
+        sizes = {str(st.key): st.itemsize for st in scans[3].storages}
+        size = os.fstat(fh.fileno()).st_size
+        for key in (str(k) for k in scans[4].root):
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return None
+            start = fh.tell()
+            end = start + int.from_bytes(raw, "little") * sizes.get(key, 1)
+            if end > size:
+                return None
+            reg = Region(start, end)
+            for dtype, tensors in by_storage.get(key, {}).items():
+                reg.counters.append(NonfiniteCounter(dtype, sorted(tensors, key=lambda x: x[1])))
+            if reg.counters:
+                out.append(reg)
+            fh.seek(end)
+    return out
 
 
 def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
@@ -295,33 +341,41 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                 progress: Progress | None = None, chunk: int = CHUNK,
                 overlap: bool = False) -> StreamResult:
     """Read `path` once, front to back, feeding each region its bytes (and the hash all).
-    With `overlap`, a helper thread runs the value checks of a chunk while this thread runs
-    its CRC32 and hash (both release the GIL)."""
+    With `overlap`, two buffers alternate: a helper thread runs the value checks (NaN/Inf) of
+    one chunk while this thread reads the next chunk and runs its CRC32 and hash (readinto,
+    zlib, hashlib and numpy all release the GIL). The helper runs the checks in file order."""
     res = StreamResult(rel, regions)
     h = hashlib.sha256() if want_hash else None
-    buf = bytearray(chunk)
-    mv = memoryview(buf)
-    scratch = bytearray(chunk)
-    for reg in regions:
-        for c in reg.counters:
-            c.scratch = scratch
     helper = None
     if overlap and any(r.counters for r in regions):
         from concurrent.futures import ThreadPoolExecutor
 
         helper = ThreadPoolExecutor(max_workers=1)
+    nbuf = 2 if helper is not None else 1
+    bufs = [memoryview(bytearray(chunk)) for _ in range(nbuf)]
+    pending: list = [None] * nbuf  # the helper's job still reading each buffer
+    scratch = bytearray(chunk)  # the screen's output; only one thread screens at a time
+    for reg in regions:
+        for c in reg.counters:
+            c.scratch = scratch
     label = rel or path.name
+    turn = 0
     try:
         with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             pos = 0
 
             def read_to(end: int, region: Region | None) -> None:
-                nonlocal pos
+                nonlocal pos, turn
                 if h is None and region is None:  # nothing wants these bytes: skip them
                     pos = fh.seek(end)
                     return
                 while pos < end:
+                    i = turn
+                    if pending[i] is not None:  # the helper still checks this buffer's bytes
+                        pending[i].result()
+                        pending[i] = None
+                    mv = bufs[i]
                     n = fh.readinto(mv[: min(chunk, end - pos)])
                     if not n:
                         if region is not None:
@@ -330,16 +384,16 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                         fh.seek(end)
                         return
                     block = mv[:n]
-                    pending = helper.submit(region.feed_values, block) \
-                        if helper is not None and region is not None and region.counters else None
                     if h is not None:
                         h.update(block)
                     if region is not None:
                         region.feed_crc(block)
-                        if pending is None:
-                            region.feed_values(block)
-                        else:
-                            pending.result()  # the buffer is reused by the next read
+                        if region.counters:
+                            if helper is None:
+                                region.feed_values(block)
+                            else:
+                                pending[i] = helper.submit(region.feed_values, block)
+                                turn = (turn + 1) % nbuf
                     pos += n
                     res.nbytes += n
                     if progress:
@@ -364,6 +418,9 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
         res.error = exc.strerror or str(exc)
     finally:
         if helper is not None:
+            for job in pending:  # the counts are complete only when every check has run
+                if job is not None:
+                    job.result()
             helper.shutdown()
     if h is not None and res.error is None:
         res.sha256 = h.hexdigest()

@@ -332,3 +332,71 @@ def test_dcp_shard_items_are_checked(tmp_path):
     rc, found = deep_json(out)
     assert [f["message"].split()[1] for f in found if f["code"] == "CK204"] == \
         ["model.b!archive/data/0"]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_double_buffered_checks_count_every_chunk(tmp_path, overlap):
+    """Small chunks so each storage spans many reads: with `overlap` the value checks of one
+    buffer run in a helper while the other buffer is read and CRC'd; no chunk may be missed,
+    checked twice or checked after its buffer was reused."""
+    from ckptdoctor.deep import check_file
+    from ckptdoctor.inspect import inspect_path
+
+    g = torch.Generator().manual_seed(1)
+    sd = {}
+    for i, dtype in enumerate((torch.bfloat16, torch.float32, torch.float16, torch.bfloat16)):
+        t = torch.randn(50_000 + 17 * i, generator=g).to(dtype)
+        idx = torch.randint(0, t.numel(), (40 + i,), generator=g)
+        t[idx] = float("nan")
+        t[idx[:5] + 1] = float("inf")
+        sd[f"t{i}"] = t
+    path = tmp_path / "m.pt"
+    torch.save(sd, path)
+    data = bytearray(path.read_bytes())
+    tail = sd["t1"][-64:].numpy().tobytes()  # corrupt t1's last bytes: a CRC mismatch
+    at = data.find(tail)
+    data[at + 4] ^= 1  # the lowest mantissa bit: finite stays finite, NaN/Inf stay non-finite
+    path.write_bytes(bytes(data))
+    expect = {k: torch_count(v) for k, v in sd.items()}
+    info = inspect_path(path).files[0]
+    out = check_file(path, info, deep=True, want_hash=True, overlap=overlap, chunk=8 << 10)
+    counts = {f.detail["tensor"]: f.detail["count"] for f in out.findings if f.code == "CK501"}
+    assert counts == expect
+    assert [f.code for f in out.findings].count("CK204") == 1
+    import hashlib
+    assert out.sha256 == hashlib.sha256(bytes(data)).hexdigest()
+
+
+LEGACY_NO_TORCH = """
+import sys
+from ckptdoctor.validate import ValidateOptions, validate
+report, found = validate(sys.argv[1], ValidateOptions(deep=True, jobs=1))
+print(sorted((f.detail["tensor"], f.detail["count"]) for f in found if f.code == "CK501"))
+print("torch" in sys.modules)
+"""
+
+
+def test_legacy_torch_file_is_streamed_without_torch(tmp_path):
+    """Pre-1.6 (non-zip) files: NaN/Inf from the raw storages, found by walking the legacy
+    layout; torch is never imported. Counts come from torch's isfinite on what was saved."""
+    sd = {}
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        for k, v in poisoned(dtype).items():
+            sd[f"{k}_{str(dtype)[6:]}"] = v
+    base = poisoned(torch.float32)["nan"]
+    sd["view_tail"] = base[100:]  # a view into another tensor's storage: its own range only
+    sd["int"] = torch.arange(10)
+    path = tmp_path / "legacy.pt"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    assert not zipfile_like(path)
+    expect = sorted((k, torch_count(v)) for k, v in sd.items()
+                    if v.is_floating_point() and torch_count(v))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", LEGACY_NO_TORCH, str(path)], env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [repr(expect), "False"]
+
+
+def zipfile_like(path: Path) -> bool:
+    import zipfile
+    return zipfile.is_zipfile(path)
