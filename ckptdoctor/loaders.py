@@ -226,7 +226,20 @@ def vetted_pickle_module(allow: tuple[str, ...] = ()) -> types.ModuleType:
     module object through an attribute."""
     allow = tuple(allow)
 
-    class Unpickler(pickle.Unpickler):
+    class Unpickler(pickle._Unpickler):  # Python's own, so BUILD can be restricted too
+        dispatch = dict(pickle._Unpickler.dispatch)
+
+        def _load_build_on_instances(self) -> None:
+            # BUILD on a class, module or function is setattr on shared code, not data: it is
+            # how a pickle arms torch's legacy `dump_patches` file writer (security review).
+            if isinstance(self.stack[-2], (type, types.ModuleType, types.FunctionType,
+                                           types.BuiltinFunctionType)):
+                raise RefusedGlobal("BUILD on a class, module or function (sets attributes "
+                                    "of code, not of data); refused")
+            pickle._Unpickler.load_build(self)
+
+        dispatch[pickle.BUILD[0]] = _load_build_on_instances
+
         def find_class(self, module: str, name: str) -> Any:
             if not (isinstance(module, str) and isinstance(name, str)):
                 raise RefusedGlobal("global with a non-string name refused")

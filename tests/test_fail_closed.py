@@ -580,3 +580,59 @@ def test_one_gate_decides_resolution():
     for p in (ROOT / "ckptdoctor").rglob("*.py"):
         text = p.read_text("utf-8")
         assert "DATA_PREFIXES" not in text and "DCP_GLOBAL_PREFIXES" not in text, p
+
+
+# --- found by a red-team review after the fixes above ---------------------------------------------
+# BUILD on a class object is setattr on shared code: `argparse.Namespace` (reviewed data) with
+# BUILD (None, {'dump_patches': True, '__name__': PATH}) arms torch's legacy persistent_load,
+# which then appends a diff to PATH + '.patch' (torch/serialization.py _check_container_source).
+BUILD_ON_CLASS = (b"\x80\x02cargparse\nNamespace\nq\x00N}q\x01(X\x0c\x00\x00\x00dump_patchesq\x02"
+                  b"\x88X\x08\x00\x00\x00__name__q\x03X\x04\x00\x00\x00/nopq\x04u\x86q\x05b.")
+
+
+def test_build_on_a_class_is_dangerous_statically():
+    from ckptdoctor.pickles.scan import scan_bytes
+
+    scan = scan_bytes(BUILD_ON_CLASS, "x.pkl")
+    assert scan.dangerous, scan.globals
+    assert "CK101" in {f.code for f in scan.findings}
+
+
+def test_the_vetted_unpickler_refuses_build_on_a_class():
+    import argparse
+
+    from ckptdoctor.loaders import vetted_pickle_module
+
+    with pytest.raises(RefusedGlobal, match="BUILD on a class"):
+        vetted_pickle_module().loads(BUILD_ON_CLASS)
+    assert not hasattr(argparse.Namespace, "dump_patches")
+    # instances are still built (the ordinary BUILD every Namespace pickle uses)
+    ns = vetted_pickle_module().loads(pickle.dumps(argparse.Namespace(lr=0.5), protocol=2))
+    assert ns.lr == 0.5
+
+
+def test_unsafe_consumers_refuse_unknown_globals_nobody_vouched_for(tmp_path):
+    """accelerate's load_custom_state unpickles custom_checkpoint_N.pkl with weights_only=False:
+    a global of unknown safety there (gzip.GzipFile writes a file when called) fails the gate
+    unless named with --allow."""
+    from fixtures.factory import make_accelerate_state
+
+    acc = make_accelerate_state(tmp_path / "acc")
+    assert _cli("validate", acc).returncode == 0
+    canary = tmp_path / "canary"
+    payload = f"cgzip\nGzipFile\n(V{canary}\nVwb\ntR.".encode()
+    live = subprocess.run([PY, "-c", "import pickle,sys; pickle.loads(sys.stdin.buffer.read())"],
+                          input=payload, cwd=tmp_path)
+    assert live.returncode == 0 and canary.exists()  # the payload is live
+    canary.unlink()
+    buf = io.BytesIO()
+    torch.save({"x": 1}, buf)
+    import zipfile
+
+    zin = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(acc / "custom_checkpoint_0.pkl", "w") as z:
+        for n in zin.namelist():
+            z.writestr(n, payload if n.endswith("data.pkl") else zin.read(n))
+    r = _cli("validate", acc)
+    assert r.returncode == 1 and "gzip.GzipFile" in r.stdout, r.stdout
+    assert not canary.exists()

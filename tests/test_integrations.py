@@ -236,11 +236,6 @@ def test_github_action_runs_validate_github():
 
 def test_shell_completion_is_enabled():
     runner = CliRunner()
-    # typer detects the shell from the environment (CI may have no SHELL): name it
-    res = runner.invoke(app, ["--show-completion", "bash"], prog_name="ckptdoctor",
-                        env={"SHELL": "/bin/bash"})
-    assert res.exit_code == 0, res.output
-    assert "_CKPTDOCTOR_COMPLETE" in res.output
     res = runner.invoke(app, ["--help"], prog_name="ckptdoctor")
     assert "--install-completion" in res.output
     # the completion itself: typer answers for a partial command name

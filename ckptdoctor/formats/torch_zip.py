@@ -386,8 +386,10 @@ def reader_differential(fh: BinaryIO, info: FileInfo, rel: str, budget: _Budget)
         data = _torch_record_bytes(fh, rec, budget)
         if data is None:
             continue
+        # a recorded CRC of 0 is torch.save(compute_crc32=False): "not recorded", and zipfile
+        # is told not to check it either (read_record), so both readers read the same bytes
         if rec.method == zipfile.ZIP_STORED and rec.csize <= MAX_PICKLE_BYTES \
-                and zlib.crc32(data) != rec.crc:
+                and rec.crc != 0 and zlib.crc32(data) != rec.crc:
             per_record.append(f"record {rec.name!r}: CRC32 {zlib.crc32(data):08x} != recorded "
                               f"{rec.crc:08x} (zipfile refuses it; torch's reader does not "
                               "check CRCs)")

@@ -408,6 +408,18 @@ class _Scanner:
         self.seen_globals[(label, "")] = ref
         self.res.globals.append(ref)
 
+    def _hostile_pattern(self, what: str) -> None:
+        """A structure no checkpoint writer produces and only an attack needs: dangerous."""
+        label = f"<{what}>"
+        if (label, "") in self.seen_globals:
+            return
+        self.res.findings.append(Code.DANGEROUS_GLOBAL.finding(
+            self.path, f"{what}: pickle.dumps never writes this for data",
+            hint="treat the file as hostile; do not load it, not even with --trust"))
+        ref = GlobalRef(label, GlobalClass.DANGEROUS, "BUILD", label)
+        self.seen_globals[(label, "")] = ref
+        self.res.globals.append(ref)
+
     def on_build_type(self, type_name: str | None, what: str) -> None:
         if type_name is None:
             self.block(f"BUILD on {what}: torch only builds Tensor, Parameter, OrderedDict "
@@ -729,6 +741,9 @@ class _Scanner:
     def _build(self, inst: Any, state: Any) -> None:
         if isinstance(inst, Tensor):
             return
+        if isinstance(inst, Glob):  # BUILD on the class object itself: setattr on code
+            self._hostile_pattern(f"BUILD on the class {inst.match} itself (sets attributes "
+                                  "of code, e.g. torch's legacy dump_patches file writer)")
         if isinstance(inst, Obj):
             inst.state = state
             self.on_build_type(inst.type_name, f"the result of {inst.func}")
