@@ -134,7 +134,9 @@ LIBRARY_DATA = frozenset(
     torch.distributed.checkpoint.planner.LoadItemType torch.distributed.checkpoint.planner.WriteItemType
     megatron.core.rerun_state_machine.RerunDiagnostic megatron.core.rerun_state_machine.RerunMode
     megatron.core.rerun_state_machine.RerunState
-    megatron.core.transformer.cuda_graphs.CudaGraphScope""".split())
+    megatron.core.transformer.cuda_graphs.CudaGraphScope
+    transformers.integrations.deepspeed.HfDeepSpeedConfig
+    transformers.integrations.deepspeed.HfTrainerDeepSpeedConfig""".split())
 # numpy scalar types (numpy.float64 and friends) are plain data.
 NUMPY_SCALAR_NAMES = frozenset(
     "bool_ bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 "
@@ -254,7 +256,11 @@ DANGEROUS_MORE = frozenset(
     torch.classes torch._ops torch.cuda.memory torch._logging torch.utils.tensorboard
     numpy.ctypeslib numpy.lib.npyio numpy.lib._npyio_impl numpy.lib.format numpy.genfromtxt
     numpy.loadtxt numpy.fromregex numpy.frompyfunc numpy.vectorize numpy.lib.utils
-    pandas.read_pickle pandas.read_csv pandas.io""".split())
+    pandas.read_pickle pandas.read_csv pandas.io torch.from_file torch.serialization
+    torch.utils.model_zoo torch.distributed.checkpoint.FileSystemWriter
+    torch.distributed.checkpoint.filesystem.FileSystemWriter numpy.ndarray.tofile
+    numpy.ndarray.dump numpy.core.records.fromfile numpy._core.records.fromfile
+    numpy.rec.fromfile numpy.core.records numpy._core.records numpy.rec""".split())
 _METHOD_ATTRS = frozenset(
     """write_text write_bytes read_text read_bytes touch mkdir rename replace symlink_to
     hardlink_to link_to chmod lchmod unlink rmdir open exec_module findmatch fromkeys get
@@ -322,6 +328,11 @@ def _classify(name: str) -> GlobalClass:
         return GlobalClass.DANGEROUS
     if tmod == "numpy" and tname in NUMPY_SCALAR_NAMES:
         return GlobalClass.DATA
+    if parts[0] in _STDLIB or tfull.split(".")[0] in _STDLIB:
+        # The standard library is full of callables that write files, spawn processes or
+        # open sockets (gzip.GzipFile, bz2.BZ2File, wave.open, ...). Its data types a
+        # checkpoint needs are reviewed one by one above; no --allow vouches for the rest.
+        return GlobalClass.DANGEROUS
     return GlobalClass.UNKNOWN
 
 
