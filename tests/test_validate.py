@@ -56,16 +56,17 @@ def truncate(p: Path, keep: float = 0.5) -> None:
     (lambda c: truncate(c / "model.safetensors"), "CK305", "model.safetensors"),
     (lambda c: truncate(c / "optimizer.pt"), "CK201", "optimizer.pt"),
     (lambda c: (c / "scheduler.pt").write_bytes(b""), "CK003", "scheduler.pt"),
-    (lambda c: (c / "rng_state.pth").unlink(), "CK405", "rng_state.pth"),
+    # the resume goes on without these, but from different state (fresh RNG under gpt2's
+    # dropout, fresh optimizer + scheduler): measured by tests/oracle, so errors
+    (lambda c: (c / "rng_state.pth").unlink(), "CK401", "rng_state.pth"),
     (lambda c: (c / "trainer_state.json").unlink(), "CK401", "trainer_state.json"),
-    (lambda c: (c / "optimizer.pt").unlink(), "CK417", "optimizer.pt"),
+    (lambda c: (c / "optimizer.pt").unlink(), "CK401", "optimizer.pt"),
 ])
 def test_damage_is_named(ckpt, damage, code, where):
     damage(ckpt)
     rc, found, _ = validate(ckpt)
     assert (code, where) in found, found
-    if code not in ("CK405", "CK417"):  # those are warnings: resume goes on without them
-        assert rc == 1
+    assert rc == 1
 
 
 def test_corrupt_header_length_and_offsets(ckpt):
