@@ -105,6 +105,12 @@ FAST = {
     ("hf_trainer", "truncate model.safetensors @-1"),
     ("lingua", "delete train_state_00000.json"),
     ("lingua", "delete params.json"),
+    # rules the gate2 fixes made agree (false passes and false alarms measured before them)
+    ("accelerate", "delete scheduler.bin"),
+    ("accelerate", "delete random_states_0.pkl"),
+    ("hf_trainer", "delete optimizer.pt"),
+    ("hf_trainer", "stray tmp dir"),
+    ("hf_trainer", "truncate generation_config.json @half"),
 }
 
 
