@@ -216,11 +216,10 @@ class HfTrainer(LayoutBase):
         """Files the Trainer's resume never opens (measured by tests/oracle): damage to them is
         at most a warning.  With DeepSpeed the weights come from the tag, not the top level."""
         name = rel.rsplit("/", 1)[-1]
-        if "/" not in rel and name in UNREAD_TOP:
-            return True
-        if "/" not in rel and DS.match(d) and (name == "config.json" or hf_model.is_weights(name)):
-            return True
-        return False
+        if "/" in rel:
+            return False
+        return name in UNREAD_TOP or (DS.match(d) and (name == "config.json"
+                                                       or hf_model.is_weights(name)))
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         first, _, _ = rel.partition("/")

@@ -46,7 +46,8 @@ def agrees(out: dict[str, Any], mode: str) -> bool:
     return (out["validate"][mode]["exit"] == 0) == out["healthy"]
 
 
-NOT_VISIBLE = {"static": "n/a (static reads no values)", "load": "n/a (--load reads no values)"}
+NOT_VISIBLE = {"static": "n/a (static reads no values)",
+               "load": "n/a (--load reads no values)"}
 
 
 def cell(case_id: str, out: dict[str, Any], mode: str) -> str:

@@ -100,11 +100,13 @@ def test_value_damage_is_judged_by_deep_only():
     nan = next(c for c in CASES if c.kind == "nan")
     assert nan.visible_to == {"deep"}
     assert all(c.visible_to == set(matrix.MODES) for c in CASES if c.kind != "nan")
-    out = {"real": {"resumed": True, "losses": [None, None]}, "healthy": False, "reference": [1.0, 2.0],
+    out = {"real": {"resumed": True, "losses": [None, None]}, "healthy": False,
+           "reference": [1.0, 2.0],
            "validate": {"static": {"exit": 0, "errors": []}, "load": {"exit": 0, "errors": []},
                         "deep": {"exit": 1, "errors": ["CK501"]}}}
-    assert matrix.row(nan.id, out) == (f"| {nan.framework} | NaN weight | resumes, NaN loss | "
-                                       "n/a (static reads no values) | n/a (--load reads no values) | 1 ✓ |")
+    assert matrix.row(nan.id, out) == (
+        f"| {nan.framework} | NaN weight | resumes, NaN loss | "
+        "n/a (static reads no values) | n/a (--load reads no values) | 1 ✓ |")
     assert matrix.disagreements({nan.id: out}) == {}
     out["validate"]["deep"] = {"exit": 0, "errors": []}
     assert list(matrix.disagreements({nan.id: out})) == [(nan.framework, "NaN weight", "deep")]
