@@ -61,9 +61,11 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
                 continue
             if not rel or framework == "torch":
                 framework = layout.framework
-            report.findings.extend(layout.check(sub))
+            checked = layout.check(sub)
+            report.findings.extend(checked)
             prefix = f"{rel}/" if rel else ""
             consumers.update({prefix + f: layout.consumer(sub, f) for f in sub.files})
+            consumers.update(absent_consumers(layout, sub, prefix, checked, consumers))
     elif view is None and report.files:  # a single file: the layout describe_file found
         framework = _FILE_FRAMEWORK.get(report.layout.name, "torch")
         if framework == "lightning":
@@ -181,13 +183,28 @@ def _unread_report(findings: list[Finding], consumers: dict[str, Consumer]) -> l
     return out
 
 
+def absent_consumers(layout, sub, prefix: str, findings: list[Finding],
+                     known: dict[str, Consumer]) -> dict[str, Consumer]:
+    """The consumer of each file a layout check names but that does not exist (a missing
+    file): the layout decides whether its resume would read it (CK420 when it would not)."""
+    out = {}
+    for x in findings:
+        if x.path and x.path not in known and x.path.startswith(prefix):
+            out[x.path] = layout.consumer(sub, x.path[len(prefix):])
+    return out
+
+
 def unread_findings(findings: list[Finding], consumer: Consumer) -> list[Finding]:
     """The findings of a file the resume never reads: what would be an error (truncated, empty,
     unloadable) cannot stop the resume, so it is one CK421 warning naming the original code.
     Code-executing globals stay errors: ckptdoctor refuses such a file wherever it is."""
     out = []
     for x in findings:
-        if x.severity is Severity.ERROR and x.code not in _KEEP_ERRORS:
+        if x.code == Code.MISSING_FILE.code:
+            x = Code.UNREAD_MISSING.finding(
+                x.path, f"{x.message} (not read on resume: {consumer.who})", x.hint,
+                **{**x.detail, "was": x.code})
+        elif x.severity is Severity.ERROR and x.code not in _KEEP_ERRORS:
             x = Code.LOAD_NOT_NEEDED.finding(
                 x.path, f"{x.message} ({x.code}; not read on resume: {consumer.who})", x.hint,
                 **{**x.detail, "was": x.code})

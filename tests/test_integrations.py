@@ -199,7 +199,9 @@ def test_rng_state_round_trip_restores_the_streams(tmp_path):
 def test_gate_require_marker(tmp_path):
     from safetensors.torch import save_file
 
-    save_file({"w": torch.ones(2)}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    # not `model.safetensors` alone: that is what an Accelerate save_state killed after its
+    # models leaves (measured by tests/oracle: load_state fails), which the gate refuses
+    save_file({"w": torch.ones(2)}, tmp_path / "weights.safetensors", metadata={"format": "pt"})
     gate(tmp_path)
     with pytest.raises(CheckpointRejected) as exc:
         gate(tmp_path, require_marker=True)

@@ -236,10 +236,24 @@ def test_hf_trainer_optimizer_scheduler_and_rng(damaged):
     (ck / "scheduler.pt").unlink()
     (ck / "rng_state.pth").unlink()
     found = run(ck)[2]
-    assert finding(found, "CK417").severity.name == "WARNING"
-    assert finding(found, "CK405").path == "rng_state.pth"
+    # measured by tests/oracle: the Trainer silently starts a fresh optimizer and scheduler,
+    # and (gpt2 applies dropout) a fresh RNG: the run goes on with different losses
+    missing = {f.path: f for f in found if f.code == "CK401"}
+    assert set(missing) == {"scheduler.pt", "rng_state.pth"}
+    assert "dropout" in missing["rng_state.pth"].message
     (ck / "optimizer.pt").unlink()
-    assert "CK416" in codes(run(ck)[2])
+    found = run(ck)[2]
+    assert "CK416" in codes(found) and "optimizer.pt" not in {f.path for f in found}
+
+
+def test_hf_trainer_rng_without_dropout_is_a_warning(tmp_path):
+    """No dropout in config.json: a fresh RNG does not change the losses (CK405 warning)."""
+    rd = f.make_hf_trainer_run(tmp_path / "out", steps=2, save_steps=2, model="llama")
+    ck = rd / "checkpoint-2"
+    (ck / "rng_state.pth").unlink()
+    found = run(ck)[2]
+    assert finding(found, "CK405").severity.name == "WARNING"
+    assert "CK401" not in codes(found)
 
 
 def test_hf_trainer_rng_per_rank(damaged):
@@ -247,7 +261,7 @@ def test_hf_trainer_rng_per_rank(damaged):
     for r in (0, 2):
         shutil.copy(ck / "rng_state.pth", ck / f"rng_state_{r}.pth")
     (ck / "rng_state.pth").unlink()
-    assert [f.detail["rank"] for f in run(ck)[2] if f.code == "CK405"] == [1]
+    assert [f.detail["rank"] for f in run(ck)[2] if f.code == "CK401"] == [1]
 
 
 def test_hf_trainer_with_deepspeed_checks_both(damaged):
@@ -263,7 +277,7 @@ def test_hf_trainer_with_deepspeed_checks_both(damaged):
     (ck / "latest").write_text("global_step99")
     found = run(ck)[2]
     assert finding(found, "CK408").detail["tag"] == "global_step99"
-    assert finding(found, "CK405").detail["rank"] == 1
+    assert finding(found, "CK401").detail["rank"] == 1
 
 
 def test_hf_trainer_fsdp_sharded_form(damaged):
@@ -340,11 +354,37 @@ def test_accelerate_rng_and_optimizer(damaged):
     (ad / "random_states_0.pkl").unlink()
     layout, _, found = run(ad)
     assert layout.name == "accelerate"
-    assert finding(found, "CK405").severity.name == "WARNING"
-    (ad / "optimizer.bin").unlink()
-    assert "CK416" in codes(run(ad)[2])
+    # measured by tests/oracle: accelerate swallows the missing file, the run continues with
+    # a fresh RNG and different losses -> an error, not CK405
+    hit = finding(found, "CK401")
+    assert (hit.path, hit.severity.name, hit.detail["rank"]) == ("random_states_0.pkl", "ERROR", 0)
+    (ad / "optimizer.bin").unlink()  # scheduler.bin proves an optimizer was prepared
+    found = run(ad)[2]
+    assert "optimizer.bin" in {f.path for f in found if f.code == "CK401"}
+    assert "CK416" not in codes(found)
     shutil.copy(ad / "scheduler.bin", ad / "scheduler_2.bin")
-    assert finding(run(ad)[2], "CK401").path == "scheduler_1.bin"
+    assert "scheduler_1.bin" in {f.path for f in run(ad)[2] if f.code == "CK401"}
+
+
+def test_accelerate_scheduler_proven_by_initial_lr(damaged):
+    """torch's LRScheduler writes `initial_lr` into the optimizer's param_groups, so a missing
+    scheduler.bin is visible from optimizer.bin (load_state: FileNotFoundError)."""
+    ad = damaged("accelerate")
+    assert "scheduler.bin" not in {f.path for f in run(ad)[2] if f.code == "CK401"}
+    (ad / "scheduler.bin").unlink()
+    assert "scheduler.bin" in {f.path for f in run(ad)[2] if f.code == "CK401"}
+
+
+def test_accelerate_model_only_is_a_warning_but_a_killed_save_is_not(damaged):
+    ad = damaged("accelerate")
+    for name in ("optimizer.bin", "scheduler.bin"):
+        (ad / name).unlink()
+    found = run(ad)[2]  # models + RNG: a complete save of a run without an optimizer
+    assert "CK416" in codes(found) and "CK401" not in codes(found)
+    (ad / "random_states_0.pkl").unlink()  # only the models: save_state killed after them
+    layout, _, found = run(ad)
+    assert layout.name == "accelerate"
+    assert "random_states_0.pkl" in {f.path for f in found if f.code == "CK401"}
 
 
 def test_deepspeed_latest_and_partitions(damaged):

@@ -42,6 +42,23 @@ def models(names: list[str]) -> dict[int, str]:
     return {**indexed(names, "pytorch_model", ".bin"), **indexed(names, "model", ".safetensors")}
 
 
+def has_initial_lr(root: Any) -> bool:
+    """Whether a (symbolic) optimizer state_dict's param_groups hold an `initial_lr` key."""
+    from ..pickles.scan import SymDict
+
+    groups = lookup(root, "param_groups")
+    return isinstance(groups, list) and any(
+        isinstance(g, SymDict) and any(k == "initial_lr" for k, _ in g) for g in groups)
+
+
+def cut_short(d: DirView, names: list[str]) -> bool:
+    """Nothing but Accelerate-numbered model files (no config.json, no subdirectory): what a
+    save_state killed after the models (written first) leaves; measured: load_state then
+    raises FileNotFoundError.  No HF model (config.json) and no other layout looks like this."""
+    mods = models(names)
+    return bool(mods) and set(names) == set(mods.values()) and not top_dirs(d)
+
+
 def gaps(found: dict[int, str]) -> list[int]:
     return [i for i in range(max(found, default=-1) + 1) if i not in found]
 
@@ -60,7 +77,7 @@ class Accelerate(LayoutBase):
         names = top_files(d)
         own = numbered(names, RNG_RE) or numbered(names, CUSTOM_RE)
         states = indexed(names, "optimizer", ".bin") or indexed(names, "scheduler", ".bin")
-        return bool(own or (models(names) and states))
+        return bool(own or (models(names) and states) or cut_short(d, names))
 
     def describe(self, d: DirView) -> LayoutInfo:
         names = top_files(d)
@@ -96,7 +113,8 @@ class Accelerate(LayoutBase):
         customs = numbered(names, CUSTOM_RE)
         out += [missing(d, f"custom_checkpoint_{i}.pkl", "load_state raises RuntimeError when "
                         "the count differs from the registered objects") for i in gaps(customs)]
-        if mods and not opts and not dcp and not ds:
+        out += self.check_state_pairs(d, names)
+        if mods and not opts and not dcp and not ds and not self.implies_optimizer(names):
             out.append(Code.MODEL_ONLY.finding(
                 d.outer(""), "no optimizer[_<i>].bin: load_state fails if the run prepared an "
                 "optimizer, and a fresh one loses the training state"))
@@ -109,16 +127,44 @@ class Accelerate(LayoutBase):
         out += self.check_rng(d, names)
         return out
 
+    @staticmethod
+    def implies_optimizer(names: list[str]) -> bool:
+        """A scheduler is built on an optimizer: scheduler*.bin without optimizer*.bin means
+        load_state will ask for an optimizer file that is gone."""
+        return bool(indexed(names, "scheduler", ".bin"))
+
+    def check_state_pairs(self, d: DirView, names: list[str]) -> list[Finding]:
+        """Measured (tests/oracle): load_state raises FileNotFoundError for a prepared
+        optimizer or scheduler whose file is gone.  A scheduler proves its optimizer was
+        prepared; an optimizer whose param_groups carry `initial_lr` (set by every torch
+        LRScheduler) proves a scheduler was prepared."""
+        opts, scheds = indexed(names, "optimizer", ".bin"), indexed(names, "scheduler", ".bin")
+        out = []
+        if scheds and not opts:
+            out.append(missing(d, "optimizer.bin", f"{scheds[min(scheds)]} exists, so the run "
+                               "prepared an optimizer: load_state opens optimizer.bin "
+                               "(FileNotFoundError)", "use a checkpoint that has it"))
+        if opts and not scheds and any(has_initial_lr(d.pickle_root(o)) for o in opts.values()):
+            out.append(missing(d, "scheduler.bin", "the optimizer's param_groups carry "
+                               "initial_lr, so the run prepared an LR scheduler: load_state "
+                               "opens scheduler.bin (FileNotFoundError)",
+                               "use a checkpoint that has it"))
+        return out
+
     def check_rng(self, d: DirView, names: list[str]) -> list[Finding]:
-        """random_states_<rank>.pkl per rank (CK405, a warning: accelerate skips it silently)."""
+        """random_states_<rank>.pkl per rank.  save_state always writes them (last), and
+        load_state catches their absence: the run continues with a fresh RNG, which draws other
+        batches / dropout masks (measured: different losses), so a missing one is CK401."""
         rng = numbered(names, RNG_RE)
         ranks = set(rng)
         for sub in fsdp_dirs(d):
             ranks |= dcp_ranks(d, sub)
         ws = max(ranks) + 1 if ranks else 1
-        return [Code.RNG_RANK_MISSING.finding(
+        return [Code.MISSING_FILE.finding(
             d.outer(f"random_states_{r}.pkl"), f"random_states_{r}.pkl is missing: accelerate "
-            f"catches the error and rank {r} resumes with a fresh RNG, silently", rank=r)
+            f"catches the error and rank {r} resumes with a fresh RNG, silently, so the run "
+            "continues with different batches and losses (save_state writes it last: a save "
+            "cut short lacks it)", hint="use a checkpoint that has it", rank=r)
             for r in range(ws) if r not in rng]
 
     def consumer(self, d: DirView, rel: str) -> Consumer:

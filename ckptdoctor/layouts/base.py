@@ -25,7 +25,9 @@ from .versions import Env, default_env
 
 MAX_FILES = 200_000
 SKIP_DIRS = frozenset({".ckptdoctor-backup", "__pycache__", ".git"})
-STAGING_PREFIXES = ("tmp-checkpoint-",)
+# staging dirs of an interrupted save (transformers' tmp-checkpoint-*, any `tmp-*` dir): no
+# framework resumes from them, so they are one leftover warning and their contents unjudged
+STAGING_PREFIXES = ("tmp-checkpoint-", "tmp-")
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,8 @@ def check_common(d: DirView, skip: tuple[str, ...] = ()) -> list[Finding]:
         name = rel.rsplit("/", 1)[-1]
         if any(rel.startswith(r + "/") for r in reported):
             continue
-        if name.startswith("tmp-checkpoint-") or name.endswith(".tmp"):
+        staging = rel in d.dirs and name.startswith(STAGING_PREFIXES)
+        if staging or name.startswith("tmp-checkpoint-") or name.endswith(".tmp"):
             reported.append(rel)
             out.append(Code.LEFTOVER_TMP.finding(
                 d.outer(rel), f"{rel} is staging left by an interrupted save (the final rename "

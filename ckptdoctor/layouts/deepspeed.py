@@ -185,6 +185,11 @@ def relink_latest(root: Path) -> tuple[str, str] | None:
     return (latest_tag(d) or "", new) if new else None
 
 
+# the conversion scripts DeepSpeed copies next to the tags: load_checkpoint never runs them
+SCRIPTS = frozenset({"zero_to_fp32.py", "zero_to_torch.py"})
+SCRIPTS_UNREAD = Consumer("unused", who="load_checkpoint never reads the conversion scripts")
+
+
 class DeepSpeed(LayoutBase):
     name = "deepspeed"
     framework = "deepspeed"  # whose resume (and version) the verdict models
@@ -251,6 +256,8 @@ class DeepSpeed(LayoutBase):
         return out
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
+        if rel in SCRIPTS:
+            return SCRIPTS_UNREAD
         first, _, rest = rel.partition("/")
         if rest and not is_tag(d, "") and is_tag(d, first) and first != latest_tag(d) \
                 and latest_tag(d) is not None:

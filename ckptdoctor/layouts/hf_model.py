@@ -78,3 +78,8 @@ class HfModel(LayoutBase):
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         return SAFETENSORS if rel.endswith(".safetensors") else LOAD_BIN
+
+
+def is_weights(name: str) -> bool:
+    """A top-level HF weight file name (single file, index or shard)."""
+    return name in WEIGHT_FILES or SHARD_RE.fullmatch(name) is not None

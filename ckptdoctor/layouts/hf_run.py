@@ -29,8 +29,10 @@ class HfRun(LayoutBase):
     framework = "transformers"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
-        return bool(checkpoints(d)) or any(re.fullmatch(r"tmp-checkpoint-\d+", s)
-                                           for s in top_dirs(d))
+        """checkpoint-N dirs, or only a staging tmp-checkpoint-N; a dir with its own
+        trainer_state.json is one checkpoint (a stray staging dir inside it is a leftover)."""
+        return bool(checkpoints(d)) or (not d.has("trainer_state.json") and any(
+            re.fullmatch(r"tmp-checkpoint-\d+", s) for s in top_dirs(d)))
 
     def describe(self, d: DirView) -> LayoutInfo:
         ckpts = checkpoints(d)

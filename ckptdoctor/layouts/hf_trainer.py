@@ -38,7 +38,24 @@ def rng_consumer(env: Env) -> Consumer:
                     "(torch.load's default weights_only=False)")
 LOAD = Consumer("weights_only", who="transformers Trainer (torch.load(weights_only=True))")
 ARGS = Consumer("unused", who="Trainer never reads it on resume")
+UNREAD = Consumer("unused", who="Trainer resume never opens it")
+# generation_config.json, the PEFT model card and adapter_config.json (the Trainer reloads the
+# adapter weights into the model it was given), DeepSpeed's conversion scripts
+UNREAD_TOP = frozenset({"training_args.bin", "generation_config.json", "README.md",
+                        "adapter_config.json", "zero_to_fp32.py", "zero_to_torch.py"})
 FSDP_WEIGHTS = ("pytorch_model_fsdp.bin",)
+
+
+def dropout(d: DirView) -> str | None:
+    """'name=p' of the first dropout probability > 0 the model config or adapter config
+    records (config.json *dropout* / *pdrop*, adapter_config.json lora_dropout), else None."""
+    for rel in ("config.json", "adapter_config.json"):
+        cfg = d.read_json(rel) if d.has(rel) else None
+        for k, v in (cfg.items() if isinstance(cfg, dict) else []):
+            if ("dropout" in k or "pdrop" in k) and isinstance(v, (int, float)) \
+                    and not isinstance(v, bool) and v > 0:
+                return f"{k}={v}"
+    return None
 DS, PEFT, ACCELERATE = deepspeed.DeepSpeed(), peft.Peft(), Accelerate()
 
 
@@ -163,25 +180,46 @@ class HfTrainer(LayoutBase):
                 "optimizer and LR schedule from scratch", hint="expected with "
                 "save_only_model=True; otherwise the save was cut short")]
         gone = "scheduler.pt" if opt else "optimizer.pt"
-        return [Code.OPTIONAL_MISSING.finding(
-            d.outer(gone), f"{gone} is missing: Trainer loads optimizer and scheduler only "
-            "when both exist, so resume silently restarts both", hint="use a checkpoint that "
-            "has both, or accept a fresh optimizer")]
+        # measured (tests/oracle): the Trainer then builds a fresh optimizer AND scheduler and
+        # the run goes on with different losses; a silent restart of the state is an error
+        return [missing(d, gone, "Trainer loads optimizer and scheduler only when both exist, "
+                        "so resume silently restarts both and the run continues from different "
+                        "state", "use a checkpoint that has both")]
 
     def check_rng(self, d: DirView) -> list[Finding]:
-        """rng_state_<i>.pth for every rank < saved world size (CK405)."""
+        """rng_state_<i>.pth for every rank < saved world size: an error (CK401) when the
+        model applies dropout (the RNG then decides the next losses), else CK405."""
         ranks = rng_ranks(d)
         ws = world_size(d)
         if not ranks and d.has("rng_state.pth") and (ws or 1) == 1:
             return []
-        if not ranks and not d.has("rng_state.pth"):
-            return [Code.RNG_RANK_MISSING.finding(
-                d.outer("rng_state.pth"), "no rng_state.pth / rng_state_<rank>.pth: resume "
-                "only logs this, and data order and dropout are no longer reproducible")]
-        return [Code.RNG_RANK_MISSING.finding(
-            d.outer(f"rng_state_{r}.pth"), f"rng_state_{r}.pth is missing (saved world size "
-            f"{ws}): rank {r} resumes with a fresh RNG, silently", rank=r)
-            for r in range(ws or 0) if r not in ranks]
+        gone = ["rng_state.pth"] if not ranks and not d.has("rng_state.pth") else \
+            [f"rng_state_{r}.pth" for r in range(ws or 0) if r not in ranks]
+        p = dropout(d)
+        out = []
+        for rel in gone:
+            rank = numbered([rel], r"rng_state_(\d+)\.pth")
+            extra = {"rank": min(rank)} if rank else {}
+            if p:
+                out.append(Code.MISSING_FILE.finding(
+                    d.outer(rel), f"{rel} is missing: the model applies dropout ({p}), so the "
+                    "fresh RNG resume falls back to (it only logs the missing file) continues "
+                    "the run with different losses", "use a checkpoint that has it", **extra))
+            else:
+                out.append(Code.RNG_RANK_MISSING.finding(
+                    d.outer(rel), f"{rel} is missing: resume only logs this and continues with a "
+                    "fresh RNG (no dropout is recorded in config.json / adapter_config.json, so "
+                    "the losses need not change; data order and sampling may)", **extra))
+        return out
+
+    def unread(self, d: DirView, rel: str) -> bool:
+        """Files the Trainer's resume never opens (measured by tests/oracle): damage to them is
+        at most a warning.  With DeepSpeed the weights come from the tag, not the top level."""
+        name = rel.rsplit("/", 1)[-1]
+        if "/" in rel:
+            return False
+        return name in UNREAD_TOP or (DS.match(d) and (name == "config.json"
+                                                       or hf_model.is_weights(name)))
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         first, _, _ = rel.partition("/")
@@ -194,6 +232,8 @@ class HfTrainer(LayoutBase):
             return rng_consumer(d.env)
         if name == "training_args.bin":
             return ARGS
+        if self.unread(d, rel):
+            return UNREAD
         if name.endswith(".safetensors"):
             return SAFETENSORS
         return LOAD

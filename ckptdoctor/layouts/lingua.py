@@ -35,13 +35,20 @@ def dp_size(d: DirView, params: Any) -> int | None:
     return max(declared, len(ranks) // tp) or None
 
 
+def step_dir(d: DirView) -> bool:
+    """`checkpoints/<step:010d>/`: Lingua's own naming, which still identifies a save killed
+    before it wrote params.json and the train_state files (measured: resume then fails)."""
+    return re.fullmatch(r"\d{10}", d.root.name) is not None and d.root.parent.name == "checkpoints"
+
+
 class Lingua(LayoutBase):
     name = "lingua"
     framework = "lingua"  # whose resume (and version) the verdict models
 
     def match(self, d: DirView) -> bool:
         names = top_files(d)
-        return is_dcp(d) and (bool(numbered(names, TS_RE)) or "params.json" in names)
+        return is_dcp(d) and (bool(numbered(names, TS_RE)) or "params.json" in names
+                              or step_dir(d))
 
     def describe(self, d: DirView) -> LayoutInfo:
         states = numbered(top_files(d), TS_RE)

@@ -6,7 +6,8 @@ A case is ``(framework, damage)``.  Damages:
   ``none``                an undamaged copy of the reference (the control row);
   ``delete F``            remove file F of the checkpoint;
   ``truncate F @0|@half|@-1``  cut file F to 0 bytes, half its size, or one byte short;
-  ``NaN weight``          the framework itself saves a run whose first trainable weight went NaN;
+  ``NaN weight``          the framework itself saves a run whose first trainable weight went NaN
+                          (value damage: judged for ``--deep`` only, see ``Case.visible_to``);
   ``stray tmp dir``       a leftover staging dir inside the checkpoint (``tmp-<name>/`` holding
                           a half-written copy of its largest file), which no resume reads;
   ``numpy-1 F``           F replaced by the same kind of file written under numpy 1.26
@@ -104,6 +105,12 @@ FAST = {
     ("hf_trainer", "truncate model.safetensors @-1"),
     ("lingua", "delete train_state_00000.json"),
     ("lingua", "delete params.json"),
+    # rules the gate2 fixes made agree (false passes and false alarms measured before them)
+    ("accelerate", "delete scheduler.bin"),
+    ("accelerate", "delete random_states_0.pkl"),
+    ("hf_trainer", "delete optimizer.pt"),
+    ("hf_trainer", "stray tmp dir"),
+    ("hf_trainer", "truncate generation_config.json @half"),
 }
 
 
@@ -116,6 +123,16 @@ class Case:
     offset: str = ""  # truncate: "0" | "half" | "-1"
     compare_loss: bool = True
     tags: tuple[str, ...] = field(default=())
+
+    @property
+    def visible_to(self) -> frozenset[str]:
+        """The `validate` modes that can see this damage at all.  Value damage (a NaN weight:
+        every byte of every file is well-formed) is visible only to ``--deep``, which reads
+        tensor values; static ``validate`` and ``--load`` read metadata only, by design, so
+        the oracle does not judge them on it (the matrix shows "n/a")."""
+        if self.kind == "nan":
+            return frozenset({"deep"})
+        return frozenset({"static", "load", "deep"})
 
     @property
     def id(self) -> str:
@@ -195,3 +212,14 @@ def apply(case: Case, ckpt: Path) -> None:
         (tmp / big.name).write_bytes(data[: len(data) // 2])
     elif case.kind == "numpy1":
         (ckpt / case.target).write_bytes((NUMPY1 / NUMPY1_FILES[case.framework][case.target]).read_bytes())
+
+
+def by_id() -> dict[str, Case]:
+    return {c.id: c for c in cases()}
+
+
+def visible(case_id: str, mode: str) -> bool:
+    """Whether `validate` in `mode` can see the damage of the case `case_id` (see visible_to);
+    an id not in the catalogue is judged in every mode."""
+    case = by_id().get(case_id)
+    return case is None or mode in case.visible_to

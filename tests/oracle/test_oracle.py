@@ -21,6 +21,9 @@ FAST_FRAMEWORKS = sorted({c.framework for c in CASES if c.fast})
 
 def _marks(case: catalogue.Case, mode: str | None = None) -> list[pytest.MarkDecorator]:
     marks = [] if case.fast else [pytest.mark.oracle]
+    if mode is not None and mode not in case.visible_to:
+        marks.append(pytest.mark.skip(reason=f"{case.damage}: value damage, which validate "
+                                      f"{mode} cannot see by design (it reads no tensor values)"))
     if mode is not None and (case.framework, case.damage, mode) in KNOWN:
         marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[(case.framework, case.damage, mode)]))
     return marks
@@ -89,3 +92,21 @@ def test_matrix_rows_round_trip_through_the_docs_section():
     assert matrix.disagreements({"hf_trainer/delete training_args.bin": out}) == {
         ("hf_trainer", "delete training_args.bin", "load"):
             "disagrees: validate --load exit 1 (CK601) vs real resume healthy"}
+
+
+def test_value_damage_is_judged_by_deep_only():
+    """A NaN weight is visible to --deep alone: the matrix says n/a for the metadata modes
+    and never counts them as agreeing or disagreeing."""
+    nan = next(c for c in CASES if c.kind == "nan")
+    assert nan.visible_to == {"deep"}
+    assert all(c.visible_to == set(matrix.MODES) for c in CASES if c.kind != "nan")
+    out = {"real": {"resumed": True, "losses": [None, None]}, "healthy": False,
+           "reference": [1.0, 2.0],
+           "validate": {"static": {"exit": 0, "errors": []}, "load": {"exit": 0, "errors": []},
+                        "deep": {"exit": 1, "errors": ["CK501"]}}}
+    assert matrix.row(nan.id, out) == (
+        f"| {nan.framework} | NaN weight | resumes, NaN loss | "
+        "n/a (static reads no values) | n/a (--load reads no values) | 1 ✓ |")
+    assert matrix.disagreements({nan.id: out}) == {}
+    out["validate"]["deep"] = {"exit": 0, "errors": []}
+    assert list(matrix.disagreements({nan.id: out})) == [(nan.framework, "NaN weight", "deep")]
