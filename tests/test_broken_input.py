@@ -199,6 +199,29 @@ def test_zip_bomb_data_pkl_is_not_inflated(tmp_path):
         assert _codes(info) & {"CK106", "CK208"}
 
 
+def test_many_duplicate_records_cost_linear_time_and_one_line(tmp_path):
+    """8,000 central-directory records all named archive/data.pkl (< 1 MB; hand-built with
+    zipfile: torch.save never writes duplicates). Matching pickle records across torch's and
+    zipfile's views was quadratic (~7 s CPU); the CK208 message named every record (~150 KB)."""
+    import time
+    import warnings
+
+    f = tmp_path / "model.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about each duplicate name
+        with zipfile.ZipFile(f, "w") as z:
+            for _ in range(8001):
+                z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+            z.writestr("archive/version", b"3\n")
+    assert f.stat().st_size < 1 << 20
+    t = time.process_time()
+    info = detect_file(f, f.name)
+    assert time.process_time() - t < 2  # CPU seconds, not wall clock
+    ambiguous = [x for x in info.findings if x.code == "CK208" and "ambiguous" in x.message]
+    assert len(ambiguous) == 1 and "8001 records" in ambiguous[0].message
+    assert all(len(x.message) < 1000 and "\n" not in x.message for x in info.findings)
+
+
 BOMB_SCRIPT = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])

@@ -418,6 +418,33 @@ def test_undo_refuses_manifest_paths_outside_the_tree(tmp_path):
     assert r.returncode == 1 and not absolute.exists()
 
 
+def test_undo_never_takes_a_backup_planted_in_a_parent(tmp_path):
+    """A session planted in a PARENT's .ckptdoctor-backup (say a shared /tmp) is no authority
+    for `repair --undo FILE`: nothing outside the checkpoint is deleted, the file is not
+    overwritten, the run refuses in one line. Hand-built manifest: only an attacker writes one."""
+    shared = tmp_path / "shared"
+    ck = shared / "run1"
+    ck.mkdir(parents=True)
+    model = ck / "model.pt"
+    torch.save({"w": torch.zeros(2)}, model)
+    before = _sha(model)
+    victim = shared / "someone_else" / "important.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep me")
+    evil = b"attacker bytes replacing the checkpoint"
+    s = _plant_session(shared, [{"rel": "run1/model.pt", "kind": "original", "status": "backed-up",
+                                 "sha256": hashlib.sha256(evil).hexdigest(), "size": len(evil)}],
+                       [{"rel": "someone_else/important.txt", "for": "run1/model.pt"}])
+    (s / "run1").mkdir()
+    (s / "run1" / "model.pt").write_bytes(evil)
+    snapshot = sorted(p for p in tmp_path.rglob("*"))
+    r = _cli("repair", "--undo", model)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "CK701" in r.stderr
+    assert len((r.stdout + r.stderr).strip().splitlines()) == 1
+    assert victim.read_text() == "keep me" and _sha(model) == before
+    assert sorted(p for p in tmp_path.rglob("*")) == snapshot  # nothing created or deleted
+
+
 def _numpy_state_dir(d: Path) -> Path:
     d.mkdir(parents=True)
     torch.save({"numpy": np.random.RandomState(0).get_state()}, d / "rng_state.pth")

@@ -462,7 +462,9 @@ def test_undo_restores_byte_identical_originals(tmp_path):
 
 
 def test_undo_a_file_of_a_repaired_directory(tmp_path):
-    """The session of a directory repair records paths relative to that directory."""
+    """The session of a directory repair records paths relative to that directory. Undo never
+    searches parent directories for backups (a planted one there is no authority): the user
+    names the repaired directory's backup with --backup-dir."""
     d = numpy1_dir(tmp_path)
     sub = d / "checkpoint-2"
     sub.mkdir()
@@ -470,7 +472,9 @@ def test_undo_a_file_of_a_repaired_directory(tmp_path):
     original = sha(sub / "rng_state.pth")
     repair(d, consumer="torch")
     assert sha(sub / "rng_state.pth") != original
-    assert undo(sub / "rng_state.pth") == [sub / "rng_state.pth"]
+    with pytest.raises(FileNotFoundError):
+        undo(sub / "rng_state.pth")  # sub's own backup dir holds nothing; parents not searched
+    assert undo(sub / "rng_state.pth", backup_dir=d / ".ckptdoctor-backup") == [sub / "rng_state.pth"]
     assert sha(sub / "rng_state.pth") == original
 
 

@@ -124,9 +124,11 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth
         info.meta["records"] = len(infos)
         candidates = torch_data_pkls(infos)
         if len(candidates) > 1 or (candidates and candidates[0].filename != pkl):
+            shown = ", ".join(repr(i.filename) for i in candidates[:4])
+            if len(candidates) > 4:
+                shown += f", ... ({len(candidates)} records in all)"
             info.findings.append(Code.ZIP_CORRUPT.finding(
-                rel, "ambiguous data.pkl: records " + ", ".join(repr(i.filename) for i in
-                                                              candidates)
+                rel, "ambiguous data.pkl: records " + shown
                      + " all match what torch.load looks up (first folder, case-insensitive); "
                        "torch may unpickle a different one than other readers. Every one is "
                        "scanned.", hint="torch.save never writes this; treat the file as hostile"))
@@ -374,7 +376,8 @@ def reader_differential(fh: BinaryIO, info: FileInfo, rel: str, budget: _Budget)
             f"{len(ours)} ({_names(ours)})")
     per_record = [p for r in view.records for p in r.problems(size)]
     pickles = view.data_pkls()
-    pickles += [r for r in view.records if r not in pickles
+    taken = {id(r) for r in pickles}  # a set: thousands of duplicate records stay linear
+    pickles += [r for r in view.records if id(r) not in taken
                 and r.name.lower().endswith(PICKLE_SUFFIXES)]
     found: list[tuple[Record, bytes]] = []
     for rec in pickles:

@@ -89,6 +89,13 @@ def copy_hashed(src: Path, dst: Path) -> str:
     return digest
 
 
+def checkpoint_root(p: Path) -> Path:
+    """The checkpoint a repair of / undo for PATH works on: PATH itself when it is a directory,
+    else the file's own directory. Its .ckptdoctor-backup is the only default backup root;
+    directories above it are never searched (a manifest there is no authority)."""
+    return p if p.is_dir() else p.parent
+
+
 def default_backup_root(root: Path) -> Path:
     return root / BACKUP_DIRNAME
 
@@ -183,11 +190,12 @@ def sessions(backup_root: Path) -> list[Session]:
 
 
 def _session_for_file(p: Path, backup_dir: Path | None) -> tuple[Session, Path, str] | None:
-    """The newest session (not undone) holding file `p`: searched in --backup-dir, or in the
-    .ckptdoctor-backup of each directory above it (a repair of a whole checkpoint directory
-    records `checkpoint-2/rng_state.pth` relative to that directory)."""
-    broots = [backup_dir] if backup_dir else [default_backup_root(a) for a in
-                                              list(p.parents)[:8]]
+    """The newest session (not undone) holding file `p`: searched in --backup-dir, else only in
+    the .ckptdoctor-backup of p's own directory (`checkpoint_root`, the rule repair writes by).
+    Never upward: a session planted in a parent (say a shared /tmp) would otherwise become
+    authority to overwrite p and delete files outside the checkpoint. To undo one file of a
+    repaired parent directory, name that directory's backup with --backup-dir."""
+    broots = [backup_dir] if backup_dir else [default_backup_root(checkpoint_root(p))]
     found: list[tuple[str, Session, Path, str]] = []
     for broot in broots:
         for s in sessions(broot):
@@ -229,7 +237,7 @@ def undo(path: str | os.PathLike, backup_dir: str | os.PathLike | None = None) -
         check_backup_root(bdir)
     if p.is_dir():
         only = None
-        root = p
+        root = checkpoint_root(p)
         broot = bdir or default_backup_root(root)
         cands = [s for s in sessions(broot) if not s.doc.get("undone")]
         if not cands:
@@ -287,4 +295,4 @@ def undo(path: str | os.PathLike, backup_dir: str | os.PathLike | None = None) -
 
 __all__ = ["BACKUP_DIRNAME", "BackupRefused", "in_backup_tree", "safe_rel", "check_backup_root",
            "Session", "sessions", "undo", "sha256_file", "copy_hashed",
-           "default_backup_root"]
+           "default_backup_root", "checkpoint_root"]

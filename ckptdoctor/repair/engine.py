@@ -26,8 +26,8 @@ from ..atomic import TMP_MARKER, commit, fsync_dir, leftovers, staged_file, writ
 from ..codes import Code
 from ..model import FileInfo, Finding, ScanState, Severity
 from . import allowlist as al
-from .backup import (BACKUP_DIRNAME, Session, default_backup_root, in_backup_tree, sessions,
-                     sha256_file)
+from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_root,
+                     in_backup_tree, sessions, sha256_file)
 from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
                     SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
                     FilePlan, RepairPlan, RepairResult)
@@ -67,8 +67,7 @@ class _Candidate:
     for_safetensors: bool = False  # picked only because --to safetensors
 
 
-def _root_of(p: Path) -> Path:
-    return p if p.is_dir() else p.parent
+_root_of = checkpoint_root  # one rule for where repair writes backups and undo reads them
 
 
 def _select(p: Path, consumer: str, to: str, backup_root: Path
