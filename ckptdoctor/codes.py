@@ -196,10 +196,12 @@ class Code(enum.Enum):
         '',
         'an old checkpoint was overwritten in part')
     RNG_RANK_MISSING = ("CK405", Severity.WARNING, "RNG state missing for a rank",
-        'RNG state missing for a rank (resume continues with fresh RNG)',
+        'RNG state missing for a rank (resume continues with fresh RNG; the model records no '
+        'dropout, else `CK401`)',
         'accept, or use another checkpoint')
     LEFTOVER_TMP = ("CK406", Severity.WARNING, "leftover temporary file or directory",
-        'leftover temporary file or directory (`tmp-checkpoint-*`, `*.tmp`)',
+        'leftover temporary file or directory (`tmp-checkpoint-*`, any `tmp-*` dir, `*.tmp`); '
+        'its contents are not judged',
         'an interrupted save; delete it')
     DANGLING_LINK = ("CK407", Severity.ERROR, "dangling symlink",
         'dangling symlink (e.g. `last.ckpt`)',
@@ -231,9 +233,6 @@ class Code(enum.Enum):
     MODEL_ONLY = ("CK416", Severity.WARNING, "checkpoint holds model weights only (no optimizer)",
         'the checkpoint holds model weights only',
         'resuming training state will fail')
-    OPTIONAL_MISSING = ("CK417", Severity.WARNING, "optional resume state missing; resume skips it",
-        'optional resume state missing; the framework skips it silently',
-        'accept, or use another checkpoint')
     UNREAD_MISSING = ("CK420", Severity.WARNING,
                       "a file the resume does not read is missing",
         'a file the resume does not read is missing (Lingua `params.json`)',

@@ -167,7 +167,7 @@ class HfTrainer(LayoutBase):
         return out
 
     def check_optimizer(self, d: DirView) -> list[Finding]:
-        """Both optimizer and scheduler, or resume silently loads neither (CK417/CK416)."""
+        """Both optimizer and scheduler, or resume silently loads neither (CK401/CK416)."""
         top = set(top_files(d))
         opt = bool(top & {"optimizer.pt", "optimizer.bin"}) or any(
             "optimizer" in s for s in top_dirs(d))
