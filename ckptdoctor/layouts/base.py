@@ -44,8 +44,6 @@ class Consumer:
     who: str = ""  # "transformers Trainer._load_rng_state", for messages
     fatal: bool = True  # False: the framework catches the load error and resumes without the
     # file's state (accelerate's RNG restore), so a failure means "silently not restored"
-    vouched_only: bool = False  # "unsafe" mode judged by the scan: a global that is not
-    # torch-allowed, reviewed data, in `allow` or named with --allow fails (validate.py)
 
 
 WEIGHTS_ONLY = Consumer("weights_only", who="torch.load(weights_only=True)")

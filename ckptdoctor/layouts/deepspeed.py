@@ -26,7 +26,7 @@ OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\
 # ZeroStageEnum and fragment_address are in policy.DATA_EXACT; see tests/test_deepspeed_real.py)
 # or named with --allow; a dangerous or inconclusive file fails (validate.fail_closed).
 LOAD = Consumer("unsafe", who="DeepSpeed >= 0.16 TorchCheckpointEngine "
-                "(torch.load(weights_only=False))", vouched_only=True)
+                "(torch.load(weights_only=False))")
 # DeepSpeed 0.16.0 (PR #6751, commit 2e0c39b55 of 2024-11-19, first tag v0.16.0; checked in
 # the deepspeedai/DeepSpeed history) made TorchCheckpointEngine.load and zero_to_fp32 pass
 # weights_only=False explicitly (installed 0.19.8: runtime/checkpoint_engine/
@@ -43,13 +43,13 @@ def load_consumer(env: Env) -> Consumer:
     if env.at_least("deepspeed", EXPLICIT_UNSAFE_SINCE):
         return LOAD if version is None else Consumer(
             "unsafe", who=f"DeepSpeed {version} TorchCheckpointEngine "
-            "(torch.load(weights_only=False))", vouched_only=True)
+            "(torch.load(weights_only=False))")
     torch = env.version("torch") or "?"
     if env.torch_default_weights_only():
         return Consumer("weights_only", who=f"DeepSpeed {version} TorchCheckpointEngine on "
                         f"torch {torch} (torch.load's default weights_only=True)")
     return Consumer("unsafe", who=f"DeepSpeed {version} on torch {torch} (torch.load's "
-                    "default weights_only=False)", vouched_only=True)
+                    "default weights_only=False)")
 
 
 def tags(d: DirView) -> list[str]:
