@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .accelerate import Accelerate
-from .base import Consumer, DirView, Layout
+from .base import Consumer, DirView, Evidence, Layout
 from .dcp import Dcp
 from .deepspeed import DeepSpeed
 from .file import File
@@ -33,6 +33,27 @@ LAYOUT_NAMES = tuple(layout.name for layout in LAYOUTS)
 PRODUCERS: tuple[Layout, ...] = tuple(
     layout for name in ("deepspeed", "hf-trainer", "accelerate", "megatron", "lightning")
     for layout in LAYOUTS if layout.name == name)
+
+
+# who wrote a single file, as far as repair's rules care (file_flavour): content evidence
+# outranks a file name; within each, this order (Megatron-DeepSpeed files carry both)
+FLAVOURS: tuple[Layout, ...] = tuple(
+    layout for name in ("lightning", "megatron", "deepspeed", "hf-trainer", "accelerate")
+    for layout in LAYOUTS if layout.name == name)
+
+
+def file_flavour(rel: str, root: object) -> str:
+    """The layout name of the framework that wrote the file `rel` whose (transcoded) root
+    object is `root`, or "torch". Each layout module owns its own signs (`wrote_file`)."""
+    base = rel.rsplit("/", 1)[-1]
+    keys = frozenset(k for k in root if isinstance(k, str)) if isinstance(root, dict) else None
+    root_global = getattr(type(root), "standin_name", None)  # a stand-in's class name
+    claims = [(layout.wrote_file(base, keys, root_global), layout) for layout in FLAVOURS]
+    for evidence in Evidence:
+        for claim, layout in claims:
+            if claim is evidence:
+                return layout.name
+    return "torch"
 
 
 def detect_layout(d: DirView) -> Layout | None:
@@ -79,4 +100,4 @@ def find_checkpoints(d: DirView) -> list[str]:
 
 __all__ = ["LAYOUTS", "LAYOUT_NAMES", "Consumer", "DirView", "Layout", "detect_layout",
            "describe_file", "find_checkpoints", "checkpoint_paths", "layout_named",
-           "summary_keys", "PRODUCERS"]
+           "summary_keys", "PRODUCERS", "FLAVOURS", "file_flavour", "Evidence"]

@@ -16,7 +16,7 @@ from ..codes import Code
 from ..model import Finding, LayoutInfo
 from ..pickles.scan import lookup
 from . import deepspeed
-from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, DirView, LayoutBase,
+from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, Evidence, DirView, LayoutBase,
                    check_dcp, check_index, dcp_ranks, is_dcp, missing, numbered, plain, top_dirs,
                    top_files, weights_details)
 
@@ -178,6 +178,11 @@ class Accelerate(LayoutBase):
         if rel.startswith("custom_checkpoint_"):
             return CUSTOM
         return SAFETENSORS if rel.endswith(".safetensors") else LOAD
+
+    def wrote_file(self, base: str, keys: frozenset[str] | None,
+                   root_global: str | None) -> Evidence | None:
+        """save_state writes one random_states_<rank>.pkl per process."""
+        return Evidence.NAME if re.fullmatch(r"random_states_\d+\.pkl", base) else None
 
     def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
         """accelerate's RNG state (numpy arrays), whose load failure accelerate swallows."""

@@ -6,6 +6,7 @@ A layout knows one framework's checkpoint: how to recognise it, what it records 
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
@@ -198,6 +199,19 @@ class Layout(Protocol):
         """(what wrote these pickled globals, which release fixed loading it) for a file named
         `base` (lower case) in a layout named `lay`, or None when this framework did not
         write them (diagnosis)."""
+
+    def wrote_file(self, base: str, keys: frozenset[str] | None,
+                   root_global: str | None) -> Evidence | None:
+        """Whether this framework wrote the single file `base` (repair's flavour: the rules
+        keep what its resume needs). `keys` are the string keys of the file's root when it is
+        a dict (else None), `root_global` the class the root stands for. Evidence.CONTENT when
+        the content says so, Evidence.NAME when only the file name does, else None."""
+
+
+class Evidence(enum.Enum):
+    """How a layout knows it wrote a file: content outranks a file name."""
+    CONTENT = "content"
+    NAME = "name"
 
 
 @dataclass
@@ -489,4 +503,8 @@ class LayoutBase:
                 "transformers_version", "ds_version", "lightning_version", "torch_version")
 
     def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
+        return None
+
+    def wrote_file(self, base: str, keys: frozenset[str] | None,
+                   root_global: str | None) -> Evidence | None:
         return None

@@ -16,7 +16,7 @@ from typing import Any
 from ..codes import Code
 from ..model import Finding, LayoutInfo, Severity
 from ..pickles.scan import SymList, lookup
-from .base import Consumer, DirView, LayoutBase, join, missing, plain, top_dirs, top_files
+from .base import Consumer, DirView, Evidence, LayoutBase, join, missing, plain, top_dirs, top_files
 from .versions import Env
 
 MODEL_RE = re.compile(r"(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt")
@@ -264,6 +264,15 @@ class DeepSpeed(LayoutBase):
             return Consumer("unused", who=f"load_checkpoint reads tag {latest_tag(d)!r} "
                             f"('latest'), not {first}")
         return load_consumer(d.env)
+
+    def wrote_file(self, base: str, keys: frozenset[str] | None,
+                   root_global: str | None) -> Evidence | None:
+        """The engine records ds_version/ds_config; its per-rank files have fixed suffixes."""
+        if keys and keys & {"ds_version", "ds_config"}:
+            return Evidence.CONTENT
+        if keys is not None and base.endswith(("optim_states.pt", "model_states.pt")):
+            return Evidence.NAME
+        return None
 
     def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
         """DeepSpeed's optimizer/model states (see `load_consumer` for the version history)."""

@@ -16,9 +16,13 @@ from ..model import Finding, LayoutInfo
 from . import deepspeed, hf_model, peft
 from .accelerate import Accelerate
 from .versions import Env
-from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, DirView, LayoutBase, check_dcp,
+from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, Evidence, DirView, LayoutBase, check_dcp,
                    check_index, dcp_ranks, is_dcp, load_json, missing, numbered, top_dirs,
                    top_files, weights_details)
+
+# The classes a Trainer (or TRL's trainers) pickle into training_args.bin.
+TRAINING_ARGS = re.compile(r"^(transformers\.training_args(_seq2seq)?\.\w*TrainingArguments|"
+                           r"trl\.trainer\.[\w.]*Config)$")
 
 NAME_RE = re.compile(r"checkpoint-(\d+)")
 RNG = Consumer("weights_only", NUMPY_RNG, who="transformers Trainer._load_rng_state")
@@ -237,6 +241,15 @@ class HfTrainer(LayoutBase):
         if name.endswith(".safetensors"):
             return SAFETENSORS
         return LOAD
+
+    def wrote_file(self, base: str, keys: frozenset[str] | None,
+                   root_global: str | None) -> Evidence | None:
+        """training_args.bin holds a TrainingArguments; rng_state*.pth the Trainer's RNG."""
+        if root_global and TRAINING_ARGS.match(root_global):
+            return Evidence.CONTENT
+        if re.fullmatch(r"rng_state(_\d+)?\.pth", base) or base == "training_args.bin":
+            return Evidence.NAME
+        return None
 
     def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
         """The Trainer's RNG state (numpy arrays) and its TrainingArguments pickle."""

@@ -17,7 +17,7 @@ from ..model import FileInfo, Finding, LayoutInfo
 from ..pickles.scan import lookup, top_keys
 from . import deepspeed
 from .versions import Env
-from .base import (DCP_CONSUMER, Consumer, DirView, LayoutBase, check_dcp, dcp_keys, is_dcp, join,
+from .base import (DCP_CONSUMER, Consumer, Evidence, DirView, LayoutBase, check_dcp, dcp_keys, is_dcp, join,
                    missing, plain, read_pickle_root, top_dirs, top_files)
 
 LOAD = Consumer("weights_only", who="Lightning >= 2.6 Trainer.fit(ckpt_path) "
@@ -165,6 +165,11 @@ class Lightning(LayoutBase):
         if form == "fsdp" and parts[-1] != "meta.pt":
             return DCP_CONSUMER
         return load_consumer(d.env)
+
+    def wrote_file(self, base: str, keys: frozenset[str] | None,
+                   root_global: str | None) -> Evidence | None:
+        """A Lightning checkpoint records `pytorch-lightning_version` at its root."""
+        return Evidence.CONTENT if keys and "pytorch-lightning_version" in keys else None
 
     def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
         if not (base.endswith(".ckpt") or "lightning" in lay):

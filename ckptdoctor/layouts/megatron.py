@@ -15,7 +15,7 @@ from typing import Any
 from ..codes import Code
 from ..model import Finding, LayoutInfo
 from ..pickles.scan import lookup, top_keys
-from .base import (DCP_CONSUMER, NUMPY_RNG, Consumer, DirView, LayoutBase, attr, check_dcp,
+from .base import (DCP_CONSUMER, NUMPY_RNG, Consumer, Evidence, DirView, LayoutBase, attr, check_dcp,
                    dcp_details, is_dcp, join, missing, numbered, plain, top_dirs, top_files)
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -174,6 +174,16 @@ class Megatron(LayoutBase):
 
     def consumer(self, d: DirView, rel: str) -> Consumer:
         return LOAD if rel.endswith(".pt") else DCP_CONSUMER
+
+    def wrote_file(self, base: str, keys: frozenset[str] | None,
+                   root_global: str | None) -> Evidence | None:
+        """Megatron-LM saves `args` (its Namespace) next to iteration/version keys."""
+        if keys and "args" in keys and keys & {"checkpoint_version", "iteration",
+                                               "opt_param_scheduler"}:
+            return Evidence.CONTENT
+        if base in ("model_optim_rng.pt", "distrib_optim.pt", "common.pt"):
+            return Evidence.NAME
+        return None
 
     def producer(self, base: str, names: set[str], lay: str = "") -> tuple[str, str] | None:
         if not (fnmatch(base, "model_optim_rng*.pt") or "megatron" in lay):

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..atomic import TMP_MARKER, commit, fsync_dir, leftovers, staged_file, write_bytes
 from ..codes import Code
+from ..layouts import file_flavour
 from ..model import FileInfo, Finding, ScanState, Severity
 from . import allowlist as al
 from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_root,
@@ -114,33 +115,6 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
             out.append(_Candidate(info.path, "--to safetensors: torch pickle holding tensors",
                                   info, for_safetensors=True))
     return out, []
-
-
-# --- flavor ----------------------------------------------------------------------------------------
-def detect_flavor(rel: str, obj: Any) -> str:
-    """Who wrote the file, as far as the rules care (megatron keeps its Namespace, ...)."""
-    from ..standins import StandIn
-    from .rules import TRAINING_ARGS, name_of
-
-    base = rel.rsplit("/", 1)[-1]
-    if isinstance(obj, dict):
-        keys = {k for k in obj if isinstance(k, str)}
-        if "pytorch-lightning_version" in keys:
-            return "lightning"
-        if "args" in keys and keys & {"checkpoint_version", "iteration", "opt_param_scheduler"}:
-            return "megatron"
-        if keys & {"ds_version", "ds_config"} or base.endswith(("optim_states.pt",
-                                                                 "model_states.pt")):
-            return "deepspeed"
-    if isinstance(obj, StandIn) and TRAINING_ARGS.match(name_of(obj) or ""):
-        return "hf-trainer"
-    if re.fullmatch(r"rng_state(_\d+)?\.pth", base) or base == "training_args.bin":
-        return "hf-trainer"
-    if re.fullmatch(r"random_states_\d+\.pkl", base):
-        return "accelerate"
-    if base in ("model_optim_rng.pt", "distrib_optim.pt", "common.pt"):
-        return "megatron"
-    return "torch"
 
 
 def safetensors_name(rel: str) -> str:
@@ -248,7 +222,7 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
         fp.globals = exc.names or names
         fp.hostile = exc.dangerous
         return prep
-    flavor = detect_flavor(rel, tc.obj)
+    flavor = file_flavour(rel, tc.obj)
     base = rel.rsplit("/", 1)[-1]
     conv = Converter(rel, flavor, frozenset(allow), tc.marks,
                      file_stem=base.rsplit(".", 1)[0] if "." in base else base)
@@ -327,7 +301,7 @@ def convert_file(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (
     names = offending_names(info)
     tc = transcoding_load(path, names, tuple(allow), covered_names(names))
     base = rel.rsplit("/", 1)[-1]
-    conv = Converter(rel, detect_flavor(rel, tc.obj), frozenset(allow), tc.marks,
+    conv = Converter(rel, file_flavour(rel, tc.obj), frozenset(allow), tc.marks,
                      file_stem=base.rsplit(".", 1)[0] if "." in base else base)
     return conv.convert(tc.obj), conv
 
@@ -707,5 +681,5 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
     return result
 
 
-__all__ = ["plan_repair", "repair", "detect_flavor", "safetensors_name", "CRASH_ENV",
+__all__ = ["plan_repair", "repair", "safetensors_name", "CRASH_ENV",
            "CRASH_POINTS"]

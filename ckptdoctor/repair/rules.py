@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
+from ..layouts.hf_trainer import TRAINING_ARGS
 from ..standins import (DTypeCapture, EnumStandIn, NDArrayCapture, ScalarCapture, StandIn,
                         import_dotted, reconstruct_shim)
 from .model import Change
@@ -277,8 +278,6 @@ def _conv_namespace(v: StandIn, ctx: Ctx) -> dict:
     return {k: ctx.walk(x, k, inside=name_of(v)) for k, x in state_dict_of(v).items()}
 
 
-TRAINING_ARGS = re.compile(r"^(transformers\.training_args(_seq2seq)?\.\w*TrainingArguments|"
-                           r"trl\.trainer\.[\w.]*Config)$")
 # Attributes TrainingArguments builds at run time (not dataclass fields; to_dict() skips them).
 TA_RUNTIME = frozenset({"distributed_state", "deepspeed_plugin", "hf_deepspeed_config"})
 
