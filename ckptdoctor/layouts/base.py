@@ -11,7 +11,7 @@ import json
 import os
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,8 +48,6 @@ class Consumer:
 
 
 WEIGHTS_ONLY = Consumer("weights_only", who="torch.load(weights_only=True)")
-UNSAFE = Consumer("unsafe")
-UNUSED = Consumer("unused")
 
 
 class DirView:
@@ -212,14 +210,6 @@ class Evidence(enum.Enum):
     """How a layout knows it wrote a file: content outranks a file name."""
     CONTENT = "content"
     NAME = "name"
-
-
-@dataclass
-class Detected:
-    layout: Layout
-    view: DirView
-    info: LayoutInfo
-    children: list["Detected"] = field(default_factory=list)
 
 
 # --- shared helpers ---------------------------------------------------------------------------

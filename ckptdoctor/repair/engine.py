@@ -33,7 +33,7 @@ from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACE
                     SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
                     FilePlan, RepairPlan, RepairResult)
 from .rules import Converter, covered_names, leftover_captures
-from .transcode import TranscodeRefused, offending_names, transcoding_load
+from .transcode import TranscodeRefused, Transcoded, offending_names, transcoding_load
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
 
 CONSUMERS = ("framework", "torch")
@@ -216,22 +216,17 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
     names = offending_names(info)
     fp.globals = names
     try:
-        tc = transcoding_load(path, names, allow, covered_names(names))
+        tc, conv, converted = _transcode(path, rel, names, allow)
     except TranscodeRefused as exc:
         _refuse(fp, str(exc), exc.hint)
         fp.globals = exc.names or names
         fp.hostile = exc.dangerous
         return prep
-    flavor = file_flavour(rel, tc.obj)
-    base = rel.rsplit("/", 1)[-1]
-    conv = Converter(rel, flavor, frozenset(allow), tc.marks,
-                     file_stem=base.rsplit(".", 1)[0] if "." in base else base)
-    converted = conv.convert(tc.obj)
     left = leftover_captures(converted)
     if left:
         _refuse(fp, "no rule converts " + "; ".join(left))
         return prep
-    fp.flavor = flavor
+    fp.flavor = conv.flavor
     fp.changes = conv.changes
     if tc.downgraded is not None:  # read through pickles/downgrade.py: the file must be re-saved
         fp.changes = [_protocol_change(tc.downgraded.protocol)] + conv.changes
@@ -298,12 +293,19 @@ def convert_file(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (
         raise TranscodeRefused("the static scan finds code-executing or hidden globals: "
                                + ", ".join(sorted({g.name for g in info.dangerous})),
                                dangerous=True)
-    names = offending_names(info)
-    tc = transcoding_load(path, names, tuple(allow), covered_names(names))
+    _, conv, converted = _transcode(path, rel, offending_names(info), tuple(allow))
+    return converted, conv
+
+
+def _transcode(path: Path, rel: str, names: list[str], allow: tuple[str, ...]
+               ) -> tuple[Transcoded, Converter, Any]:
+    """Load `path` with stand-ins for `names` and apply the rules for its framework's flavour:
+    (transcoded load, converter with its changes, converted object). Raises TranscodeRefused."""
+    tc = transcoding_load(path, names, allow, covered_names(names))
     base = rel.rsplit("/", 1)[-1]
     conv = Converter(rel, file_flavour(rel, tc.obj), frozenset(allow), tc.marks,
                      file_stem=base.rsplit(".", 1)[0] if "." in base else base)
-    return conv.convert(tc.obj), conv
+    return tc, conv, conv.convert(tc.obj)
 
 
 # --- leftovers -------------------------------------------------------------------------------------
