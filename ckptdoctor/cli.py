@@ -289,8 +289,7 @@ def repair(
     asks on a terminal; otherwise it only prints the plan and exits 1."""
     _require(path)
     _check_allow(allow)
-    from .repair import plan_repair, render_plan, render_result
-    from .repair import repair as run_repair
+    from .repair import apply_repair, prepare_repair, render_plan, render_result
     from .repair import undo as run_undo
 
     if backup_dir is not None and no_backup:
@@ -305,8 +304,9 @@ def repair(
         for p in restored:
             out.print(f"restored {p}", markup=False)
         raise typer.Exit(EXIT_OK)
-    plan = plan_repair(path, allow=tuple(allow), consumer=consumer.value, to=to,
-                       backup_dir=backup_dir)
+    prepared = prepare_repair(path, allow=tuple(allow), consumer=consumer.value, to=to,
+                              backup_dir=backup_dir)
+    plan = prepared.plan
     _emit(render_plan(plan))
     if dry_run or not plan.has_work:
         raise typer.Exit(plan.exit_code)
@@ -316,8 +316,7 @@ def repair(
         raise typer.Exit(EXIT_FINDINGS)
     if not yes and not typer.confirm("Rewrite these files?", default=True):
         raise typer.Exit(EXIT_FINDINGS)
-    result = run_repair(path, allow=tuple(allow), backup_dir=backup_dir, no_backup=no_backup,
-                        to=to, consumer=consumer.value)
+    result = apply_repair(prepared, no_backup=no_backup)  # the plan shown, not a new one
     _emit(render_result(result))
     raise typer.Exit(result.exit_code)
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import pickle
 import random
 import shutil
 import signal
@@ -798,3 +799,66 @@ def test_kill_at_every_step_leaves_originals_or_verified_files(tmp_path):
         assert not list(d.rglob(TMP_MARKER + "*"))
         assert _check_state(d, originals, expected) == n_files
         assert undo(d)  # the newest session restores what it replaced
+
+
+# --- select -> plan -> apply: the plan the user confirmed is the one executed ----------------------
+def _read_until(fd: int, marker: bytes, limit: int = 1 << 20) -> bytes:
+    seen = b""
+    while marker not in seen and len(seen) < limit:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+def test_cli_repair_applies_the_confirmed_plan_not_a_new_one(tmp_path):
+    """On a terminal, repair shows the plan and asks. A broken file that appears while the
+    question is open was not in the plan the user confirmed: it must be left alone, while the
+    planned file is rewritten (before, repair planned again after the answer)."""
+    import pty
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    shutil.copy(NUMPY1 / "rng_state.pth", d / "rng_state.pth")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ckptdoctor", "repair", str(d)],
+                            stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        seen = _read_until(master, b"Rewrite these files?")
+        assert b"Rewrite these files?" in seen, seen.decode(errors="replace")[-2000:]
+        late = d / "rng_state_1.pth"  # a second numpy-1 RNG file, unknown to the plan
+        shutil.copy(NUMPY1 / "rng_state.pth", late)
+        late_bytes = late.read_bytes()
+        os.write(master, b"y\n")
+        try:
+            while os.read(master, 65536):
+                pass
+        except OSError:  # the child closed the terminal
+            pass
+        assert proc.wait(timeout=300) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert late.read_bytes() == late_bytes
+    torch.load(d / "rng_state.pth", weights_only=True)  # the confirmed file now loads
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(late, weights_only=True)
+
+
+def test_apply_refuses_a_file_changed_after_planning(tmp_path):
+    from ckptdoctor.repair import apply_repair, prepare_repair
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    shutil.copy(NUMPY1 / "rng_state.pth", d / "rng_state.pth")
+    prepared = prepare_repair(d)
+    assert [f.rel for f in prepared.plan.files if f.converts] == ["rng_state.pth"]
+    changed = (d / "rng_state.pth").read_bytes() + b"\0"  # rewritten by someone else
+    (d / "rng_state.pth").write_bytes(changed)
+    result = apply_repair(prepared)
+    assert result.exit_code != 0
+    assert (d / "rng_state.pth").read_bytes() == changed
+    assert any("changed" in o.message for o in result.outcomes), result.outcomes

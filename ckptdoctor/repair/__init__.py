@@ -4,6 +4,8 @@ framework resuming from them) refuses into files it loads, without ever running 
     plan = plan_repair(path, allow=(), consumer="framework")   # what would change, and why
     print(render_plan(plan))
     result = repair(path, dry_run=False, backup_dir=None, no_backup=False, to="torch")
+    prepared = prepare_repair(path)          # select + plan; show prepared.plan, ask, then
+    result = apply_repair(prepared)          # execute exactly the plan that was confirmed
     undo(path)                                                  # restore the latest backup
 
 Modules: transcode (the stand-in load), rules (the rewrite rule registry), pickler (re-saving
@@ -13,10 +15,10 @@ allow-list file and safe_globals snippet), engine (plan and apply), render (text
 from __future__ import annotations
 
 from .backup import undo
-from .engine import CRASH_ENV, plan_repair, repair
+from .engine import CRASH_ENV, PreparedRepair, apply_repair, plan_repair, prepare_repair, repair
 from .model import (Change, FileOutcome, FilePlan, RepairPlan, RepairResult)
 from .render import render_plan, render_result
 from .rules import RULES, Rule
 
-__all__ = ["plan_repair", "repair", "undo", "render_plan", "render_result", "RepairPlan",
+__all__ = ["plan_repair", "prepare_repair", "apply_repair", "PreparedRepair", "repair", "undo", "render_plan", "render_result", "RepairPlan",
            "RepairResult", "FilePlan", "FileOutcome", "Change", "RULES", "Rule", "CRASH_ENV"]

@@ -407,13 +407,32 @@ def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: st
     return plan, prepared
 
 
+@dataclass
+class PreparedRepair:
+    """A plan and what applying it needs (each file's converted object and the stat it was
+    read at). `apply_repair` executes exactly this plan: what the user saw and confirmed."""
+    plan: RepairPlan
+    files: list[_Prepared]
+    backup_root: Path
+
+
+def prepare_repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
+                   consumer: str = "framework", to: str = "torch",
+                   backup_dir: str | os.PathLike | None = None) -> PreparedRepair:
+    """Select the files the consumer cannot load and plan each (read, never run; nothing is
+    written). Render `.plan`, ask, then `apply_repair` it."""
+    plan, prepared = _plan(path, tuple(allow), consumer, to, backup_dir)
+    backup_root = Path(backup_dir) if backup_dir else default_backup_root(plan.root)
+    return PreparedRepair(plan, prepared, backup_root)
+
+
 def plan_repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
                 consumer: str = "framework", to: str = "torch",
                 backup_dir: str | os.PathLike | None = None) -> RepairPlan:
     """Which files the consumer cannot load, which objects in them, what each becomes and
     why. Reads the files (never running code from them); writes nothing."""
-    plan, _ = _plan(path, tuple(allow), consumer, to, backup_dir)
-    return plan
+    return prepare_repair(path, allow=allow, consumer=consumer, to=to,
+                          backup_dir=backup_dir).plan
 
 
 # --- public: repair --------------------------------------------------------------------------------
@@ -626,7 +645,17 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
     `allow`: globals of unknown safety the user vouches are plain data (they are still read
     with stand-ins; this never turns on weights_only=False). Returns a RepairResult whose
     `exit_code` is 1 when a file was refused or failed verification."""
-    plan, prepared = _plan(path, tuple(allow), consumer, to, backup_dir)
+    return apply_repair(prepare_repair(path, allow=allow, consumer=consumer, to=to,
+                                       backup_dir=backup_dir), dry_run=dry_run,
+                        no_backup=no_backup)
+
+
+def apply_repair(prepared: PreparedRepair, *, dry_run: bool = False,
+                 no_backup: bool = False) -> RepairResult:
+    """Execute a prepared plan, file by file: backed up, written atomically, verified. A file
+    that changed since it was planned is not touched (its outcome says so); files that
+    appeared since are not part of the plan and are left alone."""
+    plan, prepared_files, backup_root = prepared.plan, prepared.files, prepared.backup_root
     result = RepairResult(plan, dry_run=dry_run)
     kept_all = sorted({n for f in plan.files for n in f.allowlist})
     if kept_all:
@@ -638,7 +667,6 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
                                        f.reason or "dry run: nothing written")
                            for f in plan.files]
         return result
-    backup_root = Path(backup_dir) if backup_dir else default_backup_root(plan.root)
     run = _Run(plan, result, backup_root, no_backup)
     for rel in plan.leftovers:
         tmp = plan.root / rel if not os.path.isabs(rel) else Path(rel)
@@ -658,7 +686,7 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
         result.findings.append(Code.LEFTOVER_WRITE.finding(
             rel, "removed temporary file of an interrupted ckptdoctor write",
             severity=Severity.INFO))
-    for prep in prepared:
+    for prep in prepared_files:
         fp = prep.plan
         if fp.action == REWRITE:
             outcome = run.rewrite(prep)
@@ -683,5 +711,6 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
     return result
 
 
-__all__ = ["plan_repair", "repair", "safetensors_name", "CRASH_ENV",
+__all__ = ["plan_repair", "prepare_repair", "apply_repair", "PreparedRepair", "repair",
+           "safetensors_name", "CRASH_ENV",
            "CRASH_POINTS"]
