@@ -31,13 +31,12 @@ from .diagnose import diagnose, key_line
 import contextlib
 import pickle
 import sys
-import types
 
 from .model import FileInfo, Finding, GlobalClass, ScanState
-from .pickles.policy import (AllowListError, NotVouchedError, Verdict, allow_flags, require,
+from .pickles.policy import (AllowListError, NotVouchedError, Verdict, require,
                              vet)
-from .standins import (ModuleReached, import_dotted, is_standin, numpy_location,
-                       refuse_dangerous, resolve_allowlist)
+from .pickles.unpickler import RefusedGlobal, vetted_pickle_module
+from .standins import is_standin, refuse_dangerous, resolve_allowlist
 
 # Findings that mean the static scan could not vouch for the whole pickle.
 _SCAN_INCOMPLETE = frozenset({Code.PICKLE_MALFORMED.code, Code.PICKLE_LIMIT.code,
@@ -212,75 +211,6 @@ def _load_with_globals(path: Path, ctx: LoadContext, entries: list[tuple[Any, st
     present = set(torch.serialization.get_safe_globals())
     with torch.serialization.safe_globals([e for e in entries if e not in present]):
         return _torch_load(path, ctx, weights_only=True)
-
-
-# --- the trusted strategy's unpickler ---------------------------------------------------------
-class RefusedGlobal(pickle.UnpicklingError):
-    """The vetted unpickler met a name that did not pass policy.vet."""
-
-
-def vetted_pickle_module(allow: tuple[str, ...] = ()) -> types.ModuleType:
-    """A module to pass as torch.load(..., weights_only=False, pickle_module=...): its
-    `Unpickler` is Python's, with a find_class that resolves only names passing
-    policy.vet(name, allow) (torch defaults, reviewed data, `allow`), and never reaches a
-    module object through an attribute."""
-    allow = tuple(allow)
-
-    class Unpickler(pickle._Unpickler):  # Python's own, so BUILD can be restricted too
-        dispatch = dict(pickle._Unpickler.dispatch)
-
-        def _load_build_on_instances(self) -> None:
-            # BUILD on a class, module or function is setattr on shared code, not data: it is
-            # how a pickle arms torch's legacy `dump_patches` file writer (security review).
-            if isinstance(self.stack[-2], (type, types.ModuleType, types.FunctionType,
-                                           types.BuiltinFunctionType)):
-                raise RefusedGlobal("BUILD on a class, module or function (sets attributes "
-                                    "of code, not of data); refused")
-            pickle._Unpickler.load_build(self)
-
-        dispatch[pickle.BUILD[0]] = _load_build_on_instances
-
-        def find_class(self, module: str, name: str) -> Any:
-            if not (isinstance(module, str) and isinstance(name, str)):
-                raise RefusedGlobal("global with a non-string name refused")
-            full = f"{module}.{name}"
-            # Python's own Python-2 mapping (fix_imports); its names are not Python-3 modules,
-            # so it is applied whatever the protocol, and both spellings must pass
-            import _compat_pickle
-
-            mod2, name2 = module, name
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                mod2, name2 = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                mod2 = _compat_pickle.IMPORT_MAPPING[module]
-            full2 = f"{mod2}.{name2}"
-            for candidate in dict.fromkeys((full, full2)):
-                v = vet(candidate, allow)
-                if not v.allowed:
-                    why = ("code-executing global" if v.verdict is Verdict.DANGEROUS else
-                           f"global of unknown safety (if you trust the file: "
-                           f"{allow_flags([candidate])})")
-                    raise RefusedGlobal(f"{candidate}: {why}; refused")
-            try:
-                return import_dotted(numpy_location(full2))
-            except ModuleReached as exc:
-                raise RefusedGlobal(str(exc)) from None
-
-    def load(file, **kw):
-        return Unpickler(file, **kw).load()
-
-    def loads(data, **kw):
-        import io
-
-        return Unpickler(io.BytesIO(data), **kw).load()
-
-    mod = types.ModuleType("ckptdoctor_vetted_pickle")
-    mod.Unpickler = Unpickler
-    mod.load = load
-    mod.loads = loads
-    mod.UnpicklingError = pickle.UnpicklingError
-    mod.__doc__ = "pickle, restricted to names that pass ckptdoctor.pickles.policy.vet"
-    return mod
 
 
 class Trusted:
