@@ -5,9 +5,11 @@ BUILD refuses to set attributes on classes, modules or functions. torch.load get
 
 from __future__ import annotations
 
+import io
 import pickle
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 from ..standins import ModuleReached, import_dotted, numpy_location
 from .policy import Verdict, allow_flags, vet
@@ -17,6 +19,11 @@ class RefusedGlobal(pickle.UnpicklingError):
     """The vetted unpickler met a name that did not pass policy.vet."""
 
 
+# Python's pure-Python unpickler; its BUILD handler and dispatch table are not in typeshed
+_PyUnpickler = pickle._Unpickler
+_PY_LOAD_BUILD: Callable[[Any], None] = _PyUnpickler.load_build  # type: ignore[attr-defined]
+
+
 def vetted_pickle_module(allow: tuple[str, ...] = ()) -> types.ModuleType:
     """A module to pass as torch.load(..., weights_only=False, pickle_module=...): its
     `Unpickler` is Python's, with a find_class that resolves only names passing
@@ -24,17 +31,18 @@ def vetted_pickle_module(allow: tuple[str, ...] = ()) -> types.ModuleType:
     module object through an attribute."""
     allow = tuple(allow)
 
-    class Unpickler(pickle._Unpickler):  # Python's own, so BUILD can be restricted too
-        dispatch = dict(pickle._Unpickler.dispatch)
+    class Unpickler(_PyUnpickler):  # Python's own, so BUILD can be restricted too
+        dispatch = dict(_PyUnpickler.dispatch)
+        stack: list[Any]  # the pure-Python unpickler's value stack
 
-        def _load_build_on_instances(self) -> None:
+        def _load_build_on_instances(self: Any) -> None:  # a dispatch entry: any unpickler
             # BUILD on a class, module or function is setattr on shared code, not data: it is
             # how a pickle arms torch's legacy `dump_patches` file writer (security review).
             if isinstance(self.stack[-2], (type, types.ModuleType, types.FunctionType,
                                            types.BuiltinFunctionType)):
                 raise RefusedGlobal("BUILD on a class, module or function (sets attributes "
                                     "of code, not of data); refused")
-            pickle._Unpickler.load_build(self)
+            _PY_LOAD_BUILD(self)
 
         dispatch[pickle.BUILD[0]] = _load_build_on_instances
 
@@ -64,20 +72,17 @@ def vetted_pickle_module(allow: tuple[str, ...] = ()) -> types.ModuleType:
             except ModuleReached as exc:
                 raise RefusedGlobal(str(exc)) from None
 
-    def load(file, **kw):
+    def load(file: IO[bytes], **kw: Any) -> Any:
         return Unpickler(file, **kw).load()
 
-    def loads(data, **kw):
-        import io
-
+    def loads(data: bytes, **kw: Any) -> Any:
         return Unpickler(io.BytesIO(data), **kw).load()
 
-    mod = types.ModuleType("ckptdoctor_vetted_pickle")
-    mod.Unpickler = Unpickler
-    mod.load = load
-    mod.loads = loads
-    mod.UnpicklingError = pickle.UnpicklingError
-    mod.__doc__ = "pickle, restricted to names that pass ckptdoctor.pickles.policy.vet"
+    mod = types.ModuleType("ckptdoctor_vetted_pickle",
+                           "pickle, restricted to names that pass ckptdoctor.pickles.policy.vet")
+    for name, value in (("Unpickler", Unpickler), ("load", load), ("loads", loads),
+                        ("UnpicklingError", pickle.UnpicklingError)):
+        setattr(mod, name, value)  # what torch.load uses of a pickle_module
     return mod
 
 
