@@ -18,7 +18,8 @@ from .backup import undo
 from .engine import CRASH_ENV, PreparedRepair, apply_repair, plan_repair, prepare_repair, repair
 from .model import (Change, FileOutcome, FilePlan, RepairPlan, RepairResult)
 from .render import render_plan, render_result
-from .rules import RULES, Rule
+from .rulebase import Rule
+from .rules import RULES
 
 __all__ = ["plan_repair", "prepare_repair", "apply_repair", "PreparedRepair", "repair", "undo", "render_plan", "render_result", "RepairPlan",
            "RepairResult", "FilePlan", "FileOutcome", "Change", "RULES", "Rule", "CRASH_ENV"]

@@ -32,7 +32,8 @@ from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_ro
 from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
                     SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
                     FilePlan, RepairPlan, RepairResult)
-from .rules import Converter, covered_names, leftover_captures
+from .rules import covered_names
+from .walk import Converter, leftover_captures
 from .transcode import TranscodeRefused, Transcoded, offending_names, transcoding_load
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
 

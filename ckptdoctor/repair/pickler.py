@@ -12,7 +12,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from .rules import Kept
+from .rulebase import Kept
 
 
 class _KeptPickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table is ours

@@ -11,211 +11,43 @@ Every rule is one small registered unit (`RULES`, walked in order, first match w
   keep                           True: the object is kept and allow-listed, because converting
                                  it would break the framework that reads it back
 
-`Converter` walks the loaded object once, applies the rules, rebuilds containers, and records
-each change, the RNG states to re-check by drawing from them, and sidecar files to write."""
+The rule type and its context live in rulebase.py; the walk that applies the rules
+(`Converter`) in walk.py."""
 
 from __future__ import annotations
 
 import enum
 import json
-import math
 import re
-from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..layouts.hf_trainer import TRAINING_ARGS
-from ..standins import (DTypeCapture, EnumStandIn, NDArrayCapture, ScalarCapture, StandIn,
-                        import_dotted, reconstruct_shim)
+from ..standins import (
+    DTypeCapture,
+    EnumStandIn,
+    NDArrayCapture,
+    ScalarCapture,
+    StandIn,
+    import_dotted,
+)
 from .model import Change
-from .transcode import Marks, via_reduce
-
-
-# --- kept objects --------------------------------------------------------------------------------
-@dataclass(eq=False)
-class Kept:
-    """An object saved again exactly as it was: GLOBAL name, args, REDUCE/NEWOBJ, BUILD state
-    (args and state converted by the rules like everything else). See pickler.py."""
-
-    name: str
-    args: tuple = ()
-    state: Any = None
-    via_reduce: bool = False
-    kwargs: dict = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"<kept {self.name}>"
-
-
-@dataclass(frozen=True)
-class RngSite:
-    """An RNG state to check by drawing from it: kind numpy|python|torch, where it sits in the
-    converted object, and the original value (numpy: a real state tuple rebuilt from the capture)."""
-
-    kind: str
-    path: tuple
-    original: Any
-
-
-# --- context -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Ctx:
-    conv: "Converter"
-    path: tuple = ()
-    inside: tuple[str, ...] = ()  # global names of the enclosing captured objects
-
-    @property
-    def key(self) -> Any:
-        return self.path[-1] if self.path else None
-
-    @property
-    def flavor(self) -> str:
-        return self.conv.flavor
-
-    @property
-    def allow(self) -> frozenset[str]:
-        return self.conv.allow
-
-    def walk(self, value: Any, *keys: Any, inside: str | None = None) -> Any:
-        return self.conv.walk(value, Ctx(self.conv, self.path + keys,
-                                         self.inside + ((inside,) if inside else ())))
-
-
-def render_path(path: tuple) -> str:
-    if not path:
-        return "<root>"
-    out = ""
-    for i, k in enumerate(path):
-        if isinstance(k, str) and re.fullmatch(r"[A-Za-z_][\w\-]*", k):
-            out += k if i == 0 else f".{k}"
-        elif isinstance(k, int) and not isinstance(k, bool):
-            out += f"[{k}]"
-        else:
-            out += f"[{k!r}]"
-    return out
-
-
-# --- helpers -------------------------------------------------------------------------------------
-def name_of(v: Any) -> str | None:
-    """The global a captured value stands for (instances and class references)."""
-    if isinstance(v, StandIn):
-        return type(v).standin_name
-    if isinstance(v, NDArrayCapture):
-        return "numpy.ndarray"
-    if isinstance(v, ScalarCapture):
-        return "numpy.core.multiarray.scalar"
-    if isinstance(v, DTypeCapture):
-        return "numpy.dtype"
-    return None
-
-
-def class_ref_name(v: Any) -> str | None:
-    """Dotted name when `v` is a captured class object (not an instance), e.g. hparams_type."""
-    if v is reconstruct_shim:
-        return "numpy.core.multiarray._reconstruct"
-    if isinstance(v, type):
-        if getattr(v, "standin_name", None):
-            return v.standin_name
-        return {DTypeCapture: "numpy.dtype", NDArrayCapture: "numpy.ndarray",
-                ScalarCapture: "numpy.core.multiarray.scalar"}.get(v)
-    return None
-
-
-def _prim(v: Any) -> Any:
-    return v.to_primitive() if isinstance(v, ScalarCapture) else v
-
-
-def _is_primitive(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, complex, str, bytes))
-
-
-def state_dict_of(v: StandIn) -> dict:
-    """A stand-in's attributes: its BUILD state (dict, or (dict, slotstate)) as one dict."""
-    st = v.state
-    if isinstance(st, tuple) and len(st) == 2 and (st[0] is None or isinstance(st[0], dict)):
-        merged = dict(st[0] or {})
-        merged.update(st[1] or {})
-        return merged
-    return dict(st) if isinstance(st, dict) else {}
-
-
-def _enum_shaped(v: Any) -> bool:
-    """REDUCE(cls, (value,)) with nothing else: how an Enum member pickles."""
-    if isinstance(v, EnumStandIn):
-        return True
-    return (isinstance(v, StandIn) and via_reduce(v) and len(v.args) == 1 and not v.kwargs
-            and v.state is None and isinstance(v.args[0], (int, str)))
-
-
-def keep(v: Any, ctx: Ctx) -> Kept:
-    """Keep a stand-in: same global, same construction, args/state converted by the rules."""
-    name = name_of(v) or "?"
-    args = tuple(ctx.walk(a, "<args>", i, inside=name) for i, a in enumerate(v.args))
-    state = None if v.state is None else ctx.walk(v.state, inside=name)
-    kwargs = {k: ctx.walk(x, k, inside=name) for k, x in v.kwargs.items()}
-    return Kept(name, args, state, via_reduce(v), kwargs)
-
-
-def describe_found(v: Any, ctx: Ctx | None = None) -> str:
-    if isinstance(v, tuple) and v and v[0] == "MT19937":
-        return "numpy RNG state (numpy.ndarray <u4 (624,) via _reconstruct/dtype)"
-    if isinstance(v, NDArrayCapture):
-        dt = v.dtype.to_primitive() if v.dtype is not None else "?"
-        sub = "" if v.subtype == "numpy.ndarray" else f" ({v.subtype})"
-        return f"numpy.ndarray{sub} {dt} {tuple(v.shape)}"
-    if isinstance(v, ScalarCapture):
-        return f"numpy scalar {v.dtype.to_primitive()}"
-    if isinstance(v, DTypeCapture):
-        return f"numpy.dtype {v.to_primitive()}"
-    if ctx is not None:
-        mark = ctx.conv.marks.get(v) if ctx.conv.marks else None
-        if mark is not None:
-            return mark.name
-    ref = class_ref_name(v)
-    if ref:
-        return f"class {ref}"
-    n = name_of(v)
-    if n:
-        return n
-    return type(v).__name__
-
-
-def describe_value(v: Any) -> str:
-    import torch
-
-    if isinstance(v, Kept):
-        return "kept, allow-listed"
-    if isinstance(v, torch.Tensor):
-        return f"tensor {str(v.dtype).removeprefix('torch.')} {tuple(v.shape)}"
-    if isinstance(v, tuple) and len(v) == 5 and v[0] == "MT19937":
-        return f"('MT19937', list of {len(v[1])} ints, pos, has_gauss, cached_gaussian)"
-    if isinstance(v, list):
-        kinds = sorted({type(x).__name__ for x in v})
-        return f"list of {len(v)} {'/'.join(kinds) or 'items'}"
-    if isinstance(v, dict):
-        return f"dict ({len(v)} keys)"
-    if isinstance(v, set):
-        return f"set ({len(v)} items)"
-    if v is None:
-        return "None"
-    text = repr(v)
-    return f"{type(v).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-# --- the rule type ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    why: str
-    matches: Callable[[Any, Ctx], bool]
-    convert: Callable[[Any, Ctx], Any]
-    keep: bool = False
-    # UNKNOWN globals this rule consumes (prefixes), acceptable without --allow when one of
-    # `trigger` (prefixes) is in the same file: the rule drops or converts them itself.
-    covers: tuple[str, ...] = ()
-    trigger: tuple[str, ...] = ()
+from .rulebase import (
+    Ctx,
+    Kept,
+    RngSite,
+    Rule,
+    _enum_shaped,
+    _is_primitive,
+    _prim,
+    class_ref_name,
+    describe_found,
+    keep,
+    name_of,
+    render_path,
+    state_dict_of,
+)
 
 
 # --- numpy -------------------------------------------------------------------------------------
@@ -603,146 +435,4 @@ def covered_names(names: list[str]) -> list[str]:
     return out
 
 
-# --- the walk ------------------------------------------------------------------------------------
-def _is_atomic(v: Any) -> bool:
-    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, bytearray)):
-        return True
-    import torch
-
-    return isinstance(v, (torch.Tensor, torch.dtype, torch.device, torch.Size, torch.layout,
-                          torch.memory_format, torch.qscheme, torch.storage.TypedStorage,
-                          torch.UntypedStorage))
-
-
-_TORCH_RNG_BYTES = 5056  # torch.get_rng_state() of the CPU MT19937 generator
-
-
-class Converter:
-    """One file's conversion: `convert(obj)` returns the object to save."""
-
-    def __init__(self, rel: str = "", flavor: str = "torch", allow: frozenset[str] = frozenset(),
-                 marks: Marks | None = None, file_stem: str = "checkpoint",
-                 rules: tuple[Rule, ...] = RULES):
-        self.rel = rel
-        self.flavor = flavor
-        self.allow = frozenset(allow)
-        self.marks = marks
-        self.file_stem = file_stem
-        self.rules = rules
-        self.changes: list[Change] = []
-        self.rng: list[RngSite] = []
-        self.sidecars: dict[str, bytes] = {}
-        self.kept_names: set[str] = set()
-        self._memo: dict[int, tuple[Any, Any]] = {}
-        self._enum_kinds: dict[str, str | None] = {}
-
-    def enum_kind(self, name: str) -> str | None:
-        if name not in self._enum_kinds:
-            self._enum_kinds[name] = _vouched_enum_kind(name)
-        return self._enum_kinds[name]
-
-    def convert(self, obj: Any) -> Any:
-        return self.walk(obj, Ctx(self))
-
-    def walk(self, v: Any, ctx: Ctx) -> Any:
-        if _is_atomic(v):
-            self._note_atomic(v, ctx)
-            return v
-        hit = self._memo.get(id(v))
-        if hit is not None and hit[0] is v:
-            return hit[1]
-        for rule in self.rules:
-            if rule.matches(v, ctx):
-                out = rule.convert(v, ctx)
-                self._memo[id(v)] = (v, out)
-                self._record(rule, v, out, ctx)
-                return out
-        return self._container(v, ctx)
-
-    def _record(self, rule: Rule, v: Any, out: Any, ctx: Ctx) -> None:
-        if isinstance(out, Kept):
-            self.kept_names.add(out.name)
-        self.changes.append(Change(render_path(ctx.path), describe_found(v, ctx), rule.name,
-                                   describe_value(out), rule.why, rule.keep))
-
-    def _container(self, v: Any, ctx: Ctx) -> Any:
-        t = type(v)
-        if t in (dict, OrderedDict, Counter):
-            new = t()
-            self._memo[id(v)] = (v, new)
-            for k, x in v.items():
-                new[self.walk(k, Ctx(self, ctx.path + ("<key>",), ctx.inside))] = \
-                    self.walk(x, Ctx(self, ctx.path + (k,), ctx.inside))
-            extra = getattr(v, "__dict__", None)
-            if extra:  # OrderedDict attributes, e.g. a state_dict's _metadata
-                new.__dict__.update(self.walk(dict(extra), ctx))
-            return new
-        if t is list:
-            new = []
-            self._memo[id(v)] = (v, new)
-            new.extend(self.walk(x, Ctx(self, ctx.path + (i,), ctx.inside))
-                       for i, x in enumerate(v))
-            return new
-        if t is tuple:
-            self._note_python_rng(v, ctx)
-            new = tuple(self.walk(x, Ctx(self, ctx.path + (i,), ctx.inside))
-                        for i, x in enumerate(v))
-            self._memo[id(v)] = (v, new)
-            return new
-        if t in (set, frozenset):
-            new = t(self.walk(x, ctx) for x in v)
-            self._memo[id(v)] = (v, new)
-            return new
-        return v  # nothing a rule knows; verification reports it if it cannot be saved
-
-    def _note_atomic(self, v: Any, ctx: Ctx) -> None:
-        import torch
-
-        if (isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1
-                and v.numel() == _TORCH_RNG_BYTES and not v.is_meta):
-            self.rng.append(RngSite("torch", ctx.path, v))
-
-    def _note_python_rng(self, v: tuple, ctx: Ctx) -> None:
-        if (len(v) == 3 and v[0] == 3 and type(v[1]) is tuple and len(v[1]) == 625
-                and (v[2] is None or isinstance(v[2], float))):
-            self.rng.append(RngSite("python", ctx.path, v))
-
-
-def leftover_captures(obj: Any, limit: int = 5) -> list[str]:
-    """Captures still in a converted object (a rule gap): they must never be saved."""
-    found: list[str] = []
-    seen: set[int] = set()
-
-    def visit(v: Any, path: tuple) -> None:
-        if len(found) >= limit or id(v) in seen or _is_atomic(v):
-            return
-        seen.add(id(v))
-        if isinstance(v, (StandIn, NDArrayCapture, ScalarCapture, DTypeCapture)) or \
-                class_ref_name(v):
-            found.append(f"{render_path(path)}: {describe_found(v)}")
-            return
-        if isinstance(v, Kept):
-            for i, a in enumerate(v.args):
-                visit(a, path + (i,))
-            visit(v.state, path)
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                visit(k, path + ("<key>",))
-                visit(x, path + (k,))
-            visit(getattr(v, "__dict__", None), path)
-        elif isinstance(v, (list, tuple, set, frozenset)):
-            for i, x in enumerate(v):
-                visit(x, path + (i,))
-
-    visit(obj, ())
-    return found
-
-
-def floats_equal(a: float, b: float) -> bool:
-    if math.isnan(a) and math.isnan(b):
-        return True
-    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
-
-
-__all__ = ["Rule", "RULES", "RULES_BY_NAME", "Converter", "Ctx", "Kept", "RngSite",
-           "render_path", "covered_names", "leftover_captures", "name_of", "floats_equal"]
+__all__ = ["RULES", "RULES_BY_NAME", "covered_names"]

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..standins import StandIn
-from .rules import Converter, Kept, floats_equal, name_of, render_path
+from .rulebase import Kept, name_of, render_path
+from .walk import Converter, floats_equal
 from .transcode import load_registered, standin_entries, via_reduce
 
 DRAWS = 1000
