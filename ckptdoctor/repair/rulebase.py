@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..standins import (
     DTypeCapture,
@@ -17,10 +17,8 @@ from ..standins import (
     StandIn,
     reconstruct_shim,
 )
-from .transcode import via_reduce
-
-if TYPE_CHECKING:
-    from .walk import Converter
+from .model import Change
+from .transcode import Marks, via_reduce
 
 
 # --- kept objects --------------------------------------------------------------------------------
@@ -49,10 +47,26 @@ class RngSite:
     original: Any
 
 
+class Walker(Protocol):
+    """What a rule sees of the walk that applies it (walk.Converter): the file's flavour and
+    vouched names, where to record changes, RNG sites and sidecars, and how to go deeper."""
+    flavor: str
+    allow: frozenset[str]
+    marks: Marks | None
+    file_stem: str
+    changes: list[Change]
+    rng: list[RngSite]
+    sidecars: dict[str, bytes]
+
+    def enum_kind(self, name: str) -> str | None: ...
+
+    def walk(self, v: Any, ctx: Ctx) -> Any: ...
+
+
 # --- context -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ctx:
-    conv: "Converter"
+    conv: Walker
     path: tuple = ()
     inside: tuple[str, ...] = ()  # global names of the enclosing captured objects
 
@@ -106,8 +120,9 @@ def class_ref_name(v: Any) -> str | None:
     if v is reconstruct_shim:
         return "numpy.core.multiarray._reconstruct"
     if isinstance(v, type):
-        if getattr(v, "standin_name", None):
-            return v.standin_name
+        standin_name = getattr(v, "standin_name", None)
+        if standin_name:
+            return str(standin_name)
         return {DTypeCapture: "numpy.dtype", NDArrayCapture: "numpy.ndarray",
                 ScalarCapture: "numpy.core.multiarray.scalar"}.get(v)
     return None

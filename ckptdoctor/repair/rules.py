@@ -255,7 +255,7 @@ def _is_megatron_object(v: Any, ctx: Ctx) -> bool:
         isinstance(v, EnumStandIn) or n == "signal.Signals"))
 
 
-def _vouched_enum_kind(name: str) -> str | None:
+def vouched_enum_kind(name: str) -> str | None:
     """'value' for an int/str-mixin Enum, 'plain' for another Enum, None if not an Enum or
     not importable. Only asked for names the user vouched for with --allow."""
     try:

@@ -20,7 +20,7 @@ from .rulebase import (
     describe_value,
     render_path,
 )
-from .rules import RULES, _vouched_enum_kind
+from .rules import RULES, vouched_enum_kind
 from .transcode import Marks
 
 
@@ -59,7 +59,7 @@ class Converter:
 
     def enum_kind(self, name: str) -> str | None:
         if name not in self._enum_kinds:
-            self._enum_kinds[name] = _vouched_enum_kind(name)
+            self._enum_kinds[name] = vouched_enum_kind(name)
         return self._enum_kinds[name]
 
     def convert(self, obj: Any) -> Any:
@@ -89,7 +89,7 @@ class Converter:
     def _container(self, v: Any, ctx: Ctx) -> Any:
         t = type(v)
         if t in (dict, OrderedDict, Counter):
-            new = t()
+            new: Any = t()  # the rebuilt container, of the original's type
             self._memo[id(v)] = (v, new)
             for k, x in v.items():
                 new[self.walk(k, Ctx(self, ctx.path + ("<key>",), ctx.inside))] = \
@@ -99,11 +99,11 @@ class Converter:
                 new.__dict__.update(self.walk(dict(extra), ctx))
             return new
         if t is list:
-            new = []
-            self._memo[id(v)] = (v, new)
-            new.extend(self.walk(x, Ctx(self, ctx.path + (i,), ctx.inside))
+            items: list[Any] = []
+            self._memo[id(v)] = (v, items)
+            items.extend(self.walk(x, Ctx(self, ctx.path + (i,), ctx.inside))
                        for i, x in enumerate(v))
-            return new
+            return items
         if t is tuple:
             self._note_python_rng(v, ctx)
             new = tuple(self.walk(x, Ctx(self, ctx.path + (i,), ctx.inside))
