@@ -58,18 +58,13 @@ from __future__ import annotations
 
 import _compat_pickle
 import io
-import os
 import pickle
 import pickletools
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from .tables import TORCH_OPCODES  # what torch's load loop implements: the output uses nothing else
-
-if TYPE_CHECKING:
-    from ..formats.downgraded import DowngradedFile
-
 
 # Copied byte for byte: torch reads them, and their meaning does not depend on the protocol.
 _KEEP = frozenset({"NONE", "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "EMPTY_LIST", "TUPLE", "TUPLE1",
@@ -440,12 +435,4 @@ def downgrade(data: bytes) -> bytes:
     return d.data
 
 
-def open_downgraded(path: str | os.PathLike[str]) -> DowngradedFile:
-    """formats.downgraded.open_downgraded, still reachable here for existing callers."""
-    from ..formats.downgraded import open_downgraded as open_file
-
-    return open_file(path)
-
-
-__all__ = ["downgrade", "rewrite", "open_downgraded", "Downgraded", "DowngradeError",
-           "TORCH_OPCODES"]
+__all__ = ["downgrade", "rewrite", "Downgraded", "DowngradeError", "TORCH_OPCODES"]

@@ -100,14 +100,15 @@ def _check_frame(name: str, arg: Any, start: int | None, end: int,
     """The end of the current frame after this opcode; Fault if the opcode crosses it."""
     if start is None:
         return frame_end
-    inside = frame_end is not None and start < frame_end
-    if inside and end > frame_end:
+    # the end of the frame this opcode starts in (None: it starts outside any frame)
+    current = frame_end if frame_end is not None and start < frame_end else None
+    if current is not None and end > current:
         raise Desync(f"opcode {name} at byte {start} crosses the end of its FRAME at "
                      f"{frame_end}; the C unpickler would read it differently")
     if name == "FRAME":
         new_end = end + int(arg)
-        if inside and new_end > frame_end:
+        if current is not None and new_end > current:
             raise Desync(f"FRAME at byte {start} runs past the end of the enclosing FRAME at "
                          f"{frame_end}; the C unpickler would read it differently")
         return new_end
-    return frame_end if inside else None
+    return current

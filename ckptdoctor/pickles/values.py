@@ -32,7 +32,7 @@ class Obj:
     type_name: str | None  # best static guess of type(result), torch spelling
     func: str | None
     args: Any = None
-    items: list = field(default_factory=list)  # SETITEM(S) into a dict subclass
+    items: list[Any] = field(default_factory=list)  # SETITEM(S) into a dict subclass
     state: Any = None  # BUILD argument
 
 
