@@ -25,8 +25,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptdoctor.pickles.downgrade import (TORCH_OPCODES, DowngradeError, downgrade,
-                                          open_downgraded, rewrite)
+from ckptdoctor.formats.downgraded import open_downgraded
+from ckptdoctor.pickles.downgrade import TORCH_OPCODES, DowngradeError, downgrade, rewrite
 from ckptdoctor.repair import plan_repair, render_result, repair
 from ckptdoctor.repair.engine import convert_file
 from ckptdoctor.repair.transcode import TranscodeRefused

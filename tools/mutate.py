@@ -33,8 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module (relative to ckptdoctor/) -> (the tests that own its behaviour, pytest -k or "")
 TARGETS: dict[str, tuple[list[str], str]] = {
-    "pickles/scan.py": (["tests/test_scan_verdict.py", "tests/test_downgrade.py",
-                         "tests/test_torch_allowlist.py", "tests/test_fuzz.py"], ""),
+    # the static scan (pickles/scan.py and the modules it is split into)
+    **{f"pickles/{m}.py": (["tests/test_scan_verdict.py", "tests/test_downgrade.py",
+                            "tests/test_torch_allowlist.py", "tests/test_fuzz.py"], "")
+       for m in ("machine", "verdict", "opcodes", "values", "limits")},
     "pickles/policy.py": (["tests/test_scan_verdict.py", "tests/test_standins.py",
                            "tests/test_torch_allowlist.py"], ""),
     "pickles/downgrade.py": (["tests/test_downgrade.py"], ""),

@@ -60,13 +60,19 @@ def data_pkl_name(names: list[str]) -> str | None:
     return min(cands, key=len) if cands else None
 
 
+def data_pkl_path(infos: list[zipfile.ZipInfo]) -> str:
+    """The record torch.load unpickles: torch names the archive after the FIRST record's folder
+    (PyTorchStreamReader::init) and reads `<folder>/data.pkl`."""
+    return infos[0].filename.split("/", 1)[0] + "/data.pkl"
+
+
 def torch_data_pkls(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
     """Every record torch.load may unpickle as data.pkl: torch names the archive after the
     FIRST record's folder and looks `<folder>/data.pkl` up case-insensitively (miniz); with
     duplicate names either copy may win, while Python's zipfile returns the last."""
     if not infos or "/" not in infos[0].filename:
         return []
-    want = infos[0].filename.split("/", 1)[0].lower() + "/data.pkl"
+    want = data_pkl_path(infos).lower()
     return [i for i in infos if i.filename.lower() == want]
 
 

@@ -51,28 +51,20 @@ stored under every memo index that held it, and shared from then on.
 
 `open_downgraded(path)` applies it to a torch.save file (zip: `data.pkl`; legacy: its five
 pickles) and returns a file object torch.load reads: the original's bytes, with only the
-rewritten pickle (and, for a zip, its central directory) held in memory."""
+rewritten pickle (and, for a zip, its central directory) held in memory. That file I/O lives in
+formats/downgraded.py (formats/torch_zip.py locates data.pkl); this module is the pure rewrite."""
 
 from __future__ import annotations
 
 import _compat_pickle
-import bisect
 import io
-import os
 import pickle
 import pickletools
 import struct
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, cast
 
-# What torch/_weights_only_unpickler.py's load loop implements: the output uses nothing else.
-TORCH_OPCODES = frozenset({
-    "GLOBAL", "NEWOBJ", "REDUCE", "BUILD", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "MARK",
-    "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "NONE", "NEWFALSE", "NEWTRUE", "EMPTY_TUPLE",
-    "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "BININT", "BININT1", "BININT2", "BINFLOAT",
-    "BINUNICODE", "SHORT_BINSTRING", "BINPERSID", "BINGET", "LONG_BINGET", "BINPUT",
-    "LONG_BINPUT", "LONG1", "PROTO", "STOP"})
+from .tables import TORCH_OPCODES  # what torch's load loop implements: the output uses nothing else
 
 # Copied byte for byte: torch reads them, and their meaning does not depend on the protocol.
 _KEEP = frozenset({"NONE", "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "EMPTY_LIST", "TUPLE", "TUPLE1",
@@ -161,6 +153,7 @@ class _Lit:
     necessarily written yet. `indices`: memo slots the source stored it in."""
 
     __slots__ = ("kind", "value", "written", "indices")
+    indices: list[int]
 
     def __init__(self, kind: str, value: Any = None):
         self.kind, self.value, self.written, self.indices = kind, value, False, []
@@ -173,6 +166,7 @@ class _Pending:
     """A literal on top of the stack whose opcode is held back until something needs it."""
 
     __slots__ = ("lit", "get", "puts", "reput")
+    puts: list[int]
 
     def __init__(self, lit: _Lit, get: int | None = None, reput: list[int] | None = None):
         self.lit, self.get, self.puts, self.reput = lit, get, [], reput or []
@@ -219,7 +213,7 @@ class _Rewriter:
             if op.name in _PUTS:
                 puts += 1
             if op.name in _PUTS | _GETS and op.name != "MEMOIZE":
-                top = max(top, int(arg))
+                top = max(top, int(cast(int, arg)))
         if marks:
             raise DowngradeError("MARK never closed")
         self.scratch = max(top, puts) + 1  # a memo index the source never uses (for DUP)
@@ -242,6 +236,7 @@ class _Rewriter:
 
     def close_set(self) -> None:
         s, self.set_top = self.set_top, None
+        assert s is not None  # called only while a set is open
         self.out += b"\x85R"  # TUPLE1 REDUCE: builtins.set(list)
         for j in s.puts:
             self.out += _put(j)
@@ -278,7 +273,7 @@ class _Rewriter:
 
     # -- the walk --
     def run(self) -> Downgraded:
-        for i, (op, arg, pos) in enumerate(self.ops):
+        for i, (op, arg, _pos) in enumerate(self.ops):
             name = op.name
             if self.set_top is not None:
                 if name == "FRAME":
@@ -440,169 +435,4 @@ def downgrade(data: bytes) -> bytes:
     return d.data
 
 
-# --- torch.save files -----------------------------------------------------------------------------
-class _View(io.RawIOBase):
-    """A file made of ranges of an open file and in-memory bytes; a trailing bytearray part
-    can be written (zipfile appends the new record and central directory there)."""
-
-    def __init__(self, fh: BinaryIO, parts: list[tuple[int, int] | bytes | bytearray]):
-        super().__init__()
-        self._fh = fh
-        self._parts = parts
-        self._starts: list[int] = []
-        n = 0
-        for p in parts:
-            self._starts.append(n)
-            n += p[1] if isinstance(p, tuple) else len(p)
-        self._pos = 0
-
-    def _size(self) -> int:
-        last = self._parts[-1]
-        return self._starts[-1] + (last[1] if isinstance(last, tuple) else len(last))
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return isinstance(self._parts[-1], bytearray)
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size()}[whence]
-        if base + pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + pos
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        mv = memoryview(b).cast("B")
-        done, size = 0, self._size()
-        while done < len(mv) and self._pos < size:
-            k = bisect.bisect_right(self._starts, self._pos) - 1
-            part, off = self._parts[k], self._pos - self._starts[k]
-            plen = part[1] if isinstance(part, tuple) else len(part)
-            n = min(len(mv) - done, plen - off)
-            if n <= 0:
-                break
-            if isinstance(part, tuple):
-                self._fh.seek(part[0] + off)
-                got = self._fh.readinto(mv[done:done + n])
-                if not got:
-                    raise OSError("the checkpoint file shrank while it was read")
-                n = got
-            else:
-                mv[done:done + n] = part[off:off + n]
-            done += n
-            self._pos += n
-        return done
-
-    def write(self, b: Any) -> int:
-        tail, start = self._parts[-1], self._starts[-1]
-        if not isinstance(tail, bytearray) or self._pos < start:
-            raise OSError("only the in-memory tail of this view is writable")
-        data = bytes(b)
-        off = self._pos - start
-        if off > len(tail):
-            tail.extend(b"\0" * (off - len(tail)))
-        tail[off:off + len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def truncate(self, size: int | None = None) -> int:
-        size = self._pos if size is None else size
-        tail, start = self._parts[-1], self._starts[-1]
-        if not isinstance(tail, bytearray) or size < start:
-            raise OSError("only the in-memory tail of this view can be truncated")
-        del tail[size - start:]
-        return size
-
-    def close(self) -> None:
-        if not self.closed:
-            self._fh.close()
-        super().close()
-
-
-class DowngradedFile(_View):
-    """A torch.save file with its pickle(s) rewritten; `info` describes the (main) rewrite."""
-
-    info: Downgraded
-
-
-def _zip_view(fh: BinaryIO, size: int) -> DowngradedFile:
-    import zipfile
-
-    with zipfile.ZipFile(fh) as zf:
-        infos = zf.infolist()
-        if not infos:
-            raise DowngradeError("empty zip archive")
-        # torch names records after the first one's directory (PyTorchStreamReader::init)
-        name = infos[0].filename.split("/", 1)[0] + "/data.pkl"
-        try:
-            pkl = zf.read(name)
-        except KeyError as exc:
-            raise DowngradeError(f"no {name} in the archive") from exc
-        start_dir = zf.start_dir
-    info = rewrite(pkl)
-    if info.end != len(pkl):
-        raise DowngradeError(f"{len(pkl) - info.end} bytes after data.pkl's STOP")
-    fh.seek(start_dir)
-    view = DowngradedFile(fh, [(0, start_dir), bytearray(fh.read(size - start_dir))])
-    # Append the new data.pkl and a new central directory; the old record stays unreferenced.
-    with zipfile.ZipFile(view, "a") as zf:
-        old = zf.getinfo(name)
-        at = zf.filelist.index(old)
-        zf.filelist.remove(old)
-        del zf.NameToInfo[name]
-        new = zipfile.ZipInfo(name, date_time=old.date_time)
-        new.compress_type = zipfile.ZIP_STORED
-        zf.writestr(new, info.data)
-        zf.filelist.insert(at, zf.filelist.pop())  # keep the record order
-    view.seek(0)
-    view.info = info
-    return view
-
-
-def _legacy_view(fh: BinaryIO, size: int) -> DowngradedFile:
-    """torch.save's pre-1.6 format: magic, protocol, sys_info, the object and the storage keys
-    (five pickles), then raw storage bytes, which are kept in the file."""
-    pos, parts = 0, []
-    for k in range(5):
-        fh.seek(pos)
-        try:
-            for _ in pickletools.genops(fh):
-                pass
-        except Exception as exc:  # noqa: BLE001
-            raise DowngradeError(f"legacy pickle {k + 1} of 5 is malformed: {exc}"[:300]) from exc
-        end = fh.tell()
-        fh.seek(pos)
-        parts.append(rewrite(fh.read(end - pos)))
-        pos = end
-    main = parts[3]
-    view = DowngradedFile(fh, [b"".join(d.data for d in parts), (pos, size - pos)])
-    view.info = Downgraded(main.data, max(d.protocol for d in parts),
-                           frozenset().union(*(d.added for d in parts)), main.end)
-    return view
-
-
-def open_downgraded(path: str | os.PathLike) -> DowngradedFile:
-    """`path` (a torch.save file) as a file object whose pickle(s) use only protocol-2 opcodes,
-    for torch.load(weights_only=True). Close it when done. Raises DowngradeError."""
-    fh = open(Path(path), "rb")
-    try:
-        size = os.fstat(fh.fileno()).st_size
-        head = fh.read(4)
-        fh.seek(0)
-        view = _zip_view(fh, size) if head == b"PK\x03\x04" else _legacy_view(fh, size)
-    except BaseException:
-        fh.close()
-        raise
-    return view
-
-
-__all__ = ["downgrade", "rewrite", "open_downgraded", "Downgraded", "DowngradedFile",
-           "DowngradeError", "TORCH_OPCODES"]
+__all__ = ["downgrade", "rewrite", "Downgraded", "DowngradeError", "TORCH_OPCODES"]

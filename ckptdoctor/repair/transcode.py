@@ -262,7 +262,8 @@ def transcoding_load(path: Path, names: list[str], allow: Iterable[str] = (),
 
 def _open_downgraded(path: Path) -> Any:
     """The file with its pickle(s) rewritten into protocol 2 (pickles/downgrade.py)."""
-    from ..pickles.downgrade import DowngradeError, open_downgraded
+    from ..formats.downgraded import open_downgraded
+    from ..pickles.downgrade import DowngradeError
 
     try:
         return open_downgraded(path)

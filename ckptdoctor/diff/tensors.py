@@ -1,0 +1,129 @@
+"""One tensor pair compared in chunks: equality, closeness, differences, norms, NaN / Inf."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .report import Section, TensorDiff
+from .sides import Side
+
+CHUNK_ELEMENTS = 1 << 18  # elements per comparison step (2 MB per float64 temporary)
+
+
+def compare_pair(section: Section, key: str, key_b: str, ea: Any, eb: Any, side_a: Side,
+                 side_b: Side, rtol: float, atol: float) -> TensorDiff:
+    """Stream one tensor pair in chunks: equality, closeness, max abs / rel difference,
+    cosine, norms, NaN / Inf counts, all-zero. Only this pair is in memory."""
+    import torch
+
+    from ..convert.common import dtype_name, release_tensor
+
+    d = TensorDiff(section, key, key_b, dtype_name(ea.dtype), dtype_name(eb.dtype),
+                   tuple(ea.shape), tuple(eb.shape))
+    with side_a.lock:
+        ta = ea.load()
+    with side_b.lock:
+        tb = eb.load()
+    try:
+        _stream_stats(d, ta, tb, rtol, atol, torch)
+    finally:
+        release_tensor(ta, ea.mapped)
+        release_tensor(tb, eb.mapped)
+    return d
+
+
+def _stats_dtype(t: Any, torch: Any) -> Any:
+    return torch.complex128 if t.is_complex() else torch.float64
+
+
+def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, torch: Any) -> None:
+    fa, fb = ta.detach().reshape(-1), tb.detach().reshape(-1)
+    same_layout = d.shape_a == d.shape_b
+    d.equal = same_layout and ta.dtype == tb.dtype
+    d.close = same_layout
+    sums = {"dot": 0.0, "aa": 0.0, "bb": 0.0, "max_abs": 0.0, "max_rel": 0.0}
+    nz_a = nz_b = 0
+    for side, flat in (("a", fa), ("b", fb)):
+        for i in range(0, flat.numel(), CHUNK_ELEMENTS):
+            c = flat[i:i + CHUNK_ELEMENTS]
+            if c.dtype == torch.bool:
+                c = c.to(torch.uint8)
+            if c.is_floating_point() or c.is_complex():
+                nan = int(torch.isnan(c).sum())
+                inf = int(torch.isinf(c).sum())
+            else:
+                nan = inf = 0
+            nz = int(torch.count_nonzero(c))
+            if side == "a":
+                d.nan_a += nan
+                d.inf_a += inf
+                nz_a += nz
+            else:
+                d.nan_b += nan
+                d.inf_b += inf
+                nz_b += nz
+    d.zero_a, d.zero_b = fa.numel() > 0 and nz_a == 0, fb.numel() > 0 and nz_b == 0
+    if fa.numel() == 1:
+        d.scalar_a = _scalar(fa)
+    if fb.numel() == 1:
+        d.scalar_b = _scalar(fb)
+    if fa.numel() != fb.numel():
+        d.equal = d.close = False
+        d.norm_a, d.norm_b = _norm(fa, torch), _norm(fb, torch)
+        return
+    for i in range(0, fa.numel(), CHUNK_ELEMENTS):
+        ca, cb = fa[i:i + CHUNK_ELEMENTS], fb[i:i + CHUNK_ELEMENTS]
+        if d.equal and not torch.equal(_bits(ca, torch), _bits(cb, torch)):
+            d.equal = False
+        a = ca.to(_stats_dtype(ca, torch)) if ca.dtype != torch.bool else ca.double()
+        b = cb.to(_stats_dtype(cb, torch)) if cb.dtype != torch.bool else cb.double()
+        if a.is_complex() or b.is_complex():
+            a, b = torch.view_as_real(a.to(torch.complex128)).reshape(-1), \
+                torch.view_as_real(b.to(torch.complex128)).reshape(-1)
+        finite = torch.isfinite(a) & torch.isfinite(b)
+        both_nan = torch.isnan(a) & torch.isnan(b)
+        same_inf = torch.isinf(a) & (a == b)
+        if d.close and not bool((finite | both_nan | same_inf).all()):
+            d.close = False
+        af, bf = a[finite], b[finite]
+        diff = (af - bf).abs()
+        if diff.numel():
+            sums["max_abs"] = max(sums["max_abs"], float(diff.max()))
+            denom = torch.maximum(af.abs(), bf.abs())
+            rel = torch.where(denom > 0, diff / denom.clamp_min(1e-300), torch.zeros_like(diff))
+            sums["max_rel"] = max(sums["max_rel"], float(rel.max()))
+            if d.close and not bool((diff <= atol + rtol * bf.abs()).all()):
+                d.close = False
+        sums["dot"] += float((af * bf).sum())
+        sums["aa"] += float((af * af).sum())
+        sums["bb"] += float((bf * bf).sum())
+    d.max_abs, d.max_rel = sums["max_abs"], sums["max_rel"]
+    d.norm_a, d.norm_b = math.sqrt(sums["aa"]), math.sqrt(sums["bb"])
+    if d.norm_a > 0 and d.norm_b > 0:
+        d.cosine = max(-1.0, min(1.0, sums["dot"] / (d.norm_a * d.norm_b)))
+    elif d.norm_a == 0 and d.norm_b == 0:
+        d.cosine = None
+    if d.equal:
+        d.close = True
+
+
+def _bits(c: Any, torch: Any) -> Any:
+    return c.contiguous().view(torch.uint8) if c.numel() and c.dtype != torch.bool else c
+
+
+def _scalar(flat: Any) -> float | None:
+    try:
+        v = flat[0].item()
+    except (RuntimeError, ValueError):
+        return None
+    return float(v.real if isinstance(v, complex) else v)
+
+
+def _norm(flat: Any, torch: Any) -> float:
+    total = 0.0
+    for i in range(0, flat.numel(), CHUNK_ELEMENTS):
+        c = flat[i:i + CHUNK_ELEMENTS].to(torch.float64)
+        c = c[torch.isfinite(c)]
+        total += float((c * c).sum())
+    return math.sqrt(total)
