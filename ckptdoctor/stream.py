@@ -18,10 +18,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .model import FileInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+# numpy is imported by the value checks themselves: a run that checks no floating tensor
+# (hashing, CRCs of integer data, static validate) never pays for importing it.
 
 CHUNK = 4 << 20  # bytes per read; a multiple of every element size
 MEMORY_BUDGET = 96 << 20  # buffers of all threads together (each uses about 3 chunks)
@@ -72,6 +76,8 @@ def maybe_nonfinite(data, dtype: str, byteorder: str = "little", scratch=None) -
     mask with nonfinite_mask)."""
     if dtype not in _BITS:
         return False
+    import numpy as np
+
     view = np.frombuffer(data, dtype=("<" if byteorder == "little" else ">") + _BITS[dtype][0])
     if not len(view):
         return False
@@ -92,6 +98,8 @@ def nonfinite_mask(data, dtype: str, byteorder: str = "little") -> np.ndarray | 
     if spec is None:
         return None
     kind, mask, want = spec
+    import numpy as np
+
     view = np.frombuffer(data, dtype=("<" if byteorder == "little" else ">") + kind)
     bad = (view & view.dtype.type(mask)) == view.dtype.type(want)
     if dtype.startswith("complex"):
@@ -138,6 +146,8 @@ class NonfiniteCounter:
         if not maybe_nonfinite(data, self.dtype, self.byteorder, self.scratch):
             self._elements += n
             return
+        import numpy as np
+
         bad = nonfinite_mask(data, self.dtype, self.byteorder)
         base = self._elements
         for name, lo, hi in self.tensors:  # count each tensor over its part of this chunk
