@@ -60,8 +60,11 @@ _BITS: dict[str, tuple[str, int, int]] = {
 }
 CHECKED_DTYPES = frozenset(_BITS)
 # Fast screen: for sign-magnitude formats a value is NaN/Inf iff its magnitude bits are at
-# least "exponent all ones" (e4m3fn: S.1111.111 is the maximum magnitude pattern), so one
-# AND and one max() per chunk clear it; only a chunk that fails the screen builds a mask.
+# least "exponent all ones" (e4m3fn: S.1111.111 is the maximum magnitude pattern). Read as
+# integers, the positive bad values are then the largest *signed* values of the chunk and the
+# negative ones the largest *unsigned* values (sign bit set, magnitude >= the threshold): two
+# max() reductions clear a chunk, with no AND pass and no output buffer. Only a chunk that fails
+# the screen builds a mask. (mask of the magnitude bits, least bad magnitude)
 _SCREEN: dict[str, tuple[int, int]] = {
     "float32": (0x7FFFFFFF, 0x7F800000), "float64": (0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
     "float16": (0x7FFF, 0x7C00), "bfloat16": (0x7FFF, 0x7F80), "float8_e4m3fn": (0x7F, 0x7F),
@@ -71,24 +74,27 @@ _SCREEN: dict[str, tuple[int, int]] = {
 }
 
 
-def maybe_nonfinite(data, dtype: str, byteorder: str = "little", scratch=None) -> bool:
+def maybe_nonfinite(data, dtype: str, byteorder: str = "little") -> bool:
     """False when `data` certainly holds no NaN/Inf (cheap); True when it may (then build the
     mask with nonfinite_mask)."""
     if dtype not in _BITS:
         return False
     import numpy as np
 
-    view = np.frombuffer(data, dtype=("<" if byteorder == "little" else ">") + _BITS[dtype][0])
+    kind = _BITS[dtype][0]
+    order = "<" if byteorder == "little" else ">"
+    view = np.frombuffer(data, dtype=order + kind)
     if not len(view):
         return False
     spec = _SCREEN.get(dtype)
     if spec is None:  # the *fnuz fp8 types: one NaN pattern, 0x80
         return bool((view == 0x80).any())
-    out = None
-    if scratch is not None and byteorder == "little":
-        out = np.frombuffer(scratch, dtype=view.dtype, count=len(view))
-    mag = np.bitwise_and(view, view.dtype.type(spec[0]), out=out)
-    return bool(mag.max() >= spec[1])
+    magnitude, least = spec
+    if magnitude == np.iinfo(view.dtype).max:  # no sign bit (e8m0fnu)
+        return bool(view.max() >= least)
+    sign = magnitude + 1
+    return bool(view.max() >= sign | least or
+                view.view(order + "i" + kind[1:]).max() >= least)
 
 
 def nonfinite_mask(data, dtype: str, byteorder: str = "little") -> np.ndarray | None:
@@ -123,7 +129,6 @@ class NonfiniteCounter:
         self.counts: dict[str, int] = {}
         self._elements = 0  # elements fed so far
         self._carry = b""  # a partial element left at the end of a chunk (unaligned regions)
-        self.scratch: bytearray | None = None  # reused output buffer of the screen
 
     def feed(self, chunk) -> None:
         if self._carry:
@@ -143,7 +148,7 @@ class NonfiniteCounter:
 
     def _count(self, data) -> None:
         n = len(data) // self.itemsize
-        if not maybe_nonfinite(data, self.dtype, self.byteorder, self.scratch):
+        if not maybe_nonfinite(data, self.dtype, self.byteorder):
             self._elements += n
             return
         import numpy as np
@@ -364,10 +369,6 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
     nbuf = 2 if helper is not None else 1
     bufs = [memoryview(bytearray(chunk)) for _ in range(nbuf)]
     pending: list = [None] * nbuf  # the helper's job still reading each buffer
-    scratch = bytearray(chunk)  # the screen's output; only one thread screens at a time
-    for reg in regions:
-        for c in reg.counters:
-            c.scratch = scratch
     label = rel or path.name
     turn = 0
     try:
