@@ -1,7 +1,7 @@
 """One sequential read per file, in bounded memory: every byte is read once into a reused
 buffer and fed, in the same pass, to
 
-- zlib.crc32 for every torch-zip record (torch writes CRCs and never checks them),
+- CRC-32 for every torch-zip record (torch writes CRCs and never checks them),
 - a NaN/Inf bit test on the raw bytes for every floating tensor (numpy, no torch),
 - hashlib.sha256 of the whole file when a manifest is written or verified.
 
@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import os
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,10 @@ from .model import FileInfo
 
 if TYPE_CHECKING:
     import numpy as np
+try:  # the same CRC-32 as zlib's, with carry-less multiply: about 5x zlib 1.2's speed here
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # the `fast` extra is not installed
+    from zlib import crc32
 # numpy is imported by the value checks themselves: a run that checks no floating tensor
 # (hashing, CRCs of integer data, static validate) never pays for importing it.
 
@@ -183,7 +186,7 @@ class Region:
 
     def feed_crc(self, chunk) -> None:
         if self.record is not None:
-            self.computed = zlib.crc32(chunk, self.computed)
+            self.computed = crc32(chunk, self.computed)
 
     def feed_values(self, chunk) -> None:
         for c in self.counters:
