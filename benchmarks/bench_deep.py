@@ -101,7 +101,8 @@ for p in sys.argv[1:]:
             crc = zlib.crc32(mv[:n], crc)
 """
 # the same pass with the CRC-32 `validate --deep` uses when zlib-ng is installed
-READ_CRC_NG = READ_CRC.replace("import sys, zlib, os", "import sys, os\nimport zlib_ng.zlib_ng as zlib")
+READ_CRC_NG = READ_CRC.replace("import sys, zlib, os",
+                               "import sys, os\nimport zlib_ng.zlib_ng as zlib")
 READ_ONLY = """
 import sys
 buf = bytearray(4 << 20)

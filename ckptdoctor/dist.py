@@ -15,8 +15,8 @@ import os
 import re
 from collections.abc import Sequence
 
-from .deep import FileOutcome
 from .model import FileInfo, Finding, Severity
+from .stream import FileOutcome
 
 # The rank that wrote a per-rank file, from its name: DCP `__<rank>_<n>.distcp`, DeepSpeed
 # `*zero_pp_rank_<dp>_mp_rank_<mp>_*` (dp rank first) and `mp_rank_<mp>_*`, generic `*_rank_<r>*`.

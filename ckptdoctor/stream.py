@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .model import FileInfo
+from .codes import Code
+from .model import FileInfo, Finding
 
 if TYPE_CHECKING:
     import numpy as np
@@ -194,21 +195,26 @@ class Region:
 
 
 @dataclass
-class StreamResult:
+class FileOutcome:
+    """What the single pass over one file found: the bytes read, the sha256 (when asked) and
+    findings (plain data: ranks exchange it as JSON, dist.py). stream_file fills in the bytes,
+    the hash and, when the file cannot be read, that finding; deep.check_file adds the findings
+    it derives from the regions' CRCs and counts."""
+
     rel: str
-    regions: list[Region] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     sha256: str | None = None
     nbytes: int = 0
-    error: str | None = None  # the file could not be read (OSError, zip structure)
 
-    @property
-    def nonfinite(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.regions:
-            for c in r.counters:
-                for k, v in c.counts.items():
-                    out[k] = out.get(k, 0) + v
-        return out
+
+def nonfinite_counts(regions: list[Region]) -> dict[str, int]:
+    """NaN/Inf count per tensor name, over every region's counters."""
+    out: dict[str, int] = {}
+    for r in regions:
+        for c in r.counters:
+            for k, v in c.counts.items():
+                out[k] = out.get(k, 0) + v
+    return out
 
 
 def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> list[Region]:
@@ -357,12 +363,14 @@ def _safetensors_regions(info: FileInfo) -> list[Region]:
 
 def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                 progress: Progress | None = None, chunk: int = CHUNK,
-                overlap: bool = False) -> StreamResult:
+                overlap: bool = False) -> FileOutcome:
     """Read `path` once, front to back, feeding each region its bytes (and the hash all).
+    A file that cannot be read gets one UNREADABLE finding and no hash.
     With `overlap`, two buffers alternate: a helper thread runs the value checks (NaN/Inf) of
     one chunk while this thread reads the next chunk and runs its CRC32 and hash (readinto,
     zlib, hashlib and numpy all release the GIL). The helper runs the checks in file order."""
-    res = StreamResult(rel, regions)
+    res = FileOutcome(rel)
+    error = None
     h = hashlib.sha256() if want_hash else None
     helper = None
     if overlap and any(r.counters for r in regions):
@@ -429,14 +437,16 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                 if reg.end > size:
                     reg.short = True
     except OSError as exc:
-        res.error = exc.strerror or str(exc)
+        error = exc.strerror or str(exc)
     finally:
         if helper is not None:
             for job in pending:  # the counts are complete only when every check has run
                 if job is not None:
                     job.result()
             helper.shutdown()
-    if h is not None and res.error is None:
+    if error is not None:
+        res.findings.append(Code.UNREADABLE.finding(rel, f"cannot read: {error}"))
+    elif h is not None:
         res.sha256 = h.hexdigest()
     return res
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 import typer.main
+from safetensors.torch import save_file
 from typer._click.core import Context
 from typer._coercion import build_runtime_param
 
