@@ -203,7 +203,7 @@ def main() -> None:
         """Median over rounds of a/b, each pair from the same round (robust to drift)."""
         if a not in runs or b not in runs:
             return float("nan")
-        return statistics.median(x[0] / y[0] for x, y in zip(runs[a], runs[b]))
+        return statistics.median(x[0] / y[0] for x, y in zip(runs[a], runs[b], strict=True))
 
     for label, _, _ in targets:
         best = min(jobs, key=lambda j: rows[f"{label}: validate --deep --jobs {j}"][0])
