@@ -18,8 +18,6 @@ import pytest
 import torch
 import typer.main
 from safetensors.torch import save_file
-from typer._click.core import Context
-from typer._coercion import build_runtime_param
 
 from ckptdoctor.cli import _SLOW, _plain_value, app
 
@@ -99,6 +97,11 @@ def _samples(param) -> list:
 def test_plain_coercion_agrees_with_typer():
     """Every value the stdlib path coerces, typer's own (pydantic) coercion coerces to the same
     value of the same type; every value typer rejects is left to typer (_SLOW)."""
+    try:  # typer 0.27+'s runtime coercion; other typers keep their own (cli._plain_params)
+        from typer._click.core import Context
+        from typer._coercion import build_runtime_param
+    except ImportError:
+        pytest.skip("this typer has no lazy runtime parameters to compare with")
     group = typer.main.get_command(app)
     checked = 0
     for name, cmd in [("", group), *group.commands.items()]:
