@@ -67,6 +67,7 @@ def test_static_validate_imports_no_numpy_no_pydantic(files, tmp_path):
                  ["validate", "--format", "json", str(files / "model.pt")]):
         mods = imported(argv, tmp_path)
         assert not top(mods) & {"pydantic", "pydantic_core", "numpy", "torch"}, argv
+        assert "ckptdoctor.stream" not in mods, argv  # no byte is streamed without --deep
         assert len(mods) <= 330, (argv, len(mods))
 
 
