@@ -14,12 +14,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .codes import Code
 from .model import FileInfo, Finding, Report, Severity
+from .stream import FileOutcome  # noqa: F401 - the outcome of a file's pass lives in stream.py
 
 Progress = Callable[[str, int], None]
 # Tensors under these top-level keys are bookkeeping, not parameters or optimizer state: a
@@ -27,16 +27,6 @@ Progress = Callable[[str, int], None]
 BOOKKEEPING = frozenset({"callbacks", "loops", "lr_schedulers", "lr_scheduler", "scheduler",
                          "hyper_parameters", "hparams"})
 _STATE_RE = re.compile(r"state\.(\d+)\.(.+)")
-
-
-@dataclass
-class FileOutcome:
-    """What the single pass over one file found (plain data: ranks exchange it as JSON)."""
-
-    rel: str
-    findings: list[Finding] = field(default_factory=list)
-    sha256: str | None = None
-    nbytes: int = 0
 
 
 MAX_DEFAULT_JOBS = 16  # more threads rarely read faster, and each holds a few MiB
@@ -86,9 +76,9 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
 def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
                progress: Progress | None = None, allow_nonfinite: bool = False,
                overlap: bool = False, chunk: int | None = None) -> FileOutcome:
-    from .stream import CHUNK, plan_regions, stream_file
+    from .stream import CHUNK, nonfinite_counts, plan_regions, stream_file
 
-    out = FileOutcome(f.path)
+    before: list[Finding] = []  # found before reading (a zip whose records cannot be located)
     rel = f.path
     regions = []
     legacy_loaded = False  # a legacy file outside the streamable layout: loaded as before
@@ -104,21 +94,19 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
         try:
             regions = plan_regions(path, f)
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
-            out.findings.append(Code.ZIP_CORRUPT.finding(rel, f"cannot verify CRCs: {exc}"))
+            before.append(Code.ZIP_CORRUPT.finding(rel, f"cannot verify CRCs: {exc}"))
             deep = False
-    res = stream_file(path, rel, regions, want_hash, progress, overlap=overlap,
+    out = stream_file(path, rel, regions, want_hash, progress, overlap=overlap,
                       chunk=chunk or CHUNK)
-    out.sha256, out.nbytes = res.sha256, res.nbytes
-    if res.error is not None:
-        out.findings.append(Code.UNREADABLE.finding(rel, f"cannot read: {res.error}"))
-        return out
-    if not deep:
+    unreadable = bool(out.findings)  # stream_file's only finding: the file could not be read
+    out.findings[:0] = before
+    if unreadable or not deep:
         return out
     if legacy_loaded:  # the tar format or an odd layout: small and rare; loaded as before
         out.findings.extend(_legacy_nonfinite(path, f, allow_nonfinite))
         return out
     unrecorded = 0
-    for r in res.regions:
+    for r in regions:
         if r.record is None:
             continue
         if not r.short and r.crc == 0 and r.computed != 0:
@@ -134,7 +122,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
                  "their corruption cannot be detected from the file alone",
             hint="record a manifest now: ckptdoctor validate --write-manifest",
             records=unrecorded))
-    for name, bad in sorted(res.nonfinite.items()):
+    for name, bad in sorted(nonfinite_counts(regions).items()):
         out.findings.append(nonfinite_finding(rel, name, bad, allow_nonfinite))
     return out
 

@@ -14,9 +14,12 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .deep import FileOutcome
 from .model import FileInfo, Finding, Severity
+
+if TYPE_CHECKING:  # imported where outcomes are built: static paths never load stream.py
+    from .stream import FileOutcome
 
 # The rank that wrote a per-rank file, from its name: DCP `__<rank>_<n>.distcp`, DeepSpeed
 # `*zero_pp_rank_<dp>_mp_rank_<mp>_*` (dp rank first) and `mp_rank_<mp>_*`, generic `*_rank_<r>*`.
@@ -79,6 +82,8 @@ def _outcome_json(o: FileOutcome) -> dict:
 
 
 def _outcome(d: dict) -> FileOutcome:
+    from .stream import FileOutcome
+
     return FileOutcome(str(d["rel"]), [
         Finding(f["code"], Severity.parse(f["severity"]), f["path"], f["message"], f["hint"],
                 f.get("detail", {})) for f in d["findings"]], d["sha256"], int(d["nbytes"]))

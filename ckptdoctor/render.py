@@ -6,10 +6,8 @@ from __future__ import annotations
 import io
 import json
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from . import __version__
@@ -83,6 +81,8 @@ def _layout_line(report: Report) -> Text:
 
 def inspect_text(report: Report, with_tensors: bool = False, width: int = 110,
                  color: bool = False) -> str:
+    from rich.table import Table  # here, not at import: validate's start-up needs no tables
+
     con, buf = _console(width, color)
     con.print(Text.assemble(("ckptdoctor inspect ", "dim"), report.path))
     con.print(Text.assemble("layout: ", _layout_line(report)))
@@ -184,6 +184,8 @@ def assumes_line(report: Report) -> str:
 
 
 def junit(report: Report, findings: list[Finding], fail_on: Severity) -> str:
+    from xml.sax.saxutils import escape, quoteattr
+
     failing = [f for f in findings if f.severity >= fail_on]
     cases = []
     for f in sorted_findings(findings):
