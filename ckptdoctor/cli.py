@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-import typer.core
 
 from . import __version__
 from .codes import Code
@@ -43,88 +42,8 @@ class _LazyConsole:
         return getattr(self.real(), name)
 
 
-_SLOW = object()  # "not a plain value": typer's own coercion decides (and words any error)
-
-
-def _plain_value(param, value):
-    """`value` (a command-line string, or a parameter's typed default) coerced as typer would
-    for ckptdoctor's plain parameter types (str, Path, int, float, enums, lists of str), or
-    _SLOW for anything else, including every invalid value."""
-    desc = param.type_descriptor
-    ann, info = desc.annotation, desc.parameter_info
-    if value is None:
-        return () if param.multiple or param.nargs == -1 else None
-    if info.parser is not None or desc.file_annotation is not None:
-        return _SLOW
-    if ann == list[str] and isinstance(value, (list, tuple)) and \
-            all(isinstance(v, str) for v in value):
-        return list(value)
-    if param.multiple or param.nargs != 1:
-        return _SLOW
-    is_enum = isinstance(ann, type) and issubclass(ann, enum.Enum)
-    if type(value) is ann or (ann is Path or is_enum) and isinstance(value, ann):
-        typed = value  # a default, already of the parameter's type
-    elif not isinstance(value, str):
-        return _SLOW
-    elif ann is str:
-        typed = value
-    elif ann is Path and not (info.allow_dash or info.path_type or info.resolve_path):
-        typed = Path(value)
-    elif is_enum and info.case_sensitive:
-        typed = next((c for c in ann if c.value == value), _SLOW)
-    elif ann in (int, float):
-        try:
-            typed = ann(value.strip())
-        except ValueError:
-            return _SLOW
-    else:
-        return _SLOW
-    if ann in (int, float) and (info.clamp or info.max is not None or
-                                (info.min is not None and typed < info.min)):
-        return _SLOW
-    return typed
-
-
-class _PlainParam:
-    """typer (0.27+) coerces every parameter with a pydantic TypeAdapter: importing pydantic and
-    building the adapters took ~0.1 s of each run, more than the rest of the CLI's start-up.
-    ckptdoctor's parameters are plain, so valid values are coerced here with the stdlib; any
-    other value goes to typer's own coercion, which also words the error."""
-
-    def __init__(self, param) -> None:
-        self.param = param
-
-    def coerce(self, value, param, ctx):
-        plain = _plain_value(param, value)
-        if plain is not _SLOW:
-            return plain
-        param._runtime_param = None  # typer's own runtime parameter from now on
-        return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
-
-
-def _plain_params(params) -> None:
-    for p in params:
-        if getattr(p, "_runtime_param", False) is None and hasattr(p, "type_descriptor") \
-                and hasattr(p, "get_runtime_param"):  # a typer with lazy runtime parameters
-            p._runtime_param = _PlainParam(p)
-
-
-class _Group(typer.core.TyperGroup):
-    """typer's group, whose commands coerce plain parameter values without pydantic."""
-
-    def parse_args(self, ctx, args):
-        _plain_params(self.get_params(ctx))  # with the --help option, made once and kept
-        return super().parse_args(ctx, args)
-
-    def resolve_command(self, ctx, args):
-        name, cmd, rest = super().resolve_command(ctx, args)
-        if cmd is not None and not getattr(cmd, "context_settings", None):
-            _plain_params(cmd.get_params(ctx))  # its context inherits ctx's help option names
-        return name, cmd, rest
-
-
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
-                  pretty_exceptions_enable=False, cls=_Group,
+                  pretty_exceptions_enable=False,
                   help="Inspect, validate, repair and convert PyTorch / LLM training checkpoints "
                        "without running code from them.")
 out = _LazyConsole(soft_wrap=True, highlight=False)

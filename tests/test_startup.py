@@ -2,8 +2,9 @@
 
 `validate --deep` of a 1.5 GB file reads for about a second, so what the process imports before
 reading is a visible part of its time (docs/scale.md). These tests run the real CLI in a child
-process and look at its sys.modules afterwards: a new eager import of pydantic, torch, numpy or
-rich, or a large new batch of modules, fails here. The budgets are module counts with about 8%
+process and look at its sys.modules afterwards: a new eager import of torch, numpy or rich, or a
+large new batch of modules, fails here. (typer >= 0.27 coerces option values with pydantic, so a
+command with options imports it: that is typer's cost, not worked around here.) The budgets are module counts with about 8%
 headroom over what the code imports today."""
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer.main
 from safetensors.torch import save_file
 
-from ckptdoctor.cli import _SLOW, _plain_value, app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,67 +61,23 @@ def test_help_imports_no_rich_no_pydantic(tmp_path):
     assert len(mods) <= 185, len(mods)
 
 
-def test_static_validate_imports_no_numpy_no_pydantic(files, tmp_path):
+def test_static_validate_imports_no_numpy_no_torch(files, tmp_path):
     for argv in (["validate", str(files / "model.safetensors")],
                  ["validate", "--format", "json", str(files / "model.pt")]):
         mods = imported(argv, tmp_path)
-        assert not top(mods) & {"pydantic", "pydantic_core", "numpy", "torch"}, argv
+        assert not top(mods) & {"numpy", "torch"}, argv
         assert "ckptdoctor.stream" not in mods, argv  # no byte is streamed without --deep
-        assert len(mods) <= 330, (argv, len(mods))
+        assert len(mods) <= 395, (argv, len(mods))
 
 
 def test_deep_imports_numpy_only_for_float_tensors(files, tmp_path):
     mods = imported(["validate", "--deep", str(files / "model.pt")], tmp_path)
     assert "numpy" in mods  # the bf16 tensor's NaN/Inf bit test
-    assert not top(mods) & {"pydantic", "pydantic_core", "torch"}
+    assert "torch" not in top(mods)
     assert "rich.progress" not in mods and "rich.table" not in mods  # stderr is no terminal
-    assert len(mods) <= 420, len(mods)
+    assert len(mods) <= 500, len(mods)
     ints = imported(["validate", "--deep", str(files / "ids.safetensors")], tmp_path)
-    assert not top(ints) & {"numpy", "pydantic", "torch"}  # CRC/hash only: no value check
-
-
-def _samples(param) -> list:
-    ann = param.type_descriptor.annotation
-    out = [param.default, None]
-    if param.multiple:
-        return out + [("a", "CK5"), (), ["x"]]
-    if ann is int:
-        return out + ["0", "3", " 3", "-1", "abc", "1.5", "+2", "", "10"]
-    if ann is float:
-        return out + ["1e-3", "inf", "abc", " 2 ", "-0.5", ""]
-    if isinstance(ann, type) and issubclass(ann, __import__("enum").Enum):
-        return out + [c.value for c in ann] + [c.value.upper() for c in ann] + ["nope", ""]
-    return out + ["a/b", "x", "-", "", " s "]
-
-
-def test_plain_coercion_agrees_with_typer():
-    """Every value the stdlib path coerces, typer's own (pydantic) coercion coerces to the same
-    value of the same type; every value typer rejects is left to typer (_SLOW)."""
-    try:  # typer 0.27+'s runtime coercion; other typers keep their own (cli._plain_params)
-        from typer._click.core import Context
-        from typer._coercion import build_runtime_param
-    except ImportError:
-        pytest.skip("this typer has no lazy runtime parameters to compare with")
-    group = typer.main.get_command(app)
-    checked = 0
-    for name, cmd in [("", group), *group.commands.items()]:
-        ctx = Context(cmd, info_name=name or "ckptdoctor")
-        for param in cmd.get_params(ctx):
-            if not hasattr(param, "type_descriptor"):
-                continue
-            oracle = build_runtime_param(param.type_descriptor)
-            for value in _samples(param):
-                plain = _plain_value(param, value)
-                try:
-                    want = oracle.coerce(value, param=param, ctx=ctx)
-                except Exception:  # noqa: BLE001 - typer's usage errors
-                    assert plain is _SLOW, (name, param.name, value, plain)
-                    continue
-                if plain is _SLOW:
-                    continue
-                assert plain == want and type(plain) is type(want), (name, param.name, value)
-                checked += 1
-    assert checked > 100
+    assert not top(ints) & {"numpy", "torch"}  # CRC/hash only: no value check
 
 
 def test_stream_crc32_is_zlibs_crc32():
