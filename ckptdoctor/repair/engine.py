@@ -521,6 +521,19 @@ class _Run:
         return FileOutcome(fp.rel, VERIFY_FAILED if code is Code.REPAIR_VERIFY else REFUSED,
                            msg)
 
+    def resume_equivalent(self, fp: FilePlan, tmp: Path) -> str:
+        """The last verification step: `diff ORIGINAL NEW --resume-equivalent` must say yes."""
+        from ..equivalence import check
+
+        eq = check(fp.path, tmp, allow=tuple(self.plan.allow) + tuple(fp.allowlist),
+                   expected=[c.where for c in fp.converts])
+        if eq.original_unreadable:  # what this repair fixes: only the transcoder reads it
+            return ("diff --resume-equivalent not applicable: the original does not load "
+                    "through the loader chain (the checks above compared it instead)")
+        if not eq.ok:
+            raise VerifyError(eq.summary())
+        return eq.summary()
+
     # -- one file --
     def rewrite(self, prep: _Prepared) -> FileOutcome:
         from .pickler import save
@@ -539,6 +552,7 @@ class _Run:
             _crash_point("tmp-written")
             try:
                 checks = verify_torch_file(tmp, prep.converted, prep.conv, fp.allowlist)
+                checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
                 return self.fail(fp, exc)
             _crash_point("verified")
@@ -582,6 +596,7 @@ class _Run:
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
                 checks = verify_safetensors_file(tmp, prep.converted)
+                checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
                 return self.fail(fp, exc)
             except Exception as exc:  # noqa: BLE001
