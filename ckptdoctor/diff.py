@@ -198,6 +198,7 @@ def _add_object(side: Side, obj: Any, origin: str, role: Section | None = None,
                 prefix: str = "") -> None:
     """Flatten a loaded object into sections: by `role` when the file says what it is (e.g.
     optimizer.pt), else by its top-level keys; a dict of tensors with no known key is weights."""
+    from .convert.common import TensorEntry
     from .convert.sources import flatten
 
     import torch
@@ -211,7 +212,8 @@ def _add_object(side: Side, obj: Any, origin: str, role: Section | None = None,
         return
     if not isinstance(obj, Mapping) or not any(_classify(k) for k in obj):
         for key, value in flatten(obj, origin):
-            put(Section.WEIGHTS if isinstance(value, torch.Tensor) else Section.OTHER, key, value)
+            put(Section.WEIGHTS if isinstance(value, (torch.Tensor, TensorEntry))
+                else Section.OTHER, key, value)
         return
     weight_keys = [k for k in obj if _classify(k) is Section.WEIGHTS]
     for top, value in obj.items():
@@ -230,6 +232,10 @@ def _add_dcp(side: Side, path: Path, opts: Any) -> None:
     ckpt, values = source(path, opts)
     side.closers.append(ckpt)
     side.files += [".metadata", *sorted(p.name for p in ckpt.root.glob("*.distcp"))]
+    tree, how = ckpt.tree(values)
+    if how != "flat":  # the nesting a torch conversion writes: both flatten the same way
+        _add_object(side, tree, str(path))
+        return
     for key, value in values.items():
         head, _, rest = key.partition(".")
         section = _classify(head) or Section.OTHER

@@ -61,12 +61,13 @@ def _covered(key: str, expected: tuple[str, ...]) -> bool:
 
 def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
           allow: Iterable[str] = (), trust: bool = False,
-          expected: Iterable[str] = ()) -> Equivalence:
+          expected: Iterable[str] = (), left_out: Iterable[str] = ()) -> Equivalence:
     """Diff `original` against `rewritten` in resume-equivalent mode. Never raises for an
     unreadable side: that is a failed check whose reason is the CK901 message."""
     from . import diff as diffmod  # looked up at call time: the one diff, also for tests
 
     expected = tuple(dotted(e) for e in expected if e)
+    left_out = tuple(dotted(e) for e in left_out if e)  # may be missing from the rewrite only
     try:
         rep = diffmod.diff(original, rewritten, resume_equivalent=True, allow=tuple(allow),
                            trust=trust)
@@ -86,9 +87,15 @@ def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
                                reasons=[f"the diff cannot read the original: {why}"])
         return Equivalence(False, reasons=[f"the diff failed on the rewritten file: {why}"])
     differing: list[tuple[str, str]] = []  # (key, what)
+    explained: list[str] = []
     for side, table in (("original", rep.only_a), ("rewritten file", rep.only_b)):
         for section, keys in table.items():
-            differing += [(k, f"{section.value} entry {k} only in the {side}") for k in keys]
+            for k in keys:
+                what = f"{section.value} entry {k} only in the {side}"
+                if table is rep.only_a and _covered(k, left_out):
+                    explained.append(what + " (left out, as reported)")
+                else:
+                    differing.append((k, what))
     reasons = [f"keys renamed: {r.old!r} -> {r.new!r} ({r.count})" for r in rep.renames]
     for t in rep.tensors:
         if not t.equal:
@@ -100,7 +107,7 @@ def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
         differing.append((k, f"{key}: {va} in the original, {vb} in the rewritten file"))
     if Path(original).is_dir() and Path(rewritten).is_dir():  # one file vs its rewrite: n/a
         reasons += [f.message for f in rep.findings if f.code == Code.DIFF_RANKS.code]
-    explained = [what for k, what in differing if _covered(k, expected)]
+    explained += [what for k, what in differing if _covered(k, expected)]
     reasons += [what for k, what in differing if not _covered(k, expected)]
     return Equivalence(not reasons, len(rep.tensors), rep.values_same + len(rep.values_differ),
                        explained, reasons)
