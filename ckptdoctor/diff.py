@@ -170,8 +170,8 @@ def _add_safetensors(side: Side, files: list[Path]) -> None:
     stem = files[0].name.split(".")[0].split("-0")[0]
     extra = files[0].parent / f"{stem}.extra.json"
     if extra.is_file():
-        for key, value in read_extras(extra).items():
-            _add_value(side, Section.OTHER, key, value)
+        for key, value in read_extras(extra).items():  # sorted as a torch file's top keys are
+            _add_value(side, _classify(key) or Section.OTHER, key, value)
 
 
 def _add_value(side: Side, section: Section, key: str, value: Any) -> None:
