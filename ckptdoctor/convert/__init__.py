@@ -107,7 +107,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
     from . import resume_check
     from .staging import BEFORE_COMMIT
 
-    token = BEFORE_COMMIT.set(resume_check.hook(src, opts, result)
+    token = BEFORE_COMMIT.set(resume_check.hook(src, kind, opts, result)
                               if resume_check.applies(kind, to, opts) else None)
     try:
         runner(src, dst, opts, result)

@@ -7,7 +7,8 @@ renaming (--strip-prefix / --add-prefix / --nest), no --drop-non-tensors / --wei
 a source the diff reads (not a ckptdoctor safe directory) that is not a DeepSpeed ZeRO
 checkpoint (consolidating ZeRO partitions drops the optimizer by design; the converter compares
 every consolidated weight bit for bit instead). Entries the converter reported leaving out
-(`ConvertResult.skipped`, CK709) may be missing from the output; nothing else may differ."""
+(`ConvertResult.skipped`, CK709) may be missing from the output; nothing else may differ. Of a checkpoint directory only the weights are compared: the
+training files beside them are not what convert converts."""
 
 from __future__ import annotations
 
@@ -30,14 +31,15 @@ def applies(kind: str, to: str, opts: Options) -> bool:
             and not opts.weights_only and kind not in NOT_CHECKED_KINDS and to != "safe")
 
 
-def hook(src: Path, opts: Options, result: ConvertResult):
+def hook(src: Path, kind: str, opts: Options, result: ConvertResult):
     """The Staging.commit hook for one conversion."""
+    scope = _scope(src, kind)
 
     def before_commit(staging: Staging) -> None:
         from ..equivalence import check
 
         with _staged_view(staging) as out:
-            eq = check(src, out, allow=opts.allow, trust=opts.trust, left_out=result.skipped)
+            eq = check(scope, out, allow=opts.allow, trust=opts.trust, left_out=result.skipped)
         result.equivalence = eq
         if not eq.ok:
             raise ConvertError(Code.CONVERT_VERIFY.finding(
@@ -46,6 +48,22 @@ def hook(src: Path, opts: Options, result: ConvertResult):
                 reasons=eq.reasons))
 
     return before_commit
+
+
+def _scope(src: Path, kind: str) -> Path:
+    """What the conversion reads: of a checkpoint directory, its weights (the file, or the
+    index of the shards), not the training files beside them (optimizer.pt, rng_state.pth,
+    trainer_state.json), which convert neither reads nor writes."""
+    from .sources import safetensors_files, torch_files
+
+    if not src.is_dir() or kind not in ("torch", "safetensors"):
+        return src
+    files = torch_files(src) if kind == "torch" else safetensors_files(src)
+    if len(files) == 1:
+        return files[0]
+    suffix = ".bin.index.json" if kind == "torch" else ".safetensors.index.json"
+    indexes = sorted(src.glob("*" + suffix))
+    return indexes[0] if len(indexes) == 1 else src
 
 
 @contextlib.contextmanager
