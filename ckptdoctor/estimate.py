@@ -5,8 +5,9 @@ unless the checkpoint records otherwise) and optimizer state; per rank under the
 ZeRO stage / FSDP sharding and world size; and the CPU RAM of the framework's own load path:
 
   hf-trainer   the model's weights, and `optimizer.pt` loaded whole by torch.load on every rank
-  deepspeed    each rank loads its *_model_states.pt and its own *_optim_states.pt; the
-               consolidation (zero_to_fp32) loads every optim file and builds the full fp32 model
+  deepspeed    each rank loads its *_model_states.pt, releases it, then loads its own
+               *_optim_states.pt (peak: the larger); the consolidation (zero_to_fp32) loads
+               every optim file and builds the full fp32 model
   lightning    torch.load of the whole .ckpt on every rank
   dcp / fsdp   each rank reads its share of the shards
   anything else  the whole file(s)
@@ -165,9 +166,15 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
     w = est.weights_bytes
     if est.sharding.startswith("zero"):
         per_rank_optim = max(optim_files.values(), default=0)
-        est.cpu_ram_steps = [("model weights (*_model_states.pt)", w),
+        est.cpu_ram_steps = [("model weights (*_model_states.pt), then released", w),
                              ("this rank's *_optim_states.pt, loaded whole", per_rank_optim)]
         est.consolidation_ram = sum(optim_files.values()) + est.params * 4
+        # DeepSpeed's load_checkpoint reads the model states, copies them into the module and
+        # drops them (engine._load_checkpoint returns) before it reads this rank's optim states
+        # (_load_zero_checkpoint; other ranks' files only with elastic_checkpoint): the peak is
+        # the larger of the two, not their sum (measured: tests/test_estimate_zero_real.py)
+        est.cpu_ram_per_rank = max(w, per_rank_optim)
+        return
     elif layout in ("lightning",) or (report.layout.name == "file" and len(files_by_role) == 1):
         total = sum(files_by_role.values())
         est.cpu_ram_steps = [("the whole checkpoint file, loaded by torch.load", total)]

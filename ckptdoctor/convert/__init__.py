@@ -104,10 +104,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
                    Path(params) if params is not None else None, weights_only)
     result = ConvertResult(str(src), str(dst), kind, to,
                            converter=runner.__module__.rpartition(".")[2])
+    from . import resume_check
+    from .staging import BEFORE_COMMIT
+
+    token = BEFORE_COMMIT.set(resume_check.hook(src, kind, opts, result)
+                              if resume_check.applies(kind, to, opts) else None)
     try:
         runner(src, dst, opts, result)
     except ConvertError as exc:
         raise _suggest_weights_only(src, exc, weights_only) from None
+    finally:
+        BEFORE_COMMIT.reset(token)
     if behind is not None:
         result.findings.append(behind)
     result.seconds = timer()

@@ -90,6 +90,7 @@ class ConvertResult:
     findings: list[Finding] = field(default_factory=list)
     verified: bool = False
     seconds: float = 0.0
+    equivalence: Any = None  # equivalence.Equivalence when the resume-equivalence diff ran
 
     @property
     def ok(self) -> bool:
@@ -102,6 +103,7 @@ class ConvertResult:
             "tensors": self.tensors, "bytes": self.bytes, "non_tensors": self.non_tensors,
             "non_tensor_sidecar": self.non_tensor_sidecar, "aliases": self.aliases,
             "skipped": self.skipped, "copied": self.copied, "verified": self.verified,
+            "resume_equivalent": None if self.equivalence is None else self.equivalence.ok,
             "seconds": round(self.seconds, 3),
             "findings": [f.to_json() for f in self.findings],
         }

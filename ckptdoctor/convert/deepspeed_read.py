@@ -257,3 +257,67 @@ def leaves(src: Path, opts: Options):
         if source in by_name and alias not in by_name:
             entries.append((alias, by_name[source]))
     return ckpt, entries
+
+
+def unsharded_optimizer(ckpt: ZeroCheckpoint, base_states: list[Any]
+                        ) -> tuple[list[tuple[str, TensorEntry]], dict[str, Any]]:
+    """ZeRO-1/2: the ranks' optimizer state (`base_optimizer_state` of each *_optim_states.pt,
+    in rank order) as it is for the whole model, whatever the world size: each moment's flat
+    partitions concatenated and cut per parameter exactly like the fp32 weights
+    (`state.<param>.<moment>`), the per-group scalars (`step`) from rank 0 as
+    `group_state.<i>.step` when every rank agrees (else per rank), and rank 0's param_groups.
+    Returns (lazy tensor entries, plain values)."""
+    import torch
+
+    if ckpt.stage > 2 or len(base_states) != ckpt.world:
+        raise ValueError("unsharded_optimizer: ZeRO-1/2 with one state per rank only")
+    groups = ckpt._shapes()
+    entries: list[tuple[str, TensorEntry]] = []
+    values: dict[str, Any] = {}
+    states = [b.get("state", {}) if isinstance(b, Mapping) else {} for b in base_states]
+    for gi, shapes in enumerate(groups):
+        per_rank = [s.get(gi, s.get(str(gi), {})) for s in states]
+        names = sorted({k for st in per_rank for k in st})
+        for moment in names:
+            parts = [st.get(moment) for st in per_rank]
+            if all(isinstance(p, torch.Tensor) and p.dim() == 1 and p.numel() > 1 for p in parts):
+                ranks = [_Flat([p], [MAPPED.tensor_is_mapped(p)]) for p in parts]
+                starts, total = [], 0
+                for rk in ranks:
+                    starts.append(total)
+                    total += rk.numel
+                offset = 0
+                for name, shape in shapes:
+                    numel = math.prod(shape)
+                    if offset + numel > total:
+                        raise fail(ckpt.tag, f"group {gi}: {moment} partitions hold {total} "
+                                             f"elements, the parameters need more")
+                    key = f"state.{name}.{moment}"
+                    entries.append((key, TensorEntry(
+                        key, parts[0].dtype, shape,
+                        lambda o=offset, n=numel, s=shape, rk=ranks, st=starts, d=parts[0].dtype:
+                        _gather12(rk, st, o, n, s).to(d), str(ckpt.tag))))
+                    offset += numel
+            elif all(_same_value(p, parts[0]) for p in parts):
+                p0 = parts[0]
+                key = f"group_state.{gi}.{moment}"
+                if isinstance(p0, torch.Tensor):
+                    entries.append((key, TensorEntry(key, p0.dtype, tuple(p0.shape),
+                                                     lambda p=p0: p, str(ckpt.tag))))
+                else:
+                    values[key] = p0
+            else:  # ranks disagree: keep each, the diff shows it
+                for r, p in enumerate(parts):
+                    values[f"rank{r}.state.{gi}.{moment}"] = p
+    pg = base_states[0].get("param_groups") if isinstance(base_states[0], Mapping) else None
+    if pg is not None:
+        values["param_groups"] = pg
+    return entries, values
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    return type(a) is type(b) and a == b

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .common import fail, holds, is_tensor
+from .common import TensorEntry, fail, holds, is_tensor
 
 KINDS = ("torch", "lightning", "safetensors", "dcp", "deepspeed", "safe")
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
@@ -191,7 +191,7 @@ def flatten(obj: Any, origin: str = "") -> list[tuple[str, Any]]:
                 add(prefix, v)
             for k, x in v.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), x, depth + 1)
-        elif isinstance(v, (list, tuple)) and holds(v, is_tensor):
+        elif isinstance(v, (list, tuple)) and holds(v, _tensor_like):
             for i, x in enumerate(v):
                 walk(f"{prefix}.{i}" if prefix else str(i), x, depth + 1)
         else:
@@ -206,6 +206,11 @@ def flatten(obj: Any, origin: str = "") -> list[tuple[str, Any]]:
 
     walk("", obj, 0)
     return out
+
+
+def _tensor_like(v: Any) -> bool:
+    """A tensor, or a lazy one (a DCP item the diff reads as the tree DCP would rebuild)."""
+    return is_tensor(v) or isinstance(v, TensorEntry)
 
 
 def storage_identity(t: Any) -> tuple | None:

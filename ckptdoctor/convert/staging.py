@@ -6,11 +6,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from ..atomic import commit, fsync_dir, tmp_path_for
 from .common import fail
+
+# Set by convert() around one conversion: called with the Staging just before `commit` makes
+# the output visible (the resume-equivalence diff); raising keeps DST as it was.
+BEFORE_COMMIT: ContextVar[Callable[[Staging], None] | None] = ContextVar(
+    "ckptdoctor_convert_before_commit", default=None)
 
 
 class Staging:
@@ -58,6 +65,9 @@ class Staging:
         return (self.dst / name) if self.dir is not None else (self.dst.parent / name)
 
     def commit(self) -> list[str]:
+        hook = BEFORE_COMMIT.get()
+        if hook is not None:
+            hook(self)
         if self.dir is not None:
             names = sorted(p.name for p in self.dir.iterdir())
             for p in self.dir.iterdir():

@@ -156,6 +156,7 @@ def _add_object(side: Side, obj: Any, origin: str, role: Section | None = None,
     optimizer.pt), else by its top-level keys; a dict of tensors with no known key is weights."""
     import torch
 
+    from ..convert.common import TensorEntry
     from ..convert.sources import flatten
 
     def put(section: Section, key: str, value: Any) -> None:
@@ -167,7 +168,8 @@ def _add_object(side: Side, obj: Any, origin: str, role: Section | None = None,
         return
     if not isinstance(obj, Mapping) or not any(_classify(k) for k in obj):
         for key, value in flatten(obj, origin):
-            put(Section.WEIGHTS if isinstance(value, torch.Tensor) else Section.OTHER, key, value)
+            put(Section.WEIGHTS if isinstance(value, (torch.Tensor, TensorEntry))
+                else Section.OTHER, key, value)
         return
     weight_keys = [k for k in obj if _classify(k) is Section.WEIGHTS]
     for top, value in obj.items():

@@ -38,6 +38,9 @@ from .transcode import TranscodeRefused, Transcoded, offending_names, transcodin
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
 
 CONSUMERS = ("framework", "torch")
+# Rules whose output the diff compares as the same plain data as the original (numpy scalar ==
+# its Python value, numpy RNG state == its list form): a difference there is never intended.
+DIFF_SEES_THROUGH = frozenset({"numpy-rng-state", "numpy-scalar"})
 # Scan findings that mean nothing vouches for the whole pickle: such a file is never loaded.
 _SCAN_INCOMPLETE = frozenset({Code.PICKLE_MALFORMED.code, Code.PICKLE_LIMIT.code,
                               Code.DYNAMIC_GLOBAL.code})
@@ -517,6 +520,19 @@ class _Run:
         return FileOutcome(fp.rel, VERIFY_FAILED if code is Code.REPAIR_VERIFY else REFUSED,
                            msg)
 
+    def resume_equivalent(self, fp: FilePlan, tmp: Path) -> str:
+        """The last verification step: `diff ORIGINAL NEW --resume-equivalent` must say yes."""
+        from ..equivalence import check
+
+        eq = check(fp.path, tmp, allow=tuple(self.plan.allow) + tuple(fp.allowlist),
+                   expected=[c.where for c in fp.converts if c.rule not in DIFF_SEES_THROUGH])
+        if eq.original_unreadable:  # what this repair fixes: only the transcoder reads it
+            return ("diff --resume-equivalent not applicable: the original does not load "
+                    "through the loader chain (the checks above compared it instead)")
+        if not eq.ok:
+            raise VerifyError(eq.summary())
+        return eq.summary()
+
     # -- one file --
     def rewrite(self, prep: _Prepared) -> FileOutcome:
         from .pickler import save
@@ -535,6 +551,7 @@ class _Run:
             _crash_point("tmp-written")
             try:
                 checks = verify_torch_file(tmp, prep.converted, prep.conv, fp.allowlist)
+                checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
                 return self.fail(fp, exc)
             _crash_point("verified")
@@ -578,6 +595,7 @@ class _Run:
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
                 checks = verify_safetensors_file(tmp, prep.converted)
+                checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
                 return self.fail(fp, exc)
             except Exception as exc:  # noqa: BLE001
