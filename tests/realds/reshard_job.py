@@ -7,6 +7,8 @@ tests/test_reshard_real.py (RANK / WORLD_SIZE / MASTER_* in the environment).
                                              (unpadded), the loss on a fixed batch, then one
                                              step on that batch and the loss after it
 With RESHARD_BF16=1, bf16 parameters (fp32 master weights, `bf16_zero_*` files).
+RESHARD_IN / RESHARD_HIDDEN set the model's input and hidden width (default 5 and 7; the
+memory test uses a wide model so that the files are large next to the interpreter).
 Every rank sees the same batch at every step, so the data-parallel mean gradient is the same
 for any world size and results are comparable bit for bit across world sizes."""
 
@@ -20,8 +22,9 @@ mode, stage, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+IN, HIDDEN = int(os.environ.get("RESHARD_IN", 5)), int(os.environ.get("RESHARD_HIDDEN", 7))
 torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+model = torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 3))
 cfg = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
        "zero_optimization": {"stage": stage},
        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
@@ -32,7 +35,7 @@ deepspeed.init_distributed(dist_backend="gloo")
 engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                        config=cfg)
 g = torch.Generator().manual_seed(1)
-batches = [torch.randn(4, 5, generator=g) for _ in range(5)]
+batches = [torch.randn(4, IN, generator=g) for _ in range(5)]
 if BF16:
     batches = [b.to(torch.bfloat16) for b in batches]
 
