@@ -177,7 +177,7 @@ def _canon(v: Any, depth: int = 0) -> Any:
 def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool = False,
             verify: bool = True, overwrite: bool = False, allow: tuple[str, ...] = (),
             trust: bool = False) -> ReshardResult:
-    """Rewrite the DeepSpeed ZeRO-1/2 checkpoint SRC for `world_size` ranks at DST."""
+    """Rewrite the DeepSpeed ZeRO-1/2/3 checkpoint SRC for `world_size` ranks at DST."""
     src, dst = Path(src), Path(dst)
     result = ReshardResult(str(src), str(dst), new_world=world_size)
     if world_size < 1:
@@ -188,9 +188,7 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     ckpt = ZeroCheckpoint(src, opts)
     result.stage, result.old_world, result.tag = ckpt.stage, ckpt.world, ckpt.tag.name
     if ckpt.stage == 3:
-        raise _err(ckpt.tag, "ZeRO-3 checkpoints are not resharded yet (ZeRO-1/2 are)",
-                   hint="consolidate with `ckptdoctor convert --to safetensors` and restart the "
-                        "optimizer, or resume on the original world size")
+        return _reshard3(ckpt, src, dst, world_size, opts, strict, result)
     optim_files = sorted(ckpt.tag.glob("*_optim_states.pt"), key=lambda p: _rank_of(p))
     if [_rank_of(p) for p in optim_files] != list(range(ckpt.world)):
         raise _err(ckpt.tag, "optimizer files are not zero_pp_rank_0..N-1: "
@@ -242,6 +240,33 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     result.findings.append(Code.RESHARD_DONE.finding(
         str(dst), f"ZeRO-{ckpt.stage} {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
                   f"({sum(g['numel'] for g in plan)} parameters in {len(plan)} group(s))"))
+    return result
+
+
+def _reshard3(ckpt: ZeroCheckpoint, src: Path, dst: Path, world_size: int, opts: Options,
+              strict: bool, result: ReshardResult) -> ReshardResult:
+    """ZeRO-3 (reshard_zero3.py), staged, verified and committed like ZeRO-1/2."""
+    from .reshard_zero3 import reshard_zero3
+
+    staging = Staging(dst, "dir", opts.overwrite)
+    try:
+        assert staging.dir is not None
+        names, numel, n_sub = reshard_zero3(ckpt, world_size, opts, strict, result,
+                                            staging.dir, _Scratch())
+        (staging.dir / "latest").write_text(ckpt.tag.name)
+        for extra in ("zero_to_fp32.py",):
+            p = ckpt.tag.parent / extra
+            if p.is_file():
+                (staging.dir / extra).write_bytes(p.read_bytes())
+        result.verified = opts.verify
+        staging.commit()
+        result.files = [str(p) for p in sorted(dst.rglob("*")) if p.is_file()]
+    except BaseException:
+        staging.abort()
+        raise
+    result.findings.append(Code.RESHARD_DONE.finding(
+        str(dst), f"ZeRO-3 {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
+                  f"({numel} parameters in {n_sub} sub-group(s))"))
     return result
 
 

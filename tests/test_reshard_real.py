@@ -27,7 +27,8 @@ JOB = Path(__file__).parent / "realds" / "reshard_job.py"
 runner = CliRunner()
 
 
-def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False) -> None:
+def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False,
+            sub_group: int | None = None) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -35,7 +36,8 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
     for r in range(world):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
-               "RESHARD_BF16": "1" if bf16 else "0"}
+               "RESHARD_BF16": "1" if bf16 else "0",
+               "RESHARD_SUB_GROUP": str(sub_group) if sub_group else ""}
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
@@ -43,9 +45,11 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
         assert p.returncode == 0, err[-3000:]
 
 
-def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False) -> dict:
-    """What DeepSpeed holds after load_checkpoint on `world` ranks, unsharded."""
-    _launch(world, "resume", ckpt, stage, bf16)
+def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False,
+             sub_group: int | None = None) -> dict:
+    """What DeepSpeed holds after load_checkpoint on `world` ranks, unsharded (ZeRO-3: per
+    parameter, each parameter's slices of all ranks joined in rank order)."""
+    _launch(world, "resume", ckpt, stage, bf16, sub_group)
     ranks = [json.loads(Path(f"{ckpt}.rank{r}.json").read_text()) for r in range(world)]
     out = {"step": {r["step"] for r in ranks}, "loss": {r["loss"] for r in ranks},
            "loss_after_step": {r["loss_after_step"] for r in ranks}, "groups": []}
@@ -53,6 +57,10 @@ def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False) -> dict
         out["groups"].append({k: sum((r["groups"][i][k] for r in ranks), [])
                               for k in ("fp32", "exp_avg", "exp_avg_sq")})
         out["groups"][i]["adam_step"] = {r["groups"][i]["adam_step"] for r in ranks}
+    out["params"] = {name: {k: sum((r["params"][name][k] for r in ranks), [])
+                            for k in ("fp32", "exp_avg", "exp_avg_sq")}
+                     for name in ranks[0].get("params", {})}
+    out["param_steps"] = {p["adam_step"] for r in ranks for p in r.get("params", {}).values()}
     return out
 
 
@@ -64,10 +72,10 @@ class _Saved(dict):
         self.root = root
 
     def __missing__(self, key):
-        stage, n, bf16 = key
-        ckpt = self.root / f"z{stage}_dp{n}{'_bf16' if bf16 else ''}"
-        _launch(n, "save", ckpt, stage, bf16)
-        self[key] = (ckpt, _resumed(ckpt, n, stage, bf16))
+        stage, n, bf16, sub_group = key if len(key) == 4 else (*key, None)
+        ckpt = self.root / f"z{stage}_dp{n}{'_bf16' if bf16 else ''}_sg{sub_group}"
+        _launch(n, "save", ckpt, stage, bf16, sub_group)
+        self[key] = (ckpt, _resumed(ckpt, n, stage, bf16, sub_group))
         return self[key]
 
 
@@ -100,6 +108,44 @@ def test_resharded_zero_resumes_with_equal_state_and_loss(saved, tmp_path, stage
     got = _resumed(dst, m, stage, bf16)
     assert got == reference  # exact: fp32 weights, exp_avg, exp_avg_sq, step, both losses
     assert len(reference["loss"]) == 1 and len(reference["groups"][0]["fp32"]) == 66
+    _consolidated_equal(src, dst)
+
+
+def _consolidated_equal(src: Path, dst: Path) -> None:
+    """ckptdoctor's own diff: the consolidated weights (what zero_to_fp32 would rebuild from
+    the partitions) of the original and the resharded checkpoint are bit-identical, and the
+    checkpoints differ only in per-rank optimizer entries and the world size."""
+    from ckptdoctor.diff import Section, diff
+
+    rep = diff(src, dst)
+    weights = [t for t in rep.tensors if t.section is Section.WEIGHTS]
+    assert len(weights) == 4 and all(t.equal for t in weights), [t.key for t in weights]
+    assert not rep.only_a.get(Section.WEIGHTS) and not rep.only_b.get(Section.WEIGHTS)
+    assert not rep.renames
+
+
+@pytest.mark.parametrize("n,m,sub_group", [(2, 1, None), (2, 3, None), (1, 2, None),
+                                           (2, 1, 20), (2, 3, 20)])
+def test_resharded_zero3_resumes_with_equal_state_and_loss(saved, tmp_path, n, m, sub_group):
+    """ZeRO-3 partitions each parameter on its own (ceil(numel / world) per rank). With
+    sub_group_size 20 the sub-groups themselves change with the world size (2 ranks: [w0, b0],
+    [w2, b2]; 1 rank: [w0], [b0, w2], [b2]; 3 ranks: [w0, b0, w2], [b2])."""
+    src, reference = saved[(3, n, False, sub_group)]
+    dst = tmp_path / f"z3_dp{n}_to_{m}"
+    r = _reshard(src, dst, m)
+    assert r.exit_code == 0, r.output
+    assert "CK736" in r.output and "ZeRO-3" in r.output and f"{n} -> {m} ranks" in r.output
+    tag = (dst / "latest").read_text()
+    for kind in ("optim", "model"):
+        assert sorted(p.name for p in (dst / tag).glob(f"*_{kind}_states.pt")) == [
+            f"zero_pp_rank_{k}_mp_rank_00_{kind}_states.pt" for k in range(m)]
+    assert runner.invoke(app, ["validate", str(dst)]).exit_code == 0
+    got = _resumed(dst, m, 3, False, sub_group)
+    assert got == reference  # exact: every parameter's fp32, exp_avg, exp_avg_sq; steps; losses
+    assert len(reference["loss"]) == 1 and reference["param_steps"] == {3.0}
+    assert {k: len(v["fp32"]) for k, v in reference["params"].items()} == {
+        "0.weight": 35, "0.bias": 7, "2.weight": 21, "2.bias": 3}
+    _consolidated_equal(src, dst)
 
 
 def test_without_reshard_deepspeed_refuses_the_new_world_size(saved):
