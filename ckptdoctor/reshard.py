@@ -39,7 +39,7 @@ from .convert.common import ConvertError, Options, TensorEntry
 from .convert.deepspeed_read import ZeroCheckpoint
 from .convert.loading import load_torch
 from .convert.staging import Staging
-from .model import Finding
+from .model import Finding, Severity
 
 ALIGN = 2  # DeepSpeed's nccl_start_alignment_factor
 OSD = "optimizer_state_dict"
@@ -59,9 +59,11 @@ class ReshardResult:
     files: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     verified: bool = False
+    kind: str = "deepspeed"  # "dcp": nothing written (DCP reshards on load)
 
     def to_json(self) -> dict[str, Any]:
-        return {"src": self.src, "dst": self.dst, "old_world_size": self.old_world,
+        return {"src": self.src, "dst": self.dst, "kind": self.kind,
+                "old_world_size": self.old_world,
                 "world_size": self.new_world, "zero_stage": self.stage, "tag": self.tag,
                 "files": self.files, "verified": self.verified,
                 "findings": [f.to_json() for f in self.findings]}
@@ -185,6 +187,8 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     if dst.resolve() == src.resolve():
         raise _err(dst, "DST is SRC: reshard never writes over its source")
     opts = Options("torch", allow=tuple(allow), trust=trust, verify=verify, overwrite=overwrite)
+    if (src / ".metadata").is_file():
+        return _dcp(src, result)
     ckpt = ZeroCheckpoint(src, opts)
     result.stage, result.old_world, result.tag = ckpt.stage, ckpt.world, ckpt.tag.name
     if ckpt.stage == 3:
@@ -240,6 +244,33 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     result.findings.append(Code.RESHARD_DONE.finding(
         str(dst), f"ZeRO-{ckpt.stage} {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
                   f"({sum(g['numel'] for g in plan)} parameters in {len(plan)} group(s))"))
+    return result
+
+
+def _dcp(src: Path, result: ReshardResult) -> ReshardResult:
+    """A DCP checkpoint needs no offline reshard: DCP's load plans map every saved chunk onto
+    the loading ranks' shards (tests/test_reshard_real.py loads a 2-rank FSDP2 save in one
+    plain process and gets the same weights, Adam moments and next-step loss). Its .metadata
+    is checked statically (never unpickled); nothing is written."""
+    from .formats.dcp import read_metadata
+
+    info, md = read_metadata(src / ".metadata", ".metadata")
+    if md is None:
+        bad = next((f for f in info.findings if f.severity is Severity.ERROR), None)
+        raise _err(src, "DCP .metadata cannot be read safely"
+                   + (f": {bad.code} {bad.message}" if bad else ""))
+    files = sorted({e.relative_path for e in md.storage})
+    missing = [f for f in files if not (src / f).is_file()]
+    if missing or md.bad_paths:
+        raise _err(src, "DCP checkpoint is incomplete: " + ", ".join((missing + md.bad_paths)[:4]),
+                   hint="`ckptdoctor validate` names what is missing")
+    result.kind = "dcp"
+    result.findings.append(Code.RESHARD_DCP_ON_LOAD.finding(
+        str(src), f"DCP checkpoint ({len(md.tensors)} tensors in {len(files)} storage file(s)): "
+                  f"dcp.load reshards it on load to {result.new_world} rank(s); "
+                  f"nothing written to {result.dst}",
+        hint="load it with dcp.load on the new number of ranks; per-rank files beside it "
+             "(dataloader or train state per rank) are not DCP's and are not resharded"))
     return result
 
 
@@ -478,9 +509,12 @@ def _bad(name: str, message: str) -> ConvertError:
 
 
 def render(result: ReshardResult) -> str:
-    lines = [f"resharded {result.src} -> {result.dst}: ZeRO-{result.stage} {result.tag}, "
-             f"{result.old_world} -> {result.new_world} ranks, "
-             + ("verified" if result.verified else "NOT verified (--no-verify)")]
+    if result.kind == "dcp":
+        lines = [f"not resharded {result.src}: a DCP checkpoint reshards on load; nothing written"]
+    else:
+        lines = [f"resharded {result.src} -> {result.dst}: ZeRO-{result.stage} {result.tag}, "
+                 f"{result.old_world} -> {result.new_world} ranks, "
+                 + ("verified" if result.verified else "NOT verified (--no-verify)")]
     lines += [f"  wrote {f}" for f in result.files]
     for f in result.findings:
         lines.append(f"  {f.code} {f.severity}: {f.message}")

@@ -198,3 +198,32 @@ def test_reshard_refuses_what_it_cannot_do(saved, tmp_path):
     torch.save({"w": torch.zeros(2)}, torch_file)
     r = _reshard(tmp_path, tmp_path / "y", 1)
     assert r.exit_code == 1 and not (tmp_path / "y").exists()
+
+
+def test_dcp_reshards_on_load_so_reshard_writes_nothing(tmp_path):
+    """The claim behind CK737, checked with real torch: a 2-rank FSDP2 + AdamW DCP save
+    (tests/realds/dcp_reshard.py) loaded by one plain process with dcp.load holds the same
+    full weights and Adam moments as the 2 ranks gathered at save time, and the next step
+    gives the same loss. `reshard` on that checkpoint says so and writes nothing."""
+    job = Path(__file__).parent / "realds" / "dcp_reshard.py"
+    ckpt = tmp_path / "dcp2"
+    for mode in ("save", "load"):
+        proc = subprocess.run([sys.executable, str(job), mode, str(ckpt)], capture_output=True,
+                              text=True, env=dict(os.environ), timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    ref = json.loads(Path(f"{ckpt}.ref.json").read_text())
+    got = json.loads(Path(f"{ckpt}.got.json").read_text())
+    assert set(ref["weights"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert len(ref["optim"]) == 12 and len(ref["weights"]["0.weight"]) == 60
+    assert got == ref  # exact: weights, exp_avg, exp_avg_sq, step, loss, loss after a step
+    dst = tmp_path / "dcp_to1"
+    r = _reshard(ckpt, dst, 1)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "CK737" in text and "nothing written" in text and "2 storage file(s)" in text
+    assert not dst.exists()
+    # a damaged .metadata is refused, not trusted
+    (ckpt / ".metadata").write_bytes((ckpt / ".metadata").read_bytes()[:40])
+    r = _reshard(ckpt, dst, 1)
+    assert r.exit_code == 1 and "CK734" in r.output and not dst.exists()
