@@ -28,7 +28,7 @@ runner = CliRunner()
 
 
 def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False,
-            sub_group: int | None = None) -> None:
+            sub_group: int | None = None, frozen: bool = False) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -37,7 +37,8 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
                "RESHARD_BF16": "1" if bf16 else "0",
-               "RESHARD_SUB_GROUP": str(sub_group) if sub_group else ""}
+               "RESHARD_SUB_GROUP": str(sub_group) if sub_group else "",
+               "RESHARD_FROZEN": "1" if frozen else "0"}
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
@@ -46,10 +47,10 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
 
 
 def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False,
-             sub_group: int | None = None) -> dict:
+             sub_group: int | None = None, frozen: bool = False) -> dict:
     """What DeepSpeed holds after load_checkpoint on `world` ranks, unsharded (ZeRO-3: per
     parameter, each parameter's slices of all ranks joined in rank order)."""
-    _launch(world, "resume", ckpt, stage, bf16, sub_group)
+    _launch(world, "resume", ckpt, stage, bf16, sub_group, frozen)
     ranks = [json.loads(Path(f"{ckpt}.rank{r}.json").read_text()) for r in range(world)]
     out = {"step": {r["step"] for r in ranks}, "loss": {r["loss"] for r in ranks},
            "loss_after_step": {r["loss_after_step"] for r in ranks}, "groups": []}
@@ -198,6 +199,38 @@ def test_reshard_refuses_what_it_cannot_do(saved, tmp_path):
     torch.save({"w": torch.zeros(2)}, torch_file)
     r = _reshard(tmp_path, tmp_path / "y", 1)
     assert r.exit_code == 1 and not (tmp_path / "y").exists()
+
+
+def _zero_to_fp32(ckpt: Path) -> dict:
+    """DeepSpeed's own consolidation (utils/zero_to_fp32.py, in a child process), read back
+    with weights_only=True."""
+    import torch
+
+    job = Path(__file__).parent / "realds" / "ds_job.py"
+    proc = subprocess.run([sys.executable, str(job), "fp32", "3", str(ckpt)], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(f"{ckpt}.fp32.pt", weights_only=True)
+
+
+def test_resharded_zero3_with_frozen_parameters(tmp_path):
+    """The first Linear frozen: ZeRO-3 keeps it out of the optimizer, in per-rank
+    frozen_param_fragments. Resharded 2 -> 3, DeepSpeed's own zero_to_fp32 rebuilds the same
+    full state dict (frozen and trained parameters, bit for bit) from both checkpoints, and
+    DeepSpeed resumes the new one on 3 ranks with the same state and losses."""
+    import torch
+
+    src = tmp_path / "z3_frozen_dp2"
+    _launch(2, "save", src, 3, frozen=True)
+    reference = _resumed(src, 2, 3, frozen=True)
+    dst = tmp_path / "z3_frozen_to3"
+    r = _reshard(src, dst, 3)
+    assert r.exit_code == 0, r.output
+    a, b = _zero_to_fp32(src), _zero_to_fp32(dst)
+    assert sorted(a) == ["0.bias", "0.weight", "2.bias", "2.weight"] and sorted(b) == sorted(a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    got = _resumed(dst, 3, 3, frozen=True)
+    assert got == reference and set(reference["params"]) == {"2.weight", "2.bias"}
 
 
 def test_dcp_reshards_on_load_so_reshard_writes_nothing(tmp_path):

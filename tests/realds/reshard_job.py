@@ -8,6 +8,7 @@ tests/test_reshard_real.py (RANK / WORLD_SIZE / MASTER_* in the environment).
                                              fixed batch, then one step on that batch and the
                                              loss after it
 With RESHARD_SUB_GROUP=K, zero_optimization.sub_group_size = K (ZeRO-3 sub-groups).
+With RESHARD_FROZEN=1 the first Linear is frozen (requires_grad=False).
 With RESHARD_BF16=1, bf16 parameters (fp32 master weights, `bf16_zero_*` files).
 RESHARD_IN / RESHARD_HIDDEN set the model's input and hidden width (default 5 and 7; the
 memory test uses a wide model so that the files are large next to the interpreter).
@@ -36,8 +37,11 @@ BF16 = os.environ.get("RESHARD_BF16") == "1"  # bf16 params, fp32 master weights
 if BF16:
     cfg["bf16"] = {"enabled": True}
 deepspeed.init_distributed(dist_backend="gloo")
-engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                       config=cfg)
+if os.environ.get("RESHARD_FROZEN") == "1":  # the first Linear frozen (ZeRO-3 saves it
+    model[0].requires_grad_(False)           # per rank in frozen_param_fragments)
+engine, _, _, _ = deepspeed.initialize(
+    model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+    config=cfg)
 g = torch.Generator().manual_seed(1)
 batches = [torch.randn(4, IN, generator=g) for _ in range(5)]
 if BF16:
