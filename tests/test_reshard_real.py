@@ -125,23 +125,25 @@ def _consolidated_equal(src: Path, dst: Path) -> None:
     assert not rep.renames
 
 
-@pytest.mark.parametrize("n,m,sub_group", [(2, 1, None), (2, 3, None), (1, 2, None),
-                                           (2, 1, 20), (2, 3, 20)])
-def test_resharded_zero3_resumes_with_equal_state_and_loss(saved, tmp_path, n, m, sub_group):
+@pytest.mark.parametrize("n,m,sub_group,bf16", [(2, 1, None, False), (2, 3, None, False),
+                                                (1, 2, None, False), (2, 1, 20, False),
+                                                (2, 3, 20, False), (2, 3, None, True)])
+def test_resharded_zero3_resumes_with_equal_state_and_loss(saved, tmp_path, n, m, sub_group,
+                                                           bf16):
     """ZeRO-3 partitions each parameter on its own (ceil(numel / world) per rank). With
     sub_group_size 20 the sub-groups themselves change with the world size (2 ranks: [w0, b0],
     [w2, b2]; 1 rank: [w0], [b0, w2], [b2]; 3 ranks: [w0, b0, w2], [b2])."""
-    src, reference = saved[(3, n, False, sub_group)]
+    src, reference = saved[(3, n, bf16, sub_group)]
     dst = tmp_path / f"z3_dp{n}_to_{m}"
     r = _reshard(src, dst, m)
     assert r.exit_code == 0, r.output
     assert "CK736" in r.output and "ZeRO-3" in r.output and f"{n} -> {m} ranks" in r.output
     tag = (dst / "latest").read_text()
-    for kind in ("optim", "model"):
+    for kind, prefix in (("optim", "bf16_zero" if bf16 else "zero"), ("model", "zero")):
         assert sorted(p.name for p in (dst / tag).glob(f"*_{kind}_states.pt")) == [
-            f"zero_pp_rank_{k}_mp_rank_00_{kind}_states.pt" for k in range(m)]
+            f"{prefix}_pp_rank_{k}_mp_rank_00_{kind}_states.pt" for k in range(m)]
     assert runner.invoke(app, ["validate", str(dst)]).exit_code == 0
-    got = _resumed(dst, m, 3, False, sub_group)
+    got = _resumed(dst, m, 3, bf16, sub_group)
     assert got == reference  # exact: every parameter's fp32, exp_avg, exp_avg_sq; steps; losses
     assert len(reference["loss"]) == 1 and reference["param_steps"] == {3.0}
     assert {k: len(v["fp32"]) for k, v in reference["params"].items()} == {
