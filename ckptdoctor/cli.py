@@ -435,7 +435,7 @@ def diff(
 
 @app.command()
 def reshard(
-    src: Annotated[Path, typer.Argument(help="DeepSpeed ZeRO-1/2 checkpoint (the directory with `latest`, or the tag directory).")],
+    src: Annotated[Path, typer.Argument(help="DeepSpeed ZeRO-1/2/3 checkpoint (the directory with `latest`, or the tag directory); a DCP directory is reported, not rewritten.")],
     dst: Annotated[Path, typer.Argument(help="New checkpoint directory.")],
     world_size: Annotated[int, typer.Option("--world-size", min=1, help="Data-parallel ranks to resume on.")],
     strict: Annotated[bool, typer.Option("--strict", help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
@@ -445,8 +445,9 @@ def reshard(
     allow: AllowOpt = [],  # noqa: B006
     trust: TrustOpt = False,
 ) -> None:
-    """Rewrite a DeepSpeed ZeRO-1/2 checkpoint saved on N ranks for --world-size M ranks,
-    offline on CPU, verified; DeepSpeed's load_checkpoint then resumes it on M ranks."""
+    """Rewrite a DeepSpeed ZeRO-1/2/3 checkpoint saved on N ranks for --world-size M ranks,
+    offline on CPU, verified; DeepSpeed's load_checkpoint then resumes it on M ranks. (DCP
+    reshards on load: for a DCP checkpoint this says so, CK737, and writes nothing.)"""
     _require(src)
     _check_allow(allow)
     from .convert import ConvertError

@@ -344,6 +344,10 @@ class Code(enum.Enum):
     RESHARD_DONE = ("CK736", Severity.INFO, "checkpoint resharded to a new data-parallel world size",
         '',
         'none')
+    RESHARD_DCP_ON_LOAD = ("CK737", Severity.INFO,
+                           "DCP checkpoint: dcp.load reshards on load; nothing to write",
+        'DCP checkpoint: `dcp.load` reads any saved sharding into the loading ranks\' sharding; `reshard` writes nothing',
+        'load it with `dcp.load` on the new number of ranks')
 
     # other formats
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle",

@@ -39,10 +39,11 @@ from .convert.common import ConvertError, Options, TensorEntry
 from .convert.deepspeed_read import ZeroCheckpoint
 from .convert.loading import load_torch
 from .convert.staging import Staging
-from .model import Finding
+from .model import Finding, Severity
 
 ALIGN = 2  # DeepSpeed's nccl_start_alignment_factor
 OSD = "optimizer_state_dict"
+VERIFY_CHUNK = 1 << 20  # elements compared at a time by the post-write check
 SPLIT_KEYS = {"single_partition_of_fp32_groups", "base_optimizer_state", "group_paddings",
               "partition_count", "param_slice_mappings"}
 
@@ -58,9 +59,11 @@ class ReshardResult:
     files: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     verified: bool = False
+    kind: str = "deepspeed"  # "dcp": nothing written (DCP reshards on load)
 
     def to_json(self) -> dict[str, Any]:
-        return {"src": self.src, "dst": self.dst, "old_world_size": self.old_world,
+        return {"src": self.src, "dst": self.dst, "kind": self.kind,
+                "old_world_size": self.old_world,
                 "world_size": self.new_world, "zero_stage": self.stage, "tag": self.tag,
                 "files": self.files, "verified": self.verified,
                 "findings": [f.to_json() for f in self.findings]}
@@ -91,7 +94,11 @@ class _Flat:
     """One param group's data over the old ranks, as one flat array: read [start, end)."""
 
     def __init__(self, pieces: list[Any]):
+        from .convert.common import MAPPED
+
+        MAPPED.refresh()
         self.pieces = pieces  # unpadded, rank order
+        self.mapped = [MAPPED.tensor_is_mapped(p) for p in pieces]
         self.starts = []
         pos = 0
         for p in pieces:
@@ -99,24 +106,54 @@ class _Flat:
             pos += p.numel()
         self.numel = pos
 
-    def read(self, start: int, end: int, size: int) -> Any:
-        """Elements [start, end) zero-padded to `size`."""
+    def read(self, start: int, end: int, size: int, out: Any = None) -> Any:
+        """Elements [start, end) zero-padded to `size`, into `out` (a reused buffer of at
+        least `size` elements) when given."""
         import torch
 
-        out = torch.zeros(size, dtype=self.pieces[0].dtype)
-        for p, s in zip(self.pieces, self.starts):
+        from .convert.common import release_tensor
+
+        if out is None:
+            out = torch.empty(size, dtype=self.pieces[0].dtype)
+        out = out[:size]
+        filled = 0
+        for p, s, mapped in zip(self.pieces, self.starts, self.mapped):
             lo, hi = max(start, s), min(end, s + p.numel())
             if lo < hi:
-                out[lo - start:hi - start] = p.reshape(-1)[lo - s:hi - s]
+                src = p.reshape(-1)[lo - s:hi - s]
+                out[lo - start:hi - start] = src
+                filled = max(filled, hi - start)
+                release_tensor(src, mapped)  # the source's pages: read once, then dropped
+        out[max(0, filled):].zero_()
         return out
 
 
-def _lazy(name: str, flat: _Flat, start: int, end: int, size: int) -> Any:
+class _Scratch:
+    """One reused buffer per dtype for the partitions the writer streams one at a time: the
+    writer has consumed a partition before it asks for the next, so peak memory is one
+    partition however many are written (and the allocator is not left fragmented)."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[Any, Any] = {}
+
+    def get(self, dtype: Any, size: int) -> Any:
+        import torch
+
+        buf = self.bufs.get(dtype)
+        if buf is None or buf.numel() < size:
+            self.bufs[dtype] = None
+            buf = self.bufs[dtype] = torch.empty(size, dtype=dtype)
+        return buf
+
+
+def _lazy(name: str, flat: _Flat, start: int, end: int, size: int, scratch: _Scratch) -> Any:
     """A placeholder the torch writer fills when it writes this tensor (one at a time)."""
     from .convert.torch_writer import TensorRef
 
-    return TensorRef(TensorEntry(name, flat.pieces[0].dtype, (size,),
-                                 lambda: flat.read(start, end, size), "reshard"))
+    dtype = flat.pieces[0].dtype
+    return TensorRef(TensorEntry(name, dtype, (size,),
+                                 lambda: flat.read(start, end, size, scratch.get(dtype, size)),
+                                 "reshard"))
 
 
 def _canon(v: Any, depth: int = 0) -> Any:
@@ -142,7 +179,7 @@ def _canon(v: Any, depth: int = 0) -> Any:
 def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool = False,
             verify: bool = True, overwrite: bool = False, allow: tuple[str, ...] = (),
             trust: bool = False) -> ReshardResult:
-    """Rewrite the DeepSpeed ZeRO-1/2 checkpoint SRC for `world_size` ranks at DST."""
+    """Rewrite the DeepSpeed ZeRO-1/2/3 checkpoint SRC for `world_size` ranks at DST."""
     src, dst = Path(src), Path(dst)
     result = ReshardResult(str(src), str(dst), new_world=world_size)
     if world_size < 1:
@@ -150,12 +187,12 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     if dst.resolve() == src.resolve():
         raise _err(dst, "DST is SRC: reshard never writes over its source")
     opts = Options("torch", allow=tuple(allow), trust=trust, verify=verify, overwrite=overwrite)
+    if (src / ".metadata").is_file():
+        return _dcp(src, result)
     ckpt = ZeroCheckpoint(src, opts)
     result.stage, result.old_world, result.tag = ckpt.stage, ckpt.world, ckpt.tag.name
     if ckpt.stage == 3:
-        raise _err(ckpt.tag, "ZeRO-3 checkpoints are not resharded yet (ZeRO-1/2 are)",
-                   hint="consolidate with `ckptdoctor convert --to safetensors` and restart the "
-                        "optimizer, or resume on the original world size")
+        return _reshard3(ckpt, src, dst, world_size, opts, strict, result)
     optim_files = sorted(ckpt.tag.glob("*_optim_states.pt"), key=lambda p: _rank_of(p))
     if [_rank_of(p) for p in optim_files] != list(range(ckpt.world)):
         raise _err(ckpt.tag, "optimizer files are not zero_pp_rank_0..N-1: "
@@ -169,7 +206,9 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     plan = _plan(osds, shapes, ckpt, world_size, optim_files)
     _per_rank_policy(states, optim_files, strict, result,
                      {g["group"]: set(g["moments"]) for g in plan})
-    new_states = [_rank_state(states[0], plan, r, world_size) for r in range(world_size)]
+    scratch = _Scratch()
+    new_states = [_rank_state(states[0], plan, r, world_size, scratch)
+                  for r in range(world_size)]
     new_model = dict(model)
     new_model["dp_world_size"] = world_size
 
@@ -193,6 +232,7 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
             p = ckpt.tag.parent / extra
             if p.is_file():
                 (staging.dir / extra).write_bytes(p.read_bytes())
+        scratch.bufs.clear()
         if verify:
             _verify(tagdir, names, plan, opts, world_size)
             result.verified = True
@@ -204,6 +244,60 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     result.findings.append(Code.RESHARD_DONE.finding(
         str(dst), f"ZeRO-{ckpt.stage} {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
                   f"({sum(g['numel'] for g in plan)} parameters in {len(plan)} group(s))"))
+    return result
+
+
+def _dcp(src: Path, result: ReshardResult) -> ReshardResult:
+    """A DCP checkpoint needs no offline reshard: DCP's load plans map every saved chunk onto
+    the loading ranks' shards (tests/test_reshard_real.py loads a 2-rank FSDP2 save in one
+    plain process and gets the same weights, Adam moments and next-step loss). Its .metadata
+    is checked statically (never unpickled); nothing is written."""
+    from .formats.dcp import read_metadata
+
+    info, md = read_metadata(src / ".metadata", ".metadata")
+    if md is None:
+        bad = next((f for f in info.findings if f.severity is Severity.ERROR), None)
+        raise _err(src, "DCP .metadata cannot be read safely"
+                   + (f": {bad.code} {bad.message}" if bad else ""))
+    files = sorted({e.relative_path for e in md.storage})
+    missing = [f for f in files if not (src / f).is_file()]
+    if missing or md.bad_paths:
+        raise _err(src, "DCP checkpoint is incomplete: " + ", ".join((missing + md.bad_paths)[:4]),
+                   hint="`ckptdoctor validate` names what is missing")
+    result.kind = "dcp"
+    result.findings.append(Code.RESHARD_DCP_ON_LOAD.finding(
+        str(src), f"DCP checkpoint ({len(md.tensors)} tensors in {len(files)} storage file(s)): "
+                  f"dcp.load reshards it on load to {result.new_world} rank(s); "
+                  f"nothing written to {result.dst}",
+        hint="load it with dcp.load on the new number of ranks; per-rank files beside it "
+             "(dataloader or train state per rank) are not DCP's and are not resharded"))
+    return result
+
+
+def _reshard3(ckpt: ZeroCheckpoint, src: Path, dst: Path, world_size: int, opts: Options,
+              strict: bool, result: ReshardResult) -> ReshardResult:
+    """ZeRO-3 (reshard_zero3.py), staged, verified and committed like ZeRO-1/2."""
+    from .reshard_zero3 import reshard_zero3
+
+    staging = Staging(dst, "dir", opts.overwrite)
+    try:
+        assert staging.dir is not None
+        names, numel, n_sub = reshard_zero3(ckpt, world_size, opts, strict, result,
+                                            staging.dir, _Scratch())
+        (staging.dir / "latest").write_text(ckpt.tag.name)
+        for extra in ("zero_to_fp32.py",):
+            p = ckpt.tag.parent / extra
+            if p.is_file():
+                (staging.dir / extra).write_bytes(p.read_bytes())
+        result.verified = opts.verify
+        staging.commit()
+        result.files = [str(p) for p in sorted(dst.rglob("*")) if p.is_file()]
+    except BaseException:
+        staging.abort()
+        raise
+    result.findings.append(Code.RESHARD_DONE.finding(
+        str(dst), f"ZeRO-3 {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
+                  f"({numel} parameters in {n_sub} sub-group(s))"))
     return result
 
 
@@ -309,7 +403,7 @@ def _fragment(template: Any, numel: int, start: int) -> Any:
     return type(template)(numel=numel, start=start)
 
 
-def _rank_state(state0: dict, plan: list, r: int, world: int) -> dict:
+def _rank_state(state0: dict, plan: list, r: int, world: int, scratch: _Scratch) -> dict:
     """Rank r's new optimizer file: rank 0's values with the split keys recomputed."""
     out = dict(state0)
     osd = dict(state0[OSD])
@@ -323,13 +417,14 @@ def _rank_state(state0: dict, plan: list, r: int, world: int) -> dict:
         size, pad = g["size"], g["pads"][r]
         start, end = r * size, (r + 1) * size
         real_end = min(end, g["padded"])
-        fp32.append(_lazy(f"fp32.{g['group']}", g["fp32"], start, real_end, max(0, size - pad)))
+        fp32.append(_lazy(f"fp32.{g['group']}", g["fp32"], start, real_end, max(0, size - pad),
+                          scratch))
         paddings.append(pad)
         st = {}
         for key, v in g["scalars"].items():
             st[key] = v
         for key, flat in g["moments"].items():
-            st[key] = _lazy(f"{key}.{g['group']}", flat, start, real_end, size)
+            st[key] = _lazy(f"{key}.{g['group']}", flat, start, real_end, size, scratch)
         base_state[g["group"]] = st
         mapping = {}
         for name, off, n in zip(g["names"], g["offsets"], g["numels"]):
@@ -354,29 +449,58 @@ def _rank_state(state0: dict, plan: list, r: int, world: int) -> dict:
 def _verify(tagdir: Path, names: list[str], plan: list, opts: Options, world: int) -> None:
     """Re-read the written rank files: concatenated in rank order, the new fp32 partitions and
     optimizer moments must equal the old ones concatenated; paddings hold zeros; every rank's
-    partition has the size DeepSpeed gives it."""
+    partition has the size DeepSpeed gives it. One rank file at a time, its pages dropped after
+    (the memory bound holds for the check too)."""
     import torch
 
-    new = [load_torch(tagdir / n, opts)[OSD] for n in names]
-    for g in plan:
-        i = g["group"]
-        pos = 0
-        for r, osd in enumerate(new):
+    from .convert.common import MAPPED, release_tensor
+
+    pos = {g["group"]: 0 for g in plan}
+    for r, name in enumerate(names):
+        osd = load_torch(tagdir / name, opts)[OSD]
+        MAPPED.refresh()
+        for g in plan:
+            i = g["group"]
             piece = osd["single_partition_of_fp32_groups"][i]
             pad = list(osd["group_paddings"])[i]
-            if piece.numel() + pad != g["size"]:
-                raise _bad(names[r], f"group {i}: {piece.numel()} + padding {pad} != {g['size']}")
-            if not torch.equal(piece, g["fp32"].read(pos, pos + piece.numel(), piece.numel())):
-                raise _bad(names[r], f"group {i}: fp32 partition differs from the source")
+            n = piece.numel()
+            if n + pad != g["size"]:
+                raise _bad(name, f"group {i}: {n} + padding {pad} != {g['size']}")
+            if not _equal_chunked(piece, g["fp32"], pos[i], n):
+                raise _bad(name, f"group {i}: fp32 partition differs from the source")
+            release_tensor(piece, MAPPED.tensor_is_mapped(piece))
             for key, flat in g["moments"].items():
                 m = osd["base_optimizer_state"]["state"][i][key]
-                if m.numel() != g["size"] or not torch.equal(
-                        m[:piece.numel()], flat.read(pos, pos + piece.numel(), piece.numel())) \
-                        or bool(m[piece.numel():].any()):
-                    raise _bad(names[r], f"group {i}: optimizer {key!r} differs from the source")
-            pos += piece.numel()
-        if pos != g["padded"]:
-            raise _bad(names[0], f"group {i}: {pos} elements written, {g['padded']} expected")
+                if m.numel() != g["size"] or not _equal_chunked(m[:n], flat, pos[i], n) \
+                        or bool(m[n:].any()):
+                    raise _bad(name, f"group {i}: optimizer {key!r} differs from the source")
+                release_tensor(m, MAPPED.tensor_is_mapped(m))
+            pos[i] += n
+        del osd
+    for g in plan:
+        if pos[g["group"]] != g["padded"]:
+            raise _bad(names[0], f"group {g['group']}: {pos[g['group']]} elements written, "
+                                 f"{g['padded']} expected")
+
+
+def _equal_chunked(piece: Any, flat: _Flat, pos: int, n: int) -> bool:
+    """piece == the source's elements [pos, pos+n), compared VERIFY_CHUNK elements at a time
+    (no partition-sized temporary); the compared pages of `piece` are dropped as it goes."""
+    import torch
+
+    from .convert.common import MAPPED, release_tensor
+
+    mapped = MAPPED.tensor_is_mapped(piece)
+    if piece.numel() != n:
+        return False
+    flat_piece = piece.reshape(-1)
+    buf = torch.empty(min(n, VERIFY_CHUNK), dtype=flat.pieces[0].dtype)
+    for a in range(0, n, VERIFY_CHUNK):
+        b = min(n, a + VERIFY_CHUNK)
+        if not torch.equal(flat_piece[a:b], flat.read(pos + a, pos + b, b - a, buf)):
+            return False
+        release_tensor(flat_piece[a:b], mapped)
+    return True
 
 
 def _bad(name: str, message: str) -> ConvertError:
@@ -385,9 +509,12 @@ def _bad(name: str, message: str) -> ConvertError:
 
 
 def render(result: ReshardResult) -> str:
-    lines = [f"resharded {result.src} -> {result.dst}: ZeRO-{result.stage} {result.tag}, "
-             f"{result.old_world} -> {result.new_world} ranks, "
-             + ("verified" if result.verified else "NOT verified (--no-verify)")]
+    if result.kind == "dcp":
+        lines = [f"not resharded {result.src}: a DCP checkpoint reshards on load; nothing written"]
+    else:
+        lines = [f"resharded {result.src} -> {result.dst}: ZeRO-{result.stage} {result.tag}, "
+                 f"{result.old_world} -> {result.new_world} ranks, "
+                 + ("verified" if result.verified else "NOT verified (--no-verify)")]
     lines += [f"  wrote {f}" for f in result.files]
     for f in result.findings:
         lines.append(f"  {f.code} {f.severity}: {f.message}")

@@ -27,7 +27,8 @@ JOB = Path(__file__).parent / "realds" / "reshard_job.py"
 runner = CliRunner()
 
 
-def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False) -> None:
+def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False,
+            sub_group: int | None = None, frozen: bool = False) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -35,7 +36,9 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
     for r in range(world):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
-               "RESHARD_BF16": "1" if bf16 else "0"}
+               "RESHARD_BF16": "1" if bf16 else "0",
+               "RESHARD_SUB_GROUP": str(sub_group) if sub_group else "",
+               "RESHARD_FROZEN": "1" if frozen else "0"}
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
@@ -43,9 +46,11 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
         assert p.returncode == 0, err[-3000:]
 
 
-def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False) -> dict:
-    """What DeepSpeed holds after load_checkpoint on `world` ranks, unsharded."""
-    _launch(world, "resume", ckpt, stage, bf16)
+def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False,
+             sub_group: int | None = None, frozen: bool = False) -> dict:
+    """What DeepSpeed holds after load_checkpoint on `world` ranks, unsharded (ZeRO-3: per
+    parameter, each parameter's slices of all ranks joined in rank order)."""
+    _launch(world, "resume", ckpt, stage, bf16, sub_group, frozen)
     ranks = [json.loads(Path(f"{ckpt}.rank{r}.json").read_text()) for r in range(world)]
     out = {"step": {r["step"] for r in ranks}, "loss": {r["loss"] for r in ranks},
            "loss_after_step": {r["loss_after_step"] for r in ranks}, "groups": []}
@@ -53,6 +58,10 @@ def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False) -> dict
         out["groups"].append({k: sum((r["groups"][i][k] for r in ranks), [])
                               for k in ("fp32", "exp_avg", "exp_avg_sq")})
         out["groups"][i]["adam_step"] = {r["groups"][i]["adam_step"] for r in ranks}
+    out["params"] = {name: {k: sum((r["params"][name][k] for r in ranks), [])
+                            for k in ("fp32", "exp_avg", "exp_avg_sq")}
+                     for name in ranks[0].get("params", {})}
+    out["param_steps"] = {p["adam_step"] for r in ranks for p in r.get("params", {}).values()}
     return out
 
 
@@ -64,10 +73,10 @@ class _Saved(dict):
         self.root = root
 
     def __missing__(self, key):
-        stage, n, bf16 = key
-        ckpt = self.root / f"z{stage}_dp{n}{'_bf16' if bf16 else ''}"
-        _launch(n, "save", ckpt, stage, bf16)
-        self[key] = (ckpt, _resumed(ckpt, n, stage, bf16))
+        stage, n, bf16, sub_group = key if len(key) == 4 else (*key, None)
+        ckpt = self.root / f"z{stage}_dp{n}{'_bf16' if bf16 else ''}_sg{sub_group}"
+        _launch(n, "save", ckpt, stage, bf16, sub_group)
+        self[key] = (ckpt, _resumed(ckpt, n, stage, bf16, sub_group))
         return self[key]
 
 
@@ -100,6 +109,46 @@ def test_resharded_zero_resumes_with_equal_state_and_loss(saved, tmp_path, stage
     got = _resumed(dst, m, stage, bf16)
     assert got == reference  # exact: fp32 weights, exp_avg, exp_avg_sq, step, both losses
     assert len(reference["loss"]) == 1 and len(reference["groups"][0]["fp32"]) == 66
+    _consolidated_equal(src, dst)
+
+
+def _consolidated_equal(src: Path, dst: Path) -> None:
+    """ckptdoctor's own diff: the consolidated weights (what zero_to_fp32 would rebuild from
+    the partitions) of the original and the resharded checkpoint are bit-identical, and the
+    checkpoints differ only in per-rank optimizer entries and the world size."""
+    from ckptdoctor.diff import Section, diff
+
+    rep = diff(src, dst)
+    weights = [t for t in rep.tensors if t.section is Section.WEIGHTS]
+    assert len(weights) == 4 and all(t.equal for t in weights), [t.key for t in weights]
+    assert not rep.only_a.get(Section.WEIGHTS) and not rep.only_b.get(Section.WEIGHTS)
+    assert not rep.renames
+
+
+@pytest.mark.parametrize("n,m,sub_group,bf16", [(2, 1, None, False), (2, 3, None, False),
+                                                (1, 2, None, False), (2, 1, 20, False),
+                                                (2, 3, 20, False), (2, 3, None, True)])
+def test_resharded_zero3_resumes_with_equal_state_and_loss(saved, tmp_path, n, m, sub_group,
+                                                           bf16):
+    """ZeRO-3 partitions each parameter on its own (ceil(numel / world) per rank). With
+    sub_group_size 20 the sub-groups themselves change with the world size (2 ranks: [w0, b0],
+    [w2, b2]; 1 rank: [w0], [b0, w2], [b2]; 3 ranks: [w0, b0, w2], [b2])."""
+    src, reference = saved[(3, n, bf16, sub_group)]
+    dst = tmp_path / f"z3_dp{n}_to_{m}"
+    r = _reshard(src, dst, m)
+    assert r.exit_code == 0, r.output
+    assert "CK736" in r.output and "ZeRO-3" in r.output and f"{n} -> {m} ranks" in r.output
+    tag = (dst / "latest").read_text()
+    for kind, prefix in (("optim", "bf16_zero" if bf16 else "zero"), ("model", "zero")):
+        assert sorted(p.name for p in (dst / tag).glob(f"*_{kind}_states.pt")) == [
+            f"{prefix}_pp_rank_{k}_mp_rank_00_{kind}_states.pt" for k in range(m)]
+    assert runner.invoke(app, ["validate", str(dst)]).exit_code == 0
+    got = _resumed(dst, m, 3, bf16, sub_group)
+    assert got == reference  # exact: every parameter's fp32, exp_avg, exp_avg_sq; steps; losses
+    assert len(reference["loss"]) == 1 and reference["param_steps"] == {3.0}
+    assert {k: len(v["fp32"]) for k, v in reference["params"].items()} == {
+        "0.weight": 35, "0.bias": 7, "2.weight": 21, "2.bias": 3}
+    _consolidated_equal(src, dst)
 
 
 def test_without_reshard_deepspeed_refuses_the_new_world_size(saved):
@@ -152,3 +201,64 @@ def test_reshard_refuses_what_it_cannot_do(saved, tmp_path):
     torch.save({"w": torch.zeros(2)}, torch_file)
     r = _reshard(tmp_path, tmp_path / "y", 1)
     assert r.exit_code == 1 and not (tmp_path / "y").exists()
+
+
+def _zero_to_fp32(ckpt: Path) -> dict:
+    """DeepSpeed's own consolidation (utils/zero_to_fp32.py, in a child process), read back
+    with weights_only=True."""
+    import torch
+
+    job = Path(__file__).parent / "realds" / "ds_job.py"
+    proc = subprocess.run([sys.executable, str(job), "fp32", "3", str(ckpt)], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(f"{ckpt}.fp32.pt", weights_only=True)
+
+
+def test_resharded_zero3_with_frozen_parameters(tmp_path):
+    """The first Linear frozen: ZeRO-3 keeps it out of the optimizer, in per-rank
+    frozen_param_fragments. Resharded 2 -> 3, DeepSpeed's own zero_to_fp32 rebuilds the same
+    full state dict (frozen and trained parameters, bit for bit) from both checkpoints, and
+    DeepSpeed resumes the new one on 3 ranks with the same state and losses."""
+    import torch
+
+    src = tmp_path / "z3_frozen_dp2"
+    _launch(2, "save", src, 3, frozen=True)
+    reference = _resumed(src, 2, 3, frozen=True)
+    dst = tmp_path / "z3_frozen_to3"
+    r = _reshard(src, dst, 3)
+    assert r.exit_code == 0, r.output
+    a, b = _zero_to_fp32(src), _zero_to_fp32(dst)
+    assert sorted(a) == ["0.bias", "0.weight", "2.bias", "2.weight"] and sorted(b) == sorted(a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    got = _resumed(dst, 3, 3, frozen=True)
+    assert got == reference and set(reference["params"]) == {"2.weight", "2.bias"}
+
+
+def test_dcp_reshards_on_load_so_reshard_writes_nothing(tmp_path):
+    """The claim behind CK737, checked with real torch: a 2-rank FSDP2 + AdamW DCP save
+    (tests/realds/dcp_reshard.py) loaded by one plain process with dcp.load holds the same
+    full weights and Adam moments as the 2 ranks gathered at save time, and the next step
+    gives the same loss. `reshard` on that checkpoint says so and writes nothing."""
+    job = Path(__file__).parent / "realds" / "dcp_reshard.py"
+    ckpt = tmp_path / "dcp2"
+    for mode in ("save", "load"):
+        proc = subprocess.run([sys.executable, str(job), mode, str(ckpt)], capture_output=True,
+                              text=True, env=dict(os.environ), timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    ref = json.loads(Path(f"{ckpt}.ref.json").read_text())
+    got = json.loads(Path(f"{ckpt}.got.json").read_text())
+    assert set(ref["weights"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert len(ref["optim"]) == 12 and len(ref["weights"]["0.weight"]) == 60
+    assert got == ref  # exact: weights, exp_avg, exp_avg_sq, step, loss, loss after a step
+    dst = tmp_path / "dcp_to1"
+    r = _reshard(ckpt, dst, 1)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "CK737" in text and "nothing written" in text and "2 storage file(s)" in text
+    assert not dst.exists()
+    # a damaged .metadata is refused, not trusted
+    (ckpt / ".metadata").write_bytes((ckpt / ".metadata").read_bytes()[:40])
+    r = _reshard(ckpt, dst, 1)
+    assert r.exit_code == 1 and "CK734" in r.output and not dst.exists()

@@ -6,8 +6,10 @@ A repair run that replaces anything opens one session directory:
         manifest.json                                  what was backed up, written atomically
         <relative path of each original>               byte-identical copy, fsynced
 
-Each original is copied (and its copy hashed against the original) *before* the new file is
-renamed over it, and the manifest entry is written before the rename too, so a crash at any
+Each original is hard-linked into the session when the session is on the same filesystem
+(nothing is copied: the new file is renamed over the original path, so the link keeps the
+original's inode and bytes), else copied and the copy hashed against the original, *before* the
+new file is renamed over it, and the manifest entry is written before the rename too, so a crash at any
 point leaves either the untouched original or the new file plus a complete backup. Files a
 repair creates (a .safetensors, sidecars, the allow-list) are listed under "created" before they
 are written, so `undo` can remove them. `undo` restores the newest session not yet undone."""
@@ -89,6 +91,35 @@ def copy_hashed(src: Path, dst: Path) -> str:
     return digest
 
 
+def link_or_copy_hashed(src: Path, dst: Path) -> tuple[str, str]:
+    """Back up `src` at `dst`: a hard link when both are on one filesystem, else a copy
+    (copy_hashed). Returns (sha256 of the original, "hardlink" | "copy").
+
+    A hard link copies nothing, and is sound here because a repair never writes an original in
+    place: the replacement is written to a temp file, verified, and renamed over the original
+    path (atomic.commit), so the original inode - now only the backup's - keeps its bytes.
+    Only a regular, non-symlinked file is linked."""
+    from ..atomic import tmp_path_for
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        same_fs = (src.is_file() and not src.is_symlink()
+                   and os.stat(src).st_dev == os.stat(dst.parent).st_dev)
+    except OSError:
+        same_fs = False
+    if same_fs:
+        tmp = tmp_path_for(dst)
+        try:
+            os.link(src, tmp, follow_symlinks=False)
+        except OSError:  # no hard links here (some network / FUSE file systems): copy
+            pass
+        else:
+            os.replace(tmp, dst)
+            fsync_dir(dst.parent)
+            return sha256_file(dst), "hardlink"
+    return copy_hashed(src, dst), "copy"
+
+
 def checkpoint_root(p: Path) -> Path:
     """The checkpoint a repair of / undo for PATH works on: PATH itself when it is a directory,
     else the file's own directory. Its .ckptdoctor-backup is the only default backup root;
@@ -146,13 +177,14 @@ class Session:
         write_bytes(self.dir / MANIFEST, (json.dumps(self.doc, indent=1) + "\n").encode())
 
     def backup(self, rel: str, src: Path, kind: str = "original") -> Path:
-        """Copy `src` (at `rel` under the root) into the session and record it."""
+        """Back up `src` (at `rel` under the root) into the session - hard-linked on the same
+        filesystem, else copied - and record it."""
         dst = safe_rel(self.dir, rel)
         if dst is None:
             raise BackupRefused(f"{rel}: not a plain path inside the checkpoint; not backed up")
-        digest = copy_hashed(src, dst)
+        digest, how = link_or_copy_hashed(src, dst)
         self.doc["files"].append({"rel": rel, "sha256": digest, "size": src.stat().st_size,
-                                  "kind": kind, "status": "backed-up"})
+                                  "kind": kind, "status": "backed-up", "how": how})
         self.save()
         return dst
 

@@ -1,0 +1,21 @@
+"""Peak memory of one `reshard`, run by tests/test_reshard_memory.py in a fresh process.
+
+    python reshard_mem.py SRC DST M    prints a JSON line {"base": KiB, "peak": KiB}
+
+`base` is the process's peak RSS (getrusage ru_maxrss) after the imports, before resharding;
+`peak` the peak RSS after it (verification included). The growth, peak - base, is what the
+reshard itself needed at its worst moment."""
+
+import json
+import resource
+import sys
+
+import torch  # noqa: F401  (imported before the baseline: its footprint is not the reshard's)
+
+from ckptdoctor.reshard import reshard
+
+src, dst, m = sys.argv[1], sys.argv[2], int(sys.argv[3])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = reshard(src, dst, m)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base": base, "peak": peak, "verified": result.verified}))
