@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .codes import Code
+from .errors import DiffError
 from .model import SCHEMA_VERSION, Finding, Severity, sorted_findings
 
 CHUNK_ELEMENTS = 1 << 18  # elements per comparison step (2 MB per float64 temporary)
@@ -66,14 +67,6 @@ _RANK_FILE = re.compile(r"(?:rng_state_|random_states_|zero_pp_rank_|mp_rank_|^_
 _MOMENT = re.compile(r"(?:^|\.)state\.(.+)\.(exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer"
                      r"|step)$")
 _STEP_KEYS = ("global_step", "global_steps", "iteration", "step")
-
-
-class DiffError(Exception):
-    """A side could not be read: `.finding` is CK901 with the cause."""
-
-    def __init__(self, finding: Finding):
-        super().__init__(finding.message)
-        self.finding = finding
 
 
 # --- reading a side ---------------------------------------------------------------------------

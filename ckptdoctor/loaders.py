@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from .codes import Code
 from .diagnose import diagnose, key_line
+from .errors import LoadError
 import contextlib
 import pickle
 import sys
@@ -83,18 +84,6 @@ class LoadResult:
     attempts: list[Attempt]
     findings: list[Finding] = field(default_factory=list)  # e.g. CK602 when it needed a list
     static: FileInfo | None = None
-
-
-class LoadError(pickle.UnpicklingError):
-    """Every strategy failed or was refused. A pickle.UnpicklingError, as torch.load raises
-    for a file it will not load, so code written for torch.load catches it."""
-
-    def __init__(self, path: str, attempts: list[Attempt], findings: list[Finding]):
-        self.path = path
-        self.attempts = attempts
-        self.findings = findings
-        reason = findings[0].message if findings else "no strategy loaded it"
-        super().__init__(f"cannot load {path}: {reason}")
 
 
 @dataclass

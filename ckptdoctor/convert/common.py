@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
+from ..errors import ConvertError
 from ..model import Finding, Severity
 
 CHUNK = 16 << 20  # bytes per read / convert / write / compare step
@@ -33,14 +34,6 @@ TARGETS = ("safetensors", "torch", "dcp", "safe")
 DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 
 
-class ConvertError(Exception):
-    """A conversion that did not produce output. `.finding` is the CK7xx reason; `.findings`
-    adds what led to it (e.g. a CK101 dangerous global in a DCP BytesIO item)."""
-
-    def __init__(self, finding: Finding, extra: list[Finding] | tuple[Finding, ...] = ()):
-        super().__init__(finding.message)
-        self.finding = finding
-        self.findings = [finding, *extra]
 
 
 def fail(path: Any, message: str, hint: str = "", extra: list[Finding] | tuple = (),
