@@ -32,7 +32,7 @@ class ExitCode(enum.IntEnum):
 
 
 class CkptdoctorError(Exception):
-    """Base class. Construct with a Finding (`Code.X.finding(path, message)`), or with a
+    """Base class of every error ckptdoctor raises on purpose. Construct with a Finding (`Code.X.finding(path, message)`), or with a
     message when the class names its code (`code`); `extra` are the findings behind it."""
 
     code: ClassVar[Code | None] = None  # the code of a message-only construction
@@ -75,7 +75,7 @@ class PathError(CkptdoctorError):
 
 
 class RefusedError(CkptdoctorError):
-    """A request ckptdoctor refuses for safety, e.g. `--allow` of a code-executing global."""
+    """A request ckptdoctor refuses for safety (`--allow` of a code-executing global)."""
 
     code = Code.DANGEROUS_GLOBAL
     exit_code = ExitCode.FINDINGS
@@ -83,7 +83,7 @@ class RefusedError(CkptdoctorError):
 
 # --- commands -----------------------------------------------------------------------------------
 class RepairError(CkptdoctorError):
-    """repair (or its undo) refused as a whole; nothing was changed (CK701)."""
+    """repair (or its undo) refused as a whole; nothing was changed."""
 
     code = Code.REPAIR_REFUSED
     exit_code = ExitCode.FINDINGS
@@ -103,7 +103,7 @@ class ConvertError(CkptdoctorError):
 
 
 class DiffError(CkptdoctorError):
-    """A side of a diff could not be read: `.finding` is CK901 with the cause."""
+    """A side of a diff could not be read. `.finding` is CK901 with the cause."""
 
     code = Code.DIFF_UNREADABLE
 
