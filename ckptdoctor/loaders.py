@@ -34,7 +34,7 @@ import pickle
 import sys
 import types
 
-from .model import FileInfo, Finding, GlobalClass, ScanState
+from .model import FileInfo, Finding, FormatName, GlobalClass, ScanState
 from .pickles.policy import (AllowListError, NotVouchedError, Verdict, allow_flags, require,
                              vet)
 from .standins import (ModuleReached, import_dotted, is_standin, numpy_location,
@@ -142,7 +142,7 @@ def _torch_load(path: Path, ctx: LoadContext, weights_only: bool,
                 pickle_module: Any = None) -> Any:
     import torch
 
-    fmt = ctx.static.format if ctx.static else "unknown"
+    fmt = ctx.static.format if ctx.static else FormatName.UNKNOWN
     mmap = ctx.mmap and fmt in ("torch-zip", "unknown")
     kw: dict[str, Any] = dict(ctx.load_args)
     if not weights_only:
@@ -321,7 +321,7 @@ def _trust_refusal(path: Path, ctx: LoadContext) -> str:
     reason = _not_loadable(static)
     if reason:
         return reason
-    if static.weights_only is None and static.format not in ("safetensors",):
+    if static.weights_only is None and static.format not in (FormatName.SAFETENSORS,):
         return "the file's pickle could not be scanned, so nothing vouches it runs no code"
     now = path.stat()
     if (now.st_size, now.st_mtime_ns, now.st_ino) != (
@@ -357,9 +357,9 @@ def _load_safetensors(path: Path, ctx: LoadContext) -> Attempt:
 
 
 def _is_safetensors(path: Path, static: FileInfo | None) -> bool:
-    if static is not None and static.format == "safetensors":
+    if static is not None and static.format == FormatName.SAFETENSORS:
         return True
-    unknown = static is None or static.format in ("unknown", "empty")
+    unknown = static is None or static.format in (FormatName.UNKNOWN, FormatName.EMPTY)
     return unknown and path.suffix == ".safetensors"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import FileInfo
+from .model import FileInfo, FormatName
 
 CHUNK = 4 << 20  # bytes per read; a multiple of every element size
 MEMORY_BUDGET = 96 << 20  # buffers of all threads together (each uses about 3 chunks)
@@ -197,13 +197,13 @@ def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> l
     """What to check in `path`, from its metadata. Unknown formats get no regions (hash only)."""
     if info is None:
         return []
-    if info.format == "torch-zip":
+    if info.format == FormatName.TORCH_ZIP:
         return _zip_regions(path, info, nonfinite)
-    if info.format == "safetensors" and nonfinite:
+    if info.format == FormatName.SAFETENSORS and nonfinite:
         return _safetensors_regions(info)
-    if info.format == "dcp-shard":
+    if info.format == FormatName.DCP_SHARD:
         return _dcp_regions(path, nonfinite)
-    if info.format == "torch-legacy" and nonfinite:
+    if info.format == FormatName.TORCH_LEGACY and nonfinite:
         return legacy_regions(path, info) or []
     return []
 
@@ -273,7 +273,8 @@ def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
                 continue
             item = FileSlice(fh, e.offset, e.length)
             info = scan_zip(item, e.fqn)
-            if info.format != "torch-zip" or any(f.severity.name == "ERROR" for f in info.findings):
+            if info.format != FormatName.TORCH_ZIP or any(f.severity.name == "ERROR"
+                                                          for f in info.findings):
                 continue  # BytesIO items and broken ones: the static checks report them
             info.tensors = [t.__class__(e.fqn, t.dtype, t.shape, t.nbytes, t.storage, t.offset)
                             for t in info.tensors]

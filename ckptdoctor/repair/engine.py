@@ -24,7 +24,7 @@ from typing import Any
 
 from ..atomic import TMP_MARKER, commit, fsync_dir, leftovers, staged_file, write_bytes
 from ..codes import Code
-from ..model import FileInfo, Finding, ScanState, Severity
+from ..model import FileInfo, Finding, FormatName, ScanState, Severity
 from . import allowlist as al
 from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_root,
                      in_backup_tree, sessions, sha256_file)
@@ -40,7 +40,7 @@ CONSUMERS = ("framework", "torch")
 _SCAN_INCOMPLETE = frozenset({Code.PICKLE_MALFORMED.code, Code.PICKLE_LIMIT.code,
                               Code.DYNAMIC_GLOBAL.code})
 TARGETS = ("torch", "safetensors")
-REWRITABLE = ("torch-zip", "torch-legacy")
+REWRITABLE = (FormatName.TORCH_ZIP, FormatName.TORCH_LEGACY)
 CRASH_ENV = "CKPTDOCTOR_TEST_CRASH_AT"  # test hook: "<point>[:<nth>]" -> os._exit(137) there
 CRASH_POINTS = ("tmp-written", "verified", "backed-up", "sidecars-written", "committed")
 _crash_counts: _Counter = _Counter()
@@ -100,7 +100,7 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
         if name.startswith(TMP_MARKER) or (inside is not None and p.is_dir() and (
                 info.path == inside or info.path.startswith(inside.rstrip("/") + "/"))):
             continue
-        if info.dangerous and info.format in REWRITABLE + ("pickle",):
+        if info.dangerous and info.format in REWRITABLE + (FormatName.PICKLE,):
             out.append(_Candidate(info.path, "references code-executing global(s): " + ", ".join(
                 sorted({g.name for g in info.dangerous})), info))
         elif info.scan_state is not ScanState.COMPLETE:  # fail closed: refused in _prepare
