@@ -53,9 +53,6 @@ class FormatName(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
 
 class ScanState(str, enum.Enum):
     """How far the static scan of a file got. Anything but COMPLETE is not loadable: the gate,
