@@ -30,7 +30,7 @@ from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_ro
                      in_backup_tree, sessions, sha256_file)
 from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
                     SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
-                    FilePlan, RepairPlan, RepairResult)
+                    FilePlan, RepairPlan, RepairResult, Status)
 from .rules import Converter, covered_names, leftover_captures
 from .transcode import TranscodeRefused, offending_names, transcoding_load
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
@@ -518,7 +518,7 @@ class _Run:
         self.result.findings.append(code.finding(
             fp.rel, f"{code.title}: {msg}" if code is Code.REPAIR_VERIFY else msg,
             hint="the original is untouched" if code is Code.REPAIR_VERIFY else ""))
-        return FileOutcome(fp.rel, VERIFY_FAILED if code is Code.REPAIR_VERIFY else REFUSED,
+        return FileOutcome(fp.rel, VERIFY_FAILED if code is Code.REPAIR_VERIFY else Status.REFUSED,
                            msg)
 
     # -- one file --
@@ -658,7 +658,8 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
     if dry_run:
         result.outcomes = [FileOutcome(f.rel, SKIPPED if f.action in (REWRITE, SAFETENSORS,
                                                                        ALLOWLIST)
-                                       else (REFUSED if f.action == REFUSED else UNCHANGED),
+                                       else (Status.REFUSED if f.action == REFUSED
+                                             else UNCHANGED),
                                        f.reason or "dry run: nothing written")
                            for f in plan.files]
         return result
@@ -691,7 +692,7 @@ def repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] = (),
         elif fp.action == ALLOWLIST:
             outcome = run.allowlist_only(prep)
         elif fp.action == REFUSED:
-            outcome = FileOutcome(fp.rel, REFUSED, fp.reason)
+            outcome = FileOutcome(fp.rel, Status.REFUSED, fp.reason)
         else:
             outcome = FileOutcome(fp.rel, UNCHANGED, fp.reason)
         result.outcomes.append(outcome)
