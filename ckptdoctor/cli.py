@@ -302,12 +302,13 @@ def repair(
     from .repair import plan_repair, render_plan, render_result
     from .repair import repair as run_repair
     from .repair import undo as run_undo
+    from .repair.model import RepairTarget
 
     if backup_dir is not None and no_backup:
         raise UsageError.of(Code.REPAIR_REFUSED, path, "--backup-dir and --no-backup conflict")
-    if to not in ("torch", "safetensors"):
+    if to not in tuple(RepairTarget):
         raise UsageError.of(Code.REPAIR_REFUSED, path,
-                            f"--to must be torch or safetensors, not {to}")
+                            f"--to must be {' or '.join(RepairTarget)}, not {to}")
     if undo:
         try:
             restored = run_undo(path, backup_dir=backup_dir)

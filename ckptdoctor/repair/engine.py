@@ -30,7 +30,7 @@ from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_ro
                      in_backup_tree, sessions, sha256_file)
 from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
                     SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
-                    FilePlan, RepairPlan, RepairResult, Status)
+                    FilePlan, RepairPlan, RepairResult, RepairTarget, Status)
 from .rules import Converter, covered_names, leftover_captures
 from .transcode import TranscodeRefused, offending_names, transcoding_load
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
@@ -39,7 +39,7 @@ CONSUMERS = ("framework", "torch")
 # Scan findings that mean nothing vouches for the whole pickle: such a file is never loaded.
 _SCAN_INCOMPLETE = frozenset({Code.PICKLE_MALFORMED.code, Code.PICKLE_LIMIT.code,
                               Code.DYNAMIC_GLOBAL.code})
-TARGETS = ("torch", "safetensors")
+TARGETS = tuple(RepairTarget)
 REWRITABLE = (FormatName.TORCH_ZIP, FormatName.TORCH_LEGACY)
 CRASH_ENV = "CKPTDOCTOR_TEST_CRASH_AT"  # test hook: "<point>[:<nth>]" -> os._exit(137) there
 CRASH_POINTS = ("tmp-written", "verified", "backed-up", "sidecars-written", "committed")
@@ -109,7 +109,7 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
             out.append(_Candidate(info.path, reasons[info.path], info))
         elif info.path in broken:
             out.append(_Candidate(info.path, broken[info.path], info))
-        elif (to == "safetensors" and info.format in REWRITABLE and info.tensors
+        elif (to == RepairTarget.SAFETENSORS and info.format in REWRITABLE and info.tensors
               and info.weights_only is not None and info.weights_only.loads):
             out.append(_Candidate(info.path, "--to safetensors: torch pickle holding tensors",
                                   info, for_safetensors=True))
@@ -268,7 +268,7 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
     for c in fp.kept:
         fp.findings.append(Code.KEPT_ALLOWLISTED.finding(
             rel, f"{c.where}: {c.found} kept and allow-listed", hint=c.why))
-    if to == "safetensors" and _pure_tensors(converted):
+    if to == RepairTarget.SAFETENSORS and _pure_tensors(converted):
         fp.target = safetensors_name(rel)
         backup = _interrupted_conversion(root, backup_root, fp, converted)
         if backup is not None:
@@ -369,12 +369,13 @@ def _check_args(consumer: str, to: str) -> None:
     if consumer not in CONSUMERS:
         raise ValueError(f"consumer must be one of {CONSUMERS}, not {consumer!r}")
     if to not in TARGETS:
-        raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
+        raise ValueError(f"to must be one of {', '.join(TARGETS)}, not {to!r}")
 
 
 def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: str,
           backup_dir: str | os.PathLike | None) -> tuple[RepairPlan, list[_Prepared]]:
     _check_args(consumer, to)
+    to = RepairTarget(to)
     p = Path(path)
     root = _root_of(p)
     allow = tuple(dict.fromkeys(allow))

@@ -40,6 +40,16 @@ class Status(str, enum.Enum):
         return self.value
 
 
+class RepairTarget(str, enum.Enum):
+    """`repair --to`: what a rewritten file becomes."""
+
+    TORCH = "torch"
+    SAFETENSORS = "safetensors"  # only files that are pure tensor state dicts
+
+    def __str__(self) -> str:
+        return self.value
+
+
 # the short names the engine and the renderer use
 REWRITE, SAFETENSORS, ALLOWLIST, NOTHING, REFUSED = (
     Action.REWRITE, Action.SAFETENSORS, Action.ALLOWLIST, Action.NOTHING, Action.REFUSED)
@@ -102,7 +112,7 @@ class RepairPlan:
     path: str  # as given
     root: Path  # directory holding the checkpoint files (PATH, or PATH's parent for a file)
     consumer: str
-    to: str
+    to: RepairTarget
     allow: tuple[str, ...] = ()
     files: list[FilePlan] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # temp files of interrupted writes (rel)
