@@ -57,6 +57,7 @@ def test_public_errors_are_one_hierarchy_and_keep_their_old_bases_and_homes():
     import ckptdoctor
 
     assert ckptdoctor.LoadError is LoadError is errors.LoadError
+    assert ckptdoctor.CkptdoctorError is CkptdoctorError
     homes = [ConvertError, DiffError, CheckpointRejected, LoadError, AllowListError,
              DangerousGlobalError, NotVouchedError, BackupRefused]
     assert all(issubclass(c, CkptdoctorError) for c in homes)
