@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -26,15 +25,15 @@ from .errors import CkptdoctorError, ExitCode, PathError, RefusedError, RepairEr
 from .model import Severity
 
 
-_PASS_THROUGH = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort,
-                 click.ClickException)
+# typer's exits, aborts and usage errors (its vendored click's ClickException): typer reports them
+_PASS_THROUGH = (typer.Exit, typer.Abort, typer.TyperException)
 
 
 class _Group(TyperGroup):
     """Runs a command; an exception it raises becomes one line and an exit code (`ERRORS`),
     the same in-process (CliRunner) as under `python -m ckptdoctor`."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except _PASS_THROUGH:  # the exits and usage errors typer / click report themselves

@@ -152,3 +152,11 @@ def test_docs_error_table_is_the_codes_table():
         row = next(ln for ln in error_table().splitlines() if ln.startswith(f"| `{cls.__name__}`"))
         assert f"| {int(cls.exit_code)} |" in row
         assert cls.code is None or cls.code.value in row
+
+
+def test_typer_usage_errors_inside_a_command_stay_typer_usage_errors(tmp_path):
+    """A bad option value is reported by typer (exit 2, 'Invalid value'), never turned into an
+    internal error by the table: typer's exceptions pass through it."""
+    r = _in_process("validate", "--format", "xml", make_torch_zip(tmp_path))
+    assert r.exit_code == 2 and "Invalid value for '--format'" in r.output, r.output
+    assert "internal error" not in r.output
