@@ -24,7 +24,6 @@ from .codes import Code
 from .errors import CkptdoctorError, ExitCode, PathError, RefusedError, RepairError, UsageError
 from .model import Severity
 
-
 # typer's exits, aborts and usage errors (its vendored click's ClickException): typer reports them
 _PASS_THROUGH = (typer.Exit, typer.Abort, typer.TyperException)
 

@@ -32,8 +32,9 @@ class ExitCode(enum.IntEnum):
 
 
 class CkptdoctorError(Exception):
-    """Base class of every error ckptdoctor raises on purpose. Construct with a Finding (`Code.X.finding(path, message)`), or with a
-    message when the class names its code (`code`); `extra` are the findings behind it."""
+    """Base class of every error ckptdoctor raises on purpose. Construct with a Finding
+    (`Code.X.finding(path, message)`), or with a message when the class names its code
+    (`code`); `extra` are the findings behind it."""
 
     code: ClassVar[Code | None] = None  # the code of a message-only construction
     exit_code: ClassVar[ExitCode] = ExitCode.USAGE

@@ -48,13 +48,13 @@ def _in_process(*args: str):
 
 
 def test_public_errors_are_one_hierarchy_and_keep_their_old_bases_and_homes():
+    import ckptdoctor
     from ckptdoctor.convert import ConvertError
     from ckptdoctor.diff import DiffError
     from ckptdoctor.integrations.core import CheckpointRejected
     from ckptdoctor.loaders import LoadError
     from ckptdoctor.pickles.policy import AllowListError, DangerousGlobalError, NotVouchedError
     from ckptdoctor.repair.backup import BackupRefused
-    import ckptdoctor
 
     assert ckptdoctor.LoadError is LoadError is errors.LoadError
     assert ckptdoctor.CkptdoctorError is CkptdoctorError

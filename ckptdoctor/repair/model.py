@@ -12,11 +12,12 @@ from typing import Any
 
 from ..model import Finding, Severity
 
+
 class Action(str, enum.Enum):
     """What a repair does to one file (`FilePlan.action`)."""
 
     REWRITE = "rewrite"  # converted objects: re-save with torch.save and replace the original
-    SAFETENSORS = "safetensors"  # pure tensor state dict: write <name>.safetensors, back up original
+    SAFETENSORS = "safetensors"  # pure tensor state dict: write <name>.safetensors, back up
     ALLOWLIST = "allowlist"  # only kept objects: the file stays, an allow-list file is written
     NOTHING = "nothing"  # nothing to convert (already clean, or already allow-listed)
     REFUSED = "refused"  # dangerous, unknown or untranscodable: the file is not touched
