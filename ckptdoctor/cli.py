@@ -489,9 +489,26 @@ def _check_allow(names: list[str]) -> None:
 def _os_error(exc: BaseException) -> str:
     assert isinstance(exc, OSError)
     where = f"{exc.filename} " if exc.filename else ""
-    # disk full, read-only directory, permission: the writes are atomic
-    return (f"error: {Code.WRITE_FAILED.code} {where}{exc.strerror or exc}; nothing was "
-            "replaced, originals untouched")
+    code = Code.WRITE_FAILED if _is_write(exc) else Code.UNREADABLE
+    # disk full, read-only directory, permission, an unreadable file: the writes are atomic
+    return (f"error: {code.code} {where}{exc.strerror or exc}; nothing was replaced, "
+            "originals untouched")
+
+
+def _is_write(exc: OSError) -> bool:
+    """Did a write fail? ckptdoctor never writes a file in place: it creates temp files and
+    backups. So an error on an existing regular file that is neither is a read."""
+    import errno
+
+    from .atomic import TMP_MARKER
+    from .repair.backup import BACKUP_DIRNAME
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return True
+    name = os.fsdecode(exc.filename) if exc.filename is not None else ""
+    if not name or TMP_MARKER in name or BACKUP_DIRNAME in Path(name).parts:
+        return True
+    return not os.path.isfile(name)
 
 
 def _internal(exc: BaseException) -> str:
@@ -527,10 +544,13 @@ def error_table() -> str:
     rows = ["| exception | code | exit | meaning |", "| --- | --- | --- | --- |"]
     for cls in hierarchy():
         code = f"`{cls.code.code}`" if cls.code is not None else "per error"
-        doc = (cls.__doc__ or "").split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".")
-        rows.append(f"| `{cls.__name__}` | {code} | {int(cls.exit_code)} | {' '.join(doc.split())} |")
-    rows.append(f"| `OSError` | `{Code.WRITE_FAILED.code}` | {int(ExitCode.USAGE)} | a write failed "
-                "(disk full, read-only directory); nothing was replaced |")
+        doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        rows.append(f"| `{cls.__name__}` | {code} | {int(cls.exit_code)} | {doc} |")
+    usage = int(ExitCode.USAGE)
+    rows.append(f"| `OSError` | `{Code.WRITE_FAILED.code}` | {usage} | a write failed (disk full, "
+                "read-only directory); nothing was replaced |")
+    rows.append(f"| `OSError` | `{Code.UNREADABLE.code}` | {usage} | an existing file (not one "
+                "ckptdoctor writes) could not be read |")
     rows.append(f"| `KeyboardInterrupt` | | {int(ExitCode.INTERRUPTED)} | interrupted |")
     rows.append(f"| any other exception | | {int(ExitCode.USAGE)} | internal error: its type "
                 "and message on one line |")

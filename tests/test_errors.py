@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,27 @@ def test_typer_usage_errors_inside_a_command_stay_typer_usage_errors(tmp_path):
     r = _in_process("validate", "--format", "xml", make_torch_zip(tmp_path))
     assert r.exit_code == 2 and "Invalid value for '--format'" in r.output, r.output
     assert "internal error" not in r.output
+
+
+@pytest.mark.skipif(not shutil.which("setpriv") and os.geteuid() == 0,
+                    reason="root reads chmod-000 files unless setpriv drops the override")
+def test_an_unreadable_source_shard_is_a_read_error_not_could_not_write(tmp_path):
+    """A shard that cannot be read is CK002, not CK710 "could not write" (the OSError row
+    used to call every OSError a write failure). Real EACCES: the CLI runs without
+    CAP_DAC_OVERRIDE when it is root."""
+    from tests.fixtures.factory import make_hf_model
+
+    src = make_hf_model(tmp_path / "src", sharded=True, safe=True)
+    shard = sorted(src.glob("model-*.safetensors"))[1]
+    shard.chmod(0)
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] \
+        if os.geteuid() == 0 else []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CKPTDOCTOR_DEBUG", None)
+    for args in (["convert", src, tmp_path / "out", "--to", "torch"], ["diff", src, src]):
+        proc = subprocess.run([*drop, sys.executable, "-m", "ckptdoctor", *map(str, args)],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"ckptdoctor: error: CK002 {shard}"), lines[0]
+    assert not (tmp_path / "out").exists()
