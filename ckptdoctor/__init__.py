@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "inspect_path", "validate_path", "safe_load", "allow_for", "LoadError",
-           "repair_path", "convert_checkpoint"]
+           "repair_path", "convert_checkpoint", "CkptdoctorError"]
 
 
 def inspect_path(path):
@@ -52,6 +52,10 @@ def __getattr__(name):
         from .loaders import LoadError
 
         return LoadError
+    if name == "CkptdoctorError":  # the base of every error ckptdoctor raises on purpose
+        from .errors import CkptdoctorError
+
+        return CkptdoctorError
     raise AttributeError(f"module 'ckptdoctor' has no attribute {name!r}")
 
 

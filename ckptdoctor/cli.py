@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 the checkpoint has findings at or above --fail-on (or a dangerous global),
 2 usage error, unusable input path, or internal error. Errors are one line, never a traceback
-(set CKPTDOCTOR_DEBUG=1 to see one)."""
+(set CKPTDOCTOR_DEBUG=1 to see one): commands raise, and `ERRORS` maps each exception type to
+an exit code and that line, in one place."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import contextlib
 import enum
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .codes import Code
+from .errors import CkptdoctorError, ExitCode, PathError, RefusedError, RepairError, UsageError
 from .model import Severity
 
 # Start-up is part of every command's time (`validate --deep` of a 1.5 GB file reads for about
@@ -42,14 +46,31 @@ class _LazyConsole:
         return getattr(self.real(), name)
 
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
+# typer's exits, aborts and usage errors (its vendored click's ClickException): typer reports them
+_PASS_THROUGH = (typer.Exit, typer.Abort, typer.TyperException)
+
+
+class _Group(TyperGroup):
+    """Runs a command; an exception it raises becomes one line and an exit code (`ERRORS`),
+    the same in-process (CliRunner) as under `python -m ckptdoctor`."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except _PASS_THROUGH:  # the exits and usage errors typer / click report themselves
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            raise typer.Exit(_report(exc)) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
                   help="Inspect, validate, repair and convert PyTorch / LLM training checkpoints "
                        "without running code from them.")
 out = _LazyConsole(soft_wrap=True, highlight=False)
 err = _LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = ExitCode.OK, ExitCode.FINDINGS, ExitCode.USAGE
 
 
 class OutputFormat(str, enum.Enum):
@@ -99,29 +120,16 @@ def _versions(specs: list[str]) -> dict[str, str]:
         try:
             name, version = parse_override(spec)
         except ValueError as exc:
-            _fail(CliError(Code.FRAMEWORK_VERSION, spec, str(exc)))
+            raise UsageError.of(Code.FRAMEWORK_VERSION, spec, str(exc)) from None
         out[name] = version
     return out
 
 
-class CliError(Exception):
-    """A user-facing failure: one line, a stable code, an exit code."""
-
-    def __init__(self, code: Code, path: str, message: str, exit_code: int = EXIT_USAGE):
-        super().__init__(message)
-        self.code, self.path, self.exit_code = code, path, exit_code
-
-
-def _fail(exc: CliError) -> None:
-    err.print(f"ckptdoctor: error: {exc.code.code} {exc.path}: {exc}", markup=False)
-    raise typer.Exit(exc.exit_code)
-
-
 def _require(path: Path) -> None:
     if not os.path.lexists(path):
-        _fail(CliError(Code.PATH_MISSING, str(path), "no such file or directory"))
+        raise PathError.of(Code.PATH_MISSING, path, "no such file or directory")
     if os.path.islink(path) and not path.exists():
-        _fail(CliError(Code.SYMLINK_LOOP, str(path), "dangling symlink or symlink loop"))
+        raise PathError.of(Code.SYMLINK_LOOP, path, "dangling symlink or symlink loop")
 
 
 def _version(value: bool) -> None:
@@ -178,7 +186,7 @@ def inspect(
     try:
         ram_b, gpu_b = parse_bytes(ram), parse_bytes(gpu_mem)
     except ValueError as exc:
-        _fail(CliError(Code.EST_PARTIAL, str(path), str(exc)))
+        raise UsageError.of(Code.EST_PARTIAL, path, str(exc)) from None
     report = inspect_path(path)
     est = estimate(report, ram=ram_b, gpu_mem=gpu_b)
     if json_out:
@@ -313,16 +321,18 @@ def repair(
     _check_allow(allow)
     from .repair import apply_repair, prepare_repair, render_plan, render_result
     from .repair import undo as run_undo
+    from .repair.model import RepairTarget
 
     if backup_dir is not None and no_backup:
-        _fail(CliError(Code.REPAIR_REFUSED, str(path), "--backup-dir and --no-backup conflict"))
-    if to not in ("torch", "safetensors"):
-        _fail(CliError(Code.REPAIR_REFUSED, str(path), f"--to must be torch or safetensors, not {to}"))
+        raise UsageError.of(Code.REPAIR_REFUSED, path, "--backup-dir and --no-backup conflict")
+    if to not in tuple(RepairTarget):
+        raise UsageError.of(Code.REPAIR_REFUSED, path,
+                            f"--to must be {' or '.join(RepairTarget)}, not {to}")
     if undo:
         try:
             restored = run_undo(path, backup_dir=backup_dir)
-        except (FileNotFoundError, OSError) as exc:
-            _fail(CliError(Code.REPAIR_REFUSED, str(path), f"nothing to undo: {exc}", EXIT_FINDINGS))
+        except OSError as exc:
+            raise RepairError(f"nothing to undo: {exc}", path=str(path)) from None
         for p in restored:
             out.print(f"restored {p}", markup=False)
         raise typer.Exit(EXIT_OK)
@@ -374,22 +384,15 @@ def convert(
     (one tensor at a time), written atomically and verified."""
     _require(src)
     _check_allow(allow)
-    from .convert import ConvertError, render_result
     from .convert import convert as run
+    from .convert import render_result
 
-    try:
-        with _progress(True) as progress:
-            result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype.value,
-                         verify=not no_verify, drop_non_tensors=drop_non_tensors,
-                         strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
-                         progress=progress, overwrite=overwrite, add_prefix=add_prefix,
-                         nest=nest, params=params, weights_only=weights_only)
-    except ConvertError as exc:
-        # one line: the underlying cause (e.g. CK101) when there is one, else the CK7xx reason
-        cause = next((f for f in exc.findings[1:] if f.severity is Severity.ERROR), exc.finding)
-        err.print(f"ckptdoctor: error: {cause.code} {cause.path}: {cause.message}"
-                  .replace("\n", " "), markup=False)
-        raise typer.Exit(EXIT_FINDINGS) from None
+    with _progress(True) as progress:
+        result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype.value,
+                     verify=not no_verify, drop_non_tensors=drop_non_tensors,
+                     strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
+                     progress=progress, overwrite=overwrite, add_prefix=add_prefix,
+                     nest=nest, params=params, weights_only=weights_only)
     _emit(render_result(result))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
@@ -414,18 +417,14 @@ def diff(
     """What differs between two checkpoints: keys, shapes, dtypes, values (streamed one tensor
     at a time), step / lr / scheduler / optimizer moments / RNG. Exit 0 equal within
     --rtol/--atol (or resume-equivalent), 1 different, 2 error."""
-    from .diff import DiffError, exit_code, render_text, to_json
     from .diff import diff as run
+    from .diff import exit_code, render_text, to_json
 
     _require(a)
     _require(b)
     _check_allow(allow)
-    try:
-        report = run(a, b, rtol=rtol, atol=atol, resume_equivalent=resume_equivalent, jobs=jobs,
-                     allow=tuple(allow), trust=trust)
-    except DiffError as exc:
-        f = exc.finding
-        _fail(CliError(Code.DIFF_UNREADABLE, f.path, f.message.replace("\n", " ")))
+    report = run(a, b, rtol=rtol, atol=atol, resume_equivalent=resume_equivalent, jobs=jobs,
+                 allow=tuple(allow), trust=trust)
     if fmt is DiffFormat.json:
         sys.stdout.write(to_json(report) + "\n")
     else:
@@ -450,18 +449,11 @@ def reshard(
     reshards on load: for a DCP checkpoint this says so, CK737, and writes nothing.)"""
     _require(src)
     _check_allow(allow)
-    from .convert import ConvertError
     from .reshard import render
     from .reshard import reshard as run
 
-    try:
-        result = run(src, dst, world_size, strict=strict, verify=not no_verify,
-                     overwrite=overwrite, allow=tuple(allow), trust=trust)
-    except ConvertError as exc:
-        cause = next((f for f in exc.findings[1:] if f.severity is Severity.ERROR), exc.finding)
-        err.print(f"ckptdoctor: error: {cause.code} {cause.path}: {cause.message}"
-                  .replace("\n", " "), markup=False)
-        raise typer.Exit(EXIT_FINDINGS) from None
+    result = run(src, dst, world_size, strict=strict, verify=not no_verify,
+                 overwrite=overwrite, allow=tuple(allow), trust=trust)
     if json_out:
         import json
 
@@ -480,7 +472,8 @@ def _check_prefixes(prefixes: list[str]) -> None:
 
     for p in prefixes:
         if not lookup(p):
-            _fail(CliError(Code.BAD_PREFIX, p, "matches no finding code (see `ckptdoctor codes`)"))
+            raise UsageError.of(Code.BAD_PREFIX, p,
+                                "matches no finding code (see `ckptdoctor codes`)")
 
 
 @app.command()
@@ -496,7 +489,7 @@ def codes(
         raise typer.Exit(EXIT_OK)
     found = lookup(prefix or "CK")
     if not found:
-        _fail(CliError(Code.BAD_PREFIX, prefix or "", "matches no finding code"))
+        raise UsageError.of(Code.BAD_PREFIX, prefix or "", "matches no finding code")
     for c in found:
         _emit(f"{c.code}  {c.severity}  {c.explanation}" + (f"\n       fix: {c.fix}" if c.fix else ""))
     raise typer.Exit(EXIT_OK)
@@ -507,15 +500,87 @@ def _check_allow(names: list[str]) -> None:
 
     for name in names:
         if "." not in name or any(not part.isidentifier() for part in name.split(".")):
-            _fail(CliError(Code.UNKNOWN_GLOBAL, name, "--allow takes a dotted name such as "
-                                                      "numpy.core.multiarray._reconstruct"))
+            raise UsageError.of(Code.UNKNOWN_GLOBAL, name, "--allow takes a dotted name such "
+                                "as numpy.core.multiarray._reconstruct")
         if vet(name, names).verdict is Verdict.DANGEROUS:
-            _fail(CliError(Code.DANGEROUS_GLOBAL, name, "can execute code; ckptdoctor never "
-                                                        "allow-lists it", EXIT_FINDINGS))
+            raise RefusedError.of(Code.DANGEROUS_GLOBAL, name,
+                                  "can execute code; ckptdoctor never allow-lists it")
+
+
+# --- errors: exception type -> exit code and one line, in one table ------------------------------
+def _os_error(exc: BaseException) -> str:
+    assert isinstance(exc, OSError)
+    where = f"{exc.filename} " if exc.filename else ""
+    code = Code.WRITE_FAILED if _is_write(exc) else Code.UNREADABLE
+    # disk full, read-only directory, permission, an unreadable file: the writes are atomic
+    return (f"error: {code.code} {where}{exc.strerror or exc}; nothing was replaced, "
+            "originals untouched")
+
+
+def _is_write(exc: OSError) -> bool:
+    """Did a write fail? ckptdoctor never writes a file in place: it creates temp files and
+    backups. So an error on an existing regular file that is neither is a read."""
+    import errno
+
+    from .atomic import TMP_MARKER
+    from .repair.backup import BACKUP_DIRNAME
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return True
+    name = os.fsdecode(exc.filename) if exc.filename is not None else ""
+    if not name or TMP_MARKER in name or BACKUP_DIRNAME in Path(name).parts:
+        return True
+    return not os.path.isfile(name)
+
+
+def _internal(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+# (type, exit code (None: the exception's own), its line, CKPTDOCTOR_DEBUG=1 re-raises it).
+# The first row whose type matches wins; docs/security.md's error table is generated from it.
+ERRORS: tuple[tuple[type[BaseException], ExitCode | None, Callable[[BaseException], str], bool],
+              ...] = (
+    (CkptdoctorError, None, lambda e: f"error: {e.line()}", False),  # type: ignore[attr-defined]
+    (OSError, ExitCode.USAGE, _os_error, True),
+    (KeyboardInterrupt, ExitCode.INTERRUPTED, lambda e: "interrupted", False),
+    (Exception, ExitCode.USAGE, _internal, True),  # the last line of defence: never a traceback
+)
+
+
+def _report(exc: BaseException) -> int:
+    """Print EXC's one line on stderr; its exit code. Re-raises what `ERRORS` does not cover."""
+    for etype, code, line, debug in ERRORS:
+        if isinstance(exc, etype):
+            if debug and os.environ.get("CKPTDOCTOR_DEBUG"):
+                raise exc
+            err.print(f"ckptdoctor: {line(exc)}", markup=False)
+            return int(code if code is not None else exc.exit_code)  # type: ignore[attr-defined]
+    raise exc
+
+
+def error_table() -> str:
+    """The markdown table of docs/security.md: exception -> code -> exit code."""
+    from .errors import hierarchy
+
+    rows = ["| exception | code | exit | meaning |", "| --- | --- | --- | --- |"]
+    for cls in hierarchy():
+        code = f"`{cls.code.code}`" if cls.code is not None else "per error"
+        doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        rows.append(f"| `{cls.__name__}` | {code} | {int(cls.exit_code)} | {doc} |")
+    usage = int(ExitCode.USAGE)
+    rows.append(f"| `OSError` | `{Code.WRITE_FAILED.code}` | {usage} | a write failed (disk full, "
+                "read-only directory); nothing was replaced |")
+    rows.append(f"| `OSError` | `{Code.UNREADABLE.code}` | {usage} | an existing file (not one "
+                "ckptdoctor writes) could not be read |")
+    rows.append(f"| `KeyboardInterrupt` | | {int(ExitCode.INTERRUPTED)} | interrupted |")
+    rows.append(f"| any other exception | | {int(ExitCode.USAGE)} | internal error: its type "
+                "and message on one line |")
+    return "\n".join(rows)
 
 
 def main() -> None:
-    """Entry point: run the app; turn any unexpected exception into one line and exit 2."""
+    """Entry point: run the app. Every error becomes one line and an exit code (`ERRORS`)."""
     from .dist import env_rank
 
     if env_rank() != 0:  # under torchrun only rank 0 prints the report
@@ -524,22 +589,8 @@ def main() -> None:
         app(standalone_mode=True)
     except SystemExit:
         raise
-    except OSError as exc:  # disk full, read-only directory, permission: the writes are atomic
-        if os.environ.get("CKPTDOCTOR_DEBUG"):
-            raise
-        where = f"{exc.filename} " if exc.filename else ""
-        err.print(f"ckptdoctor: error: {Code.WRITE_FAILED.code} {where}{exc.strerror or exc}; "
-                  "nothing was replaced, originals untouched", markup=False)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        err.print("ckptdoctor: interrupted", markup=False)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
-        if os.environ.get("CKPTDOCTOR_DEBUG"):
-            raise
-        err.print(f"ckptdoctor: internal error: {type(exc).__name__}: {exc}".splitlines()[0],
-                  markup=False)
-        sys.exit(EXIT_USAGE)
+    except (Exception, KeyboardInterrupt) as exc:  # raised outside a command (e.g. a callback)
+        sys.exit(_report(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

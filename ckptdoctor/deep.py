@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .codes import Code
-from .model import FileInfo, Finding, Report, Severity
+from .model import FileInfo, Finding, FormatName, Report, Severity
 from .stream import FileOutcome  # noqa: F401 - the outcome of a file's pass lives in stream.py
 
 Progress = Callable[[str, int], None]
@@ -47,7 +47,8 @@ def file_path(root: Path, f: FileInfo) -> Path:
 
 def deep_eligible(f: FileInfo) -> bool:
     """Broken or dangerous files are never read as tensors (the static findings say why)."""
-    return f.format in ("torch-zip", "safetensors", "torch-legacy", "dcp-shard") and not any(
+    return f.format in (FormatName.TORCH_ZIP, FormatName.SAFETENSORS, FormatName.TORCH_LEGACY,
+                        FormatName.DCP_SHARD) and not any(
         x.severity is Severity.ERROR for x in f.findings)
 
 
@@ -82,7 +83,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
     rel = f.path
     regions = []
     legacy_loaded = False  # a legacy file outside the streamable layout: loaded as before
-    if deep and f.format == "torch-legacy":
+    if deep and f.format == FormatName.TORCH_LEGACY:
         from .stream import legacy_regions
         try:
             planned = legacy_regions(path, f)
@@ -90,7 +91,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
             planned = None
         legacy_loaded = planned is None
         regions = planned or []
-    if deep and f.format in ("torch-zip", "safetensors", "dcp-shard"):
+    if deep and f.format in (FormatName.TORCH_ZIP, FormatName.SAFETENSORS, FormatName.DCP_SHARD):
         try:
             regions = plan_regions(path, f)
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
@@ -169,9 +170,9 @@ def _legacy_nonfinite(path: Path, info: FileInfo, allow: bool) -> list[Finding]:
 # --- optimizer shapes from metadata -----------------------------------------------------------
 def _is_weights_file(f: FileInfo) -> bool:
     name = f.path.rsplit("/", 1)[-1]
-    if f.format == "safetensors":
+    if f.format == FormatName.SAFETENSORS:
         return True
-    return f.format == "torch-zip" and bool(re.fullmatch(
+    return f.format == FormatName.TORCH_ZIP and bool(re.fullmatch(
         r"(pytorch_model|adapter_model|model)([-_.].*)?\.(bin|pt|pth)", name))
 
 
@@ -196,7 +197,7 @@ def optimizer_checks(root: Path, report: Report) -> list[Finding]:
             if _is_weights_file(f) and deep_eligible(f):
                 weights.update({t.name: t.shape for t in f.tensors})
         for f in files:
-            if f.format != "torch-zip" or not deep_eligible(f) or not any(
+            if f.format != FormatName.TORCH_ZIP or not deep_eligible(f) or not any(
                     _STATE_RE.fullmatch(t.name) for t in f.tensors):
                 continue
             sym = read_pickle_root(file_path(root, f))

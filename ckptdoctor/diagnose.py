@@ -16,7 +16,7 @@ from pathlib import PurePath
 from typing import Any
 
 from .codes import Code
-from .model import FileInfo, Finding, GlobalClass
+from .model import FileInfo, Finding, FormatName, GlobalClass
 from .pickles.policy import Verdict, classify, vet
 from .standins import numpy_location, numpy_major
 
@@ -169,7 +169,8 @@ def diagnose(path: str, exc_or_attempt: Any, static: FileInfo | None = None,
     def found(code: Code, message: str, hint: str = repair) -> Finding:
         return code.finding(path, message, hint, **detail)
 
-    if (static is not None and static.format == "empty") or (etype == "EOFError" and not text):
+    if (static is not None and static.format == FormatName.EMPTY) or (etype == "EOFError"
+                                                                      and not text):
         return found(Code.EMPTY_FILE, "the file is empty (0 bytes): the save never wrote it, "
                      "or it was cut off at once", "re-save it, or resume from an earlier "
                      "checkpoint")

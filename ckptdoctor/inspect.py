@@ -12,7 +12,7 @@ from .codes import Code
 from .layouts import checkpoint_paths, describe_file, detect_layout, find_checkpoints
 from .layouts.base import DirView
 from .layouts.versions import Env
-from .model import Finding, LayoutInfo, Report
+from .model import Finding, FormatName, LayoutInfo, Report
 from .formats import detect_file
 
 
@@ -72,7 +72,7 @@ def inspect_view(path: str | os.PathLike, env: Env | None = None
             shown, f"{shown}: no such file or directory")]), None
     if not p.is_dir():
         info = detect_file(p, p.name)
-        layout = describe_file(p, info) if info.format != "unknown" or info.size else \
+        layout = describe_file(p, info) if info.format != FormatName.UNKNOWN or info.size else \
             LayoutInfo("file", "")
         return Report(shown, layout, files=[info]), None
     view = DirView(p, env=env)

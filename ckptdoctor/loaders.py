@@ -28,11 +28,12 @@ from typing import Any, Protocol
 
 from .codes import Code
 from .diagnose import diagnose, key_line
+from .errors import LoadError
 import contextlib
 import pickle
 import sys
 
-from .model import FileInfo, Finding, GlobalClass, ScanState
+from .model import FileInfo, Finding, FormatName, GlobalClass, ScanState
 from .pickles.policy import (AllowListError, NotVouchedError, Verdict, require,
                              vet)
 from .pickles.unpickler import RefusedGlobal, vetted_pickle_module
@@ -82,18 +83,6 @@ class LoadResult:
     attempts: list[Attempt]
     findings: list[Finding] = field(default_factory=list)  # e.g. CK602 when it needed a list
     static: FileInfo | None = None
-
-
-class LoadError(pickle.UnpicklingError):
-    """Every strategy failed or was refused. A pickle.UnpicklingError, as torch.load raises
-    for a file it will not load, so code written for torch.load catches it."""
-
-    def __init__(self, path: str, attempts: list[Attempt], findings: list[Finding]):
-        self.path = path
-        self.attempts = attempts
-        self.findings = findings
-        reason = findings[0].message if findings else "no strategy loaded it"
-        super().__init__(f"cannot load {path}: {reason}")
 
 
 @dataclass
@@ -152,7 +141,7 @@ def _torch_load(path: Path, ctx: LoadContext, weights_only: bool,
                 pickle_module: Any = None) -> Any:
     import torch
 
-    fmt = ctx.static.format if ctx.static else "unknown"
+    fmt = ctx.static.format if ctx.static else FormatName.UNKNOWN
     mmap = ctx.mmap and fmt in ("torch-zip", "unknown")
     kw: dict[str, Any] = dict(ctx.load_args)
     if not weights_only:
@@ -262,7 +251,7 @@ def _trust_refusal(path: Path, ctx: LoadContext) -> str:
     reason = _not_loadable(static)
     if reason:
         return reason
-    if static.weights_only is None and static.format not in ("safetensors",):
+    if static.weights_only is None and static.format not in (FormatName.SAFETENSORS,):
         return "the file's pickle could not be scanned, so nothing vouches it runs no code"
     now = path.stat()
     if (now.st_size, now.st_mtime_ns, now.st_ino) != (
@@ -298,9 +287,9 @@ def _load_safetensors(path: Path, ctx: LoadContext) -> Attempt:
 
 
 def _is_safetensors(path: Path, static: FileInfo | None) -> bool:
-    if static is not None and static.format == "safetensors":
+    if static is not None and static.format == FormatName.SAFETENSORS:
         return True
-    unknown = static is None or static.format in ("unknown", "empty")
+    unknown = static is None or static.format in (FormatName.UNKNOWN, FormatName.EMPTY)
     return unknown and path.suffix == ".safetensors"
 
 

@@ -34,6 +34,26 @@ class GlobalClass(str, enum.Enum):
     UNKNOWN = "unknown"  # anything else: importing it runs that module's code
 
 
+class FormatName(str, enum.Enum):
+    """What a file is (`FileInfo.format`). A str, so JSON and text output show the value."""
+
+    TORCH_ZIP = "torch-zip"
+    TORCH_LEGACY = "torch-legacy"
+    PICKLE = "pickle"
+    SAFETENSORS = "safetensors"
+    NUMPY = "numpy"
+    DCP_METADATA = "dcp-metadata"
+    DCP_SHARD = "dcp-shard"
+    ZIP = "zip"  # a zip that is not a torch checkpoint
+    JSON = "json"
+    TEXT = "text"
+    EMPTY = "empty"
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class ScanState(str, enum.Enum):
     """How far the static scan of a file got. Anything but COMPLETE is not loadable: the gate,
     repair, convert and every loader strategy refuse it (fail closed)."""
@@ -124,7 +144,7 @@ class FileInfo:
     """What one file is, from metadata only."""
 
     path: str  # relative to the inspected PATH ("" when PATH is the file)
-    format: str  # see formats/__init__.py FORMAT_NAMES
+    format: FormatName
     size: int
     globals: list[GlobalRef] = field(default_factory=list)
     weights_only: WeightsOnlyVerdict | None = None  # None: not a pickle-based file

@@ -13,7 +13,8 @@ from rich.text import Text
 from . import __version__
 from .codes import BY_CODE
 from .layouts import summary_keys
-from .model import FileInfo, Finding, Report, Severity, sorted_findings, tensor_summary
+from .model import (FileInfo, Finding, FormatName, Report, Severity, sorted_findings,
+                    tensor_summary)
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 CLASS_STYLE = {"dangerous": "bold red", "unknown": "magenta", "data": "yellow",
@@ -30,7 +31,7 @@ def human_bytes(n: int | None) -> str:
     return str(n)
 
 
-PICKLE_FORMATS = ("torch-zip", "torch-legacy", "pickle")
+PICKLE_FORMATS = (FormatName.TORCH_ZIP, FormatName.TORCH_LEGACY, FormatName.PICKLE)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".pickle")
 
 
@@ -40,7 +41,8 @@ def unreadable_verdict(f: FileInfo) -> dict[str, Any] | None:
     if f.weights_only is not None:
         return None
     if f.format not in PICKLE_FORMATS and not (
-            f.format in ("empty", "unknown") and f.path.lower().endswith(PICKLE_SUFFIXES)):
+            f.format in (FormatName.EMPTY, FormatName.UNKNOWN)
+            and f.path.lower().endswith(PICKLE_SUFFIXES)):
         return None
     errors = [x for x in f.findings if x.severity is Severity.ERROR]
     reason = f"{errors[0].code}: {errors[0].message}" if errors else "the pickle cannot be read"
@@ -120,7 +122,8 @@ def inspect_text(report: Report, with_tensors: bool = False, width: int = 110,
 def _verdict(f: FileInfo) -> Text:
     v = f.weights_only
     if v is None:
-        return Text("n/a (no pickle)" if f.format in ("safetensors", "json", "text") else "")
+        return Text("n/a (no pickle)" if f.format in (FormatName.SAFETENSORS, FormatName.JSON,
+                                                       FormatName.TEXT) else "")
     if f.dangerous:
         return Text("REFUSE (dangerous)", style="bold red")
     if v.loads:

@@ -19,7 +19,8 @@ from .layouts import detect_layout
 from .layouts.base import WEIGHTS_ONLY, Consumer
 from .layouts.versions import Env
 from .manifest import MANIFEST  # re-exported: repair reads it from here
-from .model import FileInfo, Finding, GlobalClass, Report, ScanState, Severity
+from .model import (FileInfo, Finding, FormatName, GlobalClass, Report, ScanState,
+                    Severity)
 
 _PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 Progress = Callable[[str, int], None]  # (label, bytes done since last call)
@@ -284,7 +285,8 @@ def _load_all(root: Path, report: Report, opts: ValidateOptions,
     base = root if root.is_dir() else root.parent
     out = []
     for f in report.files:
-        if f.format not in ("torch-zip", "torch-legacy", "pickle", "safetensors"):
+        if f.format not in (FormatName.TORCH_ZIP, FormatName.TORCH_LEGACY, FormatName.PICKLE,
+                            FormatName.SAFETENSORS):
             continue
         if f.findings and any(x.severity is Severity.ERROR for x in f.findings):
             continue  # already known broken (or dangerous: never loaded)

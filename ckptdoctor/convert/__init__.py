@@ -25,33 +25,33 @@ from . import (dcp_to_safetensors, dcp_to_torch, deepspeed_to_safetensors, deeps
                lightning_to_safetensors, safe_to_torch, safetensors_to_dcp, safetensors_to_safetensors,
                safetensors_to_torch, torch_to_dcp,
                torch_to_safe, torch_to_safetensors)
-from .common import (DTYPE_CHOICES, TARGETS, ConvertError, ConvertResult, Options, Progress,
-                     Timer, fail, parse_size)
+from .common import (DTYPE_CHOICES, TARGETS, ConvertError, ConvertResult, ConvertTarget, Options,
+                     Progress, Timer, fail, parse_size)
 from .sources import detect
 
 Runner = Callable[[Path, Path, Options, ConvertResult], None]
 
 # (source kind, --to) -> the module that does it. Nothing else is dispatched.
-CONVERTERS: dict[tuple[str, str], Runner] = {
-    ("torch", "safetensors"): torch_to_safetensors.run,
-    ("lightning", "safetensors"): lightning_to_safetensors.run,
-    ("safetensors", "torch"): safetensors_to_torch.run,
-    ("safetensors", "safetensors"): safetensors_to_safetensors.run,
-    ("safetensors", "dcp"): safetensors_to_dcp.run,
-    ("torch", "dcp"): torch_to_dcp.run,
-    ("dcp", "torch"): dcp_to_torch.run,
-    ("dcp", "safetensors"): dcp_to_safetensors.run,
-    ("deepspeed", "safetensors"): deepspeed_to_safetensors.run,
-    ("deepspeed", "torch"): deepspeed_to_torch.run,
-    ("torch", "safe"): torch_to_safe.run,
-    ("lightning", "safe"): torch_to_safe.run,
-    ("safe", "torch"): safe_to_torch.run,
+CONVERTERS: dict[tuple[str, ConvertTarget], Runner] = {
+    ("torch", ConvertTarget.SAFETENSORS): torch_to_safetensors.run,
+    ("lightning", ConvertTarget.SAFETENSORS): lightning_to_safetensors.run,
+    ("safetensors", ConvertTarget.TORCH): safetensors_to_torch.run,
+    ("safetensors", ConvertTarget.SAFETENSORS): safetensors_to_safetensors.run,
+    ("safetensors", ConvertTarget.DCP): safetensors_to_dcp.run,
+    ("torch", ConvertTarget.DCP): torch_to_dcp.run,
+    ("dcp", ConvertTarget.TORCH): dcp_to_torch.run,
+    ("dcp", ConvertTarget.SAFETENSORS): dcp_to_safetensors.run,
+    ("deepspeed", ConvertTarget.SAFETENSORS): deepspeed_to_safetensors.run,
+    ("deepspeed", ConvertTarget.TORCH): deepspeed_to_torch.run,
+    ("torch", ConvertTarget.SAFE): torch_to_safe.run,
+    ("lightning", ConvertTarget.SAFE): torch_to_safe.run,
+    ("safe", ConvertTarget.TORCH): safe_to_torch.run,
 }
 # A Lightning file is a torch file too: these pairs treat it as one.
-_FALLBACK = {("lightning", "dcp"): ("torch", "dcp")}
+_FALLBACK = {("lightning", ConvertTarget.DCP): ("torch", ConvertTarget.DCP)}
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | ConvertTarget, *,
             max_shard_size: int | str | None = None, dtype: str = "keep", verify: bool = True,
             drop_non_tensors: bool = False, strip_prefix: str | None = None,
             allow: tuple[str, ...] | list[str] = (), trust: bool = False,
@@ -64,6 +64,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
     src, dst = Path(src), Path(dst)
     if to not in TARGETS:
         raise fail(dst, f"--to {to!r}: choose one of {', '.join(TARGETS)}")
+    to = ConvertTarget(to)
     if dtype not in DTYPE_CHOICES:
         raise fail(dst, f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     try:
@@ -96,7 +97,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
         raise fail(dst, f"{kind} -> {to} does not take "
                         + ", ".join("--" + k.replace("_", "-") for k in unsupported)
                         + (" (--to safe is lossless: it keeps everything as it is)"
-                           if "safe" in (kind, to) else ""))
+                           if ConvertTarget.SAFE in (kind, to) else ""))
     if params is not None and not Path(params).is_file():
         raise fail(params, f"--params {params}: no such file")
     opts = Options(to, shard_bytes, dtype, verify, drop_non_tensors, strip_prefix,
@@ -167,4 +168,5 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-__all__ = ["convert", "render_result", "ConvertResult", "ConvertError", "CONVERTERS", "detect"]
+__all__ = ["convert", "render_result", "ConvertResult", "ConvertError", "ConvertTarget",
+           "CONVERTERS", "detect"]

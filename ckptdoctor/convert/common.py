@@ -12,6 +12,7 @@ nothing else is ever released."""
 
 from __future__ import annotations
 
+import enum
 import math
 
 import ctypes
@@ -25,22 +26,29 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
+from ..errors import ConvertError
 from ..model import Finding, Severity
 
 CHUNK = 16 << 20  # bytes per read / convert / write / compare step
 Progress = Callable[[str, int], None]
-TARGETS = ("safetensors", "torch", "dcp", "safe")
 DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 
 
-class ConvertError(Exception):
-    """A conversion that did not produce output. `.finding` is the CK7xx reason; `.findings`
-    adds what led to it (e.g. a CK101 dangerous global in a DCP BytesIO item)."""
 
-    def __init__(self, finding: Finding, extra: list[Finding] | tuple[Finding, ...] = ()):
-        super().__init__(finding.message)
-        self.finding = finding
-        self.findings = [finding, *extra]
+
+class ConvertTarget(str, enum.Enum):
+    """`convert --to`: the format written."""
+
+    SAFETENSORS = "safetensors"
+    TORCH = "torch"
+    DCP = "dcp"
+    SAFE = "safe"  # tensors + a JSON sidecar for everything else, lossless
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TARGETS = tuple(ConvertTarget)
 
 
 def fail(path: Any, message: str, hint: str = "", extra: list[Finding] | tuple = (),
@@ -50,7 +58,7 @@ def fail(path: Any, message: str, hint: str = "", extra: list[Finding] | tuple =
 
 @dataclass
 class Options:
-    to: str
+    to: ConvertTarget
     max_shard_size: int | None = None
     dtype: str = "keep"
     verify: bool = True
@@ -77,7 +85,7 @@ class ConvertResult:
     src: str
     dst: str
     source_format: str
-    to: str
+    to: ConvertTarget
     converter: str = ""
     files: list[str] = field(default_factory=list)
     tensors: int = 0

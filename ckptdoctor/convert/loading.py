@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
+from ..model import FormatName
 from .common import MAPPED, ConvertError, Options, fail
 
 
@@ -33,7 +34,7 @@ def load_torch(path: Path, opts: Options, rel: str | None = None, mmap: bool = T
                    extra=[*exc.findings, *_static_errors(path, rel)]) from None
     except AllowListError as exc:
         raise fail(rel, str(exc)) from None
-    if mmap and result.static is not None and result.static.format == "torch-zip":
+    if mmap and result.static is not None and result.static.format == FormatName.TORCH_ZIP:
         MAPPED.add(path)
     return result.obj
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codes import Code
+from ..errors import DiffError
 from ..model import SCHEMA_VERSION, Finding, sorted_findings
 
 
@@ -22,14 +23,6 @@ class Section(str, enum.Enum):
 
 
 RANK_FILE = re.compile(r"(?:rng_state_|random_states_|zero_pp_rank_|mp_rank_|^__|rank_?)(\d+)")
-
-
-class DiffError(Exception):
-    """A side could not be read: `.finding` is CK901 with the cause."""
-
-    def __init__(self, finding: Finding):
-        super().__init__(finding.message)
-        self.finding = finding
 
 
 def unreadable(path: Any, message: str, hint: str = "") -> DiffError:

@@ -125,8 +125,8 @@ def _add_safetensors(side: Side, files: list[Path]) -> None:
     stem = files[0].name.split(".")[0].split("-0")[0]
     extra = files[0].parent / f"{stem}.extra.json"
     if extra.is_file():
-        for key, value in read_extras(extra).items():
-            _add_value(side, Section.OTHER, key, value)
+        for key, value in read_extras(extra).items():  # sorted as a torch file's top keys are
+            _add_value(side, _classify(key) or Section.OTHER, key, value)
 
 
 def _add_value(side: Side, section: Section, key: str, value: Any) -> None:
@@ -188,6 +188,10 @@ def _add_dcp(side: Side, path: Path, opts: Any) -> None:
     ckpt, values = source(path, opts)
     side.closers.append(ckpt)
     side.files += [".metadata", *sorted(p.name for p in ckpt.root.glob("*.distcp"))]
+    tree, how = ckpt.tree(values)
+    if how != "flat":  # the nesting a torch conversion writes: both flatten the same way
+        _add_object(side, tree, str(path))
+        return
     for key, value in values.items():
         head, _, rest = key.partition(".")
         section = _classify(head) or Section.OTHER
@@ -205,7 +209,8 @@ def _add_deepspeed(side: Side, path: Path, opts: Any) -> None:
         side.add(Section.WEIGHTS, name, entry)
     skip = {"module", "param_shapes", "frozen_param_shapes", "frozen_param_fragments",
             "shared_params", "buffer_names", "optimizer", "lr_scheduler", "ds_config",
-            "ds_version"}
+            "ds_version",
+            "dp_world_size"}  # the layout, not the state: CK912 reports another world size
     m0 = ckpt.models[0]
     for key, value in m0.items():
         if key == "lr_scheduler" and value is not None:
@@ -213,11 +218,25 @@ def _add_deepspeed(side: Side, path: Path, opts: Any) -> None:
         elif key not in skip:
             _add_object(side, {key: value}, str(tag), Section.OTHER)
     # the optimizer moments live per rank in the flat partitions of each *_optim_states.pt
+    bases = []
     for rank, f in enumerate(sorted(tag.glob("*_optim_states.pt"), key=lambda p: _natural(p.name))):
         osd = load_torch(f, opts).get("optimizer_state_dict", {})
         base = None
         if isinstance(osd, Mapping):  # ZeRO-1/2: base_optimizer_state; ZeRO-3: optimizer_state_dict
             base = osd.get("base_optimizer_state", osd.get("optimizer_state_dict"))
+        bases.append((rank, f, base))
+    if ckpt.stage <= 2 and len(bases) == ckpt.world and all(b is not None for _, _, b in bases):
+        # ZeRO-1/2: per parameter, as for the whole model: the same for any world size, so a
+        # checkpoint and its reshard line up
+        from ..convert.deepspeed_read import unsharded_optimizer
+
+        tensors, values = unsharded_optimizer(ckpt, [b for _, _, b in bases])
+        for key, entry in tensors:
+            side.add(Section.OPTIMIZER, key, entry)
+        for key, value in values.items():
+            _add_value(side, Section.OPTIMIZER, key, value)
+        return
+    for rank, f, base in bases:
         if base is not None:
             _add_object(side, base, str(f), Section.OPTIMIZER, f"rank{rank}.")
 

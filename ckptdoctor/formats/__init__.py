@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from ..codes import Code
-from ..model import FileInfo, ScanState
+from ..model import FileInfo, FormatName, ScanState
 from ..pickles.scan import file_budget
 from .base import HEAD_BYTES, Format, Probe
 from .dcp import DcpMetadataFormat, DcpShard
@@ -25,12 +25,12 @@ FORMATS: tuple[Format, ...] = (
     Empty(), DcpShard(), Numpy(), TorchZip(), TorchLegacy(), DcpMetadataFormat(), Safetensors(),
     PickleFile(), Json(), Text(),
 )
-FORMAT_NAMES = ("torch-zip", "torch-legacy", "pickle", "safetensors", "numpy", "dcp-metadata",
-                "dcp-shard", "zip", "json", "text", "empty", "unknown")
+FORMAT_NAMES = tuple(FormatName)
 # Formats that are pickles themselves (scanned as such); every other file is checked for being
 # a pickle too (a polyglot), since torch.load unpickles anything that is not a zip or a tar.
-PICKLE_FORMATS = frozenset({"torch-zip", "torch-legacy", "pickle", "dcp-metadata", "zip",
-                            "dcp-shard", "empty", "unknown"})
+PICKLE_FORMATS = frozenset({FormatName.TORCH_ZIP, FormatName.TORCH_LEGACY, FormatName.PICKLE,
+                            FormatName.DCP_METADATA, FormatName.ZIP, FormatName.DCP_SHARD,
+                            FormatName.EMPTY, FormatName.UNKNOWN})
 # Extensions that promise a format: when content does not match, read it as that format anyway
 # so the user hears what is wrong with it (a cut safetensors file has no valid header to sniff).
 PROMISED = {".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip(),
@@ -48,7 +48,8 @@ def detect_file(path: Path, rel: str = "") -> FileInfo:
                 check_polyglot(path, info)
             return info
     except Exception as exc:  # noqa: BLE001 - one hostile file must not end a directory run
-        return FileInfo(rel, "unknown", _size(path), scan_state=ScanState.FAILED, findings=[
+        return FileInfo(rel, FormatName.UNKNOWN, _size(path), scan_state=ScanState.FAILED,
+                        findings=[
             Code.SCAN_FAILED.finding(rel, f"the scan could not run: {type(exc).__name__}: "
                                           f"{exc}"[:300],
                                      hint="not loadable until it scans; please report this")])
@@ -66,30 +67,33 @@ def _detect_file(path: Path, rel: str = "") -> FileInfo:
         st = os.stat(path)
     except FileNotFoundError:
         kind = Code.SYMLINK_LOOP if os.path.islink(path) else Code.PATH_MISSING
-        return FileInfo(rel, "unknown", 0, findings=[kind.finding(rel, kind.title)])
+        return FileInfo(rel, FormatName.UNKNOWN, 0, findings=[kind.finding(rel, kind.title)])
     except OSError as exc:
         code = Code.SYMLINK_LOOP if exc.errno == 40 else Code.UNREADABLE
-        return FileInfo(rel, "unknown", 0, findings=[code.finding(rel, f"{code.title}: {exc.strerror}")])
+        return FileInfo(rel, FormatName.UNKNOWN, 0,
+                        findings=[code.finding(rel, f"{code.title}: {exc.strerror}")])
     if not stat.S_ISREG(st.st_mode):
         return FileInfo(rel, "unknown", 0, findings=[Code.NOT_REGULAR.finding(rel)])
     try:
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
     except OSError as exc:
-        return FileInfo(rel, "unknown", st.st_size,
+        return FileInfo(rel, FormatName.UNKNOWN, st.st_size,
                         findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
     probe = Probe(Path(path), head, st.st_size)
     try:
         fmt = next((f for f in FORMATS if f.sniff(probe)), None)
-        if (fmt is None or fmt.name == "text") and st.st_size and hidden_pickle(probe.path):
+        if (fmt is None or fmt.name == FormatName.TEXT) and st.st_size and \
+                hidden_pickle(probe.path):
             fmt = PickleFile()
     except OSError as exc:
-        return FileInfo(rel, "unknown", st.st_size,
+        return FileInfo(rel, FormatName.UNKNOWN, st.st_size,
                         findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
-    if (fmt is None or fmt.name == "text") and probe.path.suffix in PROMISED and st.st_size:
+    if (fmt is None or fmt.name == FormatName.TEXT) and probe.path.suffix in PROMISED and \
+            st.st_size:
         fmt = PROMISED[probe.path.suffix]
     if fmt is None:
-        return FileInfo(rel, "unknown", st.st_size)
+        return FileInfo(rel, FormatName.UNKNOWN, st.st_size)
     try:
         return fmt.read(probe, rel)
     except OSError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..codes import Code
-from ..model import FileInfo, Finding, ScanState, WeightsOnlyVerdict
+from ..model import FileInfo, Finding, FormatName, ScanState, WeightsOnlyVerdict
 from ..pickles.scan import PickleScan
 
 HEAD_BYTES = 64
@@ -26,7 +26,7 @@ class Probe:
 
 
 class Format(Protocol):
-    name: str
+    name: FormatName
 
     def sniff(self, probe: Probe) -> bool:
         """True when the content (not the extension) says this is the format."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from ..model import FileInfo, ScanState, TensorInfo
+from ..model import FileInfo, FormatName, ScanState, TensorInfo
 from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, scan_bytes, scan_stream
 from .base import FileSlice, Probe, add_global_findings, merge_scans, worsen
 from .torch_zip import ZIP_MAGIC, scan_zip
@@ -114,7 +114,7 @@ def metadata_from_root(root: Any) -> DcpMetadata:
 
 def read_metadata(path: Path, rel: str) -> tuple[FileInfo, DcpMetadata | None]:
     size = path.stat().st_size
-    info = FileInfo(rel, "dcp-metadata", size)
+    info = FileInfo(rel, FormatName.DCP_METADATA, size)
     if size > MAX_METADATA:
         info.findings.append(Code.PICKLE_LIMIT.finding(rel, f".metadata is {size} bytes"))
         return info, None
@@ -175,14 +175,14 @@ def _scan_item(path: Path, start: int, length: int, where: str) -> FileInfo:
     with open(path, "rb") as fh:
         fh.seek(start)
         if fh.read(4) != ZIP_MAGIC:
-            part = FileInfo(where, "pickle", length)
+            part = FileInfo(where, FormatName.PICKLE, length)
             merge_scans(part, [scan_stream(FileSlice(fh, start, length), where)], where)
             return part
         return scan_zip(FileSlice(fh, start, length), where)
 
 
 class DcpMetadataFormat:
-    name = "dcp-metadata"
+    name = FormatName.DCP_METADATA
 
     def sniff(self, probe: Probe) -> bool:
         n = probe.path.name
@@ -230,7 +230,7 @@ def item_spans(path: Path) -> list[tuple[int, int]]:
 
 
 class DcpShard:
-    name = "dcp-shard"
+    name = FormatName.DCP_SHARD
 
     def sniff(self, probe: Probe) -> bool:
         return probe.path.suffix == ".distcp"

@@ -10,7 +10,7 @@ import zipfile
 from typing import BinaryIO
 
 from ..codes import Code
-from ..model import FileInfo, ScanState, TensorInfo
+from ..model import FileInfo, FormatName, ScanState, TensorInfo
 from ..pickles.scan import scan_stream
 from .base import Probe, merge_scans, worsen
 from .torch_zip import is_zip_head
@@ -91,7 +91,7 @@ def _may_hold_objects(descr: object) -> bool:
 
 
 class Numpy:
-    name = "numpy"
+    name = FormatName.NUMPY
 
     def sniff(self, probe: Probe) -> bool:
         return probe.head.startswith(NPY_MAGIC) or (

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..codes import Code
-from ..model import FileInfo, ScanState
+from ..model import FileInfo, FormatName, ScanState
 from ..pickles.scan import ScanLimits, scan_stream
 from .base import Probe, add_global_findings, merge_scans, worsen
 
@@ -88,7 +88,7 @@ def check_polyglot(path: Path, info: FileInfo) -> None:
 
 
 class PickleFile:
-    name = "pickle"
+    name = FormatName.PICKLE
 
     def sniff(self, probe: Probe) -> bool:
         return looks_like_pickle(probe.head)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from ..model import FileInfo, TensorInfo
+from ..model import FileInfo, FormatName, TensorInfo
 from .base import Probe
 
 MAX_HEADER = 100_000_000  # safetensors' own cap
@@ -41,7 +41,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def read_header(path: Path, rel: str, size: int) -> tuple[dict[str, Any] | None, int, FileInfo]:
     """Parse and check a safetensors header; returns (header or None, data start, info)."""
-    info = FileInfo(rel, "safetensors", size)
+    info = FileInfo(rel, FormatName.SAFETENSORS, size)
     if size < 8:
         info.findings.append(Code.ST_HEADER_SMALL.finding(
             rel, f"{size} bytes: too small to hold the 8-byte header length (safetensors says "
@@ -119,7 +119,7 @@ def check_entries(header: dict[str, Any], start: int, info: FileInfo, rel: str) 
 
 
 class Safetensors:
-    name = "safetensors"
+    name = FormatName.SAFETENSORS
 
     def sniff(self, probe: Probe) -> bool:
         h = probe.head

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..codes import Code
-from ..model import FileInfo
+from ..model import FileInfo, FormatName
 from .base import Probe
 
 MAX_TEXT = 64 << 20
@@ -20,7 +20,7 @@ def _decodes(head: bytes) -> bool:
 
 
 class Empty:
-    name = "empty"
+    name = FormatName.EMPTY
 
     def sniff(self, probe: Probe) -> bool:
         return probe.size == 0
@@ -32,7 +32,7 @@ class Empty:
 
 
 class Json:
-    name = "json"
+    name = FormatName.JSON
 
     def sniff(self, probe: Probe) -> bool:
         return probe.head.lstrip()[:1] in (b"{", b"[") and _decodes(probe.head)
@@ -49,7 +49,7 @@ class Json:
 
 
 class Text:
-    name = "text"
+    name = FormatName.TEXT
 
     def sniff(self, probe: Probe) -> bool:
         return _decodes(probe.head)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..codes import Code
-from ..model import FileInfo, WeightsOnlyVerdict
+from ..model import FileInfo, FormatName, WeightsOnlyVerdict
 from ..pickles.scan import STORAGE_DTYPES, Glob, PickleScan, SymList, scan_stream
 from .base import Probe, merge_scans
 
@@ -79,7 +79,7 @@ def _scan_tar_member(fh: BinaryIO, name: str, rel: str, scans: list[PickleScan])
 def read_tar(probe: Probe, rel: str) -> FileInfo:
     """torch's oldest format, a tar of 'storages', 'tensors' and 'pickle'. weights_only=True
     refuses it; weights_only=False unpickles all three members, so all are scanned."""
-    info = FileInfo(rel, "torch-legacy", probe.size, meta={"container": "tar"})
+    info = FileInfo(rel, FormatName.TORCH_LEGACY, probe.size, meta={"container": "tar"})
     scans: list[PickleScan] = []
     unverified: list[str] = []
     try:
@@ -102,7 +102,7 @@ def read_tar(probe: Probe, rel: str) -> FileInfo:
     except (tarfile.TarError, OSError, ValueError, EOFError, OverflowError) as exc:
         unverified.append(f"tar structure: {exc}")
     if not scans and not unverified:  # a tar, but not torch's: torch.load unpickles nothing
-        return FileInfo(rel, "unknown", probe.size, meta={"container": "tar"})
+        return FileInfo(rel, FormatName.UNKNOWN, probe.size, meta={"container": "tar"})
     refusal = PickleScan(verdict=WeightsOnlyVerdict(False, [], False, [
         "legacy .tar format: torch.load(weights_only=True) refuses it"]))
     merge_scans(info, [*scans, refusal], rel)
@@ -115,7 +115,7 @@ def read_tar(probe: Probe, rel: str) -> FileInfo:
 
 
 class TorchLegacy:
-    name = "torch-legacy"
+    name = FormatName.TORCH_LEGACY
 
     def sniff(self, probe: Probe) -> bool:
         return probe.head.startswith(LEGACY_MAGIC) or is_tar(probe.path)

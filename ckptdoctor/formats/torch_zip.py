@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..codes import Code
-from ..model import FileInfo, Finding, GlobalClass, GlobalRef, ScanState
+from ..model import FileInfo, Finding, FormatName, GlobalClass, GlobalRef, ScanState
 from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, current_budget, scan_bytes
 from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
 from .zip_view import Record, TorchView, torch_records
@@ -76,7 +76,8 @@ def torch_data_pkls(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
     return [i for i in infos if i.filename.lower() == want]
 
 
-def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip", *,
+def scan_zip(source: str | Path | BinaryIO, rel: str,
+             fmt: FormatName = FormatName.TORCH_ZIP, *,
              _depth: int = 0, _budget: _Budget | None = None) -> FileInfo:
     """Scan a torch zip (a path, or a file object such as a FileSlice): the records Python's
     zipfile sees, then the records torch's own reader sees (formats/zip_view.py); any
@@ -91,7 +92,7 @@ def scan_zip(source: str | Path | BinaryIO, rel: str, fmt: str = "torch-zip", *,
     return info
 
 
-def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth: int,
+def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName, _depth: int,
                        budget: _Budget) -> FileInfo:
     size = _size_of(source)
     info = FileInfo(rel, fmt, size)
@@ -140,7 +141,7 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth
                        "scanned.", hint="torch.save never writes this; treat the file as hostile"))
         if pkl is None:
             # Not a torch zip after all: scan any pickle-looking members (nested payloads).
-            info.format = "zip"
+            info.format = FormatName.ZIP
             info.findings.append(Code.ZIP_NO_PICKLE.finding(rel, "zip archive has no data.pkl"))
             _scan_members(zf, infos, info, rel, depth=_depth, budget=budget)
             return info
@@ -465,7 +466,7 @@ def check_crc(path: Path, rel: str, chunk: int = 8 << 20) -> list[Finding]:
 
 
 class TorchZip:
-    name = "torch-zip"
+    name = FormatName.TORCH_ZIP
 
     def sniff(self, probe: Probe) -> bool:
         if not is_zip_head(probe.head):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_writer, write_bytes
+from ..errors import CheckpointRejected
 from ..model import Finding, Severity, sorted_findings
 
 log = logging.getLogger("ckptdoctor")
@@ -28,22 +29,6 @@ FILE_MARKER_SUFFIX = ".ckptdoctor-complete.json"  # <file>.ckptdoctor-complete.j
 MARKER_FORMAT = "ckptdoctor.complete/1"
 RNG_FILE = "ckptdoctor_rng_state_{rank}.pt"
 RNG_FORMAT = "ckptdoctor.rng/1"
-
-
-class CheckpointRejected(RuntimeError):
-    """The pre-resume gate refused the checkpoint. `.findings` are the error findings."""
-
-    def __init__(self, path: str, findings: list[Finding]):
-        self.path = path
-        self.findings = findings
-        first = findings[0]
-        text = f"ckptdoctor: refusing to resume from {path}: {first.code} {first.path or '.'}: " \
-               f"{first.message}"
-        if first.hint:
-            text += f" (hint: {first.hint})"
-        if len(findings) > 1:
-            text += f" [+{len(findings) - 1} more; run: ckptdoctor validate {path}]"
-        super().__init__(text)
 
 
 @dataclass

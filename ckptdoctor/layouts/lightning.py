@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from ..model import FileInfo, Finding, LayoutInfo
+from ..model import FileInfo, Finding, FormatName, LayoutInfo
 from ..pickles.scan import lookup, top_keys
 from . import deepspeed
 from .versions import Env
@@ -61,7 +61,7 @@ def ckpt_details(root: Any) -> tuple[int | None, dict[str, Any]]:
 
 def describe_file(path: Path, info: FileInfo) -> LayoutInfo:
     """A single file: `lightning` for a Lightning .ckpt, else `file`."""
-    if path.suffix == ".ckpt" and info.format == "torch-zip":
+    if path.suffix == ".ckpt" and info.format == FormatName.TORCH_ZIP:
         root = read_pickle_root(path)
         if is_lightning(root):
             step, details = ckpt_details(root)

@@ -11,6 +11,8 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from ..errors import AllowListError as AllowListError  # re-exported: standins, loaders
+from ..errors import DangerousGlobalError, NotVouchedError
 from ..model import GlobalClass
 from .torch_allowlist import TORCH_DEFAULT_ALLOWED
 
@@ -385,22 +387,6 @@ def vet(name: str, allow: Collection[str] = ()) -> Vetting:
     if spellings(name) & set(allow):
         return Vetting(name, Verdict.VOUCHED)
     return Vetting(name, Verdict.UNKNOWN)
-
-
-class AllowListError(ValueError):
-    """Names that must not be resolved; `.names` lists them all, not just the first."""
-
-    def __init__(self, message: str, names: list[str]):
-        super().__init__(message)
-        self.names = names
-
-
-class DangerousGlobalError(AllowListError):
-    """A name in the dangerous class: refused even when the user names it."""
-
-
-class NotVouchedError(AllowListError):
-    """Names of unknown safety nobody vouched for; the message gives the exact --allow flags."""
 
 
 def allow_flags(names: Iterable[str]) -> str:

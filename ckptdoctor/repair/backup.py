@@ -26,14 +26,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..atomic import atomic_writer, fsync_dir, write_bytes
+from ..errors import BackupRefused
 
 BACKUP_DIRNAME = ".ckptdoctor-backup"
 MANIFEST = "manifest.json"
-
-
-class BackupRefused(OSError):
-    """A backup location or manifest ckptdoctor will not use (symlinked, or a path that
-    leaves the tree). Nothing was written or removed."""
 
 
 def in_backup_tree(path: Path) -> bool:

@@ -25,13 +25,13 @@ from typing import Any
 from ..atomic import TMP_MARKER, commit, fsync_dir, leftovers, staged_file, write_bytes
 from ..codes import Code
 from ..layouts import file_flavour
-from ..model import FileInfo, Finding, ScanState, Severity
+from ..model import FileInfo, Finding, FormatName, ScanState, Severity
 from . import allowlist as al
 from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_root,
                      in_backup_tree, sessions, sha256_file)
 from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
                     SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
-                    FilePlan, RepairPlan, RepairResult)
+                    FilePlan, RepairPlan, RepairResult, RepairTarget, Status)
 from .rules import covered_names
 from .walk import Converter, leftover_captures
 from .transcode import TranscodeRefused, Transcoded, offending_names, transcoding_load
@@ -44,8 +44,8 @@ DIFF_SEES_THROUGH = frozenset({"numpy-rng-state", "numpy-scalar"})
 # Scan findings that mean nothing vouches for the whole pickle: such a file is never loaded.
 _SCAN_INCOMPLETE = frozenset({Code.PICKLE_MALFORMED.code, Code.PICKLE_LIMIT.code,
                               Code.DYNAMIC_GLOBAL.code})
-TARGETS = ("torch", "safetensors")
-REWRITABLE = ("torch-zip", "torch-legacy")
+TARGETS = tuple(RepairTarget)
+REWRITABLE = (FormatName.TORCH_ZIP, FormatName.TORCH_LEGACY)
 CRASH_ENV = "CKPTDOCTOR_TEST_CRASH_AT"  # test hook: "<point>[:<nth>]" -> os._exit(137) there
 CRASH_POINTS = ("tmp-written", "verified", "backed-up", "sidecars-written", "committed")
 _crash_counts: _Counter = _Counter()
@@ -105,7 +105,7 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
         if name.startswith(TMP_MARKER) or (inside is not None and p.is_dir() and (
                 info.path == inside or info.path.startswith(inside.rstrip("/") + "/"))):
             continue
-        if info.dangerous and info.format in REWRITABLE + ("pickle",):
+        if info.dangerous and info.format in REWRITABLE + (FormatName.PICKLE,):
             out.append(_Candidate(info.path, "references code-executing global(s): " + ", ".join(
                 sorted({g.name for g in info.dangerous})), info))
         elif info.scan_state is not ScanState.COMPLETE:  # fail closed: refused in _prepare
@@ -114,7 +114,7 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
             out.append(_Candidate(info.path, reasons[info.path], info))
         elif info.path in broken:
             out.append(_Candidate(info.path, broken[info.path], info))
-        elif (to == "safetensors" and info.format in REWRITABLE and info.tensors
+        elif (to == RepairTarget.SAFETENSORS and info.format in REWRITABLE and info.tensors
               and info.weights_only is not None and info.weights_only.loads):
             out.append(_Candidate(info.path, "--to safetensors: torch pickle holding tensors",
                                   info, for_safetensors=True))
@@ -241,7 +241,7 @@ def _prepare(root: Path, cand: _Candidate, allow: tuple[str, ...], to: str,
     for c in fp.kept:
         fp.findings.append(Code.KEPT_ALLOWLISTED.finding(
             rel, f"{c.where}: {c.found} kept and allow-listed", hint=c.why))
-    if to == "safetensors" and _pure_tensors(converted):
+    if to == RepairTarget.SAFETENSORS and _pure_tensors(converted):
         fp.target = safetensors_name(rel)
         backup = _interrupted_conversion(root, backup_root, fp, converted)
         if backup is not None:
@@ -349,12 +349,13 @@ def _check_args(consumer: str, to: str) -> None:
     if consumer not in CONSUMERS:
         raise ValueError(f"consumer must be one of {CONSUMERS}, not {consumer!r}")
     if to not in TARGETS:
-        raise ValueError(f"to must be one of {TARGETS}, not {to!r}")
+        raise ValueError(f"to must be one of {', '.join(TARGETS)}, not {to!r}")
 
 
 def _plan(path: str | os.PathLike, allow: tuple[str, ...], consumer: str, to: str,
           backup_dir: str | os.PathLike | None) -> tuple[RepairPlan, list[_Prepared]]:
     _check_args(consumer, to)
+    to = RepairTarget(to)
     p = Path(path)
     root = _root_of(p)
     allow = tuple(dict.fromkeys(allow))
@@ -517,7 +518,7 @@ class _Run:
         self.result.findings.append(code.finding(
             fp.rel, f"{code.title}: {msg}" if code is Code.REPAIR_VERIFY else msg,
             hint="the original is untouched" if code is Code.REPAIR_VERIFY else ""))
-        return FileOutcome(fp.rel, VERIFY_FAILED if code is Code.REPAIR_VERIFY else REFUSED,
+        return FileOutcome(fp.rel, VERIFY_FAILED if code is Code.REPAIR_VERIFY else Status.REFUSED,
                            msg)
 
     def resume_equivalent(self, fp: FilePlan, tmp: Path) -> str:
@@ -682,7 +683,8 @@ def apply_repair(prepared: PreparedRepair, *, dry_run: bool = False,
     if dry_run:
         result.outcomes = [FileOutcome(f.rel, SKIPPED if f.action in (REWRITE, SAFETENSORS,
                                                                        ALLOWLIST)
-                                       else (REFUSED if f.action == REFUSED else UNCHANGED),
+                                       else (Status.REFUSED if f.action == REFUSED
+                                             else UNCHANGED),
                                        f.reason or "dry run: nothing written")
                            for f in plan.files]
         return result
@@ -714,7 +716,7 @@ def apply_repair(prepared: PreparedRepair, *, dry_run: bool = False,
         elif fp.action == ALLOWLIST:
             outcome = run.allowlist_only(prep)
         elif fp.action == REFUSED:
-            outcome = FileOutcome(fp.rel, REFUSED, fp.reason)
+            outcome = FileOutcome(fp.rel, Status.REFUSED, fp.reason)
         else:
             outcome = FileOutcome(fp.rel, UNCHANGED, fp.reason)
         result.outcomes.append(outcome)

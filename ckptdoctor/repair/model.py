@@ -5,26 +5,58 @@ rewrite (`repair`), so `--dry-run` shows exactly what a real run would do."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..model import Finding, Severity
 
-# FilePlan.action
-REWRITE = "rewrite"  # converted objects: re-save with torch.save and replace the original
-SAFETENSORS = "safetensors"  # pure tensor state dict: write <name>.safetensors, back up original
-ALLOWLIST = "allowlist"  # only kept objects: the file stays, an allow-list file is written
-NOTHING = "nothing"  # nothing to convert (already clean, or already allow-listed)
-REFUSED = "refused"  # dangerous, unknown or untranscodable: the file is not touched
 
-# FileOutcome.status
-REPLACED = "replaced"
-CONVERTED = "converted"
-ALLOWLISTED = "allowlisted"
-UNCHANGED = "unchanged"
-VERIFY_FAILED = "verify-failed"
-SKIPPED = "skipped"  # dry run
+class Action(str, enum.Enum):
+    """What a repair does to one file (`FilePlan.action`)."""
+
+    REWRITE = "rewrite"  # converted objects: re-save with torch.save and replace the original
+    SAFETENSORS = "safetensors"  # pure tensor state dict: write <name>.safetensors, back up
+    ALLOWLIST = "allowlist"  # only kept objects: the file stays, an allow-list file is written
+    NOTHING = "nothing"  # nothing to convert (already clean, or already allow-listed)
+    REFUSED = "refused"  # dangerous, unknown or untranscodable: the file is not touched
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(str, enum.Enum):
+    """What a repair did to one file (`FileOutcome.status`)."""
+
+    REPLACED = "replaced"
+    CONVERTED = "converted"
+    ALLOWLISTED = "allowlisted"
+    UNCHANGED = "unchanged"
+    VERIFY_FAILED = "verify-failed"
+    SKIPPED = "skipped"  # dry run
+    REFUSED = "refused"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RepairTarget(str, enum.Enum):
+    """`repair --to`: what a rewritten file becomes."""
+
+    TORCH = "torch"
+    SAFETENSORS = "safetensors"  # only files that are pure tensor state dicts
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# the short names the engine and the renderer use
+REWRITE, SAFETENSORS, ALLOWLIST, NOTHING, REFUSED = (
+    Action.REWRITE, Action.SAFETENSORS, Action.ALLOWLIST, Action.NOTHING, Action.REFUSED)
+REPLACED, CONVERTED, ALLOWLISTED, UNCHANGED, VERIFY_FAILED, SKIPPED = (
+    Status.REPLACED, Status.CONVERTED, Status.ALLOWLISTED, Status.UNCHANGED,
+    Status.VERIFY_FAILED, Status.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -47,7 +79,7 @@ class Change:
 class FilePlan:
     rel: str  # relative to the checkpoint root (the directory, or the file's parent)
     path: Path
-    action: str  # REWRITE, SAFETENSORS, ALLOWLIST, NOTHING or REFUSED
+    action: Action
     selected_because: str = ""  # the validate finding (or static verdict) that picked the file
     flavor: str = "torch"  # who wrote it, as far as the rules care (hf-trainer, megatron, ...)
     globals: list[str] = field(default_factory=list)  # offending globals (torch spelling)
@@ -81,7 +113,7 @@ class RepairPlan:
     path: str  # as given
     root: Path  # directory holding the checkpoint files (PATH, or PATH's parent for a file)
     consumer: str
-    to: str
+    to: RepairTarget
     allow: tuple[str, ...] = ()
     files: list[FilePlan] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # temp files of interrupted writes (rel)
@@ -126,7 +158,7 @@ class RepairPlan:
 @dataclass
 class FileOutcome:
     rel: str
-    status: str  # REPLACED, CONVERTED, ALLOWLISTED, UNCHANGED, VERIFY_FAILED, SKIPPED, REFUSED
+    status: Status
     message: str = ""
     backup: str = ""  # where the original was copied (absolute)
     target: str = ""  # the file now holding the data (rel)
