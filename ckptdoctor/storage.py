@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .codes import Code
 
@@ -107,10 +107,20 @@ class Session:
     _pool: ThreadPoolExecutor | None = None
 
     # -- plumbing --
+    transport: bool = False  # True: requests are counted where they are sent (S3, HTTP)
+
     def _count(self, nbytes: int = 0) -> None:
+        """One request by ckptdoctor (counted here unless the transport counts them) that
+        brought `nbytes` object bytes."""
+        with self._lock:
+            if not self.transport:
+                self.requests += 1
+            self.bytes_read += nbytes
+
+    def sent(self) -> None:
+        """Transport hook: one HTTP request went out (retries and listings included)."""
         with self._lock:
             self.requests += 1
-            self.bytes_read += nbytes
 
     def clean(self, text: str) -> str:
         """`text` with every secret (option values, URL credentials) removed."""
@@ -190,8 +200,11 @@ class Session:
         except FileNotFoundError:
             found = {}
         out = []
+        http = self.protocol in ("http", "https")
         for name, info in sorted(found.items()):
             name = self._native(name).rstrip("/")
+            if http:  # links are percent-encoded; fs.encode_url quotes them again
+                name = unquote(name)
             if name == root or not name.startswith(root + "/"):
                 continue
             rel = name[len(root) + 1:]
@@ -201,6 +214,17 @@ class Session:
             self.meta[name] = norm
             out.append((rel, norm))
         self.listed.append(root)
+        if http:  # an HTML listing gives no sizes: one HEAD per file, concurrently
+            files = [(rel, m) for rel, m in out if m["type"] == "file"]
+
+            def head(item: tuple[str, dict]) -> None:
+                try:
+                    got = self._call("info", root + "/" + item[0])
+                except FileNotFoundError:
+                    return
+                item[1].update(_norm_info(got))
+
+            list(self.pool.map(head, files))
         # directories S3 implies by prefixes but find() did not return
         for rel, _ in list(out):
             parts = rel.split("/")[:-1]
@@ -622,6 +646,20 @@ def open_session(url: str, options: dict[str, Any] | None = None, *,
         import aiohttp  # noqa: F401 - checked here so a missing extra is one line
 
     extra = EXTRAS.get(proto)
+    # a fresh filesystem per run: fsspec caches instances and their listings, and a stale
+    # listing would pin reads to an old ETag
+    options.setdefault("skip_instance_cache", True)
+    if proto in ("s3", "s3a", "http", "https", "gs", "gcs"):
+        options.setdefault("use_listings_cache", False)
+    hook = _Hook()
+    if proto in ("http", "https"):
+        import aiohttp
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(hook.aiohttp)
+        ck = dict(options.get("client_kwargs") or {})
+        ck["trace_configs"] = list(ck.get("trace_configs") or []) + [trace]
+        options["client_kwargs"] = ck
     try:
         fs, path = url_to_fs(url, **options)
     except ImportError:
@@ -632,9 +670,41 @@ def open_session(url: str, options: dict[str, Any] | None = None, *,
             from None
     session = Session(fs, proto, timeout=timeout or DEFAULT_TIMEOUT, max_bytes=max_bytes,
                       secrets=_secrets(options))
+    hook.session = session
+    if proto in ("http", "https"):
+        session.transport = True
+    elif proto in ("s3", "s3a"):
+        session.transport = _hook_s3(session, hook)
     if proto in ("http", "https"):
         path = url.split("?", 1)[0] if "?" not in url else url
     return session, path
+
+
+class _Hook:
+    """Counts requests where the transport sends them (botocore / aiohttp events)."""
+
+    session: Session | None = None
+
+    def botocore(self, **_kw) -> None:
+        if self.session is not None:
+            self.session.sent()
+
+    async def aiohttp(self, *_args) -> None:
+        if self.session is not None:
+            self.session.sent()
+
+
+def _hook_s3(session: Session, hook: _Hook) -> bool:
+    """Register a before-send handler on s3fs's botocore client (every request, retries
+    included). False when the client cannot be reached (then ckptdoctor counts its calls)."""
+    from fsspec.asyn import sync
+
+    try:
+        sync(session.fs.loop, session.fs.set_session, timeout=session.timeout)
+        session.fs.s3.meta.events.register("before-send.s3", hook.botocore)
+    except Exception:  # noqa: BLE001 - counting falls back to ckptdoctor's own calls
+        return False
+    return True
 
 
 def _check_extra(proto: str) -> None:
@@ -665,6 +735,9 @@ def as_path(path: str | os.PathLike | RemotePath, options: dict[str, Any] | None
         return Path(urlsplit(url).path or "/")
     _check_extra(proto)
     session, native = open_session(url, options, timeout=timeout, max_bytes=max_bytes)
+    if proto in ("http", "https") and urlsplit(url).path.endswith("/"):
+        # HTTP has no directories: a URL ending in / is one (its page lists the files)
+        session.meta[native.rstrip("/")] = {"size": 0, "type": "directory", "etag": None}
     return RemotePath(session, native)
 
 
