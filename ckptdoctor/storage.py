@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from .codes import Code
 
@@ -70,12 +70,8 @@ def is_url(path: Any) -> bool:
 
 def redact(url: str) -> str:
     """A URL safe to print: no user:password@, no query (presigned signatures live there)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _SCHEME.sub(lambda m: m.group(0), url.split("?", 1)[0])
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    url = url.split("?", 1)[0].split("#", 1)[0]
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@", r"\1", url)
 
 
 @dataclass
@@ -246,7 +242,7 @@ class Session:
     def url(self, path: str) -> str:
         if self.protocol in ("http", "https"):
             return redact(path)
-        return redact(f"{self.protocol}://{path}")
+        return redact(self.fs.unstrip_protocol(path))
 
     # -- bytes --
     def read(self, path: str, pos: int, n: int) -> bytes:
@@ -715,7 +711,11 @@ def _check_extra(proto: str) -> None:
         return
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
+    try:
+        missing = importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # sys.modules[module] = None: marked unimportable
+        missing = True
+    if missing:
         raise StorageError(Code.REMOTE_EXTRA, f"{proto}:// needs the {extra} extra: "
                            f"pip install 'ckptdoctor[{extra}]'")
 
