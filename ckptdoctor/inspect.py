@@ -14,7 +14,7 @@ from .layouts.base import DirView
 from .layouts.versions import Env
 from .model import Finding, LayoutInfo, Report
 from .formats import detect_file
-from .storage import as_path, io_stats, is_remote
+from .storage import as_path, io_stats, is_remote, is_url
 
 
 def inspect_path(path: str | os.PathLike) -> Report:
@@ -40,6 +40,11 @@ _LOAD = re.compile(r"torch\.load\(('[^']*'|\"[^\"]*\")")
 def shell_path(report: Report, rel: str) -> str:
     """`rel` (relative to the inspected PATH) as a path from the working directory."""
     root = report.path
+    if is_url(root):  # a remote report: a file's findings name the file itself
+        if not rel or rel == "." or not report.files or report.layout.name in ("file", "none") \
+                or root.rstrip("/").endswith("/" + rel):
+            return root
+        return root.rstrip("/") + "/" + rel
     if not rel or rel == "." or not os.path.isdir(root):
         return root
     return os.path.join(root, rel)

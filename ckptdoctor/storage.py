@@ -653,6 +653,7 @@ def open_session(url: str, options: dict[str, Any] | None = None, *,
 
         trace = aiohttp.TraceConfig()
         trace.on_request_start.append(hook.aiohttp)
+        trace.on_request_redirect.append(hook.aiohttp)  # a followed redirect: one more request
         ck = dict(options.get("client_kwargs") or {})
         ck["trace_configs"] = list(ck.get("trace_configs") or []) + [trace]
         options["client_kwargs"] = ck

@@ -154,15 +154,15 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     def copyfile(self, source, outputfile):
         n = getattr(self, "_length", None)
         data = source.read(n) if n is not None else source.read()
-        outputfile.write(data)
+        # counted before the client can see the answer (no race with the test's assertions)
         self.server.traffic.add(self.command, self.path, self.headers.get("Range", ""),
                                 len(data))
+        outputfile.write(data)
 
-    def do_HEAD(self):
-        f = self.send_head()
-        if f:
-            f.close()
-        self.server.traffic.add("HEAD", self.path, "", 0)
+    def send_response(self, code, message=None):
+        if self.command == "HEAD" or code not in (200, 206):  # no body follows: count now
+            self.server.traffic.add(self.command, self.path, self.headers.get("Range", ""), 0)
+        super().send_response(code, message)
 
 
 class RangeHTTP:
