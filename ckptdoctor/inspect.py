@@ -14,7 +14,7 @@ from .layouts.base import DirView
 from .layouts.versions import Env
 from .model import Finding, LayoutInfo, Report
 from .formats import detect_file
-from .storage import as_path, io_stats, is_remote, is_url
+from .storage import RemoteReadError, as_path, io_stats, is_remote, is_url
 
 
 def inspect_path(path: str | os.PathLike) -> Report:
@@ -82,6 +82,12 @@ def inspect_view(path: str | os.PathLike, env: Env | None = None
     what was already read. `env`: the consumer versions layouts judge by (default: installed)."""
     p = as_path(path)
     shown = str(p) if is_remote(p) else str(path)
+    if is_remote(p):
+        try:
+            p.session.info(p.path)
+        except RemoteReadError as exc:  # timeout, credentials, network: its own code
+            return Report(shown, LayoutInfo("none", ""), findings=[exc.code.finding(
+                shown, f"{shown}: {exc.strerror}")]), None
     if not (p.exists() if is_remote(p) else os.path.lexists(p)):
         return Report(shown, LayoutInfo("none", ""), findings=[Code.PATH_MISSING.finding(
             shown, f"{shown}: no such file or directory")]), None

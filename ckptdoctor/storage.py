@@ -214,9 +214,14 @@ class Session:
             files = [(rel, m) for rel, m in out if m["type"] == "file"]
 
             def head(item: tuple[str, dict]) -> None:
+                path = root + "/" + item[0]
                 try:
-                    got = self._call("info", root + "/" + item[0])
+                    got = self._call("info", path)
                 except FileNotFoundError:
+                    return
+                except RemoteReadError as exc:  # this file only: its scan becomes the finding
+                    with self._lock:
+                        self.failures.setdefault(path, (exc.code, exc.strerror))
                     return
                 item[1].update(_norm_info(got))
 
