@@ -407,8 +407,10 @@ class ConvertDtype(str, enum.Enum):
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint file or directory.")],
-    dst: Annotated[Path, typer.Argument(help="Destination file or directory.")],
+    src: Annotated[str, typer.Argument(help="Source checkpoint file or directory (a path or a "
+                                            "URL).")],
+    dst: Annotated[str, typer.Argument(help="Destination file or directory (a path or a new "
+                                            "URL prefix).")],
     to: Annotated[str, typer.Option("--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
     max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
     dtype: Annotated[ConvertDtype, typer.Option("--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
@@ -422,13 +424,21 @@ def convert(
     nest: Annotated[Optional[str], typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
     params: Annotated[Optional[Path], typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Export only the weights of a checkpoint directory; list the training state left behind.")] = False,
+    storage_option: StorageOpt = [],  # noqa: B006
+    timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
     (one tensor at a time), written atomically and verified."""
+    src = _target(src, storage_option, timeout)
+    dst = _target(dst, storage_option, timeout)
     _require(src)
     _check_allow(allow)
     from .convert import ConvertError, render_result
-    from .convert import convert as run
+    from .convert import convert as run_local
+    from .convert.remote import convert_any
+
+    def run(src, dst, to, **kw):
+        return convert_any(src, dst, to, run_local, **kw)
 
     try:
         with _progress(True) as progress:

@@ -339,3 +339,59 @@ def test_large_object_costs_a_bounded_read(tmp_path_factory, web):
     assert report.extra["bytes_read"] == seen
     assert report.extra["bytes_read"] <= size // 100 + (256 << 10)
     assert report.extra["requests"] <= 8
+
+
+def _keys(s3: MotoS3, prefix: str) -> list[str]:
+    got = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for o in got.get("Contents", []))
+
+
+def test_convert_remote_source_to_local_and_to_s3(local, s3, tmp_path):
+    """s3:// source -> local file equals converting the local copy; -> s3:// destination:
+    the same bytes at the final key, no staging keys or open multipart uploads left."""
+    r = cli("convert", "--to", "safetensors", str(local / "model.pt"),
+            str(tmp_path / "ref.safetensors"))
+    assert r.returncode == 0, r.stderr
+    r = cli("convert", "--to", "safetensors", f"s3://{BUCKET}/ck/model.pt",
+            str(tmp_path / "got.safetensors"))
+    assert r.returncode == 0, r.stderr
+    ref = (tmp_path / "ref.safetensors").read_bytes()
+    assert (tmp_path / "got.safetensors").read_bytes() == ref
+    assert not list(tmp_path.glob(".ckptdoctor-remote-*"))
+    r = cli("convert", "--to", "safetensors", f"s3://{BUCKET}/ck/model.pt",
+            f"s3://{BUCKET}/out/model.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert f"s3://{BUCKET}/out/model.safetensors" in r.stdout
+    body = s3.client().get_object(Bucket=BUCKET, Key="out/model.safetensors")["Body"].read()
+    assert body == ref
+    assert _keys(s3, "out/") == ["out/model.safetensors"]
+    assert s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    # the source is untouched and a second run refuses the existing destination
+    r = cli("convert", "--to", "safetensors", f"s3://{BUCKET}/ck/model.pt",
+            f"s3://{BUCKET}/out/model.safetensors")
+    assert r.returncode == 1 and "must be new" in r.stderr
+
+
+def test_convert_refused_source_writes_nothing_remote(local, s3):
+    """A hostile source: the conversion refuses; no key appears at or beside the DST."""
+    r = cli("convert", "--to", "safetensors", f"s3://{BUCKET}/ck/evil.pt",
+            f"s3://{BUCKET}/out2/evil.safetensors")
+    assert r.returncode == 1 and "CK101" in r.stderr, r.stderr
+    assert _keys(s3, "out2/") == []
+    assert not (local / "CANARY").exists()
+
+
+def test_convert_sharded_dir_to_s3(local, s3, tmp_path):
+    """A sharded output directory: every shard and the index land at their final keys, and
+    the uploaded tree inspects exactly like the same conversion written locally."""
+    r = cli("convert", "--to", "safetensors", "--max-shard-size", "20KB",
+            str(local / "hf_model"), str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    r = cli("convert", "--to", "safetensors", "--max-shard-size", "20KB",
+            f"s3://{BUCKET}/ck/hf_model", f"s3://{BUCKET}/out3/hf")
+    assert r.returncode == 0, r.stderr
+    keys = _keys(s3, "out3/")
+    want = sorted(f"out3/hf/{p.relative_to(tmp_path / 'hf').as_posix()}"
+                  for p in (tmp_path / "hf").rglob("*") if p.is_file())
+    assert keys == want and any(k.endswith(".index.json") for k in keys)
+    assert shape(inspect_path(f"s3://{BUCKET}/out3/hf")) == shape(inspect_path(tmp_path / "hf"))
