@@ -110,7 +110,11 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
                       chunk=chunk or CHUNK)
     out.sha256, out.nbytes = res.sha256, res.nbytes
     if res.error is not None:
-        out.findings.append(Code.UNREADABLE.finding(rel, f"cannot read: {res.error}"))
+        from .storage import failure_of
+
+        failure = failure_of(path)  # a remote read: changed, timed out, over --max-bytes
+        out.findings.append(failure[0].finding(rel, failure[1]) if failure else
+                            Code.UNREADABLE.finding(rel, f"cannot read: {res.error}"))
         return out
     if not deep:
         return out
@@ -152,6 +156,8 @@ def nonfinite_finding(rel: str, name: str, count: int, allow: bool) -> Finding:
 
 
 def _legacy_nonfinite(path: Path, info: FileInfo, allow: bool) -> list[Finding]:
+    if not isinstance(path, Path):  # a remote file: the loader chain reads local files only
+        return []
     import torch
 
     from .loaders import LoadError, load_with_chain

@@ -589,6 +589,83 @@ class RangedFile(io.RawIOBase):
         self._path.session.prefetch(self._path.path, ranges)
 
 
+STREAM_CHUNK = 8 << 20  # --deep reads a remote file in ranged requests of this size
+STREAM_AHEAD = 4  # ... with this many in flight (parallel ranges, bounded memory)
+
+
+class RemoteStream(io.RawIOBase):
+    """Sequential reading of a whole remote object for --deep / manifests: ranged requests of
+    STREAM_CHUNK bytes, STREAM_AHEAD of them in flight, bypassing the block cache (a large
+    file would only churn it). Seeking forward skips the bytes without fetching them."""
+
+    def __init__(self, path: RemotePath):
+        super().__init__()
+        self._path = path
+        self._size = path.stat().st_size
+        self._pos = 0
+        self._ahead: dict[int, Any] = {}  # chunk start -> future
+        self._buf, self._buf_at = b"", -1
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _chunk(self, start: int) -> bytes:
+        session = self._path.session
+        for k in [k for k in self._ahead if k < start]:  # skipped: never waited for
+            self._ahead.pop(k).cancel()
+        nxt = start
+        while len(self._ahead) < STREAM_AHEAD and nxt < self._size:
+            if nxt not in self._ahead:
+                self._ahead[nxt] = session.pool.submit(
+                    session.fetch, self._path.path, nxt, min(self._size, nxt + STREAM_CHUNK))
+            nxt += STREAM_CHUNK
+        return self._ahead.pop(start).result()
+
+    def readinto(self, buf) -> int:
+        if self._pos >= self._size:
+            return 0
+        start = self._pos - self._pos % STREAM_CHUNK
+        if start != self._buf_at:
+            self._buf, self._buf_at = self._chunk(start), start
+        off = self._pos - start
+        n = min(len(buf), len(self._buf) - off)
+        buf[:n] = self._buf[off:off + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        for fut in self._ahead.values():
+            fut.cancel()
+        self._ahead.clear()
+        super().close()
+
+
+def open_stream(path: Path | RemotePath | str):
+    """For one front-to-back pass (stream.py): unbuffered `open` locally, RemoteStream
+    remotely."""
+    if isinstance(path, RemotePath):
+        return RemoteStream(path)
+    return open(path, "rb", buffering=0)
+
+
+def failure_of(path: Any) -> tuple[Code, str] | None:
+    """The (code, message) a remote file's reads failed with, if any."""
+    if isinstance(path, RemotePath):
+        return path.session.failures.get(path.path)
+    return None
+
+
 # -- whole files: download (convert's remote source), staged upload (convert's remote DST) --
 
 def download(src: RemotePath, dest: Path) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptdoctor.codes import Code
 from ckptdoctor.inspect import inspect_path
 from ckptdoctor.render import to_json
 from ckptdoctor.storage import RemotePath, as_path
@@ -30,7 +31,7 @@ except ImportError:  # run from inside tests/
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "ckpts"
-NAMES = ["hf_run", "hf_model", "deepspeed", "dcp", "model.pt", "evil.pt", "cut.pt"]
+NAMES = ["hf_run", "hf_model", "deepspeed", "dcp", "model.pt", "evil.pt", "cut.pt", "flipped.pt"]
 DIRS = {"hf_run", "hf_model", "deepspeed", "dcp"}
 
 
@@ -56,6 +57,17 @@ def local(tmp_path_factory) -> Path:
     torch.save({"w": torch.zeros(4), "x": Payload(r / "CANARY")}, r / "evil.pt")
     data = (r / "model.pt").read_bytes()
     (r / "cut.pt").write_bytes(data[: len(data) // 2])
+    # one bit flipped inside a storage record after torch wrote it (only --deep sees it)
+    import zipfile
+
+    with zipfile.ZipFile(r / "model.pt") as zf:
+        rec = next(i for i in zf.infolist() if "/data/" in i.filename and i.file_size > 8)
+    local_n = int.from_bytes(data[rec.header_offset + 26:rec.header_offset + 28], "little")
+    local_m = int.from_bytes(data[rec.header_offset + 28:rec.header_offset + 30], "little")
+    at = rec.header_offset + 30 + local_n + local_m + 4  # inside the record's data
+    flipped = bytearray(data)
+    flipped[at] ^= 0x01
+    (r / "flipped.pt").write_bytes(bytes(flipped))
     return r
 
 
@@ -395,3 +407,27 @@ def test_convert_sharded_dir_to_s3(local, s3, tmp_path):
                   for p in (tmp_path / "hf").rglob("*") if p.is_file())
     assert keys == want and any(k.endswith(".index.json") for k in keys)
     assert shape(inspect_path(f"s3://{BUCKET}/out3/hf")) == shape(inspect_path(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize("name", ["hf_run", "deepspeed", "dcp", "model.pt", "flipped.pt"])
+def test_deep_validate_equals_local(name, local, s3):
+    """--deep streams every byte by parallel ranged reads: the same CRC / NaN findings as on
+    the local copy (flipped.pt: a CRC mismatch only --deep sees)."""
+    opts = ValidateOptions(deep=True)
+    _, here = validate(local / name, opts)
+    p = as_path(f"s3://{BUCKET}/ck/{name}")
+    report, there = validate(p, ValidateOptions(deep=True))
+    assert codes(there) == codes(here)
+    if name == "flipped.pt":
+        assert any(x.code == Code.ZIP_CRC.code for x in there), codes(there)
+    size = sum(x.size for x in report.files)
+    assert report.extra["bytes_read"] >= size  # every byte was read once...
+    assert report.extra["bytes_read"] <= 2 * size + (1 << 20)  # ...and not many times over
+
+
+def test_deep_max_bytes_budget(local, s3):
+    p = as_path(f"s3://{BUCKET}/ck/hf_run", max_bytes=200_000)
+    report, found = validate(p, ValidateOptions(deep=True))
+    assert any(x.code == "CK016" for x in found)
+    assert report.extra["bytes_read"] <= 200_000
+    assert report.extra["resumable"] is False
