@@ -274,7 +274,9 @@ def test_object_changed_during_run_is_reported_not_mixed(local, s3):
 
     view = DirView(p)  # listed: the ETag is pinned now
     assert view.files == ["model.pt"]
-    c.upload_file(str(local / "evil.pt"), BUCKET, "changing/model.pt")
+    # same size, other bytes: only the ETag tells the two versions apart
+    assert (local / "flipped.pt").stat().st_size == (local / "model.pt").stat().st_size
+    c.upload_file(str(local / "flipped.pt"), BUCKET, "changing/model.pt")
     info = view.info("model.pt")
     assert [x.code for x in info.findings] == ["CK012"]
     assert info.tensors == [] and info.globals == []
