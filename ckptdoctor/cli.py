@@ -112,6 +112,44 @@ FrameworkVersionOpt = Annotated[list[str], typer.Option(
          "at VERSION, e.g. deepspeed=0.15.4. Repeatable. Default: the installed versions.")]
 
 
+StorageOpt = Annotated[list[str], typer.Option(
+    "--storage-option", metavar="KEY=VALUE",
+    help="fsspec storage option for a URL PATH (s3://, gs://, hf://, http(s)://), e.g. "
+         "anon=true or client_kwargs.region_name=eu-west-1. Repeatable. Credentials "
+         "otherwise come from the standard chains (AWS env/profiles, Google ADC, HF_TOKEN).")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=0.1, help="Seconds a remote request may take before it is a CK013 "
+                               "finding.")]
+MaxBytesOpt = Annotated[Optional[str], typer.Option(
+    "--max-bytes", metavar="SIZE", help="Budget of bytes read from remote storage (e.g. 2GB); "
+                                        "a file that would pass it is a CK016 finding.")]
+
+
+def _target(raw: str, options: list[str] | None = None, timeout: float | None = None,
+            max_bytes: str | None = None):
+    """PATH as given: a local Path (unchanged code path) or a storage.RemotePath for a URL.
+    A URL problem (unknown scheme, missing extra, bad option) is one line with its code."""
+    from .storage import StorageError, as_path, is_url, parse_options, redact
+
+    if not is_url(raw):
+        if options or max_bytes:
+            raise UsageError.of(Code.STORAGE_OPTION, raw, "--storage-option / --max-bytes apply "
+                                                          "to URLs only") from None
+        return Path(raw)
+    budget = None
+    if max_bytes:
+        from .estimate import parse_bytes
+
+        try:
+            budget = parse_bytes(max_bytes)
+        except ValueError as exc:
+            raise UsageError.of(Code.STORAGE_OPTION, redact(raw), f"--max-bytes: {exc}") from None
+    try:
+        return as_path(raw, parse_options(options or []), timeout=timeout, max_bytes=budget)
+    except StorageError as exc:
+        raise UsageError.of(exc.code, redact(raw), str(exc)) from None
+
+
 def _versions(specs: list[str]) -> dict[str, str]:
     from .layouts.versions import parse_override
 
@@ -126,6 +164,18 @@ def _versions(specs: list[str]) -> dict[str, str]:
 
 
 def _require(path: Path) -> None:
+    from .storage import RemoteReadError, is_remote
+
+    if is_remote(path):
+        try:
+            found = path.session.info(path.path)
+        except (RemoteReadError, FileNotFoundError) as exc:
+            code = getattr(exc, "code", Code.REMOTE_FAILED)
+            raise PathError.of(code, str(path),
+                               getattr(exc, "strerror", None) or str(exc)) from None
+        if found is None:
+            raise PathError.of(Code.PATH_MISSING, str(path), "no such object or prefix") from None
+        return
     if not os.path.lexists(path):
         raise PathError.of(Code.PATH_MISSING, path, "no such file or directory")
     if os.path.islink(path) and not path.exists():
@@ -168,11 +218,14 @@ def _progress(enabled: bool):
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
+    path: Annotated[str, typer.Argument(help="Checkpoint file or directory (a path or a URL: "
+                                             "s3://, gs://, hf://, http(s)://).")],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document (schema_version 1).")] = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
     ram: Annotated[Optional[str], typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
     gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
+    storage_option: StorageOpt = [],  # noqa: B006
+    timeout: TimeoutOpt = 60.0,
 ) -> None:
     """What is this checkpoint: layout, step, files, tensors, pickled globals, whether plain
     torch.load(weights_only=True) loads each file, and the memory a resume needs.
@@ -182,6 +235,7 @@ def inspect(
     from .inspect import inspect_path
     from .render import inspect_text, to_json
 
+    path = _target(path, storage_option, timeout)
     _require(path)
     try:
         ram_b, gpu_b = parse_bytes(ram), parse_bytes(gpu_mem)
@@ -202,7 +256,8 @@ def inspect(
 
 @app.command()
 def validate(
-    path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
+    path: Annotated[str, typer.Argument(help="Checkpoint file or directory (a path or a URL: "
+                                             "s3://, gs://, hf://, http(s)://).")],
     consumer: ConsumerOpt = ConsumerChoice.framework,
     allow: AllowOpt = [],  # noqa: B006 - typer reads the default
     trust: TrustOpt = False,
@@ -216,6 +271,9 @@ def validate(
     ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
     framework_version: FrameworkVersionOpt = [],  # noqa: B006
+    storage_option: StorageOpt = [],  # noqa: B006
+    timeout: TimeoutOpt = 60.0,
+    max_bytes: MaxBytesOpt = None,
 ) -> None:
     """Pre-resume gate: is the checkpoint complete, intact and loadable by what will resume it?
     Exit 0 resumable, 1 findings at or above --fail-on, 2 usage or internal error."""
@@ -223,8 +281,14 @@ def validate(
     from .validate import ValidateOptions, exit_code, validate as run
 
     versions = _versions(framework_version)
+    path = _target(path, storage_option, timeout, max_bytes)
+    from .storage import is_remote
+
+    if is_remote(path) and (load or write_manifest):
+        raise UsageError.of(Code.REMOTE_READONLY, str(path), "--load and --write-manifest need a "
+                                 "local copy (download it first; see docs/remote.md)") from None
     if fmt in (OutputFormat.json, OutputFormat.junit, OutputFormat.sarif) and \
-            not os.path.lexists(path):
+            not is_remote(path) and not os.path.lexists(path):
         # a CI step that parses the document still gets one: the missing path is its finding
         _require_doc(path, fmt)
     _require(path)
@@ -278,10 +342,13 @@ def _require_doc(path: Path, fmt: OutputFormat) -> None:
 
 @app.command()
 def latest(
-    run_dir: Annotated[Path, typer.Argument(help="Run / output directory holding checkpoints.")],
+    run_dir: Annotated[str, typer.Argument(help="Run / output directory holding checkpoints "
+                                                "(a path or a URL).")],
     consumer: ConsumerOpt = ConsumerChoice.framework,
     allow: AllowOpt = [],  # noqa: B006
     framework_version: FrameworkVersionOpt = [],  # noqa: B006
+    storage_option: StorageOpt = [],  # noqa: B006
+    timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Print the newest checkpoint under RUN_DIR that passes validate (stderr says which newer
     ones were skipped and why, and which can be repaired). Exit 1 when none is valid: use
@@ -289,6 +356,7 @@ def latest(
     from .latest import newest_valid
 
     versions = _versions(framework_version)
+    run_dir = _target(run_dir, storage_option, timeout)
     _require(run_dir)
     _check_allow(allow)
     result = newest_valid(run_dir, consumer=consumer.value, allow=tuple(allow),
@@ -304,7 +372,7 @@ def latest(
 
 @app.command()
 def repair(
-    path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
+    path: Annotated[str, typer.Argument(help="Checkpoint file or directory.")],
     allow: AllowOpt = [],  # noqa: B006
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     backup_dir: Annotated[Optional[Path], typer.Option("--backup-dir", help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
@@ -317,6 +385,13 @@ def repair(
     """Rewrite files so they load with plain torch.load(weights_only=True) and still resume.
     Originals are backed up, results verified before they replace anything. Without --yes it
     asks on a terminal; otherwise it only prints the plan and exits 1."""
+    from .storage import is_url, redact
+
+    if is_url(path) and not path.lower().startswith("file://"):
+        raise UsageError.of(Code.REMOTE_READONLY, redact(path), "repair does not rewrite remote "
+                                 "checkpoints: download it, repair the local copy, upload the "
+                                 "result (docs/remote.md)") from None
+    path = _target(path)
     _require(path)
     _check_allow(allow)
     from .repair import apply_repair, prepare_repair, render_plan, render_result
@@ -364,8 +439,10 @@ class ConvertDtype(str, enum.Enum):
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint file or directory.")],
-    dst: Annotated[Path, typer.Argument(help="Destination file or directory.")],
+    src: Annotated[str, typer.Argument(help="Source checkpoint file or directory (a path or a "
+                                            "URL).")],
+    dst: Annotated[str, typer.Argument(help="Destination file or directory (a path or a new "
+                                            "URL prefix).")],
     to: Annotated[str, typer.Option("--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
     max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
     dtype: Annotated[ConvertDtype, typer.Option("--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
@@ -379,13 +456,21 @@ def convert(
     nest: Annotated[Optional[str], typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
     params: Annotated[Optional[Path], typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Export only the weights of a checkpoint directory; list the training state left behind.")] = False,
+    storage_option: StorageOpt = [],  # noqa: B006
+    timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
     (one tensor at a time), written atomically and verified."""
+    src = _target(src, storage_option, timeout)
+    dst = _target(dst, storage_option, timeout)
     _require(src)
     _check_allow(allow)
-    from .convert import convert as run
     from .convert import render_result
+    from .convert import convert as run_local
+    from .convert.remote import convert_any
+
+    def run(src, dst, to, **kw):
+        return convert_any(src, dst, to, run_local, **kw)
 
     with _progress(True) as progress:
         result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype.value,

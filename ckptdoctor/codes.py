@@ -58,6 +58,35 @@ class Code(enum.Enum):
     TOO_MANY_FILES = ("CK009", Severity.WARNING, "walk stopped at the file limit",
         '',
         'validate a narrower directory')
+    REMOTE_EXTRA = ("CK010", Severity.ERROR, "the URL needs an extra that is not installed",
+        "the URL's protocol needs an optional dependency (exit 2)",
+        "`pip install 'ckptdoctor[s3]'` (or `[gcs]`, `[hf]`, `[http]`, `[remote]` for all)")
+    REMOTE_URL = ("CK011", Severity.ERROR, "not a storage URL ckptdoctor can read",
+        'the URL scheme is no fsspec protocol (exit 2)',
+        'use s3://, gs://, hf://, http(s):// or file://')
+    REMOTE_CHANGED = ("CK012", Severity.ERROR, "remote object changed during the run",
+        'the ETag or size of a remote object changed between two ranged reads; nothing read '
+        'from it is reported (never a mix of two versions)',
+        'run again once the writer has finished')
+    REMOTE_TIMEOUT = ("CK013", Severity.ERROR, "remote request timed out",
+        'a request to the storage endpoint got no answer within the timeout',
+        'retry, or raise `--timeout`')
+    REMOTE_FAILED = ("CK014", Severity.ERROR, "remote request failed",
+        'the storage endpoint refused or failed a request (credentials, permissions, network)',
+        'check credentials (AWS/GCP/HF_TOKEN chains) and `--storage-option`')
+    REMOTE_READONLY = ("CK015", Severity.ERROR, "repair does not rewrite remote checkpoints",
+        '`repair` on a URL is refused (exit 2)',
+        'download, repair locally, upload: see docs/remote.md')
+    REMOTE_BUDGET = ("CK016", Severity.ERROR, "--max-bytes budget exceeded",
+        'reading a remote file would pass the `--max-bytes` budget; the file is not judged',
+        'raise `--max-bytes` or validate without `--deep`')
+    STORAGE_OPTION = ("CK017", Severity.ERROR, "--storage-option is not key=value",
+        '`--storage-option` is not `key=value`, or the filesystem rejects it (exit 2)',
+        'e.g. `--storage-option anon=true`')
+    REMOTE_NO_RANGES = ("CK018", Severity.ERROR, "the server ignores Range requests",
+        'an HTTP server answered a ranged read with the whole object; ckptdoctor does not '
+        'download whole objects to inspect them',
+        'serve the files from a range-capable server, or download them')
     FRAMEWORK_VERSION = ("CK090", Severity.ERROR, "--framework-version is not NAME=VERSION",
         '`--framework-version` is not `NAME=VERSION` with NAME one of torch, transformers, accelerate, deepspeed, lightning, peft (exit 2)',
         'e.g. `--framework-version deepspeed=0.15.4`')

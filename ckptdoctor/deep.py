@@ -141,6 +141,8 @@ def nonfinite_finding(rel: str, name: str, count: int, allow: bool) -> Finding:
 
 
 def _legacy_nonfinite(path: Path, info: FileInfo, allow: bool) -> list[Finding]:
+    if not isinstance(path, Path):  # a remote file: the loader chain reads local files only
+        return []
     import torch
 
     from .loaders import LoadError, load_with_chain

@@ -14,13 +14,23 @@ from .layouts.base import DirView
 from .layouts.versions import Env
 from .model import Finding, FormatName, LayoutInfo, Report
 from .formats import detect_file
+from .storage import RemoteReadError, as_path, io_stats, is_remote, is_url
 
 
 def inspect_path(path: str | os.PathLike) -> Report:
     """Identify PATH (a file or a directory) and describe every file in it."""
-    report = inspect_view(path)[0]
+    p = as_path(path)
+    report = inspect_view(p)[0]
     runnable_hints(report)
+    add_io_stats(report, p)
     return report
+
+
+def add_io_stats(report: Report, path: object) -> None:
+    """A remote run reports what it cost: `bytes_read` and `requests` (JSON top level)."""
+    stats = io_stats(path)
+    if stats is not None:
+        report.extra.update(stats)
 
 
 _REPAIR = re.compile(r"ckptdoctor repair (\S+)")
@@ -30,6 +40,11 @@ _LOAD = re.compile(r"torch\.load\(('[^']*'|\"[^\"]*\")")
 def shell_path(report: Report, rel: str) -> str:
     """`rel` (relative to the inspected PATH) as a path from the working directory."""
     root = report.path
+    if is_url(root):  # a remote report: a file's findings name the file itself
+        if not rel or rel == "." or not report.files or report.layout.name in ("file", "none") \
+                or root.rstrip("/").endswith("/" + rel):
+            return root
+        return root.rstrip("/") + "/" + rel
     if not rel or rel == "." or not os.path.isdir(root):
         return root
     return os.path.join(root, rel)
@@ -65,9 +80,15 @@ def inspect_view(path: str | os.PathLike, env: Env | None = None
                  ) -> tuple[Report, DirView | None]:
     """inspect_path, also returning the directory view (None for a file) so validate reuses
     what was already read. `env`: the consumer versions layouts judge by (default: installed)."""
-    p = Path(path)
-    shown = str(path)
-    if not os.path.lexists(p):
+    p = as_path(path)
+    shown = str(p) if is_remote(p) else str(path)
+    if is_remote(p):
+        try:
+            p.session.info(p.path)
+        except RemoteReadError as exc:  # timeout, credentials, network: its own code
+            return Report(shown, LayoutInfo("none", ""), findings=[exc.code.finding(
+                shown, f"{shown}: {exc.strerror}")]), None
+    if not (p.exists() if is_remote(p) else os.path.lexists(p)):
         return Report(shown, LayoutInfo("none", ""), findings=[Code.PATH_MISSING.finding(
             shown, f"{shown}: no such file or directory")]), None
     if not p.is_dir():

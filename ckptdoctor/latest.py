@@ -87,6 +87,8 @@ def _repair_command(path: Path, findings: list[Finding], consumer: str,
     errors = [f for f in findings if f.severity is Severity.ERROR]
     if not errors or any(f.code not in REPAIRABLE for f in errors):
         return None
+    if not isinstance(path, Path):  # a remote checkpoint: repair refuses URLs (docs/remote.md)
+        return None
     from .repair import plan_repair
 
     plan = plan_repair(path, allow=allow, consumer=consumer)

@@ -23,6 +23,7 @@ from .codes import Code
 from .model import FileInfo, Finding
 
 from .model import FileInfo, Finding, FormatName
+from .storage import is_remote, open_binary, open_stream, stat
 
 if TYPE_CHECKING:
     import numpy as np
@@ -250,7 +251,7 @@ def legacy_regions(path: Path, info: FileInfo) -> list[Region] | None:
             by_storage.setdefault(t.storage, {}).setdefault(t.dtype, []).append(
                 (t.name, lo, lo + t.numel))
     out: list[Region] = []
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         if not fh.read(len(LEGACY_MAGIC)).startswith(LEGACY_MAGIC):
             return None
         fh.seek(0)
@@ -260,7 +261,7 @@ def legacy_regions(path: Path, info: FileInfo) -> list[Region] | None:
         if lookup(scans[2].root, "little_endian") is False:
             return None
         sizes = {str(st.key): st.itemsize for st in scans[3].storages}
-        size = os.fstat(fh.fileno()).st_size
+        size = stat(path).st_size
         for key in (str(k) for k in scans[4].root):
             raw = fh.read(8)
             if len(raw) < 8:
@@ -293,7 +294,7 @@ def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
     if md is None:
         return []
     out: list[Region] = []
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         for e in md.storage:
             if e.relative_path != path.name:
                 continue
@@ -325,7 +326,8 @@ def _zip_regions(path: Path, info: FileInfo, nonfinite: bool) -> list[Region]:
             (t.name, lo, lo + t.numel))
     regions = []
     with contextlib.ExitStack() as stack:
-        raw = path if not isinstance(path, Path) else stack.enter_context(open(path, "rb"))
+        raw = stack.enter_context(open_binary(path)) if isinstance(path, Path) or \
+            is_remote(path) else path
         zf = stack.enter_context(zipfile.ZipFile(raw))
 
         def pread(n: int, at: int) -> bytes:
@@ -386,8 +388,8 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
     label = rel or path.name
     turn = 0
     try:
-        with open(path, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
+        with open_stream(path) as fh:
+            size = stat(path).st_size
             pos = 0
 
             def read_to(end: int, region: Region | None) -> None:
@@ -448,7 +450,11 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
                     job.result()
             helper.shutdown()
     if error is not None:
-        res.findings.append(Code.UNREADABLE.finding(rel, f"cannot read: {error}"))
+        from .storage import failure_of
+
+        failure = failure_of(path)  # a remote read: changed, timed out, over --max-bytes
+        res.findings.append(failure[0].finding(rel, failure[1]) if failure else
+                            Code.UNREADABLE.finding(rel, f"cannot read: {error}"))
     elif h is not None:
         res.sha256 = h.hexdigest()
     return res

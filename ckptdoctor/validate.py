@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .atomic import leftovers
 from .codes import Code, select
-from .inspect import inspect_view, runnable_hints
+from .inspect import add_io_stats, inspect_view, runnable_hints
+from .storage import as_path, is_remote
 from .layouts import detect_layout
 from .layouts.base import WEIGHTS_ONLY, Consumer
 from .layouts.versions import Env
@@ -50,9 +51,9 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
     """Return the report and the selected findings (the verdict is `exit_code(findings)`)."""
     opts = opts or ValidateOptions()
     env = Env.detect(opts.versions)
-    report, view = inspect_view(path, env)
+    root = as_path(path)
+    report, view = inspect_view(root if is_remote(root) else path, env)
     report.command = "validate"
-    root = Path(path)
     consumers: dict[str, Consumer] = {}
     framework = "torch"
     if view is not None and report.files:
@@ -83,7 +84,7 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
             f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
         report.findings.extend(verdict)
     report.findings.extend(torch_cve_findings(report, consumers, opts))
-    for tmp in leftovers(root) if root.exists() else []:
+    for tmp in leftovers(root) if not is_remote(root) and root.exists() else []:
         report.findings.append(Code.LEFTOVER_WRITE.finding(
             _rel(root, tmp), "temporary file from an interrupted ckptdoctor write",
             hint="safe to delete; `ckptdoctor repair` removes it on its next run"))
@@ -104,6 +105,7 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
                                 "mode": opts.consumer}
     report.extra["versions"] = env.to_json()
     report.extra["versions_given"] = sorted(env.given)
+    add_io_stats(report, root)
     return report, found
 
 
@@ -333,6 +335,8 @@ def _single_pass(root: Path, report: Report, opts: ValidateOptions,
                      recorded[f.path].size in (None, f.size)}
     else:
         hash_rels = set()
+    if is_remote(root) and not opts.deep:
+        hash_rels = set()  # verifying a manifest reads every byte: remote, only with --deep
     if not opts.deep and not hash_rels:
         return out
     from .deep import default_jobs, optimizer_checks, stream_files

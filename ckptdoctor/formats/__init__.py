@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+from .. import storage
 from ..codes import Code
 from ..model import FileInfo, FormatName, ScanState
 from ..pickles.scan import file_budget
@@ -40,33 +41,49 @@ PROMISED = {".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip()
 def detect_file(path: Path, rel: str = "") -> FileInfo:
     """Identify and read one file from metadata. Never raises: problems become findings, and
     an internal error in a reader is a CK121 finding (scan state `failed`) for this file only.
-    All scans of the file share one budget (pickles.scan.file_budget)."""
+    All scans of the file share one budget (pickles.scan.file_budget). A remote file
+    (storage.RemotePath) whose reads failed (changed, timed out, budget) is that one finding
+    and nothing else: what was read before the failure is never mixed in."""
     try:
         with file_budget():
             info = _detect_file(path, rel)
             if info.format not in PICKLE_FORMATS and info.size:
                 check_polyglot(path, info)
-            return info
+    except storage.RemoteReadError:
+        info = FileInfo(rel, "unknown", 0)  # the session recorded why (below)
     except Exception as exc:  # noqa: BLE001 - one hostile file must not end a directory run
         return FileInfo(rel, FormatName.UNKNOWN, _size(path), scan_state=ScanState.FAILED,
                         findings=[
             Code.SCAN_FAILED.finding(rel, f"the scan could not run: {type(exc).__name__}: "
                                           f"{exc}"[:300],
                                      hint="not loadable until it scans; please report this")])
+    return remote_failure(path, rel, info) if storage.is_remote(path) else info
+
+
+def remote_failure(path, rel: str, info: FileInfo) -> FileInfo:
+    """`info`, or, when a ranged read of the remote file failed, a FileInfo holding only
+    that failure (scan state failed: never loadable, never judged from partial bytes)."""
+    failure = path.session.failures.get(path.path)
+    if failure is None:
+        return info
+    code, message = failure
+    return FileInfo(rel, "unknown", _size(path), scan_state=ScanState.FAILED,
+                    findings=[code.finding(rel, message)])
 
 
 def _size(path: Path) -> int:
     try:
-        return os.stat(path).st_size
+        return storage.stat(path).st_size
     except OSError:
         return 0
 
 
 def _detect_file(path: Path, rel: str = "") -> FileInfo:
     try:
-        st = os.stat(path)
+        st = storage.stat(path)
     except FileNotFoundError:
-        kind = Code.SYMLINK_LOOP if os.path.islink(path) else Code.PATH_MISSING
+        kind = Code.SYMLINK_LOOP if not storage.is_remote(path) and os.path.islink(path) \
+            else Code.PATH_MISSING
         return FileInfo(rel, FormatName.UNKNOWN, 0, findings=[kind.finding(rel, kind.title)])
     except OSError as exc:
         code = Code.SYMLINK_LOOP if exc.errno == 40 else Code.UNREADABLE
@@ -75,12 +92,12 @@ def _detect_file(path: Path, rel: str = "") -> FileInfo:
     if not stat.S_ISREG(st.st_mode):
         return FileInfo(rel, "unknown", 0, findings=[Code.NOT_REGULAR.finding(rel)])
     try:
-        with open(path, "rb") as fh:
+        with storage.open_binary(path) as fh:
             head = fh.read(HEAD_BYTES)
     except OSError as exc:
         return FileInfo(rel, FormatName.UNKNOWN, st.st_size,
                         findings=[Code.UNREADABLE.finding(rel, f"cannot read: {exc.strerror}")])
-    probe = Probe(Path(path), head, st.st_size)
+    probe = Probe(path if storage.is_remote(path) else Path(path), head, st.st_size)
     try:
         fmt = next((f for f in FORMATS if f.sniff(probe)), None)
         if (fmt is None or fmt.name == FormatName.TEXT) and st.st_size and \

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
+from ..storage import open_binary, prefetch
 from ..model import FileInfo, FormatName, ScanState, TensorInfo
 from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, scan_bytes, scan_stream
 from .base import FileSlice, Probe, add_global_findings, merge_scans, worsen
@@ -148,11 +149,12 @@ def _check_storage_paths(base: Path, md: DcpMetadata, info: FileInfo, rel: str) 
             rel, f"storage path {bad!r} is absolute or leaves the checkpoint directory: "
                  "dcp.load would read a file outside it",
             hint="torch.save never writes this; treat the checkpoint as hostile"))
-    root = os.path.realpath(base)
+    remote = not isinstance(base, Path)  # a storage.RemotePath: object stores have no links
+    root = str(base) if remote else os.path.realpath(base)
     byte_fqns = set(md.bytes_items)
     for e in md.storage:
         target = base / e.relative_path
-        real = os.path.realpath(target)
+        real = str(target) if remote else os.path.realpath(target)
         if not (real == root or real.startswith(root + os.sep)):
             worsen(info, ScanState.INCONCLUSIVE, Code.DCP_PATH.finding(
                 rel, f"storage path {e.relative_path!r} resolves outside the checkpoint "
@@ -172,7 +174,7 @@ def _check_storage_paths(base: Path, md: DcpMetadata, info: FileInfo, rel: str) 
 
 def _scan_item(path: Path, start: int, length: int, where: str) -> FileInfo:
     """Scan one DCP item as DCP reads it: torch.load(BytesIO(item)) (a zip, else a pickle)."""
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         fh.seek(start)
         if fh.read(4) != ZIP_MAGIC:
             part = FileInfo(where, FormatName.PICKLE, length)
@@ -212,7 +214,7 @@ def item_spans(path: Path) -> list[tuple[int, int]]:
             return sorted({(e.offset, e.length) for e in md.storage
                            if e.relative_path == path.name})  # normalised like DCP does
     spans, start, base, tail = [], 0, 0, b""
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         while len(spans) < MAX_ITEMS:
             block = fh.read(8 << 20)
             if not block:
@@ -238,6 +240,11 @@ class DcpShard:
     def read(self, probe: Probe, rel: str) -> FileInfo:
         info = FileInfo(rel, self.name, probe.size)
         spans = item_spans(probe.path)
+        if not isinstance(probe.path, Path):  # remote: each item's head and tail, concurrently
+            with open_binary(probe.path) as fh:
+                prefetch(fh, [r for s, n in spans if s + n <= probe.size
+                              for r in ((s, min(n, 16 << 10)),
+                                        (max(s, s + n - (16 << 10)), min(n, 16 << 10)))])
         inner = []
         for start, length in spans:
             if start + length > probe.size:

@@ -10,6 +10,7 @@ import zipfile
 from typing import BinaryIO
 
 from ..codes import Code
+from ..storage import open_binary, zip_source
 from ..model import FileInfo, FormatName, ScanState, TensorInfo
 from ..pickles.scan import scan_stream
 from .base import Probe, merge_scans, worsen
@@ -100,11 +101,11 @@ class Numpy:
     def read(self, probe: Probe, rel: str) -> FileInfo:
         info = FileInfo(rel, self.name, probe.size)
         if probe.head.startswith(NPY_MAGIC):
-            with open(probe.path, "rb") as fh:
+            with open_binary(probe.path) as fh:
                 _read_npy(fh, rel, info, probe.path.name)
             return info
         try:
-            with zipfile.ZipFile(probe.path) as zf:
+            with zipfile.ZipFile(zip_source(probe.path)) as zf:
                 for member in zf.infolist():
                     # Streamed from the archive: only the header (and an object array's pickle)
                     # is inflated, never a whole (possibly bomb) member.

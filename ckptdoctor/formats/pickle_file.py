@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from ..codes import Code
+from ..storage import open_binary
 from ..model import FileInfo, FormatName, ScanState
 from ..pickles.scan import ScanLimits, scan_stream
 from .base import Probe, add_global_findings, merge_scans, worsen
@@ -51,7 +52,7 @@ def hidden_pickle(path: Path) -> bool:
     pickle that parses to its STOP with any global at all (an EXT code or a computed name
     included), or a FRAME-boundary differential makes it a pickle. Random bytes hit a lone EXT opcode about once in a hundred
     files but almost never parse to a STOP, which keeps noise out of the findings."""
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         scan = scan_stream(fh, "", _SHADOW_LIMITS)
     if any(f.code == Code.PICKLE_LIMIT.code for f in scan.findings):
         return True
@@ -67,7 +68,7 @@ def check_polyglot(path: Path, info: FileInfo) -> None:
     unpickles every file that is neither a zip nor a tar, and the unpickler runs each opcode as
     it reads it, so a prefix that reaches a global, a STOP or a scan cap is a second reading
     of the file: it is inconclusive (CK122) and that reading's globals are reported."""
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         scan = scan_stream(fh, info.path, _SHADOW_LIMITS)
     # A prefix "reaches a global" only when the name is one an import could resolve (plain
     # text starting with "c" reads as GLOBAL 'heckpoint notes ...': nothing to import).
@@ -96,7 +97,7 @@ class PickleFile:
     def read(self, probe: Probe, rel: str) -> FileInfo:
         info = FileInfo(rel, self.name, probe.size)
         scans = []
-        with open(probe.path, "rb") as fh:
+        with open_binary(probe.path) as fh:
             while len(scans) < MAX_STACKED and fh.tell() < probe.size:
                 scans.append(scan_stream(fh, rel))
                 if not scans[-1].complete:

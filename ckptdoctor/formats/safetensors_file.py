@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
+from ..storage import open_binary
 from ..model import FileInfo, FormatName, TensorInfo
 from .base import Probe
 
@@ -47,7 +48,7 @@ def read_header(path: Path, rel: str, size: int) -> tuple[dict[str, Any] | None,
             rel, f"{size} bytes: too small to hold the 8-byte header length (safetensors says "
                  "'header too small')", hint="the file was cut short; restore or re-save it"))
         return None, 0, info
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         n = int.from_bytes(fh.read(8), "little")
         if n > MAX_HEADER or n + 8 > size or n < 2:
             info.findings.append(Code.ST_HEADER_LENGTH.finding(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..codes import Code
+from ..storage import open_binary, zip_source
 from ..model import FileInfo, FormatName, WeightsOnlyVerdict
 from ..pickles.scan import STORAGE_DTYPES, Glob, PickleScan, SymList, scan_stream
 from .base import Probe, merge_scans
@@ -24,7 +25,7 @@ LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 def is_tar(path: Path) -> bool:
     """A tar header block (checksum verified): torch.load tries the tar format first."""
     try:
-        with open(path, "rb") as fh:
+        with open_binary(path) as fh:
             block = fh.read(tarfile.BLOCKSIZE)
         tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
     except (OSError, tarfile.TarError, ValueError):
@@ -83,7 +84,9 @@ def read_tar(probe: Probe, rel: str) -> FileInfo:
     scans: list[PickleScan] = []
     unverified: list[str] = []
     try:
-        with tarfile.open(probe.path, mode="r:") as tar:
+        src = zip_source(probe.path)
+        with (tarfile.open(src, mode="r:") if isinstance(src, (str, Path))
+              else tarfile.open(fileobj=src, mode="r:")) as tar:
             members = []
             for m in tar:
                 members.append(m)
@@ -124,7 +127,7 @@ class TorchLegacy:
         if not probe.head.startswith(LEGACY_MAGIC):
             return read_tar(probe, rel)
         info = FileInfo(rel, self.name, probe.size)
-        with open(probe.path, "rb") as fh:
+        with open_binary(probe.path) as fh:
             scans = []
             for _ in range(5):  # magic, protocol, sys_info, object, storage keys
                 scans.append(scan_stream(fh, rel))

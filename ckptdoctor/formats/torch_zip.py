@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..codes import Code
+from ..storage import open_binary, prefetch, zip_source
 from ..model import FileInfo, Finding, FormatName, GlobalClass, GlobalRef, ScanState
 from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, current_budget, scan_bytes
 from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
@@ -82,10 +83,13 @@ def scan_zip(source: str | Path | BinaryIO, rel: str,
     """Scan a torch zip (a path, or a file object such as a FileSlice): the records Python's
     zipfile sees, then the records torch's own reader sees (formats/zip_view.py); any
     disagreement makes the file inconclusive and the pickles of both views are scanned."""
+    if not isinstance(source, (str, Path)) and hasattr(source, "session"):  # a RemotePath
+        with open_binary(source) as fh:
+            return scan_zip(fh, rel, fmt, _depth=_depth, _budget=_budget)
     budget = _budget or _Budget()
     info = _scan_zipfile_view(source, rel, fmt, _depth, budget)
     if isinstance(source, (str, Path)):
-        with open(source, "rb") as fh:
+        with open_binary(source) as fh:
             reader_differential(fh, info, rel, budget)
     else:
         reader_differential(source, info, rel, budget)
@@ -118,6 +122,10 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName,
             worsen(info, ScanState.INCONCLUSIVE,
                    Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
             return info
+        # remote: every record's local header is read next (here and by torch's reader):
+        # fetch them concurrently instead of one request at a time
+        prefetch(source, [(i.header_offset, 30 + len(i.orig_filename.encode()) + 128)
+                          for i in infos])
         _check_records(infos, size, info, rel)
         declared = _declared_entries(zf)
         if declared is not None and declared != len(infos):
@@ -440,7 +448,7 @@ def check_crc(path: Path, rel: str, chunk: int = 8 << 20) -> list[Finding]:
     """Read every record and compare its CRC32 with the one torch wrote (deep check)."""
     out: list[Finding] = []
     try:
-        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+        with zipfile.ZipFile(zip_source(path)) as zf, open_binary(path) as raw:
             for i in zf.infolist():
                 if i.compress_type != zipfile.ZIP_STORED:
                     continue  # reported elsewhere; never inflated here

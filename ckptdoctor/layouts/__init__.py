@@ -80,14 +80,15 @@ def find_checkpoints(d: DirView) -> list[str]:
     """Directories below `d` (relative to it, sorted) that a layout recognises. A recognised
     directory is not searched further (its parts are not separate checkpoints); a symlink to a
     directory inside `d` (`latest -> step-9`) is skipped, its target is listed on its own."""
-    inside = Path(os.path.realpath(d.root))
+    remote = not isinstance(d.root, Path)  # a storage.RemotePath: no links to follow
+    inside = d.root if remote else Path(os.path.realpath(d.root))
     seen: set[str] = set()
 
     def walk(view: DirView, pre: str) -> list[str]:
         found = []
         for name in (x for x in view.dirs if "/" not in x):
             path = view.root / name
-            real = os.path.realpath(path)
+            real = str(path) if remote else os.path.realpath(path)
             if real in seen or (path.is_symlink() and Path(real).is_relative_to(inside)):
                 continue
             seen.add(real)

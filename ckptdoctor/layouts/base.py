@@ -20,6 +20,7 @@ from ..atomic import TMP_MARKER
 from ..formats import detect_file
 from ..formats.dcp import DcpMetadata, read_metadata
 from ..formats.torch_zip import data_pkl_name, read_record
+from ..storage import is_remote, open_binary, zip_source
 from ..model import FileInfo, Finding, LayoutInfo, Severity
 from ..pickles.scan import Obj, SymDict, scan_bytes
 from .versions import Env, default_env
@@ -72,6 +73,8 @@ class DirView:
             self._walk(max_files)
 
     def _walk(self, max_files: int) -> None:
+        if is_remote(self.root):
+            return self._walk_remote(max_files)
         seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
             try:
@@ -102,6 +105,33 @@ class DirView:
                     return
         self.files.sort()
         self.dirs.sort()
+
+    def _walk_remote(self, max_files: int) -> None:
+        """A remote tree: one listing (`find`) for the whole tree, the same filters as the
+        local walk (skipped and staging dirs). A sub-view of a listed tree lists nothing."""
+        root = self.root
+        session = root.session
+        listed = next((r for r in session.listed if root.path == r or
+                       root.path.startswith(r + "/")), None)
+        if listed is None:
+            entries = session.find(root.path)
+        else:
+            pre = root.path + "/"
+            entries = [(k[len(pre):], v) for k, v in session.meta.items()
+                       if v is not None and k.startswith(pre)]
+        dirs, files = [], []
+        for rel, meta in sorted(entries, key=lambda e: e[0]):
+            parts = rel.split("/")
+            if any(p in SKIP_DIRS or p.startswith(TMP_MARKER) for p in parts[:-1]) or \
+                    (meta["type"] == "directory" and (parts[-1] in SKIP_DIRS or
+                                                      parts[-1].startswith(TMP_MARKER))):
+                continue
+            if any(p.startswith(STAGING_PREFIXES) for p in parts[:-1]):
+                continue  # inside a staging dir: reported once as a leftover, not read
+            (dirs if meta["type"] == "directory" else files).append(rel)
+        self.dirs = sorted(dirs)
+        self.files = sorted(files)[:max_files]
+        self.truncated = len(files) > max_files
 
     # -- queries --
     def has(self, rel: str) -> bool:
@@ -159,7 +189,7 @@ class DirView:
 
     def read_text(self, rel: str, limit: int = 4096) -> str | None:
         try:
-            with open(self.root / rel, "rb") as fh:
+            with open_binary(self.root / rel) as fh:
                 return fh.read(limit).decode("utf-8", "replace").strip()
         except OSError:
             return None
@@ -226,10 +256,10 @@ NUMPY_RNG = frozenset({"numpy._core.multiarray._reconstruct", "numpy.ndarray", "
 def read_pickle_root(path: Path) -> Any:
     """Symbolic root of a torch zip's data.pkl or of a plain pickle; nothing is unpickled."""
     try:
-        with open(path, "rb") as fh:
+        with open_binary(path) as fh:
             head = fh.read(2)
         if head == b"PK":
-            with zipfile.ZipFile(path) as zf:
+            with zipfile.ZipFile(zip_source(path)) as zf:
                 name = data_pkl_name(zf.namelist())
                 if name is None or zf.getinfo(name).file_size > MAX_ROOT_PICKLE:
                     return None
