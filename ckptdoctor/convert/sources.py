@@ -20,8 +20,26 @@ SAFE_FORMAT = "ckptdoctor.safe/1"
 
 
 def _head(path: Path, n: int = 64) -> bytes:
+    refuse_special(path)
     with open(path, "rb") as fh:
         return fh.read(n)
+
+
+def refuse_special(path: Path) -> None:
+    """ConvertError (CK004) when `path` is a FIFO, socket or device: opening one blocks or
+    never ends, so it is never opened."""
+    import stat
+
+    from ..codes import Code
+    from .common import ConvertError
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing / unreadable: the open that follows says so
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ConvertError(Code.NOT_REGULAR.finding(
+            str(path), f"{Code.NOT_REGULAR.title}; never opened"))
 
 
 def is_safetensors_file(path: Path) -> bool:
@@ -46,6 +64,7 @@ def detect(src: Path) -> str:
     src = Path(src)
     if not src.exists():
         raise fail(src, f"{src} does not exist")
+    refuse_special(src)
     if src.is_dir():
         if (src / ".metadata").is_file():
             return "dcp"

@@ -266,9 +266,22 @@ def write_dcp(src: Path, dst: Path, opts: Options, result: ConvertResult, state:
         raise
     except BaseException as exc:
         staging.abort()
-        if isinstance(exc, Exception):
-            raise fail(dst, f"DCP save failed: {type(exc).__name__}: {exc}") from exc
+        cause = _dcp_cause(exc)
+        if isinstance(cause, Exception):
+            raise fail(dst, f"DCP save failed: {type(cause).__name__}: {cause}"
+                       .splitlines()[0]) from exc
         raise
+
+
+def _dcp_cause(exc: BaseException) -> BaseException:
+    """DCP wraps a rank's failure (e.g. ValueError: duplicated flatten key) in a
+    CheckpointException, a BaseException whose text is a traceback: the first wrapped one."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(exc, CheckpointException):
+        for wrapped in exc.failures.values():
+            return wrapped[0] if isinstance(wrapped, tuple) else wrapped
+    return exc
 
 
 def _map_tree(v: Any, fn: Any) -> Any:

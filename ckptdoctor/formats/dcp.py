@@ -188,8 +188,10 @@ class DcpMetadataFormat:
 
     def sniff(self, probe: Probe) -> bool:
         n = probe.path.name
+        # by name alone: DCP's reader unpickles whatever the file holds, so a .metadata that
+        # is not a pickle is damage (CK802), not an `unknown` file without findings
         return (n == ".metadata" or (n.startswith("__") and n.endswith(".metadata"))) \
-            and probe.head[:1] == b"\x80"
+            and probe.head[:1] != b""
 
     def read(self, probe: Probe, rel: str) -> FileInfo:
         return read_metadata(probe.path, rel)[0]

@@ -508,8 +508,13 @@ class _Run:
             self.write_side(MANIFEST, data, old_rel)
 
     def unchanged_since_read(self, prep: _Prepared) -> bool:
-        now = prep.plan.path.stat()
+        try:  # lstat: a file swapped for a symlink (even to the same inode) is a change
+            now = os.lstat(prep.plan.path)
+        except OSError:  # deleted (or its directory) since it was planned
+            return False
         old = prep.stat
+        if old is None or not stat_mod.S_ISREG(now.st_mode):
+            return False
         return (now.st_size, now.st_mtime_ns, now.st_ino) == (old.st_size, old.st_mtime_ns,
                                                                old.st_ino)
 
@@ -584,6 +589,9 @@ class _Run:
         fp = prep.plan
         target = self.root / fp.target
         if prep.finish_from is not None:
+            if not self.unchanged_since_read(prep):  # not the original that was backed up
+                return self.fail(fp, RuntimeError("the file changed since it was planned; "
+                                                  "run repair again"), Code.REPAIR_REFUSED)
             fp.path.unlink()
             fsync_dir(fp.path.parent)
             return FileOutcome(fp.rel, CONVERTED, f"finished an interrupted conversion: {fp.target} "
@@ -628,6 +636,9 @@ class _Run:
         from .verify import compare
         from .transcode import load_registered, standin_entries
 
+        if not self.unchanged_since_read(prep):  # never load a file the plan did not scan
+            return self.fail(fp, RuntimeError("the file changed since it was planned; run "
+                                              "repair again"), Code.REPAIR_REFUSED)
         try:  # the file as it is must load with exactly the allow-list we write
             obj = load_registered(fp.path, standin_entries(fp.allowlist, capture_types=False))
         except Exception as exc:  # noqa: BLE001
