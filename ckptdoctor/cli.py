@@ -121,8 +121,14 @@ def _progress(enabled: bool):
     if not (enabled and sys.stderr.isatty()):
         yield None
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=err,
@@ -147,8 +153,7 @@ def inspect(
     """What is this checkpoint: layout, step, files, tensors, pickled globals, whether plain
     torch.load(weights_only=True) loads each file, and the memory a resume needs.
     Metadata only; never imports torch."""
-    from .estimate import estimate, parse_bytes
-    from .estimate import render_text as estimate_text
+    from .estimate import estimate, parse_bytes, render_text as estimate_text
     from .inspect import inspect_path
     from .render import inspect_text, to_json
 
@@ -289,9 +294,13 @@ def repair(
     asks on a terminal; otherwise it only prints the plan and exits 1."""
     _require(path)
     _check_allow(allow)
-    from .repair import plan_repair, render_plan, render_result
-    from .repair import repair as run_repair
-    from .repair import undo as run_undo
+    from .repair import (
+        plan_repair,
+        render_plan,
+        render_result,
+        repair as run_repair,
+        undo as run_undo,
+    )
 
     if backup_dir is not None and no_backup:
         _fail(CliError(Code.REPAIR_REFUSED, str(path), "--backup-dir and --no-backup conflict"))
@@ -353,8 +362,7 @@ def convert(
     (one tensor at a time), written atomically and verified."""
     _require(src)
     _check_allow(allow)
-    from .convert import ConvertError, render_result
-    from .convert import convert as run
+    from .convert import ConvertError, convert as run, render_result
 
     try:
         with _progress(True) as progress:
@@ -393,8 +401,7 @@ def diff(
     """What differs between two checkpoints: keys, shapes, dtypes, values (streamed one tensor
     at a time), step / lr / scheduler / optimizer moments / RNG. Exit 0 equal within
     --rtol/--atol (or resume-equivalent), 1 different, 2 error."""
-    from .diff import DiffError, exit_code, render_text, to_json
-    from .diff import diff as run
+    from .diff import DiffError, diff as run, exit_code, render_text, to_json
 
     _require(a)
     _require(b)
@@ -429,8 +436,7 @@ def reshard(
     _require(src)
     _check_allow(allow)
     from .convert import ConvertError
-    from .reshard import render
-    from .reshard import reshard as run
+    from .reshard import render, reshard as run
 
     try:
         result = run(src, dst, world_size, strict=strict, verify=not no_verify,

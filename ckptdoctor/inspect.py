@@ -9,11 +9,11 @@ import shlex
 from pathlib import Path
 
 from .codes import Code
+from .formats import detect_file
 from .layouts import checkpoint_paths, describe_file, detect_layout, find_checkpoints
 from .layouts.base import DirView
 from .layouts.versions import Env
 from .model import Finding, LayoutInfo, Report
-from .formats import detect_file
 
 
 def inspect_path(path: str | os.PathLike) -> Report:

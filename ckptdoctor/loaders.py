@@ -20,24 +20,28 @@ imported inside functions only, so importing this module stays cheap."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from .codes import Code
 from .diagnose import diagnose, key_line
-import contextlib
-import pickle
-import sys
-import types
-
 from .model import FileInfo, Finding, GlobalClass, ScanState
-from .pickles.policy import (AllowListError, NotVouchedError, Verdict, allow_flags, require,
-                             vet)
-from .standins import (ModuleReached, import_dotted, is_standin, numpy_location,
-                       refuse_dangerous, resolve_allowlist)
+from .pickles.policy import AllowListError, NotVouchedError, Verdict, allow_flags, require, vet
+from .standins import (
+    ModuleReached,
+    import_dotted,
+    is_standin,
+    numpy_location,
+    refuse_dangerous,
+    resolve_allowlist,
+)
 
 # Findings that mean the static scan could not vouch for the whole pickle.
 _SCAN_INCOMPLETE = frozenset({Code.PICKLE_MALFORMED.code, Code.PICKLE_LIMIT.code,

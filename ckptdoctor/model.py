@@ -3,9 +3,8 @@ functions over them (see render.py), so JSON never loses what the human view sho
 
 from __future__ import annotations
 
-import math
-
 import enum
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

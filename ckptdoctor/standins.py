@@ -32,16 +32,21 @@ pickle) and give plain Python / torch values with `.to_primitive()`.
 
 from __future__ import annotations
 
-import math
-
 import builtins
 import functools
 import importlib
+import math
 from collections.abc import Collection, Iterable
 from typing import Any, ClassVar
 
-from .pickles.policy import (AllowListError, DangerousGlobalError, NotVouchedError, Verdict,
-                              require, vet)
+from .pickles.policy import (
+    AllowListError,
+    DangerousGlobalError,
+    NotVouchedError,
+    Verdict,
+    require,
+    vet,
+)
 
 # Arrays up to this many elements become lists in to_primitive(); bigger numeric ones tensors.
 # (A numpy MT19937 key has 624 elements: consumers call np.random.set_state on a list.)

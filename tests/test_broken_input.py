@@ -12,8 +12,8 @@ import io
 import json
 import os
 import random
-import struct
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile

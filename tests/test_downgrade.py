@@ -22,11 +22,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ckptdoctor.pickles.downgrade import (TORCH_OPCODES, DowngradeError, downgrade,
-                                          open_downgraded, rewrite)
+from ckptdoctor.pickles.downgrade import (
+    TORCH_OPCODES,
+    DowngradeError,
+    downgrade,
+    open_downgraded,
+    rewrite,
+)
 from ckptdoctor.repair import plan_repair, render_result, repair
 from ckptdoctor.repair.engine import convert_file
 from ckptdoctor.repair.transcode import TranscodeRefused

@@ -30,11 +30,18 @@ from hostile import payloads as P  # noqa: E402
 from hostile.gadgets import Asker, Exiter  # noqa: E402
 
 import ckptdoctor  # noqa: E402
-from ckptdoctor.loaders import (STRATEGIES, LoadContext, LoadError, RefusedGlobal,  # noqa: E402
-                                load_with_chain, safe_load, sandboxed, vetted_pickle_module)
+from ckptdoctor.loaders import (  # noqa: E402
+    STRATEGIES,
+    LoadContext,
+    LoadError,
+    RefusedGlobal,
+    load_with_chain,
+    safe_load,
+    sandboxed,
+    vetted_pickle_module,
+)
 from ckptdoctor.pickles import policy  # noqa: E402
-from ckptdoctor.pickles.policy import (AllowListError, DangerousGlobalError, Verdict,  # noqa: E402
-                                       vet)
+from ckptdoctor.pickles.policy import AllowListError, DangerousGlobalError, Verdict, vet  # noqa: E402
 from ckptdoctor.repair import repair  # noqa: E402
 from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, MODULE_TEXT, SNIPPET_FILE  # noqa: E402
 

@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import broken as B  # noqa: E402
-from hostile import payloads as P  # noqa: E402
+from hostile import (
+    broken as B,  # noqa: E402
+    payloads as P,  # noqa: E402
+)
 
 from ckptdoctor.formats import detect_file  # noqa: E402
 from ckptdoctor.pickles.scan import ScanLimits, scan_bytes, scan_stream  # noqa: E402

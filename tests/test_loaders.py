@@ -22,7 +22,13 @@ from safetensors.torch import save_file
 from ckptdoctor import safe_load as package_safe_load
 from ckptdoctor.codes import Code
 from ckptdoctor.loaders import (
-    STRATEGIES, AllowList, LoadContext, LoadError, Trusted, _static_scan, load_with_chain,
+    STRATEGIES,
+    AllowList,
+    LoadContext,
+    LoadError,
+    Trusted,
+    _static_scan,
+    load_with_chain,
     safe_load,
 )
 from ckptdoctor.model import FileInfo

@@ -28,7 +28,7 @@ import torch
 
 from ckptdoctor.atomic import TMP_MARKER
 from ckptdoctor.codes import Code
-from ckptdoctor.repair import (RULES, plan_repair, render_plan, render_result, repair, undo)
+from ckptdoctor.repair import RULES, plan_repair, render_plan, render_result, repair, undo
 from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, SNIPPET_FILE
 from ckptdoctor.repair.engine import CRASH_ENV, CRASH_POINTS, convert_file, safetensors_name
 from ckptdoctor.repair.rules import Kept

@@ -14,14 +14,22 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ckptdoctor.pickles.scan import scan_bytes
 from ckptdoctor.standins import (
-    DangerousGlobalError, DTypeCapture, EnumStandIn, NDArrayCapture, NotVouchedError,
-    ScalarCapture, StandIn, is_standin, reconstruct_shim, resolve_allowlist, standin_for,
+    DangerousGlobalError,
+    DTypeCapture,
+    EnumStandIn,
+    NDArrayCapture,
+    NotVouchedError,
+    ScalarCapture,
+    StandIn,
+    is_standin,
+    reconstruct_shim,
+    resolve_allowlist,
+    standin_for,
     transcoding_globals,
 )
 from tests.hide import hidden, rerun_without

@@ -21,12 +21,31 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import (dcp_to_safetensors, dcp_to_torch, deepspeed_to_safetensors, deepspeed_to_torch,
-               lightning_to_safetensors, safe_to_torch, safetensors_to_dcp, safetensors_to_safetensors,
-               safetensors_to_torch, torch_to_dcp,
-               torch_to_safe, torch_to_safetensors)
-from .common import (DTYPE_CHOICES, TARGETS, ConvertError, ConvertResult, Options, Progress,
-                     Timer, fail, parse_size)
+from . import (
+    dcp_to_safetensors,
+    dcp_to_torch,
+    deepspeed_to_safetensors,
+    deepspeed_to_torch,
+    lightning_to_safetensors,
+    safe_to_torch,
+    safetensors_to_dcp,
+    safetensors_to_safetensors,
+    safetensors_to_torch,
+    torch_to_dcp,
+    torch_to_safe,
+    torch_to_safetensors,
+)
+from .common import (
+    DTYPE_CHOICES,
+    TARGETS,
+    ConvertError,
+    ConvertResult,
+    Options,
+    Progress,
+    Timer,
+    fail,
+    parse_size,
+)
 from .sources import detect
 
 Runner = Callable[[Path, Path, Options, ConvertResult], None]

@@ -12,9 +12,8 @@ nothing else is ever released."""
 
 from __future__ import annotations
 
-import math
-
 import ctypes
+import math
 import os
 import re
 import sys

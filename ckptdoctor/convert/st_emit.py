@@ -10,11 +10,10 @@ from typing import Any
 
 from ..codes import Code
 from . import st_io
-from .codec import CodecError, decode, deep_equal, encode
 from .carry import copy_sidecars
+from .codec import CodecError, decode, deep_equal, encode
+from .common import ConvertError, ConvertResult, Options, TensorEntry, fail, target_dtype
 from .staging import Staging, write_json
-from .common import (ConvertError, ConvertResult, Options, TensorEntry,
-                     fail, target_dtype)
 
 EXTRA_FORMAT = "ckptdoctor.extra/1"
 _HEAD_WORDS = ("lm_head", "output", "decoder", "head", "classifier", "embed_out")

@@ -20,8 +20,18 @@ from typing import Any
 from ..codes import Code
 from ..formats.safetensors_file import check_entries, read_header
 from ..model import Severity
-from .common import (CHUNK, MAPPED, ConvertError, FileReader, Options, TensorEntry, Writeback,
-                     compare_bytes, entry_chunks, fail)
+from .common import (
+    CHUNK,
+    MAPPED,
+    ConvertError,
+    FileReader,
+    Options,
+    TensorEntry,
+    Writeback,
+    compare_bytes,
+    entry_chunks,
+    fail,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 

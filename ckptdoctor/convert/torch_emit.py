@@ -7,12 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from .codec import deep_equal
 from .carry import copy_sidecars
-from .staging import Staging
-from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, MappedReader, Options,
-                     compare_bytes, entry_chunks, holds)
+from .codec import deep_equal
+from .common import (
+    CHUNK,
+    MAPPED,
+    ConvertError,
+    ConvertResult,
+    MappedReader,
+    Options,
+    compare_bytes,
+    entry_chunks,
+    holds,
+)
 from .loading import load_torch
+from .staging import Staging
 from .torch_writer import TensorRef, write_torch_zip
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")

@@ -24,15 +24,27 @@ from typing import Any
 from ..codes import Code
 from ..model import Severity
 from ..standins import StandIn
-from .codec import CodecError, deep_equal, encode
 from .carry import copy_sidecars
-from .staging import Staging, write_json
-from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, FileReader, Options,
-                     Writeback, byte_chunks, compare_bytes, fail, holds,
-                     release_tensor, target_dtype)
+from .codec import CodecError, deep_equal, encode
+from .common import (
+    CHUNK,
+    MAPPED,
+    ConvertError,
+    ConvertResult,
+    FileReader,
+    Options,
+    Writeback,
+    byte_chunks,
+    compare_bytes,
+    fail,
+    holds,
+    release_tensor,
+    target_dtype,
+)
 from .dcp_read import TREE_FORMAT, TREE_NAME, DcpCheckpoint
 from .loading import load_torch
 from .sources import torch_files
+from .staging import Staging, write_json
 
 OPTIONS = {"dtype", "add_prefix", "nest", "params"}  # convert() options it honours
 

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from . import st_io
-from .codec import CodecError, decode, deep_equal, encode, SKIP
-from .staging import Staging, write_json
-from .common import (ConvertError, ConvertResult, Options, TensorEntry, fail,
-                     tensor_entry)
+from .codec import SKIP, CodecError, decode, deep_equal, encode
+from .common import ConvertError, ConvertResult, Options, TensorEntry, fail, tensor_entry
 from .loading import load_torch
 from .sources import SAFE_FORMAT, storage_identity
+from .staging import Staging, write_json
 
 TENSORS, STATE, MANIFEST = "tensors.safetensors", "state.json", "manifest.json"
 

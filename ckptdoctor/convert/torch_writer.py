@@ -23,8 +23,17 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .common import (CHUNK, Options, TensorEntry, Writeback, dtype_name, entry_chunks, fail,
-                     holds, is_tensor)
+from .common import (
+    CHUNK,
+    Options,
+    TensorEntry,
+    Writeback,
+    dtype_name,
+    entry_chunks,
+    fail,
+    holds,
+    is_tensor,
+)
 
 ALIGNMENT = 64
 _PAD_HEADER_ID = 0x4246  # "FB", the extra-field id torch's writer pads with

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import math
-
 import ast
+import math
 import zipfile
 from typing import BinaryIO
 

@@ -6,9 +6,8 @@ length before checking it against the file, and stay torch-free."""
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 from pathlib import Path
 from typing import Any
 

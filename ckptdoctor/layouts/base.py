@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..codes import Code
 from ..atomic import TMP_MARKER
+from ..codes import Code
 from ..formats import detect_file
 from ..formats.dcp import DcpMetadata, read_metadata
 from ..formats.torch_zip import data_pkl_name, read_record

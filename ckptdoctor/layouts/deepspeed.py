@@ -8,8 +8,8 @@ here. Sizes and stages are read off the pickles statically (dp_world_size, parti
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 import re
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 

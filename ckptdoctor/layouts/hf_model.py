@@ -9,8 +9,16 @@ import re
 from typing import Any
 
 from ..model import Finding, LayoutInfo
-from .base import (SAFETENSORS, Consumer, DirView, LayoutBase, check_index, missing, top_files,
-                   weights_details)
+from .base import (
+    SAFETENSORS,
+    Consumer,
+    DirView,
+    LayoutBase,
+    check_index,
+    missing,
+    top_files,
+    weights_details,
+)
 
 # In the order from_pretrained looks for them.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -7,18 +7,33 @@ the silent cases are warnings here, the crashing ones errors."""
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 import re
+from fnmatch import fnmatch
 from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
 from . import deepspeed, hf_model, peft
 from .accelerate import Accelerate
+from .base import (
+    DCP_CONSUMER,
+    NUMPY_RNG,
+    SAFETENSORS,
+    Consumer,
+    DirView,
+    LayoutBase,
+    check_dcp,
+    check_index,
+    dcp_ranks,
+    is_dcp,
+    load_json,
+    missing,
+    numbered,
+    top_dirs,
+    top_files,
+    weights_details,
+)
 from .versions import Env
-from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, DirView, LayoutBase, check_dcp,
-                   check_index, dcp_ranks, is_dcp, load_json, missing, numbered, top_dirs,
-                   top_files, weights_details)
 
 NAME_RE = re.compile(r"checkpoint-(\d+)")
 RNG = Consumer("weights_only", NUMPY_RNG, who="transformers Trainer._load_rng_state")

@@ -16,9 +16,22 @@ from ..codes import Code
 from ..model import FileInfo, Finding, LayoutInfo
 from ..pickles.scan import lookup, top_keys
 from . import deepspeed
+from .base import (
+    DCP_CONSUMER,
+    Consumer,
+    DirView,
+    LayoutBase,
+    check_dcp,
+    dcp_keys,
+    is_dcp,
+    join,
+    missing,
+    plain,
+    read_pickle_root,
+    top_dirs,
+    top_files,
+)
 from .versions import Env
-from .base import (DCP_CONSUMER, Consumer, DirView, LayoutBase, check_dcp, dcp_keys, is_dcp, join,
-                   missing, plain, read_pickle_root, top_dirs, top_files)
 
 LOAD = Consumer("weights_only", who="Lightning >= 2.6 Trainer.fit(ckpt_path) "
                 "(torch.load(weights_only=True), hyper_parameters included)")

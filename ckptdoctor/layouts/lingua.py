@@ -12,8 +12,19 @@ from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
-from .base import (DCP_CONSUMER, Consumer, DirView, LayoutBase, check_dcp, dcp_details, dcp_ranks,
-                   is_dcp, load_json, numbered, top_files)
+from .base import (
+    DCP_CONSUMER,
+    Consumer,
+    DirView,
+    LayoutBase,
+    check_dcp,
+    dcp_details,
+    dcp_ranks,
+    is_dcp,
+    load_json,
+    numbered,
+    top_files,
+)
 
 TS_RE = r"train_state_(\d+)\.json"
 UNREAD = Consumer("unused", who="lingua resume (CheckpointManager.load reads the DCP state and "

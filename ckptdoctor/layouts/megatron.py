@@ -8,15 +8,30 @@ an iter dir with `.metadata` but no `metadata.json` is misdetected as `torch_dcp
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 import re
+from fnmatch import fnmatch
 from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
 from ..pickles.scan import lookup, top_keys
-from .base import (DCP_CONSUMER, NUMPY_RNG, Consumer, DirView, LayoutBase, attr, check_dcp,
-                   dcp_details, is_dcp, join, missing, numbered, plain, top_dirs, top_files)
+from .base import (
+    DCP_CONSUMER,
+    NUMPY_RNG,
+    Consumer,
+    DirView,
+    LayoutBase,
+    attr,
+    check_dcp,
+    dcp_details,
+    is_dcp,
+    join,
+    missing,
+    numbered,
+    plain,
+    top_dirs,
+    top_files,
+)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 ITER_RE = r"iter_(\d{7})"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .backup import undo
 from .engine import CRASH_ENV, plan_repair, repair
-from .model import (Change, FileOutcome, FilePlan, RepairPlan, RepairResult)
+from .model import Change, FileOutcome, FilePlan, RepairPlan, RepairResult
 from .render import render_plan, render_result
 from .rules import RULES, Rule
 

@@ -26,11 +26,33 @@ from ..atomic import TMP_MARKER, commit, fsync_dir, leftovers, staged_file, writ
 from ..codes import Code
 from ..model import FileInfo, Finding, ScanState, Severity
 from . import allowlist as al
-from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_root,
-                     in_backup_tree, sessions, sha256_file)
-from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
-                    SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
-                    FilePlan, RepairPlan, RepairResult)
+from .backup import (
+    BACKUP_DIRNAME,
+    Session,
+    checkpoint_root,
+    default_backup_root,
+    in_backup_tree,
+    sessions,
+    sha256_file,
+)
+from .model import (
+    ALLOWLIST,
+    ALLOWLISTED,
+    CONVERTED,
+    NOTHING,
+    REFUSED,
+    REPLACED,
+    REWRITE,
+    SAFETENSORS,
+    SKIPPED,
+    UNCHANGED,
+    VERIFY_FAILED,
+    Change,
+    FileOutcome,
+    FilePlan,
+    RepairPlan,
+    RepairResult,
+)
 from .rules import Converter, covered_names, leftover_captures
 from .transcode import TranscodeRefused, offending_names, transcoding_load
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
@@ -610,8 +632,8 @@ class _Run:
 
     def allowlist_only(self, prep: _Prepared) -> FileOutcome:
         fp = prep.plan
-        from .verify import compare
         from .transcode import load_registered, standin_entries
+        from .verify import compare
 
         try:  # the file as it is must load with exactly the allow-list we write
             obj = load_registered(fp.path, standin_entries(fp.allowlist, capture_types=False))

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .model import (
+    ALLOWLIST,
+    NOTHING,
+    REFUSED,
+    REWRITE,
+    SAFETENSORS,
+    Change,
+    FilePlan,
+    RepairPlan,
+    RepairResult,
+)
 from .rules import RULES_BY_NAME
-from .model import (ALLOWLIST, NOTHING, REFUSED, REWRITE, SAFETENSORS, Change, FilePlan,
-                    RepairPlan, RepairResult)
 
 ACTION_TEXT = {
     REWRITE: "rewrite (torch.save, verified, original backed up)",

@@ -26,8 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..standins import (DTypeCapture, EnumStandIn, NDArrayCapture, ScalarCapture, StandIn,
-                        import_dotted, reconstruct_shim)
+from ..standins import (
+    DTypeCapture,
+    EnumStandIn,
+    NDArrayCapture,
+    ScalarCapture,
+    StandIn,
+    import_dotted,
+    reconstruct_shim,
+)
 from .model import Change
 from .transcode import Marks, via_reduce
 

@@ -30,8 +30,15 @@ from typing import Any
 
 from ..model import FileInfo
 from ..pickles.downgrade import Downgraded  # protocol > 2 pickles rewritten into protocol 2
-from ..pickles.policy import (DangerousGlobalError, NotVouchedError, Verdict, allow_flags,
-                              require, torch_name, vet)
+from ..pickles.policy import (
+    DangerousGlobalError,
+    NotVouchedError,
+    Verdict,
+    allow_flags,
+    require,
+    torch_name,
+    vet,
+)
 from ..standins import StandIn, transcoding_globals
 
 # Dict and list subclasses: their stand-in must return a plain dict / list (torch only runs
