@@ -11,7 +11,7 @@ import enum
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -109,7 +109,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option(
+def _root(version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None
           ) -> None:
     """ckptdoctor: a checkpoint doctor for PyTorch and LLM training runs."""
@@ -147,8 +147,8 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document (schema_version 1).")] = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
-    ram: Annotated[Optional[str], typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
-    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
+    ram: Annotated[str | None, typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
+    gpu_mem: Annotated[str | None, typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
 ) -> None:
     """What is this checkpoint: layout, step, files, tensors, pickled globals, whether plain
     torch.load(weights_only=True) loads each file, and the memory a resume needs.
@@ -282,7 +282,7 @@ def repair(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
     allow: AllowOpt = [],  # noqa: B006
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
-    backup_dir: Annotated[Optional[Path], typer.Option("--backup-dir", help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
+    backup_dir: Annotated[Path | None, typer.Option("--backup-dir", help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
     no_backup: Annotated[bool, typer.Option("--no-backup", help="Do not keep originals (not recommended).")] = False,
     to: Annotated[str, typer.Option("--to", help="torch (default) or safetensors for pure tensor files.")] = "torch",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before rewriting.")] = False,
@@ -345,17 +345,17 @@ def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint file or directory.")],
     dst: Annotated[Path, typer.Argument(help="Destination file or directory.")],
     to: Annotated[str, typer.Option("--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
-    max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
+    max_shard_size: Annotated[str | None, typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
     dtype: Annotated[ConvertDtype, typer.Option("--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the bit-identical re-read.")] = False,
     drop_non_tensors: Annotated[bool, typer.Option("--drop-non-tensors", help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
-    strip_prefix: Annotated[Optional[str], typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
+    strip_prefix: Annotated[str | None, typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
     allow: AllowOpt = [],  # noqa: B006
     trust: TrustOpt = False,
-    add_prefix: Annotated[Optional[str], typer.Option("--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
-    nest: Annotated[Optional[str], typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
-    params: Annotated[Optional[Path], typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
+    add_prefix: Annotated[str | None, typer.Option("--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
+    nest: Annotated[str | None, typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
+    params: Annotated[Path | None, typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Export only the weights of a checkpoint directory; list the training state left behind.")] = False,
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
@@ -469,7 +469,7 @@ def _check_prefixes(prefixes: list[str]) -> None:
 
 @app.command()
 def codes(
-    prefix: Annotated[Optional[str], typer.Argument(help="A code or prefix: CK101, CK4.")] = None,  # noqa: UP007
+    prefix: Annotated[str | None, typer.Argument(help="A code or prefix: CK101, CK4.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="The docs table (docs/validate.md).")] = False,
 ) -> None:
     """List the stable finding codes, their severity, meaning and what to do."""

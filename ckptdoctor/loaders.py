@@ -136,7 +136,7 @@ def sandboxed():
     triggers can block on a terminal or read what a pipe feeds the process."""
     saved_obj = sys.stdin
     saved_fd = None
-    devnull = open(os.devnull, "r")  # noqa: SIM115 - closed below
+    devnull = open(os.devnull)  # noqa: SIM115 - closed below
     try:
         try:
             saved_fd = os.dup(0)

@@ -129,7 +129,7 @@ def standin_for(name: str, enum: bool | None = None) -> type[StandIn]:
     return _standin_class(name, name in KNOWN_ENUMS if enum is None else enum)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _standin_class(name: str, enum: bool) -> type[StandIn]:
     module, _, qual = name.rpartition(".")
     base = EnumStandIn if enum else StandIn

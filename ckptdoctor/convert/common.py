@@ -445,7 +445,7 @@ class FileReader:
     def close(self) -> None:
         self.fh.close()
 
-    def __enter__(self) -> "FileReader":
+    def __enter__(self) -> FileReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:

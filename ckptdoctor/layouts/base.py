@@ -165,7 +165,7 @@ class DirView:
         except OSError:
             return None
 
-    def sub(self, rel: str) -> "DirView":
+    def sub(self, rel: str) -> DirView:
         if rel not in self._subs:  # cached: layouts ask per file (consumer) and per check
             self._subs[rel] = DirView(self.root / rel, self.outer(rel), _infos=self._infos,
                                       env=self.env)
@@ -205,7 +205,7 @@ class Detected:
     layout: Layout
     view: DirView
     info: LayoutInfo
-    children: list["Detected"] = field(default_factory=list)
+    children: list[Detected] = field(default_factory=list)
 
 
 # --- shared helpers ---------------------------------------------------------------------------

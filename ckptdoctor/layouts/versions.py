@@ -57,7 +57,7 @@ class Env:
     given: frozenset[str] = frozenset()
 
     @classmethod
-    def detect(cls, overrides: dict[str, str] | None = None) -> "Env":
+    def detect(cls, overrides: dict[str, str] | None = None) -> Env:
         overrides = overrides or {}
         versions = {n: overrides.get(n) or installed_version(n) for n in FRAMEWORKS}
         return cls(versions, frozenset(overrides))

@@ -68,7 +68,7 @@ class RngSite:
 # --- context -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ctx:
-    conv: "Converter"
+    conv: Converter
     path: tuple = ()
     inside: tuple[str, ...] = ()  # global names of the enclosing captured objects
 

@@ -92,7 +92,7 @@ def _current_marks() -> Marks | None:
     return getattr(_active, "marks", None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dict_standin(name: str, kind: type = dict) -> type:
     """A class whose construction (REDUCE or NEWOBJ) returns a plain, marked dict (or list)."""
 
@@ -108,7 +108,7 @@ def dict_standin(name: str, kind: type = dict) -> type:
                            "standin_name": name})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def recording(cls: type) -> type:
     """A subclass of a StandIn class that notes when the pickle *called* the class (REDUCE:
     `cls(*args)` runs __init__) rather than NEWOBJ (`cls.__new__(cls, *args)` only)."""

@@ -121,9 +121,7 @@ def _short(v: Any) -> str:
 def value_at(obj: Any, path: tuple) -> Any:
     cur = obj
     for k in path:
-        if isinstance(cur, (Kept,)):
-            cur = cur.state
-        elif isinstance(cur, StandIn):
+        if isinstance(cur, (Kept, StandIn)):
             cur = cur.state
         cur = cur[k]
     return cur

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
-import io
 import json
 import math
 import os
@@ -44,8 +43,9 @@ import socket
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STEPS_BEFORE = 2  # optimizer steps before the checkpoint
 STEPS_AFTER = 2  # steps run after resuming; their losses are compared
@@ -258,7 +258,7 @@ def _acc_resume(ckpt: Path, work: Path) -> list[float]:
 # --------------------------------------------------------------------------- #
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lit_cls():
     import pytorch_lightning as pl
     import torch
