@@ -222,7 +222,7 @@ def optimizer_checks(root: Path, report: Report) -> list[Finding]:
                 ids = [p for p in params if isinstance(p, int)] if isinstance(params, SymList) else []
                 nms = [n if isinstance(n, str) else None for n in names] \
                     if isinstance(names, SymList) and len(names) == len(ids) else [None] * len(ids)
-                order.extend(zip(ids, nms))
+                order.extend(zip(ids, nms, strict=True))
             out.extend(_shape_findings(f.path, f, order, weights))
     return out
 

@@ -54,7 +54,7 @@ def to_json(report: Report, with_tensors: bool = False, findings: list[Finding] 
     doc = report.to_json(with_tensors)
     if findings is not None:
         doc["findings"] = [f.to_json() for f in sorted_findings(findings)]
-    for info, entry in zip(report.files, doc.get("files", [])):
+    for info, entry in zip(report.files, doc.get("files", []), strict=True):
         verdict = unreadable_verdict(info)
         if verdict is not None:
             entry["weights_only"] = verdict

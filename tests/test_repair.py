@@ -104,7 +104,7 @@ def case_numpy_rng_state(tmp: Path):
     assert key[0] == "MT19937" and type(key[1]) is list and len(key[1]) == 624
     assert all(type(x) is int for x in key[1]) and type(key[2]) is int
     assert [type(x) for x in key[2:]] == [int, int, float] and key[3] == 1
-    assert all(np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(key)))
+    assert all(np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(key), strict=True))
     return conv
 
 

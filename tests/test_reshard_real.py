@@ -39,7 +39,7 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
 
 

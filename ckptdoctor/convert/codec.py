@@ -390,7 +390,7 @@ def deep_equal(a: Any, b: Any, tensor_eq: Callable[[Any, Any], bool] | None = No
     if isinstance(a, (list, tuple)):
         if len(a) != len(b):
             return f"{path or '<root>'} (lengths differ)"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             d = deep_equal(x, y, tensor_eq, _join(path, i))
             if d:
                 return d

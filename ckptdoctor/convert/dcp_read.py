@@ -118,7 +118,7 @@ class DcpCheckpoint:
             for c in (st.get("chunks") if isinstance(st.get("chunks"), SymList) else []):
                 cs = _state(c)
                 off, size = _size(cs.get("offsets")), _size(cs.get("sizes"))
-                if off is None or size is None:
+                if off is None or size is None or not len(off) == len(size) == len(shape):
                     raise fail(meta_path, f"{fqn}: chunk offsets/sizes unreadable")
                 chunks.append(Chunk(off, size))
             self.tensors[fqn] = TensorMeta(fqn, dtype, shape, chunks)
@@ -190,7 +190,7 @@ class DcpCheckpoint:
         covered = 0
         for c in meta.chunks:
             part = self._chunk(meta, c)
-            index = tuple(slice(o, o + s) for o, s in zip(c.offsets, c.sizes))
+            index = tuple(slice(o, o + s) for o, s in zip(c.offsets, c.sizes, strict=True))
             out[index] = part
             n = 1
             for s in c.sizes:

@@ -60,7 +60,7 @@ class _Flat:
     def copy_range(self, start: int, n: int, out: Any, out_pos: int) -> None:
         """out[out_pos:out_pos+n] = the virtual concatenation's [start, start+n)."""
         base = 0
-        for t, mapped in zip(self.tensors, self.mapped):
+        for t, mapped in zip(self.tensors, self.mapped, strict=True):
             size = t.numel()
             lo, hi = max(start, base), min(start + n, base + size)
             if lo < hi:
@@ -117,7 +117,7 @@ class ZeroCheckpoint:
                                  if isinstance(pads, (list, tuple)) else [])
         self.mapped = [[MAPPED.tensor_is_mapped(t) for t in groups] for groups in self.flat]
         self.models = [load_torch(f, opts) for f in model_files]
-        for f, m in zip(model_files, self.models):
+        for f, m in zip(model_files, self.models, strict=True):
             if not isinstance(m, Mapping) or "param_shapes" not in m or "buffer_names" not in m:
                 raise fail(f, f"{f.name}: not a DeepSpeed model state (no param_shapes)")
             if _as_int(m.get("mp_world_size", 1) or 1, "mp_world_size", f) > 1:
@@ -232,7 +232,7 @@ def _gather12(ranks: list[_Flat], starts: list[int], offset: int, numel: int, sh
     import torch
 
     out = torch.empty(numel, dtype=torch.float32)
-    for rk, base in zip(ranks, starts):
+    for rk, base in zip(ranks, starts, strict=True):
         lo, hi = max(offset, base), min(offset + numel, base + rk.numel)
         if lo < hi:
             rk.copy_range(lo - base, hi - lo, out, lo - offset)

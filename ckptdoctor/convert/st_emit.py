@@ -131,7 +131,7 @@ def emit(src: Path, dst: Path, opts: Options, result: ConvertResult, leaves: lis
     staging = Staging(dst, "file" if file_mode else "dir", opts.overwrite)
     try:
         plans = []
-        for name, shard_items in zip(names, shards):
+        for name, shard_items in zip(names, shards, strict=True):
             meta = {"format": "pt"}
             in_shard = {it.name for it in shard_items}
             meta.update({a: k for a, k in aliases.items() if k in in_shard})

@@ -107,7 +107,7 @@ def _walk(tree: Any, out: Any, where: str, tensor_eq: Any, rel: str) -> None:
     if isinstance(tree, (list, tuple)) and holds(tree, lambda x: isinstance(x, TensorRef)):
         if type(out) is not type(tree) or len(out) != len(tree):
             raise _mismatch(rel, f"{where or '<root>'}: sequence differs")
-        for i, (a, b) in enumerate(zip(tree, out)):
+        for i, (a, b) in enumerate(zip(tree, out, strict=True)):
             _walk(a, b, f"{where}.{i}" if where else str(i), tensor_eq, rel)
         return
     if isinstance(tree, StandIn) and holds(tree.state, lambda x: isinstance(x, TensorRef)):

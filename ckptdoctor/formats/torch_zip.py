@@ -364,7 +364,7 @@ def reader_differential(fh: BinaryIO, info: FileInfo, rel: str, budget: _Budget)
     if theirs is None:
         structural.append("zipfile cannot read the archive; torch's reader can")
     elif [n for n, _ in theirs] == [n for n, _ in ours] and theirs != ours:
-        shift = {b - a for (_, a), (_, b) in zip(ours, theirs)}
+        shift = {b - a for (_, a), (_, b) in zip(ours, theirs, strict=True)}
         structural.append(
             f"offset fix-up: torch's reader takes the central directory at the declared byte "
             f"{view.cdir_offset}; zipfile shifts the records by {sorted(shift)[:3]} bytes, so "

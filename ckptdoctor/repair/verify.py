@@ -96,7 +96,7 @@ def compare(new: Any, exp: Any, path: tuple = (), seen: set | None = None) -> st
         seen.add((id(new), id(exp)))
         if len(new) != len(exp):
             return f"{where}: length {len(new)} != {len(exp)}"
-        for i, (a, b) in enumerate(zip(new, exp)):
+        for i, (a, b) in enumerate(zip(new, exp, strict=True)):
             diff = compare(a, b, path + (i,), seen)
             if diff:
                 return diff
@@ -176,7 +176,7 @@ def check_rng(new_obj: Any, conv: Converter) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - the original restores, the new one does not
             raise VerifyError(f"{where}: {site.kind} RNG state cannot be restored: {exc}") from exc
         if site.kind == "numpy":
-            same = all(np.array_equal(x, y) for x, y in zip(a, b))
+            same = all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
         elif site.kind == "python":
             same = a == b
         else:

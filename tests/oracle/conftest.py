@@ -88,7 +88,7 @@ def healthy(real: dict[str, Any], reference: list[float] | None, compare_loss: b
     if not compare_loss:
         return True
     return len(losses) == len(reference) and all(math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
-                                                  for a, b in zip(losses, reference))
+                                                  for a, b in zip(losses, reference, strict=True))
 
 
 class Oracle:
