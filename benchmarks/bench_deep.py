@@ -143,7 +143,7 @@ def main() -> None:
     deep = [PY, "-m", "ckptdoctor", "validate", "--deep"]
     (sdir / MANIFEST).unlink(missing_ok=True)  # a manifest would be verified (hashed) by --deep
     rows: dict[str, tuple[float, float, int]] = {}
-    for label, target, files in (("torch zip", zpath, [str(zpath)]), ("safetensors x%d" % len(shards), sdir, shards)):
+    for label, target, files in (("torch zip", zpath, [str(zpath)]), (f"safetensors x{len(shards)}", sdir, shards)):
         rows[f"{label}: read + CRC32 (4 MiB readinto)"] = measure([PY, "-c", READ_CRC, *files])
         rows[f"{label}: sha256sum"] = measure(["sha256sum", *files])
         for j in sorted({1, 2, ncpu}):
@@ -162,7 +162,7 @@ def main() -> None:
     print(f"{'contender':<58} {'wall s':>8} {'peak MiB':>9} {'GB/s':>6} rc")
     for name, (t, m, rc) in rows.items():
         print(f"{name:<58} {t:8.2f} {m:9.1f} {size / t / 1e9:6.2f} {rc}")
-    for label in ("torch zip", "safetensors x%d" % len(shards)):
+    for label in ("torch zip", f"safetensors x{len(shards)}"):
         floor = rows[f"{label}: read + CRC32 (4 MiB readinto)"][0]
         best = min(rows[f"{label}: validate --deep --jobs {j}"][0] for j in sorted({1, 2, ncpu}))
         worst_rss = max(m for k, (_, m, _) in rows.items() if k.startswith(label) and "validate" in k)

@@ -202,7 +202,7 @@ def optimizer_checks(root: Path, report: Report) -> list[Finding]:
     by_dir: dict[str, list[FileInfo]] = {}
     for f in report.files:
         by_dir.setdefault(f.path.rpartition("/")[0], []).append(f)
-    for d, files in sorted(by_dir.items()):
+    for _dir, files in sorted(by_dir.items()):
         weights: dict[str, tuple[int, ...]] = {}
         for f in files:
             if _is_weights_file(f) and deep_eligible(f):

@@ -117,7 +117,7 @@ def test_torch_to_safetensors_to_torch_is_bit_identical(tmp_path, legacy):
         assert sum(n for lab, n in ticks if lab == label) == r1.bytes
     with safe_open(st, "pt") as f:
         assert f.metadata() == {"format": "pt", "head.weight": "embed.weight"}
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__/__contains__
             got = f.get_tensor(k)
             assert got.dtype == sd[k].dtype and torch.equal(got, sd[k]), k
 

@@ -462,9 +462,8 @@ def test_repair_protocol4_file(tmp_path, protocol):
     result = repair(tmp_path, consumer="torch")
     assert result.exit_code == 0, render_result(result)
     assert result.outcome("rng_state.pth").status == "replaced"
-    with open(path, "rb") as fh:
-        with zipfile.ZipFile(fh) as z:
-            only_torch_opcodes(z.read(next(n for n in z.namelist() if n.endswith("/data.pkl"))))
+    with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:
+        only_torch_opcodes(z.read(next(n for n in z.namelist() if n.endswith("/data.pkl"))))
     new = torch.load(path, weights_only=True)  # plain: nothing allow-listed
     for k, t in tensors.items():
         assert torch.equal(new[k], t) and new[k].dtype == t.dtype

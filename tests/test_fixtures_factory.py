@@ -72,7 +72,7 @@ def test_safetensors(tmp_path):
     p = f.make_safetensors(tmp_path)
     with safe_open(str(p), "pt") as fh:
         assert fh.metadata() == {"format": "pt"}
-        assert "block.weight_bf16" in fh.keys()
+        assert "block.weight_bf16" in fh.keys()  # noqa: SIM118 - safe_open has keys(), no __iter__/__contains__
 
 
 # --------------------------------------------------------------------------- transformers

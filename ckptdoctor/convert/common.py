@@ -424,7 +424,7 @@ class FileReader:
     """pread-style reads into one reused buffer (plain reads: page cache, not our RSS)."""
 
     def __init__(self, path: Path):
-        self.fh = open(path, "rb", buffering=0)
+        self.fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         self.buf = bytearray()
 
     def read(self, offset: int, n: int):

@@ -167,7 +167,7 @@ class DcpCheckpoint:
     def _file(self, name: str):
         fh = self._fh.get(name)
         if fh is None:
-            fh = self._fh[name] = open(self.root / name, "rb")
+            fh = self._fh[name] = open(self.root / name, "rb")  # noqa: SIM115 - close()
         return fh
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ parameters from `frozen_param_fragments`, and `shared_params` aliases point at t
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -146,8 +147,6 @@ class ZeroCheckpoint:
         return out, {str(k): str(v) for k, v in dict(shared).items()}
 
     def _frozen(self) -> list[tuple[str, TensorEntry]]:
-        import torch
-
         m0 = self.models[0]
         shapes = m0.get("frozen_param_shapes") or {}
         if not shapes:
@@ -158,13 +157,12 @@ class ZeroCheckpoint:
             numel = math.prod(shape)
             if self.stage <= 2:
                 frag = m0["frozen_param_fragments"][name]
-                load = (lambda frag=frag, shape=shape: frag.reshape(shape))
+                load = functools.partial(frag.reshape, shape)
                 dtype = frag.dtype
             else:
                 frags = [m["frozen_param_fragments"][name] for m in self.models]
                 dtype = frags[0].dtype
-                load = (lambda frags=frags, numel=numel, shape=shape:
-                        torch.cat([f.reshape(-1) for f in frags])[:numel].reshape(shape))
+                load = functools.partial(_concat_frozen, frags, numel, shape)
             out.append((name, TensorEntry(name, dtype, shape, load, str(self.tag))))
         return out
 
@@ -192,8 +190,7 @@ class ZeroCheckpoint:
             offset = 0
             for name, shape in shapes:
                 numel = math.prod(shape)
-                load = (lambda o=offset, n=numel, s=shape, rk=ranks, st=starts:
-                        _gather12(rk, st, o, n, s))
+                load = functools.partial(_gather12, ranks, starts, offset, numel, shape)
                 out.append((name, TensorEntry(name, torch.float32, shape, load, str(self.tag))))
                 offset += numel
             # zero_to_fp32's check (both rounded up to 2*world), or the exact group_paddings
@@ -226,6 +223,13 @@ class ZeroCheckpoint:
             raise fail(self.tag, f"ZeRO-3 partitions hold {[r.numel for r in ranks]} elements, "
                                  f"the parameters need {offset} per rank: inconsistent checkpoint")
         return out
+
+
+def _concat_frozen(frags: list[Any], numel: int, shape: tuple[int, ...]) -> Any:
+    """A ZeRO-3 frozen parameter: its per-rank fragments concatenated, padding cut."""
+    import torch
+
+    return torch.cat([f.reshape(-1) for f in frags])[:numel].reshape(shape)
 
 
 def _gather12(ranks: list[_Flat], starts: list[int], offset: int, numel: int, shape: tuple):

@@ -68,9 +68,8 @@ def verify(path: Path, tree: Any, opts: Options, rel: str) -> None:
         if out.dtype != ref.dtype or tuple(out.shape) != tuple(ref.shape):
             raise _mismatch(rel, f"{where}: dtype/shape differ from the source")
         ptr = out.untyped_storage().data_ptr() if out.numel() else None
-        if ptr is not None:
-            if storages.setdefault(id(ref), ptr) != ptr:
-                raise _mismatch(rel, f"{where}: a shared tensor was written twice")
+        if ptr is not None and storages.setdefault(id(ref), ptr) != ptr:
+            raise _mismatch(rel, f"{where}: a shared tensor was written twice")
         reader = MappedReader(out, MAPPED.tensor_is_mapped(out))
         bad = compare_bytes(entry_chunks(ref.entry, ref.dtype, CHUNK), reader.read, 0,
                             ref.nbytes)

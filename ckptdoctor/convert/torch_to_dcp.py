@@ -16,6 +16,7 @@ kept in `ckptdoctor.tree.json` beside `.metadata` (DCP ignores it; dcp -> torch 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -84,10 +85,8 @@ def leaves_and_skeleton(state: dict) -> tuple[dict[str, Any], Any]:
             out = {"$t": "odict" if type(v) is OrderedDict else "dict",
                    "items": [[encode(k), child] for k, child in items]}
             if type(v) is OrderedDict and vars(v):
-                try:
+                with contextlib.suppress(CodecError):
                     out["attrs"] = encode(dict(vars(v)))
-                except CodecError:
-                    pass
             return out
         if not _is_terminal(v) and isinstance(v, (list, tuple)):
             return [walk(path + (i,), x) for i, x in enumerate(v)]
@@ -198,7 +197,7 @@ def write_params(staging: Staging, opts: Options, result: ConvertResult) -> bool
             except Exception as exc:  # noqa: BLE001 - yaml's errors
                 raise fail(path, f"--params {path}: not valid YAML: {exc}") from None
         if doc is None:
-            raise fail(path, f"--params {path}: not valid JSON")
+            raise fail(path, f"--params {path}: not valid JSON") from None
     if not isinstance(doc, dict):
         raise fail(path, f"--params {path}: holds {type(doc).__name__}, not an object")
     if not isinstance(doc.get("model"), dict):
@@ -333,7 +332,7 @@ def _verify(root: Path, leaves: dict[str, Any], opts: Options, rel: str) -> None
                     out = ckpt.load_tensor(fqn)
                     flat = (out.contiguous().reshape(-1).view(torch.uint8).numpy()
                             if out.numel() else None)
-                    bad = compare_bytes(expected, lambda off, n: flat[off:off + n], 0, nbytes)
+                    bad = compare_bytes(expected, lambda off, n, flat=flat: flat[off:off + n], 0, nbytes)
                     del out, flat
                 if bad is not None:
                     raise _mismatch(rel, f"{fqn}: byte {bad} differs from the source")

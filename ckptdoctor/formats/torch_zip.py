@@ -5,6 +5,7 @@ record uncompressed and writes CRC32s it never checks; `check_crc` verifies them
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import zipfile
@@ -144,11 +145,9 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth
         for extra in ("byteorder", "version", ".format_version", "storage_alignment"):
             rec = byname.get(prefix + extra)
             if rec is not None and rec.file_size < 64:
-                try:
+                with contextlib.suppress(Exception):  # a metadata record is optional
                     info.meta[extra.lstrip(".")] = read_record(zf, rec, 64).decode(
                         "ascii", "replace").strip()
-                except Exception:  # noqa: BLE001
-                    pass
         if info.meta.get("byteorder") and info.meta["byteorder"] != sys.byteorder:
             info.findings.append(Code.BYTEORDER.finding(
                 rel, f"written on a {info.meta['byteorder']}-endian machine"))
@@ -464,9 +463,7 @@ class TorchZip:
     def sniff(self, probe: Probe) -> bool:
         if not is_zip_head(probe.head):
             return False
-        if probe.path.suffix == ".npz":
-            return False
-        return True
+        return probe.path.suffix != ".npz"
 
     def read(self, probe: Probe, rel: str) -> FileInfo:
         return scan_zip(probe.path, rel)

@@ -116,7 +116,7 @@ def render_result(result: RepairResult, with_plan: bool = False) -> str:
         out.extend("    " + line for line in result.snippet.splitlines())
     for x in result.findings:
         out.append(f"  {x.code} {x.severity}: {x.path}: {x.message}")
-    out.append("exit code: %d" % result.exit_code)
+    out.append(f"exit code: {result.exit_code}")
     return "\n".join(out)
 
 
