@@ -145,10 +145,16 @@ def _progress(enabled: bool):
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document (schema_version 1).")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="One JSON document (schema_version 1).")] = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
-    ram: Annotated[str | None, typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
-    gpu_mem: Annotated[str | None, typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
+    ram: Annotated[str | None, typer.Option(
+        "--ram", metavar="SIZE",
+        help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's "
+             "available memory.")] = None,
+    gpu_mem: Annotated[str | None, typer.Option(
+        "--gpu-mem", metavar="SIZE",
+        help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
 ) -> None:
     """What is this checkpoint: layout, step, files, tensors, pickled globals, whether plain
     torch.load(weights_only=True) loads each file, and the memory a resume needs.
@@ -181,15 +187,28 @@ def validate(
     consumer: ConsumerOpt = ConsumerChoice.framework,
     allow: AllowOpt = [],  # noqa: B006 - typer reads the default
     trust: TrustOpt = False,
-    load: Annotated[bool, typer.Option("--load", help="Really load each file through the loader chain.")] = False,
-    deep: Annotated[bool, typer.Option("--deep", help="Read all bytes: zip CRC32s, NaN/Inf, optimizer shapes.")] = False,
-    write_manifest: Annotated[bool, typer.Option("--write-manifest", help="Record sha256 of every file as an OpenSSF model-signing (in-toto) manifest; later runs verify it.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files read in parallel by --deep / manifests (0: one per CPU).")] = 0,
-    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="NaN/Inf in parameters or optimizer state is a warning, not an error.")] = False,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.text,
-    select: Annotated[list[str], typer.Option("--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],  # noqa: B006
-    ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
+    load: Annotated[bool, typer.Option(
+        "--load", help="Really load each file through the loader chain.")] = False,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="Read all bytes: zip CRC32s, NaN/Inf, optimizer shapes.")] = False,
+    write_manifest: Annotated[bool, typer.Option(
+        "--write-manifest",
+        help="Record sha256 of every file as an OpenSSF model-signing (in-toto) manifest; later "
+             "runs verify it.")] = False,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=0,
+        help="Files read in parallel by --deep / manifests (0: one per CPU).")] = 0,
+    allow_nonfinite: Annotated[bool, typer.Option(
+        "--allow-nonfinite",
+        help="NaN/Inf in parameters or optimizer state is a warning, not an error.")] = False,
+    fmt: Annotated[OutputFormat, typer.Option(
+        "--format", help="Output format.")] = OutputFormat.text,
+    select: Annotated[list[str], typer.Option(
+        "--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],  # noqa: B006
+    ignore: Annotated[list[str], typer.Option(
+        "--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
+    fail_on: Annotated[FailOn, typer.Option(
+        "--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
     framework_version: FrameworkVersionOpt = [],  # noqa: B006
 ) -> None:
     """Pre-resume gate: is the checkpoint complete, intact and loadable by what will resume it?
@@ -281,12 +300,18 @@ def latest(
 def repair(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
     allow: AllowOpt = [],  # noqa: B006
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
-    backup_dir: Annotated[Path | None, typer.Option("--backup-dir", help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
-    no_backup: Annotated[bool, typer.Option("--no-backup", help="Do not keep originals (not recommended).")] = False,
-    to: Annotated[str, typer.Option("--to", help="torch (default) or safetensors for pure tensor files.")] = "torch",
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan; change nothing.")] = False,
+    backup_dir: Annotated[Path | None, typer.Option(
+        "--backup-dir",
+        help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
+    no_backup: Annotated[bool, typer.Option(
+        "--no-backup", help="Do not keep originals (not recommended).")] = False,
+    to: Annotated[str, typer.Option(
+        "--to", help="torch (default) or safetensors for pure tensor files.")] = "torch",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before rewriting.")] = False,
-    undo: Annotated[bool, typer.Option("--undo", help="Restore the latest backup of PATH.")] = False,
+    undo: Annotated[bool, typer.Option(
+        "--undo", help="Restore the latest backup of PATH.")] = False,
     consumer: ConsumerOpt = ConsumerChoice.framework,
 ) -> None:
     """Rewrite files so they load with plain torch.load(weights_only=True) and still resume.
@@ -305,12 +330,14 @@ def repair(
     if backup_dir is not None and no_backup:
         _fail(CliError(Code.REPAIR_REFUSED, str(path), "--backup-dir and --no-backup conflict"))
     if to not in ("torch", "safetensors"):
-        _fail(CliError(Code.REPAIR_REFUSED, str(path), f"--to must be torch or safetensors, not {to}"))
+        _fail(CliError(Code.REPAIR_REFUSED, str(path),
+                       f"--to must be torch or safetensors, not {to}"))
     if undo:
         try:
             restored = run_undo(path, backup_dir=backup_dir)
         except (FileNotFoundError, OSError) as exc:
-            _fail(CliError(Code.REPAIR_REFUSED, str(path), f"nothing to undo: {exc}", EXIT_FINDINGS))
+            _fail(CliError(Code.REPAIR_REFUSED, str(path), f"nothing to undo: {exc}",
+                           EXIT_FINDINGS))
         for p in restored:
             out.print(f"restored {p}", markup=False)
         raise typer.Exit(EXIT_OK)
@@ -344,19 +371,32 @@ class ConvertDtype(str, enum.Enum):
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint file or directory.")],
     dst: Annotated[Path, typer.Argument(help="Destination file or directory.")],
-    to: Annotated[str, typer.Option("--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
-    max_shard_size: Annotated[str | None, typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
-    dtype: Annotated[ConvertDtype, typer.Option("--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the bit-identical re-read.")] = False,
-    drop_non_tensors: Annotated[bool, typer.Option("--drop-non-tensors", help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
-    strip_prefix: Annotated[str | None, typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
+    to: Annotated[str, typer.Option(
+        "--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
+    max_shard_size: Annotated[str | None, typer.Option(
+        "--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
+    dtype: Annotated[ConvertDtype, typer.Option(
+        "--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
+    no_verify: Annotated[bool, typer.Option(
+        "--no-verify", help="Skip the bit-identical re-read.")] = False,
+    drop_non_tensors: Annotated[bool, typer.Option(
+        "--drop-non-tensors", help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
+    strip_prefix: Annotated[str | None, typer.Option(
+        "--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing DST (atomically).")] = False,
     allow: AllowOpt = [],  # noqa: B006
     trust: TrustOpt = False,
-    add_prefix: Annotated[str | None, typer.Option("--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
-    nest: Annotated[str | None, typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
-    params: Annotated[Path | None, typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
-    weights_only: Annotated[bool, typer.Option("--weights-only", help="Export only the weights of a checkpoint directory; list the training state left behind.")] = False,
+    add_prefix: Annotated[str | None, typer.Option(
+        "--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
+    nest: Annotated[str | None, typer.Option(
+        "--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
+    params: Annotated[Path | None, typer.Option(
+        "--params", help="--to dcp: write this file as params.json.")] = None,
+    weights_only: Annotated[bool, typer.Option(
+        "--weights-only",
+        help="Export only the weights of a checkpoint directory; list the training state left "
+             "behind.")] = False,
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
     (one tensor at a time), written atomically and verified."""
@@ -390,10 +430,14 @@ class DiffFormat(str, enum.Enum):
 def diff(
     a: Annotated[Path, typer.Argument(help="First checkpoint (file or directory).")],
     b: Annotated[Path, typer.Argument(help="Second checkpoint (any format or layout).")],
-    resume_equivalent: Annotated[bool, typer.Option("--resume-equivalent", help="Would B continue training exactly as A (bit-identical weights, optimizer, scheduler, RNG, step)?")] = False,
+    resume_equivalent: Annotated[bool, typer.Option(
+        "--resume-equivalent",
+        help="Would B continue training exactly as A (bit-identical weights, optimizer, scheduler, "
+             "RNG, step)?")] = False,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for 'equal'.")] = 1e-5,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for 'equal'.")] = 1e-8,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tensor pairs compared at once (memory grows with it).")] = 1,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=1, help="Tensor pairs compared at once (memory grows with it).")] = 1,
     fmt: Annotated[DiffFormat, typer.Option("--format", help="Output format.")] = DiffFormat.text,
     allow: AllowOpt = [],  # noqa: B006
     trust: TrustOpt = False,
@@ -421,12 +465,18 @@ def diff(
 
 @app.command()
 def reshard(
-    src: Annotated[Path, typer.Argument(help="DeepSpeed ZeRO-1/2 checkpoint (the directory with `latest`, or the tag directory).")],
+    src: Annotated[Path, typer.Argument(
+        help="DeepSpeed ZeRO-1/2 checkpoint (the directory with `latest`, or the tag directory).")],
     dst: Annotated[Path, typer.Argument(help="New checkpoint directory.")],
-    world_size: Annotated[int, typer.Option("--world-size", min=1, help="Data-parallel ranks to resume on.")],
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip re-reading the output.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
+    world_size: Annotated[int, typer.Option(
+        "--world-size", min=1, help="Data-parallel ranks to resume on.")],
+    strict: Annotated[bool, typer.Option(
+        "--strict",
+        help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
+    no_verify: Annotated[bool, typer.Option(
+        "--no-verify", help="Skip re-reading the output.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing DST (atomically).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     allow: AllowOpt = [],  # noqa: B006
     trust: TrustOpt = False,
@@ -470,7 +520,8 @@ def _check_prefixes(prefixes: list[str]) -> None:
 @app.command()
 def codes(
     prefix: Annotated[str | None, typer.Argument(help="A code or prefix: CK101, CK4.")] = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="The docs table (docs/validate.md).")] = False,
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="The docs table (docs/validate.md).")] = False,
 ) -> None:
     """List the stable finding codes, their severity, meaning and what to do."""
     from .codes import lookup, markdown_table
@@ -482,7 +533,8 @@ def codes(
     if not found:
         _fail(CliError(Code.BAD_PREFIX, prefix or "", "matches no finding code"))
     for c in found:
-        _emit(f"{c.code}  {c.severity}  {c.explanation}" + (f"\n       fix: {c.fix}" if c.fix else ""))
+        _emit(f"{c.code}  {c.severity}  {c.explanation}"
+              + (f"\n       fix: {c.fix}" if c.fix else ""))
     raise typer.Exit(EXIT_OK)
 
 

@@ -219,7 +219,8 @@ def optimizer_checks(root: Path, report: Report) -> list[Finding]:
             for g in groups if isinstance(groups, SymList) else []:
                 params = lookup(g, "params") if isinstance(g, SymDict) else None
                 names = lookup(g, "param_names") if isinstance(g, SymDict) else None
-                ids = [p for p in params if isinstance(p, int)] if isinstance(params, SymList) else []
+                ids = [p for p in params if isinstance(p, int)] \
+                    if isinstance(params, SymList) else []
                 nms = [n if isinstance(n, str) else None for n in names] \
                     if isinstance(names, SymList) and len(names) == len(ids) else [None] * len(ids)
                 order.extend(zip(ids, nms, strict=True))

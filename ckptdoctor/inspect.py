@@ -78,7 +78,8 @@ def inspect_view(path: str | os.PathLike, env: Env | None = None
     view = DirView(p, env=env)
     report = Report(shown, LayoutInfo("directory", ""))
     if view.truncated:
-        report.findings.append(Code.TOO_MANY_FILES.finding("", f"stopped after {len(view.files)} files"))
+        report.findings.append(Code.TOO_MANY_FILES.finding("", f"stopped after {len(view.files)} "
+                                                               "files"))
     if not view.files:
         report.findings.append(Code.EMPTY_DIR.finding("", f"{shown}: directory holds no files"))
         return report, view

@@ -91,7 +91,8 @@ def inspect_text(report: Report, with_tensors: bool = False, width: int = 110,
     files = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     files.add_column("file", no_wrap=True)
     for col in ("format", "size", "tensors", "params", "weights_only"):
-        files.add_column(col, no_wrap=True, justify="right" if col in ("size", "tensors", "params") else "left")
+        files.add_column(col, no_wrap=True,
+                         justify="right" if col in ("size", "tensors", "params") else "left")
     for f in report.files:
         s = tensor_summary(f.tensors)
         files.add_row(f.path, f.format, human_bytes(f.size), str(s["count"] or ""),

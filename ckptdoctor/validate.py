@@ -354,7 +354,8 @@ def _single_pass(root: Path, report: Report, opts: ValidateOptions,
         present = {f.path for f in files}
         for rel, want in sorted(recorded.items()):
             if rel not in present:
-                out.append(Code.MANIFEST_MISSING_FILE.finding(rel, "listed in the manifest, missing"))
+                out.append(Code.MANIFEST_MISSING_FILE.finding(rel,
+                                                              "listed in the manifest, missing"))
             elif hashes.get(rel) != want.sha256:
                 out.append(Code.MANIFEST_MISMATCH.finding(
                     rel, "content differs from the manifest written when the checkpoint was good",

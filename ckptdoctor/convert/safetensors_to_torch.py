@@ -18,7 +18,8 @@ from .st_io import SafetensorsFile
 from .torch_emit import emit
 from .torch_writer import TensorRef
 
-OPTIONS = {"dtype", "strip_prefix", "add_prefix", "drop_non_tensors"}  # convert() options it honours
+# convert() options it honours
+OPTIONS = {"dtype", "strip_prefix", "add_prefix", "drop_non_tensors"}
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:

@@ -207,7 +207,8 @@ def shard_names(base: str, n: int) -> list[str]:
 
 
 def index_doc(shards: list[list[StItem]], names: list[str]) -> dict[str, Any]:
-    weight_map = {it.name: fname for fname, items in zip(names, shards, strict=True) for it in items}
+    weight_map = {it.name: fname for fname, items in zip(names, shards, strict=True)
+                  for it in items}
     total = sum(it.nbytes for items in shards for it in items)
     return {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
 

@@ -332,7 +332,8 @@ def _verify(root: Path, leaves: dict[str, Any], opts: Options, rel: str) -> None
                     out = ckpt.load_tensor(fqn)
                     flat = (out.contiguous().reshape(-1).view(torch.uint8).numpy()
                             if out.numel() else None)
-                    bad = compare_bytes(expected, lambda off, n, flat=flat: flat[off:off + n], 0, nbytes)
+                    bad = compare_bytes(expected, lambda off, n, flat=flat: flat[off:off + n],
+                                        0, nbytes)
                     del out, flat
                 if bad is not None:
                     raise _mismatch(rel, f"{fqn}: byte {bad} differs from the source")

@@ -69,7 +69,8 @@ def _detect_file(path: Path, rel: str = "") -> FileInfo:
         return FileInfo(rel, "unknown", 0, findings=[kind.finding(rel, kind.title)])
     except OSError as exc:
         code = Code.SYMLINK_LOOP if exc.errno == 40 else Code.UNREADABLE
-        return FileInfo(rel, "unknown", 0, findings=[code.finding(rel, f"{code.title}: {exc.strerror}")])
+        return FileInfo(rel, "unknown", 0, findings=[code.finding(rel, f"{code.title}: "
+                                                                       f"{exc.strerror}")])
     if not stat.S_ISREG(st.st_mode):
         return FileInfo(rel, "unknown", 0, findings=[Code.NOT_REGULAR.finding(rel)])
     try:
@@ -98,7 +99,8 @@ def _detect_file(path: Path, rel: str = "") -> FileInfo:
     except (RecursionError, MemoryError, ValueError, EOFError) as exc:
         return FileInfo(rel, fmt.name, st.st_size, scan_state=ScanState.INCONCLUSIVE,
                         findings=[Code.PICKLE_MALFORMED.finding(
-                            rel, f"could not parse as {fmt.name}: {type(exc).__name__}: {exc}"[:300])])
+                            rel,
+                            f"could not parse as {fmt.name}: {type(exc).__name__}: {exc}"[:300])])
 
 
 __all__ = ["FORMATS", "FORMAT_NAMES", "detect_file"]

@@ -113,7 +113,8 @@ class DirView:
 
     def top(self) -> list[str]:
         """Names directly in this directory (files and dirs)."""
-        return sorted({p.split("/", 1)[0] for p in self.files} | {d.split("/", 1)[0] for d in self.dirs})
+        return sorted({p.split("/", 1)[0] for p in self.files}
+                      | {d.split("/", 1)[0] for d in self.dirs})
 
     def glob(self, pattern: str) -> list[str]:
         import fnmatch
@@ -131,7 +132,8 @@ class DirView:
         return f"{self.rel}/{rel}" if self.rel and rel else (self.rel or rel)
 
     def pickle_root(self, rel: str) -> Any:
-        """Symbolic root of a torch zip's data.pkl or a plain pickle (None if not cheap/readable)."""
+        """Symbolic root of a torch zip's data.pkl or a plain pickle (None if not
+        cheap/readable)."""
         if rel not in self._roots:
             self._roots[rel] = read_pickle_root(self.root / rel)
         return self._roots[rel]

@@ -114,7 +114,8 @@ def check_tag(d: DirView, tag: str) -> list[Finding]:
     if f["zero3"]:  # one model_states per (dp, mp) rank
         have = {(int(m.group(1)), int(m.group(2))) for m in f["model"].values()}
         want = {(r, p) for r in range(dp or 0) for p in range(mp or 1)}
-        names = [f"zero_pp_rank_{r}_mp_rank_{p:02d}_model_states.pt" for r, p in sorted(want - have)]
+        names = [f"zero_pp_rank_{r}_mp_rank_{p:02d}_model_states.pt"
+                 for r, p in sorted(want - have)]
     else:
         have_mp = {int(m.group(2)) for m in f["model"].values()}
         names = [f"mp_rank_{p:02d}_model_states.pt" for p in range(mp or 0) if p not in have_mp]

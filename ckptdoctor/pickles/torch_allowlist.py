@@ -164,7 +164,8 @@ def _render_table() -> str:  # pragma: no cover - developer tool, needs torch
     head, _, _ = text.partition("GENERATED_FROM")
     body = "\n".join(f'    "{n}",' for n in sorted(_get_allowed_globals()))
     tail = text.partition("})\n")[2]
-    return f'{head}GENERATED_FROM = "{version}"\n\nTORCH_DEFAULT_ALLOWED = frozenset({{\n{body}\n}})\n{tail}'
+    return (f'{head}GENERATED_FROM = "{version}"\n\n'
+            f'TORCH_DEFAULT_ALLOWED = frozenset({{\n{body}\n}})\n{tail}')
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -138,7 +138,7 @@ def _select(p: Path, consumer: str, to: str, backup_root: Path
     return out, []
 
 
-# --- flavor ----------------------------------------------------------------------------------------
+# --- flavor ---------------------------------------------------------------------------------------
 def detect_flavor(rel: str, obj: Any) -> str:
     """Who wrote the file, as far as the rules care (megatron keeps its Namespace, ...)."""
     from ..standins import StandIn
@@ -183,7 +183,7 @@ def _pure_tensors(obj: Any) -> bool:
         and not v.is_quantized and not v.is_meta for k, v in obj.items())
 
 
-# --- planning one file -----------------------------------------------------------------------------
+# --- planning one file ----------------------------------------------------------------------------
 @dataclass
 class _Prepared:
     plan: FilePlan
@@ -354,7 +354,7 @@ def convert_file(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (
     return conv.convert(tc.obj), conv
 
 
-# --- leftovers -------------------------------------------------------------------------------------
+# --- leftovers ------------------------------------------------------------------------------------
 def _tmp_files(root: Path, backup_root: Path) -> list[Path]:
     found = leftovers(root) if root.exists() else []
     if backup_root.is_dir():
@@ -462,7 +462,7 @@ def plan_repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] =
     return plan
 
 
-# --- public: repair --------------------------------------------------------------------------------
+# --- public: repair -------------------------------------------------------------------------------
 class _Run:
     def __init__(self, plan: RepairPlan, result: RepairResult, backup_root: Path,
                  no_backup: bool):
@@ -594,7 +594,8 @@ class _Run:
         if prep.finish_from is not None:
             fp.path.unlink()
             fsync_dir(fp.path.parent)
-            return FileOutcome(fp.rel, CONVERTED, f"finished an interrupted conversion: {fp.target} "
+            return FileOutcome(fp.rel, CONVERTED, "finished an interrupted conversion: "
+                                                  f"{fp.target} "
                                f"was already verified; original backed up at {prep.finish_from}",
                                str(prep.finish_from), fp.target)
         tensors = _dealias(prep.converted)
