@@ -112,8 +112,10 @@ def torchrun_peak(cmd: list[str]) -> tuple[float, float, int]:
     """torchrun's workers are its children: RUSAGE_CHILDREN of a wrapper process gives the
     largest worker's peak (the wrapper itself is small)."""
     wrapper = ("import resource, subprocess, sys, time\n"
-               "t = time.perf_counter(); rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)\n")
+               "t = time.perf_counter(); rc = subprocess.call(sys.argv[1:], "
+               "stdout=subprocess.DEVNULL)\n"
+               "print(time.perf_counter() - t, "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)\n")
     out = subprocess.run([PY, "-c", wrapper, *cmd], capture_output=True, text=True, env=ENV).stdout
     t, kb, rc = out.split()
     return float(t), int(kb) / 1024, int(rc)

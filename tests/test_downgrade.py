@@ -107,7 +107,7 @@ def weights_only_loads(data: bytes, allow=()):
         return wou.Unpickler(io.BytesIO(data), encoding="utf-8").load()
 
 
-# --- objects ----------------------------------------------------------------------------------------
+# --- objects --------------------------------------------------------------------------------------
 def _shared_and_cycles():
     shared = [1, "x"]
     cyc = [0]
@@ -174,7 +174,7 @@ def torch_objects():
     return objs
 
 
-# --- plain pickles ---------------------------------------------------------------------------------
+# --- plain pickles --------------------------------------------------------------------------------
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", sorted({**SAFE_OBJECTS, **FROZEN_OBJECTS}) + ["shared_and_cycles"])
 def test_plain_pickles_round_trip(name, protocol):
@@ -343,7 +343,7 @@ def test_protocol2_global_is_left_alone():
     assert b"c__builtin__\nset\n" in src and downgrade(src) == src
 
 
-# --- hypothesis: random nested objects of safe types -------------------------------------------------
+# --- hypothesis: random nested objects of safe types ----------------------------------------------
 _scalars = (st.none() | st.booleans() | st.integers() | st.integers(-(2 ** 2000), 2 ** 2000)
             | st.floats(allow_nan=True) | st.text(max_size=300) | st.binary(max_size=300)
             | st.complex_numbers(allow_nan=False))
@@ -379,7 +379,7 @@ def test_hypothesis_round_trip(obj, data):
         assert canon(weights_only_loads(out, [frozenset, bytes])) == ref, p
 
 
-# --- torch.save files --------------------------------------------------------------------------------
+# --- torch.save files -----------------------------------------------------------------------------
 def rebuild_zip(src: Path, dst: Path) -> None:
     """The same archive (record names and order, all STORED) with data.pkl downgraded."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
@@ -435,7 +435,7 @@ def test_legacy_torch_save(tmp_path, protocol):
         assert canon(torch.load(view, weights_only=True)) == canon(trusted_load(path))
 
 
-# --- repair ------------------------------------------------------------------------------------------
+# --- repair ---------------------------------------------------------------------------------------
 def _rng_checkpoint(path: Path, protocol: int) -> tuple:
     np.random.seed(7)
     np.random.standard_normal()  # a cached Gaussian in the state
@@ -519,7 +519,7 @@ def test_rewrite_reports_added_globals():
     assert d.added == {"builtins.frozenset", "builtins.set", "_codecs.encode", "builtins.bytearray"}
 
 
-# --- malformed input: DowngradeError or a clean protocol-2 stream, nothing else ---------------------
+# --- malformed input: DowngradeError or a clean protocol-2 stream, nothing else -------------------
 _SEEDS = [pickle.dumps(SAFE_OBJECTS["nested"], p) for p in PROTOCOLS] + [
     pickle.dumps({"s": {1, 2}, "f": frozenset({3}), "b": b"xy", "od": SAFE_OBJECTS["ordereddict"]},
                  p) for p in PROTOCOLS] + [

@@ -44,7 +44,7 @@ NUMPY1 = Path(__file__).parent / "fixtures" / "numpy1"
 REPO = Path(__file__).resolve().parent.parent
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -93,7 +93,7 @@ def save(obj, path: Path) -> Path:
     return path
 
 
-# --- one test per rule -------------------------------------------------------------------------------
+# --- one test per rule ----------------------------------------------------------------------------
 def case_numpy_rng_state(tmp: Path):
     np.random.seed(7)
     np.random.standard_normal()  # leave a cached Gaussian in the state
@@ -354,7 +354,7 @@ def test_rule_end_to_end(rule, tmp_path, test_enums):
             assert set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f))) <= set(allowed)
 
 
-# --- plan -------------------------------------------------------------------------------------------
+# --- plan -----------------------------------------------------------------------------------------
 def numpy1_dir(tmp_path: Path) -> Path:
     d = tmp_path / "np1"
     d.mkdir(parents=True)
@@ -394,7 +394,7 @@ def test_plan_framework_consumer_skips_unused_files(tmp_path):
     assert {f.rel for f in plan.files} == {"rng_state.pth", "training_args.bin"}
 
 
-# --- backups, verification, idempotence, undo ---------------------------------------------------------
+# --- backups, verification, idempotence, undo -----------------------------------------------------
 def test_repair_backs_up_verifies_and_is_idempotent(tmp_path):
     d = numpy1_dir(tmp_path)
     before = snapshot(d)
@@ -545,7 +545,7 @@ def test_verify_catches_a_changed_value(tmp_path, monkeypatch):
     assert snapshot(d) == before
 
 
-# --- refusals ------------------------------------------------------------------------------------------
+# --- refusals -------------------------------------------------------------------------------------
 class _Evil:
     def __init__(self, canary: Path):
         self.canary = canary
@@ -633,7 +633,7 @@ def test_truncated_file_is_not_rewritten(tmp_path):
     assert result.outcome("rng_state.pth") is None or result.outcome("rng_state.pth").status != "replaced"
 
 
-# --- safetensors --------------------------------------------------------------------------------------
+# --- safetensors ----------------------------------------------------------------------------------
 def test_to_safetensors(tmp_path):
     from safetensors.torch import load_file
 
@@ -690,7 +690,7 @@ def test_symlinked_checkpoint_rewrites_the_target(tmp_path):
     plain_load(d / "last.ckpt")
 
 
-# --- leftovers ------------------------------------------------------------------------------------------
+# --- leftovers ------------------------------------------------------------------------------------
 def test_leftover_temp_files_are_reported_then_removed(tmp_path):
     d = numpy1_dir(tmp_path)
     dead = d / f"{TMP_MARKER}999999999-1-rng_state.pth"  # no such pid
@@ -702,7 +702,7 @@ def test_leftover_temp_files_are_reported_then_removed(tmp_path):
     assert Code.LEFTOVER_WRITE.code in {f.code for f in result.findings}
 
 
-# --- kill test --------------------------------------------------------------------------------------------
+# --- kill test ------------------------------------------------------------------------------------
 CHILD = r"""
 import sys
 from ckptdoctor.repair import repair

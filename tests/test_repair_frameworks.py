@@ -51,7 +51,7 @@ def clean_safe_globals():
     torch.serialization.clear_safe_globals()
 
 
-# --- HF Trainer --------------------------------------------------------------------------------------------
+# --- HF Trainer -----------------------------------------------------------------------------------
 def test_hf_trainer_numpy1_rng_state_resumes_with_same_losses(tmp_path):
     from transformers import TrainerCallback
 
@@ -95,7 +95,7 @@ def test_hf_trainer_numpy1_rng_state_resumes_with_same_losses(tmp_path):
     assert resumed == reference
 
 
-# --- Lightning ------------------------------------------------------------------------------------------------
+# --- Lightning ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("via", ["init_arg", "save_hyperparameters"])
 def test_lightning_fit_resumes_after_repair(tmp_path, via):
     ckpt = F.make_lightning_ckpt(tmp_path / "fit", namespace_via=via)
@@ -148,7 +148,7 @@ def test_lightning_omegaconf_hparams(tmp_path):
     assert tr2.global_step == 4
 
 
-# --- Accelerate -----------------------------------------------------------------------------------------------
+# --- Accelerate -----------------------------------------------------------------------------------
 def test_accelerate_load_state_restores_numpy_stream(tmp_path):
     d = F.make_accelerate_state(tmp_path / "acc")
     shutil.copy2(NUMPY1 / "random_states_0.pkl", d / "random_states_0.pkl")
@@ -165,7 +165,7 @@ def test_accelerate_load_state_restores_numpy_stream(tmp_path):
     assert np.array_equal(F.accelerate_load_draws(d), expected)
 
 
-# --- DeepSpeed (hand-built, see module docstring) ---------------------------------------------------------------
+# --- DeepSpeed (hand-built, see module docstring) -------------------------------------------------
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_globals):
     d = F.make_deepspeed(tmp_path / "ds", stage=stage)
@@ -191,7 +191,7 @@ def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_global
     assert again.backup_dir == "" and not again.plan.writes
 
 
-# --- Megatron (hand-built, see module docstring) -------------------------------------------------------------------
+# --- Megatron (hand-built, see module docstring) --------------------------------------------------
 def test_megatron_keeps_args_namespace_and_enum(tmp_path, clean_safe_globals):
     d = F.make_megatron(tmp_path / "mg")
     f = d / "iter_0000100" / "mp_rank_00" / "model_optim_rng.pt"
