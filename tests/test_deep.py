@@ -308,7 +308,8 @@ def test_bit_tests_agree_with_torch_on_every_bit_pattern(dtype):
     data = raw.numpy().tobytes()
     name = str(dtype).removeprefix("torch.")
     assert torch.equal(torch.from_numpy(nonfinite_mask(data, name).copy()), want)
-    for i in torch.nonzero(want).flatten()[:64].tolist():  # the screen flags a chunk with one bad value
+    # the screen flags a chunk with one bad value
+    for i in torch.nonzero(want).flatten()[:64].tolist():
         clean = torch.zeros(1024, dtype=raw.dtype)
         clean[i % 1024] = raw[i]
         assert maybe_nonfinite(clean.numpy().tobytes(), name)

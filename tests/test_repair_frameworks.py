@@ -204,6 +204,7 @@ def test_megatron_keeps_args_namespace_and_enum(tmp_path, clean_safe_globals):
         ck = torch.load(f, weights_only=True)
         from megatron.core.enums import ModelType
 
-        assert ck["args"].model_type is ModelType.encoder_or_decoder  # getattr works: still a Namespace
+        # getattr works: still a Namespace
+        assert ck["args"].model_type is ModelType.encoder_or_decoder
         assert ck["args"].params_dtype is torch.bfloat16
     np.random.set_state(ck["rng_state"][0]["np_rng_state"])  # Megatron's own restore call

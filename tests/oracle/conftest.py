@@ -148,7 +148,8 @@ class Oracle:
         out = {"real": real, "healthy": healthy(real, reference, case.compare_loss),
                "reference": reference, "validate": verdicts}
         self.outcomes[case.id] = out
-        if os.environ.get("ORACLE_DUMP"):  # appended as measured: a cut-short run still leaves its rows
+        # appended as measured: a cut-short run still leaves its rows
+        if os.environ.get("ORACLE_DUMP"):
             with open(os.environ["ORACLE_DUMP"], "a", encoding="utf-8") as f:
                 f.write(json.dumps({case.id: out}, sort_keys=True) + "\n")
         return out

@@ -151,7 +151,8 @@ def _hf_trainer(out: Path, steps: int, peft: bool, callbacks: list | None = None
     from tests.fixtures import factory
 
     extra: dict[str, Any] = {}
-    if deepspeed:  # ZeRO-2 through the Trainer's own DeepSpeed integration (CPU, gloo, world size 1)
+    # ZeRO-2 through the Trainer's own DeepSpeed integration (CPU, gloo, world size 1)
+    if deepspeed:
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
                            "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         extra["deepspeed"] = HF_DEEPSPEED

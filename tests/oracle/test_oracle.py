@@ -74,10 +74,12 @@ def test_healthy_means_resumed_with_the_same_finite_losses():
 
     ref = [1.0, 2.0]
     assert healthy({"resumed": True, "losses": [1.0, 2.0]}, ref, True)
-    assert not healthy({"resumed": True, "losses": [1.0, 2.5]}, ref, True)  # resumed from other state
+    # resumed from other state
+    assert not healthy({"resumed": True, "losses": [1.0, 2.5]}, ref, True)
     assert not healthy({"resumed": True, "losses": [None, None]}, ref, True)  # NaN loss
     assert not healthy({"resumed": False, "error": "ValueError: x"}, ref, True)
-    assert healthy({"resumed": True, "losses": [1.0, 2.5]}, ref, False)  # foreign state swapped in on purpose
+    # foreign state swapped in on purpose
+    assert healthy({"resumed": True, "losses": [1.0, 2.5]}, ref, False)
     assert not healthy({"resumed": True, "losses": [1.0, None]}, ref, False)
 
 
