@@ -145,11 +145,16 @@ def main() -> None:
     deep = [PY, "-m", "ckptdoctor", "validate", "--deep"]
     (sdir / MANIFEST).unlink(missing_ok=True)  # a manifest would be verified (hashed) by --deep
     rows: dict[str, tuple[float, float, int]] = {}
-    for label, target, files in (("torch zip", zpath, [str(zpath)]), (f"safetensors x{len(shards)}", sdir, shards)):
+    for label, target, files in (
+        ("torch zip", zpath, [str(zpath)]),
+        (f"safetensors x{len(shards)}", sdir, shards),
+    ):
         rows[f"{label}: read + CRC32 (4 MiB readinto)"] = measure([PY, "-c", READ_CRC, *files])
         rows[f"{label}: sha256sum"] = measure(["sha256sum", *files])
         for j in sorted({1, 2, ncpu}):
-            rows[f"{label}: validate --deep --jobs {j}"] = measure([*deep, "--jobs", str(j), str(target)])
+            rows[f"{label}: validate --deep --jobs {j}"] = measure(
+                [*deep, "--jobs", str(j), str(target)]
+            )
         rows[f"{label}: torchrun 2 ranks validate --deep"] = torchrun_peak(
             [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
              "-m", "ckptdoctor", "validate", "--deep", str(target)])
@@ -157,7 +162,9 @@ def main() -> None:
             rows[f"{label}: validate --deep --write-manifest"] = measure(
                 [*deep, "--write-manifest", str(target)])
             # a manifest present is verified by every later run: time that too, then drop it
-            rows[f"{label}: validate --deep (verifies the manifest)"] = measure([*deep, str(target)])
+            rows[f"{label}: validate --deep (verifies the manifest)"] = measure(
+                [*deep, str(target)]
+            )
             (target / MANIFEST).unlink()
     print(f"torch zip {size / 1e9:.2f} GB; {len(shards)} safetensors shards; {ncpu} CPUs; "
           f"python {sys.version.split()[0]}; warm page cache; one run")
@@ -167,7 +174,9 @@ def main() -> None:
     for label in ("torch zip", f"safetensors x{len(shards)}"):
         floor = rows[f"{label}: read + CRC32 (4 MiB readinto)"][0]
         best = min(rows[f"{label}: validate --deep --jobs {j}"][0] for j in sorted({1, 2, ncpu}))
-        worst_rss = max(m for k, (_, m, _) in rows.items() if k.startswith(label) and "validate" in k)
+        worst_rss = max(
+            m for k, (_, m, _) in rows.items() if k.startswith(label) and "validate" in k
+        )
         print(f"{label}: --deep {best / floor:.2f}x read+CRC32 (target <= 1.4); "
               f"peak RSS {worst_rss:.0f} MiB (target <= 256)")
 

@@ -367,7 +367,8 @@ def test_unreadable_file_without_read_override(tmp_path):
     try:
         r = _run_without_file_override(
             "from pathlib import Path\nfrom ckptdoctor.formats import detect_file\n"
-            f"print(sorted({{x.code for x in detect_file(Path({str(f)!r}), 'model.pt').findings}}))")
+            f"print(sorted({{x.code for x in detect_file(Path({str(f)!r}), 'model.pt').findings}}))"
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "['CK002']"
         r = _run_without_file_override(

@@ -549,12 +549,18 @@ def _pairs():
 
     yield "value", changed(lambda o: flip(o["model"]["0.weight"]))
     yield "optimizer value", changed(lambda o: flip(o["optim"]["state"][0]["exp_avg"]))
-    yield "dtype", changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"].double()))
+    yield (
+        "dtype",
+        changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"].double())),
+    )
     yield "shape", changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"][:-1]))
     yield "missing key", changed(lambda o: o["model"].pop("2.bias"))
     yield "int", changed(lambda o: o.__setitem__("step", 4))
     yield "lr", changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", 2e-3))
-    yield "nan vs number", changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", float("nan")))
+    yield (
+        "nan vs number",
+        changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", float("nan"))),
+    )
     yield "zeroed", changed(lambda o: o["model"]["0.bias"].zero_())
     yield "tuple vs list", changed(lambda o: o["optim"]["param_groups"][0].__setitem__(
         "betas", list(o["optim"]["param_groups"][0]["betas"])))

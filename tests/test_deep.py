@@ -240,7 +240,9 @@ def test_jobs_give_the_same_findings_as_one_thread(tmp_path):
     for i in range(6):
         t = torch.randn(64, 64)
         t[i, i] = float("nan")
-        save_file({f"w{i}": t}, d / f"model-{i:05d}-of-00006.safetensors", metadata={"format": "pt"})
+        save_file(
+            {f"w{i}": t}, d / f"model-{i:05d}-of-00006.safetensors", metadata={"format": "pt"}
+        )
         torch.save({f"x{i}": torch.arange(4096, dtype=torch.float32)}, d / f"extra_{i}.pt")
     data = bytearray((d / "extra_3.pt").read_bytes())
     data[data.find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[800:816])] ^= 1

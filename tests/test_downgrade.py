@@ -469,7 +469,10 @@ def test_repair_protocol4_file(tmp_path, protocol):
         assert torch.equal(new[k], t) and new[k].dtype == t.dtype
     assert new["view"].untyped_storage().data_ptr() == new["w"].untyped_storage().data_ptr()
     assert new["step"] == 12 and new["tags"] == {"a", "b"}
-    assert all(np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(new["numpy"]), strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(numpy_draws(state), numpy_draws(new["numpy"]), strict=True)
+    )
     again = repair(tmp_path, consumer="torch")
     assert again.exit_code == 0 and not again.plan.writes
 

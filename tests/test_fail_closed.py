@@ -579,7 +579,9 @@ def test_allow_for_registers_only_vetted_names_and_removes_them(tmp_path):
     evil = tmp_path / "evil"
     evil.mkdir()
     canary = tmp_path / "canary_af"
-    (evil / "m.pt").write_bytes(P.torch_zip_bytes(P.PAYLOADS["enum_bltns_open_p4"].build(str(canary))))
+    (evil / "m.pt").write_bytes(
+        P.torch_zip_bytes(P.PAYLOADS["enum_bltns_open_p4"].build(str(canary)))
+    )
     with pytest.raises(LoadError), ckptdoctor.allow_for(evil):
         pass
     assert not canary.exists()

@@ -79,7 +79,9 @@ def _offsets_past_end(ckpt: Path) -> None:
     data = p.read_bytes()
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
-    last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    last = max(
+        (k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1]
+    )
     header[last]["data_offsets"][1] += 64
     raw = json.dumps(header).encode()
     p.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
@@ -244,7 +246,9 @@ def test_reported_allowlist_loads_every_torch_zip(built, case):
             with zipfile.ZipFile(p) as zf:
                 zips += any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
     assert zips == TORCH_ZIPS[case], f"{case}: the fixture changed: {zips} torch zips"
-    assert checked == TORCH_ZIPS[case], f"{case}: {checked} of {TORCH_ZIPS[case]} torch zips checked"
+    assert checked == TORCH_ZIPS[case], (
+        f"{case}: {checked} of {TORCH_ZIPS[case]} torch zips checked"
+    )
 
 
 def _has(got: dict, code: str, path: str) -> bool:

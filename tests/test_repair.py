@@ -104,7 +104,9 @@ def case_numpy_rng_state(tmp: Path):
     assert key[0] == "MT19937" and type(key[1]) is list and len(key[1]) == 624
     assert all(type(x) is int for x in key[1]) and type(key[2]) is int
     assert [type(x) for x in key[2:]] == [int, int, float] and key[3] == 1
-    assert all(np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(key), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(key), strict=True)
+    )
     return conv
 
 
@@ -219,7 +221,9 @@ def case_deepspeed_loss_scaler(tmp: Path):
 def case_deepspeed_fragment_address(tmp: Path):
     with F.deepspeed_stub_modules():
         _, _, fragment_address = F._deepspeed_classes()
-        p = save({"m": collections.OrderedDict(w=fragment_address(numel=4, start=8))}, tmp / "fa.pt")
+        p = save(
+            {"m": collections.OrderedDict(w=fragment_address(numel=4, start=8))}, tmp / "fa.pt"
+        )
     out, conv = convert_file(p)
     assert isinstance(out["m"]["w"], Kept) and out["m"]["w"].state == {"numel": 4, "start": 8}
     return conv
@@ -238,7 +242,9 @@ def case_megatron_object(tmp: Path):
 def case_enum_value(tmp: Path):
     from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
-    out, conv = convert_file(save({"s": IntervalStrategy.STEPS, "l": SchedulerType.COSINE}, tmp / "e.pt"))
+    out, conv = convert_file(
+        save({"s": IntervalStrategy.STEPS, "l": SchedulerType.COSINE}, tmp / "e.pt")
+    )
     assert out == {"s": "steps", "l": "cosine"}
     return conv
 
@@ -474,7 +480,9 @@ def test_undo_a_file_of_a_repaired_directory(tmp_path):
     assert sha(sub / "rng_state.pth") != original
     with pytest.raises(FileNotFoundError):
         undo(sub / "rng_state.pth")  # sub's own backup dir holds nothing; parents not searched
-    assert undo(sub / "rng_state.pth", backup_dir=d / ".ckptdoctor-backup") == [sub / "rng_state.pth"]
+    assert undo(sub / "rng_state.pth", backup_dir=d / ".ckptdoctor-backup") == [
+        sub / "rng_state.pth"
+    ]
     assert sha(sub / "rng_state.pth") == original
 
 
@@ -630,7 +638,10 @@ def test_truncated_file_is_not_rewritten(tmp_path):
     before = snapshot(d)
     result = repair(d, consumer="torch")
     assert sha(d / "rng_state.pth") == before["rng_state.pth"]
-    assert result.outcome("rng_state.pth") is None or result.outcome("rng_state.pth").status != "replaced"
+    assert (
+        result.outcome("rng_state.pth") is None
+        or result.outcome("rng_state.pth").status != "replaced"
+    )
 
 
 # --- safetensors ----------------------------------------------------------------------------------
@@ -657,7 +668,10 @@ def test_to_safetensors(tmp_path):
     assert again.backup_dir == "" and not again.plan.writes
     undo(d)
     assert sha(d / "pytorch_model.bin") == original and not (d / "model.safetensors").exists()
-    assert safetensors_name("a/pytorch_model-00001-of-00002.bin") == "a/model-00001-of-00002.safetensors"
+    assert (
+        safetensors_name("a/pytorch_model-00001-of-00002.bin")
+        == "a/model-00001-of-00002.safetensors"
+    )
 
 
 def test_to_safetensors_interrupted_after_commit_is_finished_by_next_run(tmp_path):
@@ -719,7 +733,10 @@ def _kill_dir(tmp: Path, tag: str) -> Path:
         shutil.copy2(NUMPY1 / name, d / name)
     shutil.copy2(NUMPY1 / "rng_state.pth", d / "sub" / "rng_state_1.pth")
     np.random.seed(3)
-    save({"hp": argparse.Namespace(path=pathlib.Path("/x")), "w": torch.randn(64)}, d / "sub" / "ns.pt")
+    save(
+        {"hp": argparse.Namespace(path=pathlib.Path("/x")), "w": torch.randn(64)},
+        d / "sub" / "ns.pt",
+    )
     return d
 
 
@@ -746,7 +763,9 @@ def _check_state(d: Path, originals: Path, expected: dict[str, object]) -> int:
         new += 1
         obj = plain_load(cur)
         assert compare(obj, exp) == "", rel
-    for session in (d / ".ckptdoctor-backup").glob("*") if (d / ".ckptdoctor-backup").exists() else []:
+    for session in (
+        (d / ".ckptdoctor-backup").glob("*") if (d / ".ckptdoctor-backup").exists() else []
+    ):
         for p in session.rglob("*"):
             if p.is_file() and p.name != "manifest.json" and not p.name.startswith(TMP_MARKER):
                 assert sha(p) == sha(originals / p.relative_to(session).as_posix()), p

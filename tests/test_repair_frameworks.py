@@ -136,7 +136,10 @@ def test_lightning_omegaconf_hparams(tmp_path):
     tr.fit(M(cfg), torch.utils.data.DataLoader(ds, batch_size=4))
     ckpt = tmp_path / "m.ckpt"
     tr.save_checkpoint(ckpt)
-    assert "omegaconf.dictconfig.DictConfig" in torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt))
+    assert (
+        "omegaconf.dictconfig.DictConfig"
+        in torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt))
+    )
     result = repair(ckpt)
     assert result.exit_code == 0, render_result(result)
     sd = torch.load(ckpt, weights_only=True)
@@ -178,7 +181,9 @@ def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_global
     assert "safe_globals" in result.snippet and "LossScaler" in result.snippet
     for f in optim_files:
         rel = f.relative_to(d).as_posix()
-        assert set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f))) <= set(doc["files"][rel]["allowlist"])
+        assert set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f))) <= set(
+            doc["files"][rel]["allowlist"]
+        )
         with pytest.raises(pickle.UnpicklingError):
             torch.load(f, weights_only=True)  # the kept objects still need the allow-list
     with F.deepspeed_stub_modules():
@@ -186,7 +191,10 @@ def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_global
         for f in optim_files:
             osd = torch.load(f, weights_only=True)["optimizer_state_dict"]
             assert osd["zero_stage"] == stage and type(osd["zero_stage"]) is int
-            assert type(osd["loss_scaler"]).__name__ == "LossScaler" and osd["loss_scaler"].cur_scale == 1.0
+            assert (
+                type(osd["loss_scaler"]).__name__ == "LossScaler"
+                and osd["loss_scaler"].cur_scale == 1.0
+            )
     again = repair(d, consumer="torch")
     assert again.backup_dir == "" and not again.plan.writes
 

@@ -132,7 +132,10 @@ def test_protocol4_is_unsupported_operand_149(tmp_path):
 
 
 def test_tensors_from_metadata(tmp_path):
-    sd = {"a": torch.zeros(3, 4, dtype=torch.bfloat16), "b": {"c": torch.ones(5, dtype=torch.int64)}}
+    sd = {
+        "a": torch.zeros(3, 4, dtype=torch.bfloat16),
+        "b": {"c": torch.ones(5, dtype=torch.int64)},
+    }
     p = _write(tmp_path, "t", sd)
     tensors = {t.name: t for t in detect_file(p).tensors}
     assert tensors["a"].shape == (3, 4) and tensors["a"].dtype == "bfloat16"

@@ -172,7 +172,9 @@ def cases() -> list[Case]:
                 out.append(Case(fw, "NaN weight", "nan"))
             for pat in KILLS[fw]:
                 rank, _, p = pat.partition(":")
-                out.append(Case(fw, f"SIGKILL {rank.replace('rank', 'rank ')} of 2 at {p}", "kill", pat))
+                out.append(
+                    Case(fw, f"SIGKILL {rank.replace('rank', 'rank ')} of 2 at {p}", "kill", pat)
+                )
             continue
         for rel in files:
             out.append(Case(fw, f"delete {_label(rel)}", "delete", rel))
@@ -211,7 +213,9 @@ def apply(case: Case, ckpt: Path) -> None:
         data = big.read_bytes()
         (tmp / big.name).write_bytes(data[: len(data) // 2])
     elif case.kind == "numpy1":
-        (ckpt / case.target).write_bytes((NUMPY1 / NUMPY1_FILES[case.framework][case.target]).read_bytes())
+        (ckpt / case.target).write_bytes(
+            (NUMPY1 / NUMPY1_FILES[case.framework][case.target]).read_bytes()
+        )
 
 
 def by_id() -> dict[str, Case]:

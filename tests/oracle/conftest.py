@@ -62,7 +62,9 @@ class Zygote:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, env=_env(), cwd=catalogue.ROOT)
         ready = self.proc.stdout.readline()
-        assert ready.strip() == json.dumps({"ready": framework}), f"zygote for {framework} failed: see {log}"
+        assert ready.strip() == json.dumps({"ready": framework}), (
+            f"zygote for {framework} failed: see {log}"
+        )
 
     def ask(self, **req: Any) -> dict[str, Any]:
         self.proc.stdin.write(json.dumps(req) + "\n")
@@ -111,7 +113,9 @@ class Oracle:
             work = self.base / fw / f"save-{len(self.saves)}"
             answer = self.zygote(fw).ask(op="save", work=str(work), variant=variant)
             if variant.startswith("kill-rank"):  # one rank killed: the job's save fails
-                assert "ckpt" not in answer, f"{fw} {variant}: the save survived a killed rank: {answer}"
+                assert "ckpt" not in answer, (
+                    f"{fw} {variant}: the save survived a killed rank: {answer}"
+                )
             elif "kill:" in variant:
                 assert answer["status"] == -9, f"{fw} {variant}: the save was not killed: {answer}"
             else:

@@ -68,7 +68,9 @@ def _install_kill(spec: str) -> None:
     left = [int(nth or 1)]
 
     def check(target: Any) -> None:
-        if isinstance(target, (str, os.PathLike)) and fnmatch.fnmatch(os.path.basename(os.fspath(target)), pattern):
+        if isinstance(target, (str, os.PathLike)) and fnmatch.fnmatch(
+            os.path.basename(os.fspath(target)), pattern
+        ):
             left[0] -= 1
             if left[0] == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -145,7 +147,9 @@ HF_DEEPSPEED = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation
                 "optimizer": {"type": "AdamW", "params": {"lr": "auto", "torch_adam": True}}}
 
 
-def _hf_trainer(out: Path, steps: int, peft: bool, callbacks: list | None = None, deepspeed: bool = False):
+def _hf_trainer(
+    out: Path, steps: int, peft: bool, callbacks: list | None = None, deepspeed: bool = False
+):
     from transformers import Trainer, TrainingArguments, set_seed
 
     from tests.fixtures import factory
@@ -170,7 +174,9 @@ def _hf_trainer(out: Path, steps: int, peft: bool, callbacks: list | None = None
         warmup_steps=0, seed=0, use_cpu=True, report_to=[], dataloader_num_workers=0,
         dataloader_pin_memory=False, disable_tqdm=True, **extra,
     )
-    return Trainer(model=model, args=args, train_dataset=factory.tiny_dataset(seed=0), callbacks=callbacks)
+    return Trainer(
+        model=model, args=args, train_dataset=factory.tiny_dataset(seed=0), callbacks=callbacks
+    )
 
 
 def _hf_save(work: Path, variant: str, peft: bool, deepspeed: bool = False) -> str:
@@ -290,7 +296,9 @@ def _lit_run(work: Path, epochs: int, ckpt_path: str | None, poison: bool = Fals
 
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
-    ds = torch.utils.data.TensorDataset(torch.randn(4, 4, generator=g), torch.randn(4, 1, generator=g))
+    ds = torch.utils.data.TensorDataset(
+        torch.randn(4, 4, generator=g), torch.randn(4, 1, generator=g)
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=False)
     model = _lit_cls()()
     callbacks: list[Any] = [ModelCheckpoint(dirpath=work / "checkpoints", save_last=True)]
@@ -315,7 +323,9 @@ def _lit_save(work: Path, variant: str) -> str:
 def _lit_resume(ckpt: Path, work: Path) -> list[float]:
     trainer, model = _lit_run(work, 2, str(ckpt))
     if trainer.global_step != STEPS_BEFORE + STEPS_AFTER:
-        raise RuntimeError(f"did not continue from the checkpoint: global_step {trainer.global_step}")
+        raise RuntimeError(
+            f"did not continue from the checkpoint: global_step {trainer.global_step}"
+        )
     return model.losses
 
 
@@ -336,7 +346,9 @@ def _ds_engine():
            "bf16": {"enabled": True}, "zero_optimization": {"stage": 2},
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
     deepspeed.init_distributed(dist_backend="gloo")
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=cfg
+    )
     return engine
 
 
@@ -401,8 +413,12 @@ def _ds2_engine(rank: int, port: int):
     cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
            "bf16": {"enabled": True}, "zero_optimization": {"stage": 2},
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
-    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=RANK_TIMEOUT // 2))
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    deepspeed.init_distributed(
+        dist_backend="gloo", timeout=datetime.timedelta(seconds=RANK_TIMEOUT // 2)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=cfg
+    )
     return engine
 
 
@@ -430,7 +446,9 @@ def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> l
         pid = os.fork()
         if pid == 0:
             try:
-                log = os.open(work / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                log = os.open(
+                    work / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
+                )
                 os.dup2(log, 1)
                 os.dup2(log, 2)
                 if rank in kill:
@@ -556,7 +574,10 @@ def _fsdp_save(work: Path, variant: str, kill: dict[int, str] | None = None) -> 
             with torch.no_grad():  # every rank poisons its own shard of the first weight
                 model[0].weight.to_local().view(-1)[0] = float("nan")
         msd, osd = get_state_dict(model, optim)
-        dcp.save({"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}}, checkpoint_id=str(out))
+        dcp.save(
+            {"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}},
+            checkpoint_id=str(out),
+        )
         return str(out)
 
     results = _ranks(work, save, kill or {})
@@ -575,7 +596,9 @@ def _fsdp_resume(ckpt: Path, work: Path) -> list[float]:
         msd, osd = get_state_dict(model, optim)
         state = {"model": msd, "optim": osd, "train_state": {"step": 0}}
         dcp.load(state, checkpoint_id=str(ckpt))
-        set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(
+            model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
         step = state["train_state"]["step"]
         if step != STEPS_BEFORE:
             raise RuntimeError(f"train_state step {step}")
@@ -676,7 +699,9 @@ def _lingua_objects():
 
     model = factory._module_from_shapes(factory._llama_native_shapes(), 0)
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(factory._warmup_lambda, warmup=5))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, functools.partial(factory._warmup_lambda, warmup=5)
+    )
     return model, optim, sched
 
 
@@ -701,7 +726,9 @@ def lingua_resume(ckpt: Path, work: Path, dp_rank: int = 0) -> list[float]:
     candidates = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()
                          and (p / f"train_state_{dp_rank:05d}.json").is_file()), key=lambda p: int(p.name))
     if not candidates:
-        raise RuntimeError("no step folder with this rank's train_state: Lingua starts from scratch")
+        raise RuntimeError(
+            "no step folder with this rank's train_state: Lingua starts from scratch"
+        )
     path = candidates[-1]
     model, optim, sched = _lingua_objects()
     train_state = json.loads((path / f"train_state_{dp_rank:05d}.json").read_text())
@@ -745,7 +772,9 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
     path = root / f"step-{max(steps)}"
     model = factory._module_from_shapes(factory._llama_native_shapes(), 0)
     optim = torch.optim.AdamW(model.parameters(), lr=8e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(factory._warmup_lambda, warmup=2))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, functools.partial(factory._warmup_lambda, warmup=2)
+    )
     opts = StateDictOptions(flatten_optimizer_state_dict=True)
     state: dict[str, Any] = dict(get_model_state_dict(model))
     state.update({"optimizer": get_optimizer_state_dict(model, optim, options=opts),
@@ -812,7 +841,10 @@ def _child(framework: str, req: dict[str, Any]) -> None:
             result = {"resumed": True, "losses": _finite(losses)}
     except BaseException as e:  # noqa: BLE001 - the framework's failure IS the result
         traceback.print_exc()
-        result = {"resumed": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        result = {
+            "resumed": False,
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
+        }
     Path(req["out"]).write_text(json.dumps(result))
 
 

@@ -15,7 +15,9 @@ from tests.oracle.known import KNOWN
 CASES = catalogue.cases()
 # run order: the damages that say most first, truncation triplets last (docs keep catalogue order)
 _PRIORITY = ["none", "delete", "nan", "newer", "kill", "numpy1", "tmpdir", "truncate"]
-RUN_ORDER = sorted(CASES, key=lambda c: (_PRIORITY.index(c.kind), {"half": 0, "0": 1, "-1": 2}.get(c.offset, 0)))
+RUN_ORDER = sorted(
+    CASES, key=lambda c: (_PRIORITY.index(c.kind), {"half": 0, "0": 1, "-1": 2}.get(c.offset, 0))
+)
 FAST_FRAMEWORKS = sorted({c.framework for c in CASES if c.fast})
 
 
@@ -25,7 +27,9 @@ def _marks(case: catalogue.Case, mode: str | None = None) -> list[pytest.MarkDec
         marks.append(pytest.mark.skip(reason=f"{case.damage}: value damage, which validate "
                                       f"{mode} cannot see by design (it reads no tensor values)"))
     if mode is not None and (case.framework, case.damage, mode) in KNOWN:
-        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[(case.framework, case.damage, mode)]))
+        marks.append(
+            pytest.mark.xfail(strict=True, reason=KNOWN[(case.framework, case.damage, mode)])
+        )
     return marks
 
 
@@ -53,7 +57,9 @@ def test_verdict_matches_real_resume(oracle, case, mode):
         f"{out['real']} (reference losses {out['reference']})")
 
 
-@pytest.mark.skipif(os.environ.get("ORACLE_WRITE_DOCS") == "1", reason="rewriting docs/validate.md this run")
+@pytest.mark.skipif(
+    os.environ.get("ORACLE_WRITE_DOCS") == "1", reason="rewriting docs/validate.md this run"
+)
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=_marks(c)) for c in RUN_ORDER])
 def test_docs_show_the_measured_row(oracle, case):
     """docs/validate.md's generated matrix equals what this run measured, row by row."""
@@ -89,7 +95,9 @@ def test_matrix_rows_round_trip_through_the_docs_section():
                         "deep": {"exit": 0, "errors": []}}}
     line = matrix.row("hf_trainer/delete training_args.bin", out)
     assert line == "| hf_trainer | delete training_args.bin | healthy | 0 ✓ | 1 ✗ | 0 ✓ |"
-    text = "intro\n" + matrix.render({("hf_trainer", "delete training_args.bin"): line}) + "\nafter\n"
+    text = (
+        "intro\n" + matrix.render({("hf_trainer", "delete training_args.bin"): line}) + "\nafter\n"
+    )
     assert matrix.doc_rows(text) == {("hf_trainer", "delete training_args.bin"): line}
     assert matrix.disagreements({"hf_trainer/delete training_args.bin": out}) == {
         ("hf_trainer", "delete training_args.bin", "load"):
