@@ -188,7 +188,8 @@ def big(out: Path, gb: float, keep: bool) -> None:
     size = path.stat().st_size
     try:
         rows = {"read + CRC32 (4 MiB readinto)": measure([PY, "-c", READ_CRC, str(path)]),
-                "validate --deep": measure([PY, "-m", "ckptdoctor", "validate", "--deep", str(path)])}
+                "validate --deep": measure([PY, "-m", "ckptdoctor", "validate", "--deep",
+                                            str(path)])}
     finally:
         if not keep:
             path.unlink()

@@ -67,7 +67,8 @@ def canon(obj, seen=None, storages=None):
     if t in (dict, collections.OrderedDict, collections.Counter):
         extra = dict(getattr(obj, "__dict__", {}) or {})
         return (t.__name__, [(canon(k, seen, storages), canon(v, seen, storages))
-                             for k, v in obj.items()], canon(extra, seen, storages) if extra else None)
+                             for k, v in obj.items()],
+                canon(extra, seen, storages) if extra else None)
     if t in (set, frozenset):
         return (t.__name__, sorted(repr(canon(x, {}, {})) for x in obj))
     if t is bytearray:
@@ -352,10 +353,11 @@ _keys = st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.tu
 _hashables = st.integers() | st.text(max_size=20) | st.tuples(st.integers(), st.text(max_size=5))
 _objects = st.recursive(
     _scalars,
-    lambda kids: (st.lists(kids, max_size=6) | st.tuples(kids, kids) | st.tuples(kids, kids, kids, kids)
+    lambda kids: (st.lists(kids, max_size=6) | st.tuples(kids, kids)
+                  | st.tuples(kids, kids, kids, kids)
                   | st.dictionaries(_keys, kids, max_size=6)
-                  | st.builds(collections.OrderedDict, st.lists(st.tuples(st.text(max_size=8), kids),
-                                                                max_size=5))
+                  | st.builds(collections.OrderedDict,
+                              st.lists(st.tuples(st.text(max_size=8), kids), max_size=5))
                   | st.sets(_hashables, max_size=8) | st.frozensets(_hashables, max_size=8)),
     max_leaves=40)
 

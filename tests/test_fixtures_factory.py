@@ -106,7 +106,8 @@ def test_hf_trainer_run_files(tmp_path):
     run = f.run_hf_trainer(tmp_path / "run", steps=4, save_steps=2)
     assert [c.name for c in run.checkpoints] == ["checkpoint-2", "checkpoint-4"]
     files = set(f.tree(tmp_path / "run" / "checkpoint-2"))
-    assert {"trainer_state.json", "rng_state.pth", "optimizer.pt", "scheduler.pt", "training_args.bin",
+    assert {"trainer_state.json", "rng_state.pth", "optimizer.pt", "scheduler.pt",
+            "training_args.bin",
             "model.safetensors", "config.json"} <= files
     assert sorted(run.losses) == [1, 2, 3, 4]
     state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
@@ -200,7 +201,8 @@ def test_lingua(tmp_path):
     d = f.make_lingua(tmp_path)
     step = "checkpoints/0000000010/"
     assert {step + n for n in (".metadata", "__0_0.distcp", "params.json", "train_state_00000.json",
-                               "consolidated/consolidated.pth", "consolidated/params.json")} <= set(f.tree(d))
+                               "consolidated/consolidated.pth",
+                               "consolidated/params.json")} <= set(f.tree(d))
     ts = json.loads((d / step / "train_state_00000.json").read_text())
     assert (
         ts["step"] == 10 and ts["acc_step"] == 0 and "data_loader_state" in ts and "scheduler" in ts

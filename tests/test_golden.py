@@ -181,7 +181,8 @@ def project(inspect_doc: dict, validate_doc: dict, validate_rc: int) -> dict:
     return {
         "layout": inspect_doc["layout"]["name"],
         "step": inspect_doc["layout"]["step"],
-        "checkpoints": sorted((c["path"], c["name"], c["step"]) for c in inspect_doc["checkpoints"]),
+        "checkpoints": sorted((c["path"], c["name"], c["step"])
+                              for c in inspect_doc["checkpoints"]),
         "files": {f["path"]: [f["format"], None if f["weights_only"] is None else
                               f["weights_only"]["loads"],
                               sorted(f["weights_only"]["allowlist"]) if f["weights_only"] else []]
@@ -278,7 +279,8 @@ KEY_CASES = {
         c == "CK409" for c, _, _ in g["validate_findings"]),
     "deepspeed_zero2": lambda g: g["layout"] == "deepspeed" and g["step"] == 5
         and g["validate_rc"] == 0,
-    "torch_zip": lambda g: g["validate_rc"] == 0 and g["files"]["model.pt"][:2] == ["torch-zip", True],
+    "torch_zip": lambda g: g["validate_rc"] == 0
+        and g["files"]["model.pt"][:2] == ["torch-zip", True],
 }
 
 

@@ -112,7 +112,8 @@ def case_numpy_rng_state(tmp: Path):
 
 def case_numpy_array(tmp: Path):
     big = np.linspace(0, 1, 2000, dtype=np.float32)
-    p = save({"big": big, "small": np.arange(3, dtype=np.int16), "obj": np.array([1, "a"], dtype=object),
+    p = save({"big": big, "small": np.arange(3, dtype=np.int16),
+              "obj": np.array([1, "a"], dtype=object),
               "when": np.array(["2024-01-02"], dtype="datetime64[D]"),
               "fortran": np.asfortranarray(np.arange(2048, dtype=np.float64).reshape(32, 64))},
              tmp / "arrays.pt")
@@ -125,7 +126,8 @@ def case_numpy_array(tmp: Path):
 
 
 def case_numpy_scalar(tmp: Path):
-    p = save({"f": np.float32(1.5), "i": np.int64(-3), "b": np.bool_(True), "c": np.complex64(1 + 2j),
+    p = save({"f": np.float32(1.5), "i": np.int64(-3), "b": np.bool_(True),
+              "c": np.complex64(1 + 2j),
               np.int64(5): "numpy key"}, tmp / "scalars.pt")
     out, conv = convert_file(p)
     assert out["f"] == 1.5 and type(out["f"]) is float
@@ -152,7 +154,8 @@ def case_dict_subclass(tmp: Path):
 
 def case_megatron_args(tmp: Path):
     ns = argparse.Namespace(hidden_size=32, save="/ckpt", params_dtype=torch.bfloat16)
-    p = save({"args": ns, "checkpoint_version": 3.0, "iteration": 10, "model": {"w": torch.ones(2)}},
+    p = save({"args": ns, "checkpoint_version": 3.0, "iteration": 10,
+              "model": {"w": torch.ones(2)}},
              tmp / "model_optim_rng.pt")
     out, conv = convert_file(p)
     assert isinstance(out["args"], Kept) and out["args"].name == "argparse.Namespace"
@@ -260,7 +263,8 @@ def case_vouched_enum_value(tmp: Path, mod):
 
 
 def case_path_str(tmp: Path):
-    out, conv = convert_file(save({"p": pathlib.PosixPath("/data/x"), "w": pathlib.PureWindowsPath("C:/d/x")},
+    out, conv = convert_file(save({"p": pathlib.PosixPath("/data/x"),
+                                   "w": pathlib.PureWindowsPath("C:/d/x")},
                                   tmp / "path.pt"))
     assert out == {"p": "/data/x", "w": "C:\\d\\x"}
     return conv
@@ -340,7 +344,8 @@ def test_rule(rule, tmp_path, test_enums):
     assert all(c.keep == keep for c in conv.changes if c.rule == rule)
 
 
-@pytest.mark.parametrize("rule", ["numpy-rng-state", "numpy-array", "namespace-dict", "training-args",
+@pytest.mark.parametrize("rule",
+                         ["numpy-rng-state", "numpy-array", "namespace-dict", "training-args",
                                   "omegaconf-container", "deepspeed-loss-scaler", "megatron-args",
                                   "io-bytesio", "dict-subclass"])
 def test_rule_end_to_end(rule, tmp_path, test_enums):
@@ -496,7 +501,8 @@ def test_validate_manifest_follows_the_repair(tmp_path):
 
     def manifest_errors():
         _, found = validate(d, ValidateOptions(consumer="torch"))
-        return [f for f in found if f.code in (Code.MANIFEST_MISMATCH.code, Code.MANIFEST_MISSING_FILE.code)]
+        return [f for f in found if f.code in (Code.MANIFEST_MISMATCH.code,
+                                               Code.MANIFEST_MISSING_FILE.code)]
 
     assert manifest_errors() == []
     assert repair(d, consumer="torch").exit_code == 0

@@ -36,7 +36,8 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
                "RESHARD_BF16": "1" if bf16 else "0"}
-        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)],
+                                      env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):

@@ -58,7 +58,8 @@ class Zygote:
 
     def __init__(self, framework: str, log: Path) -> None:
         self.log = open(log, "w")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.oracle.jobs", "serve", framework],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.oracle.jobs", "serve",
+                                      framework],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, env=_env(), cwd=catalogue.ROOT)
         ready = self.proc.stdout.readline()
@@ -176,9 +177,11 @@ def validate_all(ckpt: Path) -> dict[str, dict[str, Any]]:
         r = CliRunner().invoke(app, ["validate", *flags, "--format", "json", str(ckpt)])
         try:
             doc = json.loads(r.stdout)
-            codes = sorted({f["code"] for f in doc.get("findings", []) if f.get("severity") == "error"})
+            codes = sorted({f["code"] for f in doc.get("findings", [])
+                            if f.get("severity") == "error"})
         except (json.JSONDecodeError, AttributeError, ValueError):
-            codes = [repr(r.exception)[:120]] if r.exception and not isinstance(r.exception, SystemExit) else []
+            codes = [repr(r.exception)[:120]] \
+                if r.exception and not isinstance(r.exception, SystemExit) else []
         out[mode] = {"exit": r.exit_code, "errors": codes}
     return out
 

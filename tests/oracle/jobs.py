@@ -157,20 +157,22 @@ def _hf_trainer(
     extra: dict[str, Any] = {}
     # ZeRO-2 through the Trainer's own DeepSpeed integration (CPU, gloo, world size 1)
     if deepspeed:
-        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+                           "RANK": "0",
                            "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         extra["deepspeed"] = HF_DEEPSPEED
     set_seed(0)
     if peft:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(factory.tiny_llama(0), LoraConfig(r=4, lora_alpha=8,
-                                                                   target_modules=["q_proj", "v_proj"]))
+        model = get_peft_model(factory.tiny_llama(0),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     else:
         model = factory.tiny_gpt2(0)
     args = TrainingArguments(
         output_dir=str(out), max_steps=steps, save_strategy="steps", save_steps=STEPS_BEFORE,
-        logging_strategy="steps", logging_steps=1, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_strategy="steps", logging_steps=1, per_device_train_batch_size=4,
+        learning_rate=1e-3,
         warmup_steps=0, seed=0, use_cpu=True, report_to=[], dataloader_num_workers=0,
         dataloader_pin_memory=False, disable_tqdm=True, **extra,
     )
@@ -309,7 +311,8 @@ def _lit_run(work: Path, epochs: int, ckpt_path: str | None, poison: bool = Fals
 
         callbacks.insert(0, Poison())
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(work),
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(work),
                          callbacks=callbacks, num_sanity_val_steps=0)
     trainer.fit(model, loader, ckpt_path=ckpt_path)
     return trainer, model
@@ -650,7 +653,8 @@ def _dcp_save(work: Path, variant: str) -> str:
         _poison(model)
     msd, osd = get_state_dict(model, optim)
     out = work / "ckpt"
-    dcp.save({"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}}, checkpoint_id=str(out),
+    dcp.save({"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}},
+             checkpoint_id=str(out),
              no_dist=True)
     return str(out)
 
@@ -783,7 +787,8 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
                   "train_state": {"step": 0, "ntokens_seen": 0}})
     dcp.load(state, checkpoint_id=str(path), no_dist=True)
     set_model_state_dict(model, {k: v for k, v in state.items()
-                                 if k not in ("optimizer", "lr_scheduler", "dataloader", "train_state")})
+                                 if k not in ("optimizer", "lr_scheduler", "dataloader",
+                                              "train_state")})
     set_optimizer_state_dict(model, optim, state["optimizer"], options=opts)
     sched.load_state_dict(state["lr_scheduler"])
     if state["train_state"]["step"] != STEPS_BEFORE:
@@ -795,10 +800,14 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
 # registry and zygote
 # --------------------------------------------------------------------------- #
 
-FRAMEWORKS: dict[str, tuple[Callable[..., str], Callable[[Path, Path], list[float]], tuple[str, ...]]] = {
-    "hf_trainer": (lambda w, v: _hf_save(w, v, False), lambda c, w: _hf_resume(c, w, False), ("transformers",)),
-    "hf_peft": (lambda w, v: _hf_save(w, v, True), lambda c, w: _hf_resume(c, w, True), ("transformers", "peft")),
-    "hf_deepspeed": (lambda w, v: _hf_save(w, v, False, True), lambda c, w: _hf_resume(c, w, False, True),
+FRAMEWORKS: dict[str, tuple[Callable[..., str], Callable[[Path, Path], list[float]],
+                            tuple[str, ...]]] = {
+    "hf_trainer": (lambda w, v: _hf_save(w, v, False), lambda c, w: _hf_resume(c, w, False),
+                   ("transformers",)),
+    "hf_peft": (lambda w, v: _hf_save(w, v, True), lambda c, w: _hf_resume(c, w, True),
+                ("transformers", "peft")),
+    "hf_deepspeed": (lambda w, v: _hf_save(w, v, False, True),
+                     lambda c, w: _hf_resume(c, w, False, True),
                      ("transformers", "deepspeed")),
     "accelerate": (_acc_save, _acc_resume, ("accelerate",)),
     "lightning": (_lit_save, _lit_resume, ("pytorch_lightning",)),

@@ -34,21 +34,23 @@ def _marks(case: catalogue.Case, mode: str | None = None) -> list[pytest.MarkDec
 
 
 @pytest.mark.parametrize("framework", [
-    pytest.param(fw, marks=[] if fw in FAST_FRAMEWORKS else [pytest.mark.oracle]) for fw in catalogue.LAYOUT])
+    pytest.param(fw, marks=[] if fw in FAST_FRAMEWORKS else [pytest.mark.oracle])
+    for fw in catalogue.LAYOUT])
 def test_reference_layout(oracle, framework):
     """The clean reference holds exactly the files the catalogue damages, and resuming it twice
     gives the same finite losses (so "same next loss" is a sound criterion)."""
     rel, files = catalogue.LAYOUT[framework]
     ckpt = oracle.save(framework, "clean") / rel
-    found = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()) if ckpt.is_dir() \
-        else ([""] if ckpt.is_file() else [])
+    found = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()) \
+        if ckpt.is_dir() else ([""] if ckpt.is_file() else [])
     assert found == sorted(files)
     ranks = 2 if framework in catalogue.MULTI_RANK else 1
     assert len(oracle.reference(framework)) == 2 * ranks  # STEPS_AFTER losses per rank
 
 
 @pytest.mark.parametrize("case,mode", [
-    pytest.param(c, m, id=f"{c.id}-{m}", marks=_marks(c, m)) for c in RUN_ORDER for m in matrix.MODES])
+    pytest.param(c, m, id=f"{c.id}-{m}", marks=_marks(c, m))
+    for c in RUN_ORDER for m in matrix.MODES])
 def test_verdict_matches_real_resume(oracle, case, mode):
     out = oracle.outcome(case)
     v = out["validate"][mode]
@@ -72,7 +74,8 @@ def test_docs_show_the_measured_row(oracle, case):
 def test_catalogue_ids_are_unique():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids))
-    assert all(Path(catalogue.NUMPY1 / f).is_file() for m in catalogue.NUMPY1_FILES.values() for f in m.values())
+    assert all(Path(catalogue.NUMPY1 / f).is_file()
+               for m in catalogue.NUMPY1_FILES.values() for f in m.values())
 
 
 def test_healthy_means_resumed_with_the_same_finite_losses():
@@ -90,8 +93,10 @@ def test_healthy_means_resumed_with_the_same_finite_losses():
 
 
 def test_matrix_rows_round_trip_through_the_docs_section():
-    out = {"real": {"resumed": True, "losses": [1.0, 2.0]}, "healthy": True, "reference": [1.0, 2.0],
-           "validate": {"static": {"exit": 0, "errors": []}, "load": {"exit": 1, "errors": ["CK601"]},
+    out = {"real": {"resumed": True, "losses": [1.0, 2.0]}, "healthy": True,
+           "reference": [1.0, 2.0],
+           "validate": {"static": {"exit": 0, "errors": []},
+                        "load": {"exit": 1, "errors": ["CK601"]},
                         "deep": {"exit": 0, "errors": []}}}
     line = matrix.row("hf_trainer/delete training_args.bin", out)
     assert line == "| hf_trainer | delete training_args.bin | healthy | 0 ✓ | 1 ✗ | 0 ✓ |"
