@@ -39,7 +39,8 @@ gb, zip_path = float(sys.argv[1]), sys.argv[2]
 part = 256 << 20  # bytes per tensor
 n = max(1, int(gb * 1e9) // part)
 g = torch.Generator().manual_seed(0)
-block = (torch.randn(part // 2 // 16, generator=g) * 0.02).to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+block = ((torch.randn(part // 2 // 16, generator=g) * 0.02).to(torch.bfloat16)
+         .view(torch.uint8).numpy().tobytes())
 srcs, sd = [], {}
 for i in range(n):
     src = f"{zip_path}.src{i}"
@@ -85,7 +86,8 @@ if cur:
 import os
 os.makedirs(st_dir, exist_ok=True)
 for i, s in enumerate(shards):
-    save_file(s, f"{st_dir}/model-{i + 1:05d}-of-{len(shards):05d}.safetensors", metadata={"format": "pt"})
+    save_file(s, f"{st_dir}/model-{i + 1:05d}-of-{len(shards):05d}.safetensors",
+              metadata={"format": "pt"})
 """
 
 READ_CRC = """

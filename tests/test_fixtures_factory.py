@@ -131,7 +131,7 @@ def test_hf_trainer_bin_llama(tmp_path):
     assert "pytorch_model.bin" in files and "model.safetensors" not in files
 
 
-# --------------------------------------------------------------------------- accelerate / peft / lightning
+# ------------------------------------------------------------------ accelerate / peft / lightning
 
 
 def test_accelerate_state_and_rng_roundtrip(tmp_path):
@@ -179,7 +179,7 @@ def test_lightning_direct_namespace_pickles_only_path(tmp_path):
     assert _globals_of(ckpt) == {"pathlib.PosixPath"}
 
 
-# --------------------------------------------------------------------------- DCP and hand-built layouts
+# -------------------------------------------------------------------- DCP and hand-built layouts
 
 
 def _dcp_keys(d: Path) -> list[str]:

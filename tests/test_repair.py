@@ -356,7 +356,8 @@ def test_rule_end_to_end(rule, tmp_path, test_enums):
     assert result.exit_code == 0, render_result(result)
     for o in result.outcomes:
         assert o.status in ("replaced", "allowlisted"), render_result(result)
-    doc = json.loads((tmp_path / ALLOWLIST_FILE).read_text()) if (tmp_path / ALLOWLIST_FILE).exists() else {}
+    allowlist = tmp_path / ALLOWLIST_FILE
+    doc = json.loads(allowlist.read_text()) if allowlist.exists() else {}
     for f in (p for p in tmp_path.iterdir() if p.suffix in (".pt", ".pth", ".ckpt", ".bin")):
         allowed = doc.get("files", {}).get(f.name, {}).get("allowlist", [])
         if not allowed:

@@ -5,8 +5,9 @@ Tests marked ``oracle`` are deselected unless ``-m`` mentions ``oracle`` or ``OR
 framework (tests/oracle/jobs.py) serves every save and resume of the session; each
 framework's clean reference (its save and the losses of its clean resume) is made once
 per session and copied by every damage.  With ``ORACLE_WRITE_DOCS=1`` the rows the session
-ran are written into docs/validate.md at the end; with ``ORACLE_DUMP=FILE`` each measured outcome is appended to FILE as a JSON line
-(``python -m tests.oracle.matrix FILE`` turns it into tests/oracle/known.py entries).
+ran are written into docs/validate.md at the end; with ``ORACLE_DUMP=FILE`` each measured
+outcome is appended to FILE as a JSON line (``python -m tests.oracle.matrix FILE`` turns it
+into tests/oracle/known.py entries).
 """
 
 from __future__ import annotations

@@ -202,7 +202,8 @@ def _hf_resume(ckpt: Path, work: Path, peft: bool, deepspeed: bool = False) -> l
     trainer = _hf_trainer(work, STEPS_BEFORE + STEPS_AFTER, peft, None, deepspeed)
     trainer.args.save_strategy = "no"
     trainer.train(resume_from_checkpoint=str(ckpt))
-    return [float(h["loss"]) for h in trainer.state.log_history if "loss" in h and h["step"] > STEPS_BEFORE]
+    return [float(h["loss"]) for h in trainer.state.log_history
+            if "loss" in h and h["step"] > STEPS_BEFORE]
 
 
 # --------------------------------------------------------------------------- #
@@ -440,7 +441,8 @@ def _ds2_rank_steps(engine, rank: int, n: int) -> list[float]:
 
 
 def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> list[Any]:
-    """Run ``fn(rank, port)`` in WORLD forked processes; return each rank's result (or its error)."""
+    """Run ``fn(rank, port)`` in WORLD forked processes; return each rank's result (or its
+    error)."""
     port = _free_port()
     pids = {}
     for rank in range(WORLD):
@@ -460,7 +462,8 @@ def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> l
                     value = {"ok": fn(rank, port)}
                 except BaseException as e:  # noqa: BLE001 - the failure is the result
                     traceback.print_exc()
-                    value = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+                    first = str(e).splitlines()[0] if str(e) else ""
+                    value = {"error": f"{type(e).__name__}: {first}"[:300]}
                 res.write_text(json.dumps(value))
             finally:
                 os._exit(0)
@@ -485,7 +488,8 @@ def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> l
     out = []
     for rank in range(WORLD):
         res = work / f"rank{rank}.json"
-        out.append(json.loads(res.read_text()) if res.is_file() else {"error": f"rank {rank} died ({status[rank]})"})
+        out.append(json.loads(res.read_text()) if res.is_file()
+                   else {"error": f"rank {rank} died ({status[rank]})"})
     return out
 
 
@@ -728,7 +732,8 @@ def lingua_resume(ckpt: Path, work: Path, dp_rank: int = 0) -> list[float]:
 
     root = ckpt.parent
     candidates = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()
-                         and (p / f"train_state_{dp_rank:05d}.json").is_file()), key=lambda p: int(p.name))
+                         and (p / f"train_state_{dp_rank:05d}.json").is_file()),
+                        key=lambda p: int(p.name))
     if not candidates:
         raise RuntimeError(
             "no step folder with this rank's train_state: Lingua starts from scratch"
