@@ -87,7 +87,7 @@ def leftovers(root: Path) -> list[Path]:
     """Temp files an interrupted ckptdoctor write left behind under root."""
     if root.is_file():
         root = root.parent
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         # staging directories (convert builds directory outputs in one) count as one leftover
         out.extend(Path(dirpath) / d for d in dirnames if d.startswith(TMP_MARKER))

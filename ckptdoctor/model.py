@@ -54,7 +54,7 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "code": self.code,
             "severity": str(self.severity),
             "path": self.path,

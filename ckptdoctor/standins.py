@@ -80,6 +80,9 @@ class StandIn:
     saved into a checkpoint by accident."""
 
     standin_name: ClassVar[str] = "StandIn"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
 
     def __new__(cls, *args: Any, **kwargs: Any):
         self = object.__new__(cls)

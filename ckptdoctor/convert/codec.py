@@ -73,9 +73,9 @@ def encode(obj: Any, hook: Callable[[str, Any], Any] | None = None, path: str = 
     from ..standins import EnumStandIn, StandIn
 
     if hook is not None:
-        out = hook(path, obj)
-        if out is not None:
-            return out
+        hooked = hook(path, obj)
+        if hooked is not None:
+            return hooked
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if type(obj) is int:
@@ -148,7 +148,8 @@ def encode(obj: Any, hook: Callable[[str, Any], Any] | None = None, path: str = 
         return {T: "enum", "cls": f"{cls.__module__}.{cls.__qualname__}",
                 "v": encode(obj.value, hook, path)}
     if isinstance(obj, dict):  # a dict subclass (Lightning's AttributeDict, ...)
-        out = {T: "dictsub", "cls": _qualname(type(obj)), "items": _items(obj, hook, path)}
+        out: dict[str, Any] = {T: "dictsub", "cls": _qualname(type(obj)),
+                               "items": _items(obj, hook, path)}
         attrs = getattr(obj, "__dict__", None)
         if attrs:
             out["attrs"] = {k: encode(v, hook, _join(path, "@" + k)) for k, v in attrs.items()}
@@ -172,6 +173,10 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# object.__getstate__ exists from Python 3.11; before, a class without one has none at all
+_OBJECT_GETSTATE = getattr(object, "__getstate__", None)
+
+
 def _plain_instance(obj: Any) -> bool:
     """An instance the allow-list policy calls plain data, pickled as NEWOBJ + BUILD(__dict__):
     rebuilding it as cls.__new__(cls) + __dict__ update is what unpickling does too."""
@@ -183,7 +188,7 @@ def _plain_instance(obj: Any) -> bool:
         return False
     if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__:
         return False
-    if getattr(cls, "__getstate__", object.__getstate__) is not object.__getstate__ \
+    if getattr(cls, "__getstate__", _OBJECT_GETSTATE) is not _OBJECT_GETSTATE \
             or hasattr(cls, "__setstate__"):
         return False
     return vet(_qualname(cls)).verdict is Verdict.DATA
@@ -228,7 +233,7 @@ def decode(doc: Any, hook: Callable[[dict], Any] | None = None) -> Any:
             setattr(od, k, decode(v, hook))
         return od
     if kind == "defaultdict":
-        dd = defaultdict(_FACTORIES[doc["factory"]])
+        dd: defaultdict[Any, Any] = defaultdict(_FACTORIES[doc["factory"]])
         dd.update((_hashable(decode(k, hook)), decode(v, hook)) for k, v in doc["items"])
         return dd
     if kind == "counter":

@@ -298,7 +298,7 @@ class TensorEntry:
 
 def tensor_entry(name: str, t: Any, origin: str = "") -> TensorEntry:
     """An entry for an already loaded tensor. Call right after the load (see MappedFiles)."""
-    return TensorEntry(name, t.dtype, tuple(t.shape), lambda t=t: t, origin,
+    return TensorEntry(name, t.dtype, tuple(t.shape), lambda: t, origin,
                        MAPPED.tensor_is_mapped(t))
 
 
@@ -412,6 +412,8 @@ class MappedReader:
     def read(self, off: int, n: int):
         self.done()
         self.prev = (off, n)
+        if self.flat is None:  # an empty tensor: no bytes
+            return b""
         return self.flat[off:off + n]
 
     def done(self) -> None:

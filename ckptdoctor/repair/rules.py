@@ -123,8 +123,9 @@ def class_ref_name(v: Any) -> str | None:
     if v is reconstruct_shim:
         return "numpy.core.multiarray._reconstruct"
     if isinstance(v, type):
-        if getattr(v, "standin_name", None):
-            return v.standin_name
+        standin_name = getattr(v, "standin_name", None)
+        if standin_name:
+            return str(standin_name)
         return {DTypeCapture: "numpy.dtype", NDArrayCapture: "numpy.ndarray",
                 ScalarCapture: "numpy.core.multiarray.scalar"}.get(v)
     return None
@@ -459,7 +460,7 @@ def _is_path(v: Any, ctx: Ctx) -> bool:
 
 
 def _conv_path(v: StandIn, ctx: Ctx) -> str:
-    pure = PureWindowsPath if "Windows" in name_of(v) else PurePosixPath
+    pure = PureWindowsPath if "Windows" in (name_of(v) or "") else PurePosixPath
     return str(pure(*v.args)) if v.args else "."
 
 
@@ -483,7 +484,9 @@ def _is_class_ref(v: Any, ctx: Ctx) -> bool:
 
 
 def _conv_class_ref(v: Any, ctx: Ctx) -> str:
-    return class_ref_name(v)
+    name = class_ref_name(v)
+    assert name is not None  # the rule's test, _is_class_ref, matched
+    return name
 
 
 def _is_stdlib_container(v: Any, ctx: Ctx) -> bool:
@@ -676,6 +679,7 @@ class Converter:
 
     def _container(self, v: Any, ctx: Ctx) -> Any:
         t = type(v)
+        new: Any
         if t in (dict, OrderedDict, Counter):
             new = t()
             self._memo[id(v)] = (v, new)

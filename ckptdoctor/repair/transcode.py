@@ -108,17 +108,24 @@ def dict_standin(name: str, kind: type = dict) -> type:
                            "standin_name": name})
 
 
-@functools.cache
-def recording(cls: type) -> type:
+# one recording subclass per StandIn class (a dict, not functools.cache: mypy does not see a
+# class object as Hashable)
+_RECORDING: dict[type[StandIn], type[StandIn]] = {}
+
+
+def recording(cls: type[StandIn]) -> type[StandIn]:
     """A subclass of a StandIn class that notes when the pickle *called* the class (REDUCE:
     `cls(*args)` runs __init__) rather than NEWOBJ (`cls.__new__(cls, *args)` only)."""
+    if cls in _RECORDING:
+        return _RECORDING[cls]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self: StandIn, *args: Any, **kwargs: Any) -> None:
         self.__dict__["via_reduce"] = True
 
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__,
-                                       "standin_name": cls.standin_name})
+    sub = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                      "__qualname__": cls.__qualname__,
+                                      "standin_name": cls.standin_name})
+    return _RECORDING.setdefault(cls, sub)
 
 
 def via_reduce(obj: StandIn) -> bool:
@@ -213,7 +220,7 @@ def load_registered(path: Path, entries: list[tuple[Any, str]], mmap: bool = Tru
         saved = torch.serialization.get_safe_globals()
         torch.serialization.clear_safe_globals()
         try:
-            with torch.serialization.safe_globals(entries):
+            with torch.serialization.safe_globals(list(entries)):
                 return _torch_load(path, mmap)
         finally:
             torch.serialization.clear_safe_globals()
