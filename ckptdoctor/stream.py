@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -139,6 +140,9 @@ class NonfiniteCounter:
             self._elements += n
             return
         bad = nonfinite_mask(data, self.dtype, self.byteorder)
+        if bad is None:  # maybe_nonfinite is False for dtypes without NaN/Inf
+            self._elements += n
+            return
         base = self._elements
         for name, lo, hi in self.tensors:  # count each tensor over its part of this chunk
             a, b = max(lo - base, 0), min(hi - base, n)
@@ -286,7 +290,7 @@ def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
     return out
 
 
-def _zip_regions(path: Path, info: FileInfo, nonfinite: bool) -> list[Region]:
+def _zip_regions(path: Path | BinaryIO, info: FileInfo, nonfinite: bool) -> list[Region]:
     order = info.meta.get("byteorder") or "little"
     prefix = info.meta.get("archive_name")
     by_storage: dict[str, dict[str, list[tuple[str, int, int]]]] = {}

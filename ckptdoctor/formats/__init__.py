@@ -33,8 +33,9 @@ PICKLE_FORMATS = frozenset({"torch-zip", "torch-legacy", "pickle", "dcp-metadata
                             "dcp-shard", "empty", "unknown"})
 # Extensions that promise a format: when content does not match, read it as that format anyway
 # so the user hears what is wrong with it (a cut safetensors file has no valid header to sniff).
-PROMISED = {".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip(),
-            ".bin": TorchZip(), ".ckpt": TorchZip(), ".pkl": PickleFile()}
+PROMISED: dict[str, Format] = {
+    ".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip(), ".bin": TorchZip(),
+    ".ckpt": TorchZip(), ".pkl": PickleFile()}
 
 
 def detect_file(path: Path, rel: str = "") -> FileInfo:

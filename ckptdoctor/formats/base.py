@@ -6,7 +6,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..codes import Code
 from ..model import FileInfo, Finding, ScanState, WeightsOnlyVerdict
@@ -104,7 +104,7 @@ def add_global_findings(info: FileInfo, rel: str) -> None:
             blockers=v.blockers))
 
 
-class FileSlice(io.RawIOBase):
+class FileSlice(io.RawIOBase, BinaryIO):  # BinaryIO: for type checkers, the interface it has
     """A read-only, seekable window [start, start+length) of an open binary file.
 
     zipfile needs a seekable file object; this lets it read a zip embedded in a larger file

@@ -210,7 +210,8 @@ def item_spans(path: Path) -> list[tuple[int, int]]:
         if md is not None:
             return sorted({(e.offset, e.length) for e in md.storage
                            if e.relative_path == path.name})  # normalised like DCP does
-    spans, start, base, tail = [], 0, 0, b""
+    spans: list[tuple[int, int]] = []
+    start, base, tail = 0, 0, b""
     with open(path, "rb") as fh:
         while len(spans) < MAX_ITEMS:
             block = fh.read(8 << 20)

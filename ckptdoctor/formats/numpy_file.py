@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import math
 import zipfile
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..codes import Code
 from ..model import FileInfo, ScanState, TensorInfo
@@ -74,7 +74,7 @@ def npy_header_problem(header: object) -> str:
     return ""
 
 
-def _may_hold_objects(descr: object) -> bool:
+def _may_hold_objects(descr: str | list[Any]) -> bool:
     """Does numpy.load unpickle this array? It does when np.dtype(descr).hasobject, which
     'O' in the text does not capture ('object', nested structured fields ...). Parsed with
     numpy's own descr_to_dtype (it only builds a dtype; nothing is imported from the file);
@@ -82,9 +82,12 @@ def _may_hold_objects(descr: object) -> bool:
     if isinstance(descr, str) and "O" in descr:
         return True
     try:
+        import numpy as np
         from numpy.lib.format import descr_to_dtype
 
-        return bool(descr_to_dtype(descr).hasobject)
+        # descr_to_dtype of a string is np.dtype(string); numpy's stubs only declare lists
+        dtype = np.dtype(descr) if isinstance(descr, str) else descr_to_dtype(descr)
+        return bool(dtype.hasobject)
     except Exception:  # noqa: BLE001 - numpy.load raises on it too, before pickle.load
         return False
 

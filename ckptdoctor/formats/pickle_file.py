@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..codes import Code
 from ..model import FileInfo, ScanState
-from ..pickles.scan import ScanLimits, scan_stream
+from ..pickles.scan import PickleScan, ScanLimits, scan_stream
 from .base import Probe, add_global_findings, merge_scans, worsen
 
 MAX_STACKED = 64
@@ -96,7 +96,7 @@ class PickleFile:
 
     def read(self, probe: Probe, rel: str) -> FileInfo:
         info = FileInfo(rel, self.name, probe.size)
-        scans = []
+        scans: list[PickleScan] = []
         with open(probe.path, "rb") as fh:
             while len(scans) < MAX_STACKED and fh.tell() < probe.size:
                 scans.append(scan_stream(fh, rel))

@@ -10,8 +10,9 @@ import io
 import sys
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 from ..codes import Code
 from ..model import FileInfo, Finding, GlobalClass, GlobalRef, ScanState
@@ -173,20 +174,29 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth
     return info
 
 
+# the end-record parser zipfile itself uses (private: typeshed does not declare it)
+_END_REC_DATA: Callable[[IO[bytes]], list[Any] | None] = \
+    zipfile._EndRecData  # type: ignore[attr-defined]
+_ECD_ENTRIES_TOTAL: int = zipfile._ECD_ENTRIES_TOTAL  # type: ignore[attr-defined]
+
+
 def _declared_entries(zf: zipfile.ZipFile) -> int | None:
     """The record count the (zip64) end record announces, or None if it cannot be read."""
+    fp = zf.fp
+    if fp is None:
+        return None
     try:
-        pos = zf.fp.tell()
+        pos = fp.tell()
         try:
-            endrec = zipfile._EndRecData(zf.fp)  # noqa: SLF001 - the parser zipfile itself uses
+            endrec = _END_REC_DATA(fp)
         finally:
-            zf.fp.seek(pos)
-        return int(endrec[zipfile._ECD_ENTRIES_TOTAL]) if endrec else None  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - a private helper: never let it break the scan
+            fp.seek(pos)
+        return int(endrec[_ECD_ENTRIES_TOTAL]) if endrec else None
+    except Exception:  # a private helper: never let it break the scan
         return None
 
 
-def _size_of(source) -> int:
+def _size_of(source: str | Path | BinaryIO) -> int:
     if isinstance(source, (str, Path)):
         return Path(source).stat().st_size
     pos = source.tell()
@@ -209,8 +219,8 @@ def _check_records(infos: list[zipfile.ZipInfo], size: int, info: FileInfo, rel:
                 rel, f"record {i.filename!r} extends past the end of the file"))
 
 
-def _check_storages(scan: PickleScan, byname: dict, prefix: str, info: FileInfo,
-                    rel: str) -> None:
+def _check_storages(scan: PickleScan, byname: dict[str, zipfile.ZipInfo], prefix: str,
+                    info: FileInfo, rel: str) -> None:
     need: dict[str, int] = {}
     for t in scan.tensors:  # bytes each storage must hold for the tensors viewing it
         if t.storage is None:
@@ -263,7 +273,8 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
             continue
         try:
             with zf.open(i) as fh:
-                fh._expected_crc = None  # noqa: SLF001 - torch never checks CRCs; --deep does
+                # torch never checks CRCs; --deep does (a private ZipExtFile attribute)
+                fh._expected_crc = None  # type: ignore[attr-defined]
                 head = fh.read(8)
         except Exception as exc:  # noqa: BLE001 - an unreadable record: not vouched for
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pickle
 import types
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .rules import Kept

@@ -55,8 +55,8 @@ def _file_lines(f: FilePlan) -> list[str]:
         whys.setdefault(c.rule, rule.why if rule else c.why)
         if rule is not None and c.why != rule.why:
             lines.append(f"          ({c.why})")
-    for rule, why in whys.items():
-        lines.append(f"        why [{rule}]: {why}")
+    for rule_name, why in whys.items():
+        lines.append(f"        why [{rule_name}]: {why}")
     for s in f.sidecars:
         lines.append(f"      sidecar: {s}")
     if f.allowlist:
@@ -80,7 +80,7 @@ def render_plan(plan: RepairPlan) -> str:
         out.extend(f"    {x}" for x in plan.leftovers)
     for x in plan.findings:
         out.append(f"  {x.code} {x.severity}: {x.path}: {x.message}")
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for f in plan.files:
         counts[f.action] += 1
     if plan.files:
