@@ -72,9 +72,9 @@ def inspect_view(path: str | os.PathLike, env: Env | None = None
             shown, f"{shown}: no such file or directory")]), None
     if not p.is_dir():
         info = detect_file(p, p.name)
-        layout = describe_file(p, info) if info.format != "unknown" or info.size else \
+        described = describe_file(p, info) if info.format != "unknown" or info.size else \
             LayoutInfo("file", "")
-        return Report(shown, layout, files=[info]), None
+        return Report(shown, described, files=[info]), None
     view = DirView(p, env=env)
     report = Report(shown, LayoutInfo("directory", ""))
     if view.truncated:

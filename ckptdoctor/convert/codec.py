@@ -91,7 +91,7 @@ def encode(obj: Any, hook: Callable[[str, Any], Any] | None = None, path: str = 
             return {k: encode(v, hook, _join(path, k)) for k, v in obj.items()}
         return {T: "dict", "items": _items(obj, hook, path)}
     if type(obj) is OrderedDict:
-        out = {T: "odict", "items": _items(obj, hook, path)}
+        out: dict[str, Any] = {T: "odict", "items": _items(obj, hook, path)}
         attrs = vars(obj)
         if attrs:
             out["attrs"] = {k: encode(v, hook, _join(path, "@" + k)) for k, v in attrs.items()}
@@ -148,11 +148,11 @@ def encode(obj: Any, hook: Callable[[str, Any], Any] | None = None, path: str = 
         return {T: "enum", "cls": f"{cls.__module__}.{cls.__qualname__}",
                 "v": encode(obj.value, hook, path)}
     if isinstance(obj, dict):  # a dict subclass (Lightning's AttributeDict, ...)
-        out: dict[str, Any] = {T: "dictsub", "cls": _qualname(type(obj)),
-                               "items": _items(obj, hook, path)}
-        attrs = getattr(obj, "__dict__", None)
-        if attrs:
-            out["attrs"] = {k: encode(v, hook, _join(path, "@" + k)) for k, v in attrs.items()}
+        out = {T: "dictsub", "cls": _qualname(type(obj)), "items": _items(obj, hook, path)}
+        inst_attrs = getattr(obj, "__dict__", None)
+        if inst_attrs:
+            out["attrs"] = {k: encode(v, hook, _join(path, "@" + k))
+                            for k, v in inst_attrs.items()}
         return out
     if _plain_instance(obj):  # a plain-data class pickled the default way (dataclasses, ...)
         return {T: "instance", "cls": _qualname(type(obj)),

@@ -68,8 +68,8 @@ def latest_tag(d: DirView) -> str | None:
 def tag_facts(d: DirView, tag: str) -> dict[str, Any]:
     """What a tag's file names and its first model/optim pickles say (nothing unpickled)."""
     files = top_files(d, tag)
-    model = {f: MODEL_RE.fullmatch(f) for f in files if MODEL_RE.fullmatch(f)}
-    optim = {f: OPTIM_RE.fullmatch(f) for f in files if OPTIM_RE.fullmatch(f)}
+    model = {f: m for f in files if (m := MODEL_RE.fullmatch(f))}
+    optim = {f: m for f in files if (m := OPTIM_RE.fullmatch(f))}
     mroot = d.pickle_root(join(tag, min(model))) if model else None
     oroot = d.pickle_root(join(tag, min(optim))) if optim else None
     zero3 = any(m.group(1) is not None for m in model.values())

@@ -214,7 +214,7 @@ class HfTrainer(LayoutBase):
         out = []
         for rel in gone:
             rank = numbered([rel], r"rng_state_(\d+)\.pth")
-            extra = {"rank": min(rank)} if rank else {}
+            extra: dict[str, Any] = {"rank": min(rank)} if rank else {}
             if p:
                 out.append(Code.MISSING_FILE.finding(
                     d.outer(rel), f"{rel} is missing: the model applies dropout ({p}), so the "

@@ -103,7 +103,7 @@ def state_root(d: DirView, sub: str, form: str) -> Any:
 
 def entries(d: DirView) -> dict[str, str]:
     """{name: form} of the Lightning checkpoints directly in a run's checkpoints dir."""
-    out = {s: dir_form(d, s) for s in top_dirs(d) if dir_form(d, s)}
+    out = {s: form for s in top_dirs(d) if (form := dir_form(d, s))}
     out.update({f: "file" for f in top_files(d)
                 if f.endswith(".ckpt") and is_lightning(d.pickle_root(f))})
     return dict(sorted(out.items()))
@@ -145,6 +145,7 @@ class Lightning(LayoutBase):
 
     def describe(self, d: DirView) -> LayoutInfo:
         form = form_of(d)
+        assert form is not None  # match() holds
         if form == "file":
             return describe_file(d.root, d.info(""))
         if form == "run":
@@ -160,6 +161,7 @@ class Lightning(LayoutBase):
 
     def checks(self, d: DirView) -> list[Finding]:
         form = form_of(d)
+        assert form is not None  # match() holds
         if form != "run":
             return check_one(d, "", form)
         out = []
