@@ -28,6 +28,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from .codes import Code
@@ -118,7 +119,7 @@ class Strategy(Protocol):
     def attempt(self, path: Path, ctx: LoadContext) -> Attempt: ...
 
 
-def _timed(name: str, run, **extra) -> Attempt:
+def _timed(name: str, run: Callable[[], Any], **extra: Any) -> Attempt:
     """Run `run()` (returns the loaded object) into an Attempt; exceptions become failures."""
     start = time.perf_counter()
     try:
@@ -131,7 +132,7 @@ def _timed(name: str, run, **extra) -> Attempt:
 
 
 @contextlib.contextmanager
-def sandboxed():
+def sandboxed() -> Iterator[None]:
     """stdin is /dev/null (sys.stdin and file descriptor 0) while a load runs: nothing a file
     triggers can block on a terminal or read what a pipe feeds the process."""
     saved_obj = sys.stdin
@@ -334,7 +335,7 @@ def _not_loadable(static: FileInfo | None) -> str:
 def _trust_refusal(path: Path, ctx: LoadContext) -> str:
     static = ctx.static
     reason = _not_loadable(static)
-    if reason:
+    if reason or static is None:  # _not_loadable refuses an unscanned file
         return reason
     if static.weights_only is None and static.format not in ("safetensors",):
         return "the file's pickle could not be scanned, so nothing vouches it runs no code"
@@ -378,7 +379,7 @@ def _is_safetensors(path: Path, static: FileInfo | None) -> bool:
     return unknown and path.suffix == ".safetensors"
 
 
-def load_with_chain(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (),
+def load_with_chain(path: str | os.PathLike[str], allow: tuple[str, ...] | list[str] = (),
                     trust: bool = False, map_location: Any = "cpu", mmap: bool = True, *,
                     static: FileInfo | None = None, rel: str | None = None,
                     layout: str | None = None,
@@ -478,7 +479,8 @@ def safe_load(f: Any, map_location: Any = "cpu", pickle_module: Any = None, *,
 
 
 @contextlib.contextmanager
-def allow_for(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = ()):
+def allow_for(path: str | os.PathLike[str], allow: tuple[str, ...] | list[str] = ()
+              ) -> Iterator[list[str]]:
     """Inside this block, torch.load(..., weights_only=True) also accepts the data-only
     allow-list ckptdoctor computes for `path` (a file or a checkpoint directory): every name
     its scan lists that passes policy.vet (reviewed data names, and `allow`). Nothing is
