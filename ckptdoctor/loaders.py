@@ -26,9 +26,9 @@ import pickle
 import sys
 import time
 import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from .codes import Code

@@ -37,6 +37,7 @@ def _natural(p: Path) -> list:
 
 def _as_int(v: Any, what: str, where: Path) -> int:
     """An int, an IntEnum, or a loader stand-in for an enum (`.value`)."""
+    cand: Any
     for cand in (v, getattr(v, "value", None), (getattr(v, "args", None) or (None,))[0]):
         if isinstance(cand, bool):
             continue
@@ -139,8 +140,7 @@ class ZeroCheckpoint:
                 b = module[name]
                 out.append((name, TensorEntry(name, torch.float32 if b.is_floating_point()
                                               else b.dtype, tuple(b.shape),
-                                              lambda b=b: b.float() if b.is_floating_point()
-                                              else b, str(f0))))
+                                              functools.partial(_float_buffer, b), str(f0))))
         out += self._frozen()
         out += self._stage12() if self.stage <= 2 else self._stage3()
         shared = m0.get("shared_params") or {}
@@ -215,7 +215,7 @@ class ZeroCheckpoint:
             piece = math.ceil(numel / self.world)
             out.append((name, TensorEntry(
                 name, torch.float32, shape,
-                lambda o=offset, n=numel, p=piece, s=shape: _gather3(ranks, o, n, p, s),
+                functools.partial(_gather3, ranks, offset, numel, piece, shape),
                 str(self.tag))))
             offset += piece
         avail = ranks[0].numel
@@ -223,6 +223,11 @@ class ZeroCheckpoint:
             raise fail(self.tag, f"ZeRO-3 partitions hold {[r.numel for r in ranks]} elements, "
                                  f"the parameters need {offset} per rank: inconsistent checkpoint")
         return out
+
+
+def _float_buffer(b: Any) -> Any:
+    """A buffer as zero_to_fp32 writes it: floating point ones in float32."""
+    return b.float() if b.is_floating_point() else b
 
 
 def _concat_frozen(frags: list[Any], numel: int, shape: tuple[int, ...]) -> Any:

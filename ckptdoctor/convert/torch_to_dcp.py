@@ -17,6 +17,7 @@ kept in `ckptdoctor.tree.json` beside `.metadata` (DCP ignores it; dcp -> torch 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -331,9 +332,8 @@ def _verify(root: Path, leaves: dict[str, Any], opts: Options, rel: str) -> None
                 else:
                     out = ckpt.load_tensor(fqn)
                     flat = (out.contiguous().reshape(-1).view(torch.uint8).numpy()
-                            if out.numel() else None)
-                    bad = compare_bytes(expected, lambda off, n, flat=flat: flat[off:off + n],
-                                        0, nbytes)
+                            if out.numel() else b"")
+                    bad = compare_bytes(expected, functools.partial(_byte_slice, flat), 0, nbytes)
                     del out, flat
                 if bad is not None:
                     raise _mismatch(rel, f"{fqn}: byte {bad} differs from the source")
@@ -350,6 +350,10 @@ def _verify(root: Path, leaves: dict[str, Any], opts: Options, rel: str) -> None
         for r in readers.values():
             r.close()
         ckpt.close()
+
+
+def _byte_slice(flat: Any, off: int, n: int) -> Any:
+    return flat[off:off + n]
 
 
 def _mismatch(rel: str, message: str) -> ConvertError:
