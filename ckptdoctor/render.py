@@ -22,7 +22,7 @@ CLASS_STYLE = {"dangerous": "bold red", "unknown": "magenta", "data": "yellow",
                "torch-allowed": "green"}
 
 
-def human_bytes(n: int | None) -> str:
+def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB", "TB"):

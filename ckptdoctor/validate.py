@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import leftovers
 from .codes import Code, select
@@ -20,6 +21,9 @@ from .layouts.base import WEIGHTS_ONLY, Consumer
 from .layouts.versions import Env
 from .manifest import MANIFEST  # re-exported: repair reads it from here
 from .model import FileInfo, Finding, GlobalClass, Report, ScanState, Severity
+
+if TYPE_CHECKING:
+    from .dist import Group  # imports deep.py; validate needs it only under torchrun
 
 _PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 Progress = Callable[[str, int], None]  # (label, bytes done since last call)
@@ -41,7 +45,7 @@ class ValidateOptions:
     versions: dict[str, str] = field(default_factory=dict)
     jobs: int = 0  # threads for the --deep / manifest pass; 0: one per CPU
     allow_nonfinite: bool = False  # NaN/Inf in parameters/optimizer state: warning, not error
-    dist: object = None  # a dist.Group under torchrun: files are split across its ranks
+    dist: Group | None = None  # under torchrun: files are split across its ranks
 
 
 def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,

@@ -106,7 +106,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *,
         options = sorted(t for k, t in CONVERTERS if k == kind)
         raise fail(src, f"no conversion from {kind} to {to}"
                    + (f" (from {kind}: --to {' / '.join(options)})" if options else ""))
-    honoured = getattr(sys.modules[runner.__module__], "OPTIONS", set())
+    honoured: set[str] = getattr(sys.modules[runner.__module__], "OPTIONS", set())
     asked = {"dtype": dtype != "keep", "max_shard_size": max_shard_size is not None,
              "strip_prefix": bool(strip_prefix), "drop_non_tensors": drop_non_tensors,
              "add_prefix": bool(add_prefix), "nest": bool(nest), "params": params is not None}
@@ -164,14 +164,14 @@ def render_result(result: ConvertResult) -> str:
              + ("verified bit-identical" if result.verified else "NOT verified (--no-verify)")]
     for f in result.files:
         lines.append(f"  wrote {f}")
-    for f in result.findings:
-        lines.append(f"  {f.code} {f.severity}: {f.message}")
-        if f.hint:
-            lines.append(f"    hint: {f.hint}")
+    for x in result.findings:
+        lines.append(f"  {x.code} {x.severity}: {x.message}")
+        if x.hint:
+            lines.append(f"    hint: {x.hint}")
     return "\n".join(lines) + "\n"
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"

@@ -115,7 +115,8 @@ class DcpCheckpoint:
             if dtype is None or shape is None:
                 raise fail(meta_path, f"{fqn}: dtype or size unreadable in .metadata")
             chunks = []
-            for c in (st.get("chunks") if isinstance(st.get("chunks"), SymList) else []):
+            listed = st.get("chunks")
+            for c in (listed if isinstance(listed, SymList) else []):
                 cs = _state(c)
                 off, size = _size(cs.get("offsets")), _size(cs.get("sizes"))
                 if off is None or size is None or not len(off) == len(size) == len(shape):
@@ -123,7 +124,7 @@ class DcpCheckpoint:
                 chunks.append(Chunk(off, size))
             self.tensors[fqn] = TensorMeta(fqn, dtype, shape, chunks)
             kinds[fqn] = "tensor"
-        by_key: dict[tuple[str, tuple | None], Item] = {}
+        by_key: dict[tuple[Any, tuple[int, ...] | None], Item] = {}
         sd = top.get("storage_data")
         for index, sinfo in (sd if isinstance(sd, SymDict) else []):
             ist, s = _state(index), _state(sinfo)
@@ -285,7 +286,7 @@ def _set_element(root: dict, path: tuple, value: Any) -> None:
     cur: Any = root
     for i in range(1, len(path)):
         prev, key = path[i - 1], path[i]
-        default = {} if isinstance(key, str) else []
+        default: Any = {} if isinstance(key, str) else []
         if isinstance(cur, dict):
             cur = cur.setdefault(prev, default)
         else:

@@ -48,11 +48,12 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         result.non_tensor_sidecar = str(extra)
     if opts.strip_prefix:
         p = opts.strip_prefix
-        kept = {k[len(p):]: v for k, v in tree.items() if k.startswith(p) and len(k) > len(p)}
+        stripped = {k[len(p):]: v for k, v in tree.items()
+                    if k.startswith(p) and len(k) > len(p)}
         result.skipped.extend(k for k in tree if not (k.startswith(p) and len(k) > len(p)))
-        if not kept:
+        if not stripped:
             raise fail(src, f"no entry starts with --strip-prefix {p!r}")
-        tree = kept
+        tree = stripped
     if opts.add_prefix:
         tree = {opts.add_prefix + k: v for k, v in tree.items()}
     emit(dst, opts, result, tree, "pytorch_model.bin", source_dir(src))

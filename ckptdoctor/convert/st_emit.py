@@ -121,7 +121,8 @@ def emit(src: Path, dst: Path, opts: Options, result: ConvertResult, leaves: lis
     if not tensors:
         raise fail(origin, "no tensors to write")
     unique, aliases = dedupe(tensors, result, origin)
-    items = [st_io.StItem(x.key, x.entry, target_dtype(x.entry.dtype, opts.dtype)) for x in unique]
+    items = [st_io.StItem(x.key, e, target_dtype(e.dtype, opts.dtype))
+             for x in unique if (e := x.entry) is not None]  # all: `tensors` hold an entry
     shards = st_io.shard(items, opts.max_shard_size)
     file_mode = dst.suffix == ".safetensors"
     if file_mode and len(shards) > 1:

@@ -339,9 +339,9 @@ def _verify(root: Path, leaves: dict[str, Any], opts: Options, rel: str) -> None
                     raise _mismatch(rel, f"{fqn}: byte {bad} differs from the source")
                 opts.tick("verify", nbytes)
             else:
-                where = deep_equal(src, ckpt.load_bytes(fqn))
-                if where is not None:
-                    raise _mismatch(rel, f"{fqn}: value differs at {where}")
+                differs_at = deep_equal(src, ckpt.load_bytes(fqn))
+                if differs_at is not None:
+                    raise _mismatch(rel, f"{fqn}: value differs at {differs_at}")
         tree_doc = json.loads((root / TREE_NAME).read_text()) if (root / TREE_NAME).is_file() \
             else None
         if tree_doc is not None and set(tree_doc["fqns"]) != set(leaves):

@@ -532,6 +532,8 @@ class _Run:
     def unchanged_since_read(self, prep: _Prepared) -> bool:
         now = prep.plan.path.stat()
         old = prep.stat
+        if old is None:  # never read: nothing vouches it is unchanged
+            return False
         return (now.st_size, now.st_mtime_ns, now.st_ino) == (old.st_size, old.st_mtime_ns,
                                                                old.st_ino)
 
@@ -549,10 +551,12 @@ class _Run:
 
         fp = prep.plan
         path = fp.path
+        conv, read_stat = prep.conv, prep.stat
+        assert conv is not None and read_stat is not None  # planning prepares both to rewrite
         with staged_file(path) as tmp:
             try:
                 save(prep.converted, tmp)
-                os.chmod(tmp, stat_mod.S_IMODE(prep.stat.st_mode))
+                os.chmod(tmp, stat_mod.S_IMODE(read_stat.st_mode))
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
             except Exception as exc:  # noqa: BLE001 - a value torch cannot save
@@ -560,7 +564,7 @@ class _Run:
                                                  f"{exc}"[:400]))
             _crash_point("tmp-written")
             try:
-                checks = verify_torch_file(tmp, prep.converted, prep.conv, fp.allowlist)
+                checks = verify_torch_file(tmp, prep.converted, conv, fp.allowlist)
             except VerifyError as exc:
                 return self.fail(fp, exc)
             _crash_point("verified")
@@ -572,7 +576,7 @@ class _Run:
             old_sha = s.doc["files"][-1]["sha256"] if s is not None else (
                 sha256_file(path) if self.has_manifest() else "")
             _crash_point("backed-up")
-            for name, data in prep.conv.sidecars.items():
+            for name, data in conv.sidecars.items():
                 head = fp.rel.rpartition("/")[0]
                 self.write_side((head + "/" if head else "") + name, data, fp.rel)
             new_sha = sha256_file(tmp)
