@@ -185,7 +185,7 @@ def inspect(
 def validate(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
     consumer: ConsumerOpt = ConsumerChoice.framework,
-    allow: AllowOpt = [],  # noqa: B006 - typer reads the default
+    allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
     load: Annotated[bool, typer.Option(
         "--load", help="Really load each file through the loader chain.")] = False,
@@ -204,12 +204,12 @@ def validate(
     fmt: Annotated[OutputFormat, typer.Option(
         "--format", help="Output format.")] = OutputFormat.text,
     select: Annotated[list[str], typer.Option(
-        "--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],  # noqa: B006
+        "--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],
     ignore: Annotated[list[str], typer.Option(
-        "--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
+        "--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],
     fail_on: Annotated[FailOn, typer.Option(
         "--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
-    framework_version: FrameworkVersionOpt = [],  # noqa: B006
+    framework_version: FrameworkVersionOpt = [],
 ) -> None:
     """Pre-resume gate: is the checkpoint complete, intact and loadable by what will resume it?
     Exit 0 resumable, 1 findings at or above --fail-on, 2 usage or internal error."""
@@ -274,8 +274,8 @@ def _require_doc(path: Path, fmt: OutputFormat) -> None:
 def latest(
     run_dir: Annotated[Path, typer.Argument(help="Run / output directory holding checkpoints.")],
     consumer: ConsumerOpt = ConsumerChoice.framework,
-    allow: AllowOpt = [],  # noqa: B006
-    framework_version: FrameworkVersionOpt = [],  # noqa: B006
+    allow: AllowOpt = [],
+    framework_version: FrameworkVersionOpt = [],
 ) -> None:
     """Print the newest checkpoint under RUN_DIR that passes validate (stderr says which newer
     ones were skipped and why, and which can be repaired). Exit 1 when none is valid: use
@@ -299,7 +299,7 @@ def latest(
 @app.command()
 def repair(
     path: Annotated[Path, typer.Argument(help="Checkpoint file or directory.")],
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan; change nothing.")] = False,
     backup_dir: Annotated[Path | None, typer.Option(
@@ -385,7 +385,7 @@ def convert(
         "--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing DST (atomically).")] = False,
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],
     trust: TrustOpt = False,
     add_prefix: Annotated[str | None, typer.Option(
         "--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
@@ -439,7 +439,7 @@ def diff(
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", min=1, help="Tensor pairs compared at once (memory grows with it).")] = 1,
     fmt: Annotated[DiffFormat, typer.Option("--format", help="Output format.")] = DiffFormat.text,
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],
     trust: TrustOpt = False,
 ) -> None:
     """What differs between two checkpoints: keys, shapes, dtypes, values (streamed one tensor
@@ -478,7 +478,7 @@ def reshard(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing DST (atomically).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],
     trust: TrustOpt = False,
 ) -> None:
     """Rewrite a DeepSpeed ZeRO-1/2 checkpoint saved on N ranks for --world-size M ranks,
@@ -570,7 +570,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("ckptdoctor: interrupted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
+    except Exception as exc:  # the last line of defence: never a traceback
         if os.environ.get("CKPTDOCTOR_DEBUG"):
             raise
         err.print(f"ckptdoctor: internal error: {type(exc).__name__}: {exc}".splitlines()[0],

@@ -125,7 +125,7 @@ def _timed(name: str, run: Callable[[], Any], **extra: Any) -> Attempt:
     try:
         with sandboxed():
             obj = run()
-    except BaseException as exc:  # noqa: BLE001 - SystemExit from a payload is data here too
+    except BaseException as exc:  # SystemExit from a payload is data here too
         return Attempt(name, "failed", type(exc).__name__, key_line(exc) or type(exc).__name__,
                        time.perf_counter() - start, **extra)
     return Attempt(name, "loaded", seconds=time.perf_counter() - start, obj=obj, **extra)

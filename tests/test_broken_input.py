@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import broken as B  # noqa: E402
+from hostile import broken as B
 
-from ckptdoctor.formats import detect_file  # noqa: E402
-from ckptdoctor.model import Severity  # noqa: E402
+from ckptdoctor.formats import detect_file
+from ckptdoctor.model import Severity
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

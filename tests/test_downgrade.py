@@ -573,6 +573,6 @@ def test_mutated_pickles(seed, edits, cut):
     only_torch_opcodes(out)
     try:
         ref = canon(restricted_loads(data))
-    except Exception:  # noqa: BLE001 - the mutated source itself does not load
+    except Exception:  # the mutated source itself does not load
         return
     assert canon(restricted_loads(out)) == ref

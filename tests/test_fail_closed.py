@@ -26,11 +26,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import payloads as P  # noqa: E402
-from hostile.gadgets import Asker, Exiter  # noqa: E402
+from hostile import payloads as P
+from hostile.gadgets import Asker, Exiter
 
-import ckptdoctor  # noqa: E402
-from ckptdoctor.loaders import (  # noqa: E402
+import ckptdoctor
+from ckptdoctor.loaders import (
     STRATEGIES,
     LoadContext,
     LoadError,
@@ -40,10 +40,10 @@ from ckptdoctor.loaders import (  # noqa: E402
     sandboxed,
     vetted_pickle_module,
 )
-from ckptdoctor.pickles import policy  # noqa: E402
-from ckptdoctor.pickles.policy import AllowListError, DangerousGlobalError, Verdict, vet  # noqa: E402
-from ckptdoctor.repair import repair  # noqa: E402
-from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, MODULE_TEXT, SNIPPET_FILE  # noqa: E402
+from ckptdoctor.pickles import policy
+from ckptdoctor.pickles.policy import AllowListError, DangerousGlobalError, Verdict, vet
+from ckptdoctor.repair import repair
+from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, MODULE_TEXT, SNIPPET_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMPY1 = ROOT / "tests" / "fixtures" / "numpy1"

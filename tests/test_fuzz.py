@@ -30,12 +30,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hostile import (
-    broken as B,  # noqa: E402
-    payloads as P,  # noqa: E402
+    broken as B,
+    payloads as P,
 )
 
-from ckptdoctor.formats import detect_file  # noqa: E402
-from ckptdoctor.pickles.scan import ScanLimits, scan_bytes, scan_stream  # noqa: E402
+from ckptdoctor.formats import detect_file
+from ckptdoctor.pickles.scan import ScanLimits, scan_bytes, scan_stream
 
 # Bounded work is checked in CPU seconds of this process, not wall-clock time: another process
 # loading the machine does not count against it. For inputs < 1 MB a call takes ~0.1 s of CPU;

@@ -412,5 +412,5 @@ def deep_equal(a: Any, b: Any, tensor_eq: Callable[[Any, Any], bool] | None = No
         return deep_equal(vars(a), vars(b), tensor_eq, _join(path, "@state"))
     try:
         return None if a == b else (path or "<root>")
-    except Exception:  # noqa: BLE001 - exotic __eq__
+    except Exception:  # exotic __eq__
         return path or "<root>"

@@ -237,7 +237,7 @@ class DcpCheckpoint:
             with zipfile.ZipFile(Slice(fh, c.offset, c.length)) as zf:
                 records = [i for i in zf.infolist() if "/data/" in i.filename
                            and i.filename.rsplit("/", 2)[-2] == "data"]
-        except Exception as exc:  # noqa: BLE001 - torch / zipfile raise many types
+        except Exception as exc:  # torch / zipfile raise many types
             raise fail(rel, f"{fqn}: item does not load: {type(exc).__name__}: {exc}") from None
         nbytes = t.numel() * t.element_size()
         if not isinstance(t, torch.Tensor) or t.dtype != meta.dtype \

@@ -104,6 +104,6 @@ def left_behind(src: Path, taken: set[Path]) -> tuple[list[dict], Finding | None
                             "training from the model only", left_behind=rows)
 
 
-def _complete(info) -> bool:  # noqa: ANN001
+def _complete(info) -> bool:
     return info.scan_state is ScanState.COMPLETE and not any(
         f.severity is Severity.ERROR for f in info.findings)

@@ -114,7 +114,7 @@ def _planner_class():
             self.opts = opts
             self._prev: tuple[Any, bool, bool] | None = None
 
-        def resolve_data(self, write_item):  # noqa: ANN001, ANN201
+        def resolve_data(self, write_item):
             self.release()
             obj = self.lookup_object(write_item.index)
             if write_item.type == WriteItemType.BYTE_IO:
@@ -195,7 +195,7 @@ def write_params(staging: Staging, opts: Options, result: ConvertResult) -> bool
                 doc = yaml.safe_load(text)
             except ImportError:
                 raise fail(path, f"--params {path}: YAML needs PyYAML; pass a JSON file") from None
-            except Exception as exc:  # noqa: BLE001 - yaml's errors
+            except Exception as exc:  # yaml's errors
                 raise fail(path, f"--params {path}: not valid YAML: {exc}") from None
         if doc is None:
             raise fail(path, f"--params {path}: not valid JSON") from None

@@ -124,7 +124,7 @@ class _Pickler(pickle._Pickler):  # the pure-Python pickler is the extensible on
             return ("storage", storage_type(obj.dtype), obj.key, "cpu", obj.numel)
         return None
 
-    def save(self, obj: Any, save_persistent_id: bool = True) -> None:  # noqa: FBT001
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         from ..standins import StandIn
 
         if isinstance(obj, (TensorRef, StandIn, _Global, _Inner)):

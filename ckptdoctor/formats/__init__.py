@@ -48,7 +48,7 @@ def detect_file(path: Path, rel: str = "") -> FileInfo:
             if info.format not in PICKLE_FORMATS and info.size:
                 check_polyglot(path, info)
             return info
-    except Exception as exc:  # noqa: BLE001 - one hostile file must not end a directory run
+    except Exception as exc:  # one hostile file must not end a directory run
         return FileInfo(rel, "unknown", _size(path), scan_state=ScanState.FAILED, findings=[
             Code.SCAN_FAILED.finding(rel, f"the scan could not run: {type(exc).__name__}: "
                                           f"{exc}"[:300],

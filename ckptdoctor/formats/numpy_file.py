@@ -65,7 +65,7 @@ def npy_header_problem(header: object) -> str:
         return f"keys {sorted(map(str, header))}, expected {sorted(_NPY_KEYS)}"
     shape = header["shape"]
     if not isinstance(shape, tuple) or not all(
-            type(d) is int and d >= 0 for d in shape):  # noqa: E721 - bool is no dimension
+            type(d) is int and d >= 0 for d in shape):  # bool is no dimension
         return f"shape {shape!r} is not a tuple of non-negative integers"
     if not isinstance(header["fortran_order"], bool):
         return f"fortran_order {header['fortran_order']!r} is not a bool"
@@ -88,7 +88,7 @@ def _may_hold_objects(descr: str | list[Any]) -> bool:
         # descr_to_dtype of a string is np.dtype(string); numpy's stubs only declare lists
         dtype = np.dtype(descr) if isinstance(descr, str) else descr_to_dtype(descr)
         return bool(dtype.hasobject)
-    except Exception:  # noqa: BLE001 - numpy.load raises on it too, before pickle.load
+    except Exception:  # numpy.load raises on it too, before pickle.load
         return False
 
 

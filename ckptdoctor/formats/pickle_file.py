@@ -31,7 +31,7 @@ def _parses_a_little(head: bytes) -> bool:
         for n, _ in enumerate(pickletools.genops(io.BytesIO(head))):
             if n >= 2:
                 return True
-    except Exception:  # noqa: BLE001 - a partial head often ends mid-opcode
+    except Exception:  # a partial head often ends mid-opcode
         return False
     return False
 

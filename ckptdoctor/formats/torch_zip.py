@@ -52,7 +52,7 @@ def read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
     inflate `cap` bytes."""
     with zf.open(info) as fh:
         if info.CRC == 0 and hasattr(fh, "_expected_crc"):
-            fh._expected_crc = None  # noqa: SLF001 - torch.save(compute_crc32=False) writes 0:
+            fh._expected_crc = None  # torch.save(compute_crc32=False) writes 0:
             # "not recorded", not corrupt (torch never checks it; validate --deep reports it)
         return fh.read(max(0, min(cap, info.file_size)))
 
@@ -109,7 +109,7 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth
     with zf:
         try:
             infos = zf.infolist()
-        except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
+        except Exception as exc:  # zipfile raises many types on hostile input
             worsen(info, ScanState.INCONCLUSIVE,
                    Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
             return info
@@ -161,7 +161,7 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: str, _depth
             return info
         try:
             data = read_record(zf, pinfo, cap)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
                 rel, f"cannot read data.pkl: {exc}"))
             return info
@@ -276,7 +276,7 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
                 # torch never checks CRCs; --deep does (a private ZipExtFile attribute)
                 fh._expected_crc = None  # type: ignore[attr-defined]
                 head = fh.read(8)
-        except Exception as exc:  # noqa: BLE001 - an unreadable record: not vouched for
+        except Exception as exc:  # an unreadable record: not vouched for
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
                 rel, f"record {i.filename!r} cannot be read: {exc}"[:300]))
             continue
@@ -306,7 +306,7 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
         data = b""  # drop the previous member before inflating the next
         try:
             data = read_record(zf, i, cap)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
                 rel, f"record {i.filename!r} cannot be read: {exc}"[:300]))
             continue
@@ -334,7 +334,7 @@ def _zipfile_records(fh: BinaryIO) -> list[tuple[str, int]] | None:
         fh.seek(0)
         with zipfile.ZipFile(fh) as zf:
             return [(i.filename, i.header_offset) for i in zf.infolist()]
-    except Exception:  # noqa: BLE001 - zipfile raises many types on hostile input
+    except Exception:  # zipfile raises many types on hostile input
         return None
 
 

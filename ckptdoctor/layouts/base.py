@@ -236,7 +236,7 @@ def read_pickle_root(path: Path) -> Any:
             data = path.read_bytes()
         else:
             return None
-    except Exception:  # noqa: BLE001 - zipfile raises many types on hostile input; the
+    except Exception:  # zipfile raises many types on hostile input; the
         return None  # format check reports what is wrong with the file
     return scan_bytes(data, path.name).root
 

@@ -438,7 +438,7 @@ def _vouched_enum_kind(name: str) -> str | None:
     not importable. Only asked for names the user vouched for with --allow."""
     try:
         cls = import_dotted(name)
-    except Exception:  # noqa: BLE001 - any import failure means "cannot tell"
+    except Exception:  # any import failure means "cannot tell"
         return None
     if isinstance(cls, type) and issubclass(cls, enum.Enum):
         return "value" if issubclass(cls, (int, str)) else "plain"

@@ -244,7 +244,7 @@ def transcoding_load(path: Path, names: list[str], allow: Iterable[str] = (),
             _active.marks = marks
             try:
                 obj = load_registered(source, entries)
-            except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError...
+            except Exception as exc:  # torch raises UnpicklingError, RuntimeError...
                 missing = _MISSING_GLOBAL.search(str(exc))
                 if missing and missing.group(1) not in names:
                     extra = missing.group(1)

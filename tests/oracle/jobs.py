@@ -77,7 +77,7 @@ def _install_kill(spec: str) -> None:
 
     real_open = builtins.open
 
-    def open_(file, mode="r", *a, **kw):  # noqa: ANN001
+    def open_(file, mode="r", *a, **kw):
         if any(c in mode for c in "wax+"):
             check(file)
         return real_open(file, mode, *a, **kw)
@@ -86,7 +86,7 @@ def _install_kill(spec: str) -> None:
     _io.open = open_
     real_save = torch.save
 
-    def save(obj, f, *a, **kw):  # noqa: ANN001
+    def save(obj, f, *a, **kw):
         check(f)
         return real_save(obj, f, *a, **kw)
 
@@ -94,11 +94,11 @@ def _install_kill(spec: str) -> None:
     real_rename = os.rename
     real_replace = os.replace
 
-    def rename(src, dst, *a, **kw):  # noqa: ANN001 - a temp file renamed into place is a write too
+    def rename(src, dst, *a, **kw):  # a temp file renamed into place is a write too
         check(dst)
         return real_rename(src, dst, *a, **kw)
 
-    def replace(src, dst, *a, **kw):  # noqa: ANN001
+    def replace(src, dst, *a, **kw):
         check(dst)
         return real_replace(src, dst, *a, **kw)
 
@@ -187,7 +187,7 @@ def _hf_save(work: Path, variant: str, peft: bool, deepspeed: bool = False) -> s
     callbacks = []
     if variant == "nan":
         class Poison(TrainerCallback):
-            def on_step_end(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            def on_step_end(self, args, state, control, model=None, **kw):
                 if state.global_step == STEPS_BEFORE:
                     _poison(model)
                 return control
@@ -280,7 +280,7 @@ def _lit_cls():
             self.layer = torch.nn.Linear(4, 1)
             self.losses: list[float] = []
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001
+        def training_step(self, batch, batch_idx):
             x, y = batch
             loss = torch.nn.functional.mse_loss(self.layer(x), y)
             self.losses.append(float(loss))
@@ -307,7 +307,7 @@ def _lit_run(work: Path, epochs: int, ckpt_path: str | None, poison: bool = Fals
     callbacks: list[Any] = [ModelCheckpoint(dirpath=work / "checkpoints", save_last=True)]
     if poison:
         class Poison(Callback):
-            def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
+            def on_train_epoch_end(self, trainer, pl_module):
                 _poison(pl_module)
 
         callbacks.insert(0, Poison())
@@ -460,7 +460,7 @@ def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> l
                     _install_kill(kill[rank])
                 try:
                     value = {"ok": fn(rank, port)}
-                except BaseException as e:  # noqa: BLE001 - the failure is the result
+                except BaseException as e:  # the failure is the result
                     traceback.print_exc()
                     first = str(e).splitlines()[0] if str(e) else ""
                     value = {"error": f"{type(e).__name__}: {first}"[:300]}
@@ -853,7 +853,7 @@ def _child(framework: str, req: dict[str, Any]) -> None:
         else:
             losses = resume(Path(req["ckpt"]), work)
             result = {"resumed": True, "losses": _finite(losses)}
-    except BaseException as e:  # noqa: BLE001 - the framework's failure IS the result
+    except BaseException as e:  # the framework's failure IS the result
         traceback.print_exc()
         result = {
             "resumed": False,
