@@ -81,7 +81,7 @@ def main() -> None:
             str(ckpt)],
     }
     try:
-        import picklescan  # noqa: F401
+        import picklescan  # noqa: F401 - only whether it is installed
 
         contenders["picklescan"] = [PY, "-m", "picklescan", "--path", str(ckpt)]
     except ImportError:

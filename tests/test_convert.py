@@ -209,8 +209,10 @@ def test_dcp_to_torch_round_trips_bit_identical(tmp_path):
     _same(state, torch.load(tmp_path / "full_back.pt", weights_only=True))
 
 
-def test_dcp_chunked_tensor_is_assembled(tmp_path):
-    """A tensor saved as two row chunks (as two FSDP ranks would) comes back whole."""
+def _two_chunk_dcp(root: Path, full: torch.Tensor, offset=lambda row: [row, 0]) -> None:
+    """`full` saved as two row chunks, as two FSDP ranks would. Hand-built with DCP's own
+    metadata classes: dcp.save in one process writes a tensor as one chunk. `offset` gives a
+    chunk's offsets from its first row."""
     import io
     import pickle
 
@@ -223,15 +225,13 @@ def test_dcp_chunked_tensor_is_assembled(tmp_path):
         TensorStorageMetadata,
     )
 
-    full = torch.randn(6, 4)
-    root = tmp_path / "dcp"
     root.mkdir()
     storage, chunks = {}, []
     for rank, rows in enumerate(((0, 4), (4, 6))):
         buf = io.BytesIO()
         torch.save(full[rows[0]:rows[1]].clone(), buf)
         (root / f"__{rank}_0.distcp").write_bytes(buf.getvalue())
-        off = torch.Size([rows[0], 0])
+        off = torch.Size(offset(rows[0]))
         chunks.append(ChunkStorageMetadata(offsets=off, sizes=torch.Size([rows[1] - rows[0], 4])))
         storage[MetadataIndex("w", off, 0)] = _StorageInfo(f"__{rank}_0.distcp", 0,
                                                            len(buf.getvalue()))
@@ -239,8 +239,25 @@ def test_dcp_chunked_tensor_is_assembled(tmp_path):
         TensorProperties.create_from_tensor(full), full.size(), chunks)}, storage_data=storage,
         planner_data={"w": ("w",)})
     (root / ".metadata").write_bytes(pickle.dumps(md))
-    convert(root, tmp_path / "w.safetensors", "safetensors")
+
+
+def test_dcp_chunked_tensor_is_assembled(tmp_path):
+    """A tensor saved as two row chunks (as two FSDP ranks would) comes back whole."""
+    full = torch.randn(6, 4)
+    _two_chunk_dcp(tmp_path / "dcp", full)
+    convert(tmp_path / "dcp", tmp_path / "w.safetensors", "safetensors")
     assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], full)
+
+
+def test_dcp_chunk_offsets_of_another_rank_are_refused(tmp_path):
+    """Chunk offsets with fewer dimensions than the tensor (metadata read from the file, not
+    trusted) are one ConvertError, not a traceback or a tensor assembled from a truncated
+    index."""
+    _two_chunk_dcp(tmp_path / "dcp", torch.randn(6, 4), offset=lambda row: [row])
+    with pytest.raises(ConvertError) as err:
+        convert(tmp_path / "dcp", tmp_path / "w.safetensors", "safetensors")
+    assert "chunk offsets/sizes unreadable" in err.value.finding.message
+    assert not (tmp_path / "w.safetensors").exists()
 
 
 def test_dcp_bytes_item_with_code_is_refused(tmp_path):
