@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   installs into .venv and runs ckptdoctor on a bundled example
-#   make test   installs into .venv (with the dev extra) and runs the whole test suite
+#   make test   installs into .venv (with the dev extra), runs `make lint`, then the whole test suite
 #   make lint   ruff (E, F, I, B, UP, SIM) and mypy (strict on pickles/, formats/, loaders.py)
 #   make mutate mutation testing of pickles/, loaders.py, validate.py, deep.py (slow; see
 #               docs/development.md; MUTATE_ARGS="--sample 6" runs a subset)
@@ -27,7 +27,7 @@ demo: $(VENV)/.base
 	rm -rf demo-out
 	$(PY) -m ckptdoctor.demo demo-out
 
-test: $(VENV)/.dev
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(VENV)/.dev

@@ -1,6 +1,7 @@
 """`ckptdoctor convert` vs the usual way, on a ~1.4 GB Llama-shaped bf16 state dict.
 
-    .venv/bin/python benchmarks/bench_convert.py [--dir bench-out/convert] [--layers 16] [--repeat 3]
+    .venv/bin/python benchmarks/bench_convert.py [--dir bench-out/convert] [--layers 16]
+        [--repeat 3]
 
 Writes the checkpoint (16 layers, hidden 2048, intermediate 4096, vocab 32000, tied
 embedding: lm_head.weight shares model.embed_tokens.weight's storage) to --dir, then runs

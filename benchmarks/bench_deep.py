@@ -45,7 +45,8 @@ gb, zip_path = float(sys.argv[1]), sys.argv[2]
 part = 256 << 20  # bytes per tensor
 n = max(1, int(gb * 1e9) // part)
 g = torch.Generator().manual_seed(0)
-block = (torch.randn(part // 2 // 16, generator=g) * 0.02).to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+block = ((torch.randn(part // 2 // 16, generator=g) * 0.02).to(torch.bfloat16)
+         .view(torch.uint8).numpy().tobytes())
 srcs, sd = [], {}
 for i in range(n):
     src = f"{zip_path}.src{i}"
@@ -91,7 +92,8 @@ if cur:
 import os
 os.makedirs(st_dir, exist_ok=True)
 for i, s in enumerate(shards):
-    save_file(s, f"{st_dir}/model-{i + 1:05d}-of-{len(shards):05d}.safetensors", metadata={"format": "pt"})
+    save_file(s, f"{st_dir}/model-{i + 1:05d}-of-{len(shards):05d}.safetensors",
+              metadata={"format": "pt"})
 """
 
 READ_CRC = """
@@ -129,8 +131,10 @@ def torchrun_peak(cmd: list[str]) -> tuple[float, float, int]:
     """torchrun's workers are its children: RUSAGE_CHILDREN of a wrapper process gives the
     largest worker's peak (the wrapper itself is small)."""
     wrapper = ("import resource, subprocess, sys, time\n"
-               "t = time.perf_counter(); rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)\n")
+               "t = time.perf_counter(); rc = subprocess.call(sys.argv[1:], "
+               "stdout=subprocess.DEVNULL)\n"
+               "print(time.perf_counter() - t, "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)\n")
     out = subprocess.run([PY, "-c", wrapper, *cmd], capture_output=True, text=True, env=ENV).stdout
     t, kb, rc = out.split()
     return float(t), int(kb) / 1024, int(rc)
@@ -189,7 +193,9 @@ def main() -> None:
             rows[f"{label}: validate --deep --write-manifest"] = measure(
                 [*deep, "--write-manifest", str(target)])
             # a manifest present is verified by every later run: time that too, then drop it
-            rows[f"{label}: validate --deep (verifies the manifest)"] = measure([*deep, str(target)])
+            rows[f"{label}: validate --deep (verifies the manifest)"] = measure(
+                [*deep, str(target)]
+            )
             (target / MANIFEST).unlink()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch zip {size / 1e9:.2f} GB; {len(shards)} safetensors shards; {ncpu} CPUs; "

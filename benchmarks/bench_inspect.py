@@ -67,7 +67,8 @@ def main() -> None:
         "ckptdoctor inspect --json": [PY, "-m", "ckptdoctor", "inspect", "--json", str(ckpt)],
         "python -c 'import torch'": [PY, "-c", "import torch"],
         "torch get_unsafe_globals_in_checkpoint": [
-            PY, "-c", "import torch,sys; torch.serialization.get_unsafe_globals_in_checkpoint(sys.argv[1])",
+            PY, "-c", "import torch,sys; "
+                      "torch.serialization.get_unsafe_globals_in_checkpoint(sys.argv[1])",
             str(ckpt)],
         "pickletools.genops over data.pkl (picklescan-style)": [
             PY, "-c", "import zipfile,pickletools,sys,io\nz=zipfile.ZipFile(sys.argv[1])\n"
@@ -80,14 +81,15 @@ def main() -> None:
             str(ckpt)],
     }
     try:
-        import picklescan  # noqa: F401
+        import picklescan  # noqa: F401 - only whether it is installed
 
         contenders["picklescan"] = [PY, "-m", "picklescan", "--path", str(ckpt)]
     except ImportError:
         pass
     rows = {name: measure(cmd) for name, cmd in contenders.items()}
     base_t, base_m, _ = rows["python -c 'import torch'"]
-    print(f"checkpoint: {ckpt} ({size / 1e9:.2f} GB), {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(f"checkpoint: {ckpt} ({size / 1e9:.2f} GB), {os.cpu_count()} CPUs, python "
+          f"{sys.version.split()[0]}")
     print(f"{'contender':<52} {'wall s':>8} {'peak MiB':>9} {'t/import':>9} {'rss/import':>10} rc")
     for name, (t, m, rc) in rows.items():
         print(f"{name:<52} {t:8.3f} {m:9.1f} {t / base_t:9.2f} {m / base_m:10.2f} {rc}")

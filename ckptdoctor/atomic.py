@@ -38,7 +38,7 @@ def atomic_writer(target: Path, mode: int | None = None) -> Iterator[BinaryIO]:
     On any exception the temp file is removed and the target is untouched."""
     target = Path(target)
     tmp = tmp_path_for(target)
-    fh = open(tmp, "xb")
+    fh = open(tmp, "xb")  # noqa: SIM115 - yielded open; closed on both paths below
     try:
         yield fh
         fh.flush()
@@ -87,7 +87,7 @@ def leftovers(root: Path) -> list[Path]:
     """Temp files an interrupted ckptdoctor write left behind under root."""
     if root.is_file():
         root = root.parent
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         # staging directories (convert builds directory outputs in one) count as one leftover
         out.extend(Path(dirpath) / d for d in dirnames if d.startswith(TMP_MARKER))

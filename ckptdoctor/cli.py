@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -120,7 +120,7 @@ StorageOpt = Annotated[list[str], typer.Option(
 TimeoutOpt = Annotated[float, typer.Option(
     "--timeout", min=0.1, help="Seconds a remote request may take before it is a CK013 "
                                "finding.")]
-MaxBytesOpt = Annotated[Optional[str], typer.Option(
+MaxBytesOpt = Annotated[str | None, typer.Option(
     "--max-bytes", metavar="SIZE", help="Budget of bytes read from remote storage (e.g. 2GB); "
                                         "a file that would pass it is a CK016 finding.")]
 
@@ -189,7 +189,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option(
+def _root(version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None
           ) -> None:
     """ckptdoctor: a checkpoint doctor for PyTorch and LLM training runs."""
@@ -201,8 +201,14 @@ def _progress(enabled: bool):
     if not (enabled and sys.stderr.isatty()):
         yield None
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=err.real(),
@@ -222,16 +228,15 @@ def inspect(
                                              "s3://, gs://, hf://, http(s)://).")],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document (schema_version 1).")] = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
-    ram: Annotated[Optional[str], typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
-    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
-    storage_option: StorageOpt = [],  # noqa: B006
+    ram: Annotated[str | None, typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
+    gpu_mem: Annotated[str | None, typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
+    storage_option: StorageOpt = [],
     timeout: TimeoutOpt = 60.0,
 ) -> None:
     """What is this checkpoint: layout, step, files, tensors, pickled globals, whether plain
     torch.load(weights_only=True) loads each file, and the memory a resume needs.
     Metadata only; never imports torch."""
-    from .estimate import estimate, parse_bytes
-    from .estimate import render_text as estimate_text
+    from .estimate import estimate, parse_bytes, render_text as estimate_text
     from .inspect import inspect_path
     from .render import inspect_text, to_json
 
@@ -259,7 +264,7 @@ def validate(
     path: Annotated[str, typer.Argument(help="Checkpoint file or directory (a path or a URL: "
                                              "s3://, gs://, hf://, http(s)://).")],
     consumer: ConsumerOpt = ConsumerChoice.framework,
-    allow: AllowOpt = [],  # noqa: B006 - typer reads the default
+    allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
     load: Annotated[bool, typer.Option("--load", help="Really load each file through the loader chain.")] = False,
     deep: Annotated[bool, typer.Option("--deep", help="Read all bytes: zip CRC32s, NaN/Inf, optimizer shapes.")] = False,
@@ -267,11 +272,11 @@ def validate(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files read in parallel by --deep / manifests (0: one per CPU).")] = 0,
     allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="NaN/Inf in parameters or optimizer state is a warning, not an error.")] = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.text,
-    select: Annotated[list[str], typer.Option("--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],  # noqa: B006
-    ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],  # noqa: B006
+    select: Annotated[list[str], typer.Option("--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],
+    ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
-    framework_version: FrameworkVersionOpt = [],  # noqa: B006
-    storage_option: StorageOpt = [],  # noqa: B006
+    framework_version: FrameworkVersionOpt = [],
+    storage_option: StorageOpt = [],
     timeout: TimeoutOpt = 60.0,
     max_bytes: MaxBytesOpt = None,
 ) -> None:
@@ -345,9 +350,9 @@ def latest(
     run_dir: Annotated[str, typer.Argument(help="Run / output directory holding checkpoints "
                                                 "(a path or a URL).")],
     consumer: ConsumerOpt = ConsumerChoice.framework,
-    allow: AllowOpt = [],  # noqa: B006
-    framework_version: FrameworkVersionOpt = [],  # noqa: B006
-    storage_option: StorageOpt = [],  # noqa: B006
+    allow: AllowOpt = [],  # typer reads the default
+    framework_version: FrameworkVersionOpt = [],
+    storage_option: StorageOpt = [],
     timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Print the newest checkpoint under RUN_DIR that passes validate (stderr says which newer
@@ -373,13 +378,14 @@ def latest(
 @app.command()
 def repair(
     path: Annotated[str, typer.Argument(help="Checkpoint file or directory.")],
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],  # typer reads the default
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
-    backup_dir: Annotated[Optional[Path], typer.Option("--backup-dir", help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
+    backup_dir: Annotated[Path | None, typer.Option("--backup-dir", help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
     no_backup: Annotated[bool, typer.Option("--no-backup", help="Do not keep originals (not recommended).")] = False,
     to: Annotated[str, typer.Option("--to", help="torch (default) or safetensors for pure tensor files.")] = "torch",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before rewriting.")] = False,
-    undo: Annotated[bool, typer.Option("--undo", help="Restore the latest backup of PATH.")] = False,
+    undo: Annotated[bool, typer.Option(
+        "--undo", help="Restore the latest backup of PATH.")] = False,
     consumer: ConsumerOpt = ConsumerChoice.framework,
 ) -> None:
     """Rewrite files so they load with plain torch.load(weights_only=True) and still resume.
@@ -394,8 +400,7 @@ def repair(
     path = _target(path)
     _require(path)
     _check_allow(allow)
-    from .repair import apply_repair, prepare_repair, render_plan, render_result
-    from .repair import undo as run_undo
+    from .repair import apply_repair, prepare_repair, render_plan, render_result, undo as run_undo
     from .repair.model import RepairTarget
 
     if backup_dir is not None and no_backup:
@@ -444,19 +449,19 @@ def convert(
     dst: Annotated[str, typer.Argument(help="Destination file or directory (a path or a new "
                                             "URL prefix).")],
     to: Annotated[str, typer.Option("--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
-    max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
+    max_shard_size: Annotated[str | None, typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
     dtype: Annotated[ConvertDtype, typer.Option("--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the bit-identical re-read.")] = False,
     drop_non_tensors: Annotated[bool, typer.Option("--drop-non-tensors", help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
-    strip_prefix: Annotated[Optional[str], typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
+    strip_prefix: Annotated[str | None, typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
-    add_prefix: Annotated[Optional[str], typer.Option("--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
-    nest: Annotated[Optional[str], typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
-    params: Annotated[Optional[Path], typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
+    add_prefix: Annotated[str | None, typer.Option("--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
+    nest: Annotated[str | None, typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
+    params: Annotated[Path | None, typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Export only the weights of a checkpoint directory; list the training state left behind.")] = False,
-    storage_option: StorageOpt = [],  # noqa: B006
+    storage_option: StorageOpt = [],
     timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
@@ -465,8 +470,7 @@ def convert(
     dst = _target(dst, storage_option, timeout)
     _require(src)
     _check_allow(allow)
-    from .convert import render_result
-    from .convert import convert as run_local
+    from .convert import convert as run_local, render_result
     from .convert.remote import convert_any
 
     def run(src, dst, to, **kw):
@@ -491,19 +495,22 @@ class DiffFormat(str, enum.Enum):
 def diff(
     a: Annotated[Path, typer.Argument(help="First checkpoint (file or directory).")],
     b: Annotated[Path, typer.Argument(help="Second checkpoint (any format or layout).")],
-    resume_equivalent: Annotated[bool, typer.Option("--resume-equivalent", help="Would B continue training exactly as A (bit-identical weights, optimizer, scheduler, RNG, step)?")] = False,
+    resume_equivalent: Annotated[bool, typer.Option(
+        "--resume-equivalent",
+        help="Would B continue training exactly as A (bit-identical weights, optimizer, scheduler, "
+             "RNG, step)?")] = False,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for 'equal'.")] = 1e-5,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for 'equal'.")] = 1e-8,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tensor pairs compared at once (memory grows with it).")] = 1,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=1, help="Tensor pairs compared at once (memory grows with it).")] = 1,
     fmt: Annotated[DiffFormat, typer.Option("--format", help="Output format.")] = DiffFormat.text,
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
 ) -> None:
     """What differs between two checkpoints: keys, shapes, dtypes, values (streamed one tensor
     at a time), step / lr / scheduler / optimizer moments / RNG. Exit 0 equal within
     --rtol/--atol (or resume-equivalent), 1 different, 2 error."""
-    from .diff import diff as run
-    from .diff import exit_code, render_text, to_json
+    from .diff import diff as run, exit_code, render_text, to_json
 
     _require(a)
     _require(b)
@@ -521,12 +528,17 @@ def diff(
 def reshard(
     src: Annotated[Path, typer.Argument(help="DeepSpeed ZeRO-1/2/3 checkpoint (the directory with `latest`, or the tag directory); a DCP directory is reported, not rewritten.")],
     dst: Annotated[Path, typer.Argument(help="New checkpoint directory.")],
-    world_size: Annotated[int, typer.Option("--world-size", min=1, help="Data-parallel ranks to resume on.")],
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip re-reading the output.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
+    world_size: Annotated[int, typer.Option(
+        "--world-size", min=1, help="Data-parallel ranks to resume on.")],
+    strict: Annotated[bool, typer.Option(
+        "--strict",
+        help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
+    no_verify: Annotated[bool, typer.Option(
+        "--no-verify", help="Skip re-reading the output.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing DST (atomically).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    allow: AllowOpt = [],  # noqa: B006
+    allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
 ) -> None:
     """Rewrite a DeepSpeed ZeRO-1/2/3 checkpoint saved on N ranks for --world-size M ranks,
@@ -534,8 +546,7 @@ def reshard(
     reshards on load: for a DCP checkpoint this says so, CK737, and writes nothing.)"""
     _require(src)
     _check_allow(allow)
-    from .reshard import render
-    from .reshard import reshard as run
+    from .reshard import render, reshard as run
 
     result = run(src, dst, world_size, strict=strict, verify=not no_verify,
                  overwrite=overwrite, allow=tuple(allow), trust=trust)
@@ -563,8 +574,9 @@ def _check_prefixes(prefixes: list[str]) -> None:
 
 @app.command()
 def codes(
-    prefix: Annotated[Optional[str], typer.Argument(help="A code or prefix: CK101, CK4.")] = None,  # noqa: UP007
-    markdown: Annotated[bool, typer.Option("--markdown", help="The docs table (docs/validate.md).")] = False,
+    prefix: Annotated[str | None, typer.Argument(help="A code or prefix: CK101, CK4.")] = None,
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="The docs table (docs/validate.md).")] = False,
 ) -> None:
     """List the stable finding codes, their severity, meaning and what to do."""
     from .codes import lookup, markdown_table
@@ -576,7 +588,8 @@ def codes(
     if not found:
         raise UsageError.of(Code.BAD_PREFIX, prefix or "", "matches no finding code")
     for c in found:
-        _emit(f"{c.code}  {c.severity}  {c.explanation}" + (f"\n       fix: {c.fix}" if c.fix else ""))
+        _emit(f"{c.code}  {c.severity}  {c.explanation}"
+              + (f"\n       fix: {c.fix}" if c.fix else ""))
     raise typer.Exit(EXIT_OK)
 
 

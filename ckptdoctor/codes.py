@@ -88,7 +88,8 @@ class Code(enum.Enum):
         'download whole objects to inspect them',
         'serve the files from a range-capable server, or download them')
     FRAMEWORK_VERSION = ("CK090", Severity.ERROR, "--framework-version is not NAME=VERSION",
-        '`--framework-version` is not `NAME=VERSION` with NAME one of torch, transformers, accelerate, deepspeed, lightning, peft (exit 2)',
+        '`--framework-version` is not `NAME=VERSION` with NAME one of torch, transformers, '
+        'accelerate, deepspeed, lightning, peft (exit 2)',
         'e.g. `--framework-version deepspeed=0.15.4`')
     BAD_PREFIX = ("CK091", Severity.ERROR, "--select / --ignore prefix matches no code",
         '`--select` / `--ignore` PREFIX matches no finding code (a typo would silently select '
@@ -108,7 +109,8 @@ class Code(enum.Enum):
         '`ckptdoctor repair`, or the allow-list in the hint')
     WEIGHTS_ONLY_UNFIXABLE = ("CK104", Severity.WARNING,
                               "torch.load(weights_only=True) fails and no allow-list helps",
-        'plain `torch.load(weights_only=True)` fails and no allow-list helps (protocol > 2 opcodes, `defaultdict`, blocked modules)',
+        'plain `torch.load(weights_only=True)` fails and no allow-list helps (protocol > 2 '
+        'opcodes, `defaultdict`, blocked modules)',
         '`ckptdoctor repair` re-saves it')
     PICKLE_MALFORMED = ("CK105", Severity.ERROR, "pickle stream is malformed or truncated",
         'pickle stream malformed or truncated',
@@ -125,18 +127,22 @@ class Code(enum.Enum):
         '`ckptdoctor repair` re-saves with protocol 2')
     TORCH_WEIGHTS_ONLY_CVE = ("CK110", Severity.WARNING,
                               "installed torch has a known weights_only hole (CVE)",
-        'the installed torch is older than 2.6 (CVE-2025-32434: weights_only can run code) or 2.10 (CVE-2026-24747: weights_only memory corruption); stated whenever a file is judged by `torch.load(weights_only=True)`',
+        'the installed torch is older than 2.6 (CVE-2025-32434: weights_only can run code) or 2.10 '
+        '(CVE-2026-24747: weights_only memory corruption); stated whenever a file is judged by '
+        '`torch.load(weights_only=True)`',
         'upgrade torch before loading files you did not write')
     # scan states (fail closed) and reader differentials
     SCAN_INCONCLUSIVE = ("CK120", Severity.ERROR,
                          "scan inconclusive: not every byte the consumer reads was scanned",
-        'scan inconclusive (a cap hit, readers disagree, a record unreadable): not every byte the consumer reads was scanned',
+        'scan inconclusive (a cap hit, readers disagree, a record unreadable): not every byte the '
+        'consumer reads was scanned',
         'never load it; nothing overrides this')
     SCAN_FAILED = ("CK121", Severity.ERROR, "the scan of this file could not run",
         'the scan of this file could not run (internal error)',
         'report it; the file is treated as not loadable')
     POLYGLOT = ("CK122", Severity.ERROR, "file is also a valid pickle (polyglot)",
-        'the file is also a valid pickle (polyglot): `torch.load(weights_only=False)` would unpickle it',
+        'the file is also a valid pickle (polyglot): `torch.load(weights_only=False)` would '
+        'unpickle it',
         'treat as hostile')
     CVE_PATTERN = ("CK123", Severity.ERROR,
                    "SETITEM(S) into a non-dict: the CVE-2026-24747 exploit pattern",
@@ -180,12 +186,14 @@ class Code(enum.Enum):
         'load on a matching machine')
     ZIP_READERS_DIFFER = ("CK220", Severity.ERROR,
                           "zip readers disagree: torch's reader sees other records than zipfile",
-        "zip readers disagree: torch's reader (miniz: declared central-directory offset) sees other records than Python's `zipfile`",
+        "zip readers disagree: torch's reader (miniz: declared central-directory offset) sees "
+        "other records than Python's `zipfile`",
         'treat as hostile')
     ZIP_ENTRY_FLAGS = ("CK221", Severity.ERROR,
                        "zip record has encryption/patch flags, a CRC mismatch or a local name "
                        "that differs from the central directory",
-        'zip record with encryption/patch flag bits, a CRC mismatch, or a local-header name that differs from the central directory',
+        'zip record with encryption/patch flag bits, a CRC mismatch, or a local-header name that '
+        'differs from the central directory',
         'treat as hostile')
 
     # safetensors
@@ -242,12 +250,17 @@ class Code(enum.Enum):
         'optimizer shard count differs from the world size / `partition_count`',
         'a rank did not save; use the previous checkpoint')
     ADAPTER_EMPTY = ("CK410", Severity.ERROR, "PEFT adapter holds no tensors",
-        'PEFT adapter holds no tensors, or only zero-sized ones (saved under ZeRO-3 without gathering). peft 0.21: no tensors load with only a "Found missing adapter keys" warning (a fresh adapter, i.e. the base model); zero-sized tensors raise `size mismatch ... torch.Size([0])`',
+        'PEFT adapter holds no tensors, or only zero-sized ones (saved under ZeRO-3 without '
+        'gathering). peft 0.21: no tensors load with only a "Found missing adapter keys" warning '
+        '(a fresh adapter, i.e. the base model); zero-sized tensors raise `size mismatch ... '
+        'torch.Size([0])`',
         're-save the adapter from a gathered model')
     ADAPTER_MISMATCH = ("CK411", Severity.ERROR, "PEFT adapter tensors do not match its config",
-        "PEFT adapter tensors do not match its config's rank (lora_A / lora_B shapes, a missing half)",
+        "PEFT adapter tensors do not match its config's rank (lora_A / lora_B shapes, a missing "
+        "half)",
         're-save the adapter')
-    DCP_STORAGE = ("CK412", Severity.ERROR, "DCP storage file missing or shorter than metadata says",
+    DCP_STORAGE = ("CK412", Severity.ERROR,
+                   "DCP storage file missing or shorter than metadata says",
         'DCP storage file missing or shorter than `.metadata` says',
         'a rank did not finish; use the previous checkpoint')
     TRACKER_MISSING = ("CK413", Severity.ERROR, "checkpoint tracker file missing or invalid",
@@ -268,15 +281,19 @@ class Code(enum.Enum):
         'copy it from another step if consolidation or eval need it')
     LOAD_NOT_NEEDED = ("CK421", Severity.WARNING,
                        "file does not load, but the resume never reads it or survives the failure",
-        "a file does not load (or is damaged), but the resume never reads it (HF `training_args.bin`, a DeepSpeed tag `latest` does not name) or catches the failure (accelerate's RNG restore); `detail.was` keeps the original code",
+        "a file does not load (or is damaged), but the resume never reads it (HF "
+        "`training_args.bin`, a DeepSpeed tag `latest` does not name) or catches the failure "
+        "(accelerate's RNG restore); `detail.was` keeps the original code",
         'nothing for the resume; repair it if other tools read it')
     NEWER_TAG_BROKEN = ("CK422", Severity.WARNING,
                         "a tag newer than 'latest' is incomplete; resume uses 'latest'",
-        'DeepSpeed: a tag other than the one `latest` names is incomplete (a newer save cut short); `load_checkpoint` resumes from `latest`',
+        'DeepSpeed: a tag other than the one `latest` names is incomplete (a newer save cut '
+        'short); `load_checkpoint` resumes from `latest`',
         'delete the broken tag once `latest` is confirmed good')
     OLDER_TAG_RESUMABLE = ("CK423", Severity.INFO,
                            "'latest' names a broken tag; an older complete tag can be resumed",
-        'DeepSpeed: `latest` names a broken tag and an older tag is complete; says how to resume it (`engine.load_checkpoint(dir, tag=...)`)',
+        'DeepSpeed: `latest` names a broken tag and an older tag is complete; says how to resume '
+        'it (`engine.load_checkpoint(dir, tag=...)`)',
         '`ckptdoctor repair DIR` points `latest` at it (the old one is backed up)')
     ADAPTER_TARGET_UNUSED = ("CK424", Severity.WARNING,
                              "PEFT target_modules without LoRA tensors in the adapter",
@@ -285,7 +302,8 @@ class Code(enum.Enum):
 
     # deep
     NONFINITE = ("CK501", Severity.ERROR, "tensor holds NaN or Inf",
-        'tensor holds NaN or Inf (`--deep`); a warning in bookkeeping (callbacks) or with `--allow-nonfinite`',
+        'tensor holds NaN or Inf (`--deep`); a warning in bookkeeping (callbacks) or with '
+        '`--allow-nonfinite`',
         'training diverged before the save: use an earlier checkpoint')
     OPTIM_SHAPE = ("CK502", Severity.ERROR, "optimizer state shape differs from its parameter",
         'optimizer state shape differs from its parameter (`--deep`)',
@@ -322,7 +340,8 @@ class Code(enum.Enum):
     LEFTOVER_WRITE = ("CK703", Severity.WARNING, "leftover from an interrupted ckptdoctor write",
         '',
         '`ckptdoctor repair` cleans it')
-    KEPT_ALLOWLISTED = ("CK704", Severity.INFO, "object kept and allow-listed (rewrite would break resume)",
+    KEPT_ALLOWLISTED = ("CK704", Severity.INFO, "object kept and allow-listed (rewrite would break "
+                                                "resume)",
         'object kept and allow-listed (a rewrite would break resume)',
         'load with the written allow-list')
     CONVERT_FAILED = ("CK705", Severity.ERROR, "conversion failed; no output written",
@@ -333,14 +352,17 @@ class Code(enum.Enum):
         '',
         'report it')
     CONVERT_NON_TENSOR = ("CK707", Severity.INFO,
-                          "non-tensor entries not stored in the tensor file (JSON sidecar or dropped)",
+                          "non-tensor entries not stored in the tensor file (JSON sidecar or "
+                          "dropped)",
         'non-tensor entries kept in a JSON sidecar or dropped',
         'none')
-    CONVERT_ALIAS = ("CK708", Severity.INFO, "shared tensor stored once; alias recorded in metadata",
+    CONVERT_ALIAS = ("CK708", Severity.INFO,
+                     "shared tensor stored once; alias recorded in metadata",
         'shared tensor stored once; alias recorded',
         'none')
     CONVERT_SKIPPED = ("CK709", Severity.WARNING,
-                       "entries left out of the output (no --strip-prefix match, or training state)",
+                       "entries left out of the output (no --strip-prefix match, or training "
+                       "state)",
         'entries left out of the output',
         'check `--strip-prefix`')
     WRITE_FAILED = ("CK710", Severity.ERROR,
@@ -349,14 +371,16 @@ class Code(enum.Enum):
         'free space or fix permissions, run again')
     CONVERT_CARRIED = ("CK730", Severity.INFO,
                        "config / tokenizer files carried over from the source or its run directory",
-        'config / tokenizer files carried over from the checkpoint or its run directory (`convert`)',
+        'config / tokenizer files carried over from the checkpoint or its run directory '
+        '(`convert`)',
         'none')
     CONVERT_NO_CONFIG = ("CK731", Severity.WARNING,
                          "no config.json found to carry over; from_pretrained needs one",
         'no `config.json` found to carry over; `from_pretrained` needs one',
         "copy the model's `config.json` next to the weights")
     CONVERT_LEFT_BEHIND = ("CK732", Severity.WARNING,
-                           "training state left behind by --weights-only (files listed with their state)",
+                           "training state left behind by --weights-only (files listed with their "
+                           "state)",
         'training state left behind by `convert --weights-only`, listed with its state',
         'resume from a complete checkpoint, or restart from these weights')
     CONVERT_PARAMS = ("CK733", Severity.WARNING,
@@ -367,10 +391,12 @@ class Code(enum.Enum):
         '',
         'see the message')
     RESHARD_PER_RANK = ("CK735", Severity.WARNING,
-                        "per-rank state that cannot be split differs between ranks; copied from rank 0",
+                        "per-rank state that cannot be split differs between ranks; copied from "
+                        "rank 0",
         'per-rank state that cannot be split differs between ranks; copied from rank 0 (`reshard`)',
         're-seed per-rank RNG / data order, or `--strict` to refuse')
-    RESHARD_DONE = ("CK736", Severity.INFO, "checkpoint resharded to a new data-parallel world size",
+    RESHARD_DONE = ("CK736", Severity.INFO,
+                    "checkpoint resharded to a new data-parallel world size",
         '',
         'none')
     RESHARD_DCP_ON_LOAD = ("CK737", Severity.INFO,
@@ -421,7 +447,8 @@ class Code(enum.Enum):
     DIFF_ZERO = ("CK908", Severity.INFO, "tensor is all zeros",
         '`diff`: tensor is all zeros (e.g. an untrained LoRA `lora_B`)',
         'check the adapter was trained / saved after training')
-    DIFF_STATE = ("CK909", Severity.WARNING, "training state differs (step, epoch, lr, scheduler, values)",
+    DIFF_STATE = ("CK909", Severity.WARNING, "training state differs (step, epoch, lr, scheduler, "
+                                             "values)",
         '`diff`: training state differs (step, epoch, lr, scheduler, other values)',
         'expected between steps')
     DIFF_RNG = ("CK910", Severity.WARNING, "RNG state differs",
@@ -429,7 +456,8 @@ class Code(enum.Enum):
         'expected between steps; breaks exact resume otherwise')
     DIFF_STATE_MISSING = ("CK911", Severity.ERROR,
                           "training state present on one side only: resume restarts it",
-        '`diff`: optimizer / scheduler / RNG state on one side only: resuming from the other restarts it',
+        '`diff`: optimizer / scheduler / RNG state on one side only: resuming from the other '
+        'restarts it',
         'resume from a checkpoint that has it')
     DIFF_RANKS = ("CK912", Severity.WARNING, "per-rank files differ",
         '`diff`: per-rank files differ',
@@ -466,7 +494,8 @@ class Code(enum.Enum):
 
 
 BY_CODE = {c.value: c for c in Code}
-TABLE_START = "<!-- codes:start (generated from ckptdoctor/codes.py: `ckptdoctor codes --markdown`) -->"
+TABLE_START = ("<!-- codes:start (generated from ckptdoctor/codes.py: "
+               "`ckptdoctor codes --markdown`) -->")
 TABLE_END = "<!-- codes:end -->"
 
 

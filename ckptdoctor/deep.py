@@ -19,7 +19,7 @@ from typing import Any
 
 from .codes import Code
 from .model import FileInfo, Finding, FormatName, Report, Severity
-from .stream import FileOutcome  # noqa: F401 - the outcome of a file's pass lives in stream.py
+from .stream import FileOutcome  # the outcome of a file's pass lives in stream.py
 
 Progress = Callable[[str, int], None]
 # Tensors under these top-level keys are bookkeeping, not parameters or optimizer state: a
@@ -94,7 +94,7 @@ def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
     if deep and f.format in (FormatName.TORCH_ZIP, FormatName.SAFETENSORS, FormatName.DCP_SHARD):
         try:
             regions = plan_regions(path, f)
-        except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
+        except Exception as exc:  # zipfile raises many types on hostile input
             before.append(Code.ZIP_CORRUPT.finding(rel, f"cannot verify CRCs: {exc}"))
             deep = False
     out = stream_file(path, rel, regions, want_hash, progress, overlap=overlap,
@@ -193,7 +193,7 @@ def optimizer_checks(root: Path, report: Report) -> list[Finding]:
     by_dir: dict[str, list[FileInfo]] = {}
     for f in report.files:
         by_dir.setdefault(f.path.rpartition("/")[0], []).append(f)
-    for d, files in sorted(by_dir.items()):
+    for _dir, files in sorted(by_dir.items()):
         weights: dict[str, tuple[int, ...]] = {}
         for f in files:
             if _is_weights_file(f) and deep_eligible(f):
@@ -210,10 +210,11 @@ def optimizer_checks(root: Path, report: Report) -> list[Finding]:
             for g in groups if isinstance(groups, SymList) else []:
                 params = lookup(g, "params") if isinstance(g, SymDict) else None
                 names = lookup(g, "param_names") if isinstance(g, SymDict) else None
-                ids = [p for p in params if isinstance(p, int)] if isinstance(params, SymList) else []
+                ids = [p for p in params if isinstance(p, int)] \
+                    if isinstance(params, SymList) else []
                 nms = [n if isinstance(n, str) else None for n in names] \
                     if isinstance(names, SymList) and len(names) == len(ids) else [None] * len(ids)
-                order.extend(zip(ids, nms))
+                order.extend(zip(ids, nms, strict=True))
             out.extend(_shape_findings(f.path, f, order, weights))
     return out
 

@@ -117,7 +117,7 @@ class Group:
         bufs = [torch.zeros(top, dtype=torch.uint8) for _ in range(self.world)]
         self._dist.all_gather(bufs, mine)
         out: list[FileOutcome] = []
-        for buf, size in zip(bufs, sizes):
+        for buf, size in zip(bufs, sizes, strict=True):
             out.extend(_outcome(d) for d in json.loads(bytes(buf[: int(size.item())].numpy())))
         return out
 

@@ -78,11 +78,11 @@ def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
                                         f"{exc.finding.message}"])
         return Equivalence(False, reasons=[f"the diff cannot read the rewritten file: "
                                            f"{exc.finding.message}"])
-    except Exception as exc:  # noqa: BLE001 - a reader that breaks on an odd object
+    except Exception as exc:  # a reader that breaks on an odd object
         why = f"{type(exc).__name__}: {exc}"[:300]
         try:
             diffmod.open_side(original, tuple(allow), trust).close()
-        except Exception:  # noqa: BLE001 - DiffError or the same failure on the original
+        except Exception:  # DiffError or the same failure on the original
             return Equivalence(False, original_unreadable=why,
                                reasons=[f"the diff cannot read the original: {why}"])
         return Equivalence(False, reasons=[f"the diff failed on the rewritten file: {why}"])

@@ -56,7 +56,8 @@ class MemoryEstimate:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "checkpoint": self.checkpoint, "params": self.params, "weights_bytes": self.weights_bytes,
+            "checkpoint": self.checkpoint, "params": self.params,
+            "weights_bytes": self.weights_bytes,
             "grads_bytes": self.grads_bytes, "optimizer_bytes": self.optimizer_bytes,
             "optimizer_recorded": self.optimizer_recorded, "world_size": self.world_size,
             "sharding": self.sharding, "gpu_per_rank": self.gpu_per_rank,
@@ -237,7 +238,8 @@ def human(n: int | float) -> str:
 
 def render_text(est: MemoryEstimate) -> str:
     """The estimate as a few lines (appended to inspect's text)."""
-    lines = [f"resume memory of {est.checkpoint} (estimate from metadata): {est.params:,} parameters, "
+    lines = [f"resume memory of {est.checkpoint} (estimate from metadata): {est.params:,} "
+             "parameters, "
              f"weights {human(est.weights_bytes)}, gradients {human(est.grads_bytes)}, optimizer "
              f"{human(est.optimizer_bytes)}{'' if est.optimizer_recorded else ' (assumed AdamW)'}",
              f"  per rank ({est.sharding}, world size {est.world_size}): GPU "

@@ -6,14 +6,13 @@ import dataclasses
 import os
 import re
 import shlex
-from pathlib import Path
 
 from .codes import Code
+from .formats import detect_file
 from .layouts import checkpoint_paths, describe_file, detect_layout, find_checkpoints
 from .layouts.base import DirView
 from .layouts.versions import Env
 from .model import Finding, FormatName, LayoutInfo, Report
-from .formats import detect_file
 from .storage import RemoteReadError, as_path, io_stats, is_remote, is_url
 
 
@@ -93,13 +92,14 @@ def inspect_view(path: str | os.PathLike, env: Env | None = None
             shown, f"{shown}: no such file or directory")]), None
     if not p.is_dir():
         info = detect_file(p, p.name)
-        layout = describe_file(p, info) if info.format != FormatName.UNKNOWN or info.size else \
+        described = describe_file(p, info) if info.format != FormatName.UNKNOWN or info.size else \
             LayoutInfo("file", "")
-        return Report(shown, layout, files=[info]), None
+        return Report(shown, described, files=[info]), None
     view = DirView(p, env=env)
     report = Report(shown, LayoutInfo("directory", ""))
     if view.truncated:
-        report.findings.append(Code.TOO_MANY_FILES.finding("", f"stopped after {len(view.files)} files"))
+        report.findings.append(Code.TOO_MANY_FILES.finding("", f"stopped after {len(view.files)} "
+                                                               "files"))
     if not view.files:
         report.findings.append(Code.EMPTY_DIR.finding("", f"{shown}: directory holds no files"))
         return report, view

@@ -20,8 +20,11 @@ imported inside functions only, so importing this module stays cheap."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,13 +32,8 @@ from typing import Any, Protocol
 from .codes import Code
 from .diagnose import diagnose, key_line
 from .errors import LoadError
-import contextlib
-import pickle
-import sys
-
 from .model import FileInfo, Finding, FormatName, GlobalClass, ScanState
-from .pickles.policy import (AllowListError, NotVouchedError, Verdict, require,
-                             vet)
+from .pickles.policy import AllowListError, NotVouchedError, Verdict, require, vet
 from .pickles.unpickler import RefusedGlobal, vetted_pickle_module
 from .standins import is_standin, refuse_dangerous, resolve_allowlist
 
@@ -102,25 +100,25 @@ class Strategy(Protocol):
     def attempt(self, path: Path, ctx: LoadContext) -> Attempt: ...
 
 
-def _timed(name: str, run, **extra) -> Attempt:
+def _timed(name: str, run: Callable[[], Any], **extra: Any) -> Attempt:
     """Run `run()` (returns the loaded object) into an Attempt; exceptions become failures."""
     start = time.perf_counter()
     try:
         with sandboxed():
             obj = run()
-    except BaseException as exc:  # noqa: BLE001 - SystemExit from a payload is data here too
+    except BaseException as exc:  # SystemExit from a payload is data here too
         return Attempt(name, "failed", type(exc).__name__, key_line(exc) or type(exc).__name__,
                        time.perf_counter() - start, **extra)
     return Attempt(name, "loaded", seconds=time.perf_counter() - start, obj=obj, **extra)
 
 
 @contextlib.contextmanager
-def sandboxed():
+def sandboxed() -> Iterator[None]:
     """stdin is /dev/null (sys.stdin and file descriptor 0) while a load runs: nothing a file
     triggers can block on a terminal or read what a pipe feeds the process."""
     saved_obj = sys.stdin
     saved_fd = None
-    devnull = open(os.devnull, "r")  # noqa: SIM115 - closed below
+    devnull = open(os.devnull)  # noqa: SIM115 - closed below
     try:
         try:
             saved_fd = os.dup(0)
@@ -249,7 +247,7 @@ def _not_loadable(static: FileInfo | None) -> str:
 def _trust_refusal(path: Path, ctx: LoadContext) -> str:
     static = ctx.static
     reason = _not_loadable(static)
-    if reason:
+    if reason or static is None:  # _not_loadable refuses an unscanned file
         return reason
     if static.weights_only is None and static.format not in (FormatName.SAFETENSORS,):
         return "the file's pickle could not be scanned, so nothing vouches it runs no code"
@@ -293,7 +291,7 @@ def _is_safetensors(path: Path, static: FileInfo | None) -> bool:
     return unknown and path.suffix == ".safetensors"
 
 
-def load_with_chain(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = (),
+def load_with_chain(path: str | os.PathLike[str], allow: tuple[str, ...] | list[str] = (),
                     trust: bool = False, map_location: Any = "cpu", mmap: bool = True, *,
                     static: FileInfo | None = None, rel: str | None = None,
                     layout: str | None = None,
@@ -393,7 +391,8 @@ def safe_load(f: Any, map_location: Any = "cpu", pickle_module: Any = None, *,
 
 
 @contextlib.contextmanager
-def allow_for(path: str | os.PathLike, allow: tuple[str, ...] | list[str] = ()):
+def allow_for(path: str | os.PathLike[str], allow: tuple[str, ...] | list[str] = ()
+              ) -> Iterator[list[str]]:
     """Inside this block, torch.load(..., weights_only=True) also accepts the data-only
     allow-list ckptdoctor computes for `path` (a file or a checkpoint directory): every name
     its scan lists that passes policy.vet (reviewed data names, and `allow`). Nothing is

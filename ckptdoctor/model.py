@@ -3,9 +3,8 @@ functions over them (see render.py), so JSON never loses what the human view sho
 
 from __future__ import annotations
 
-import math
-
 import enum
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +20,7 @@ class Severity(enum.IntEnum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, text: str) -> "Severity":
+    def parse(cls, text: str) -> Severity:
         return cls[text.upper()]
 
 
@@ -75,7 +74,7 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "code": self.code,
             "severity": str(self.severity),
             "path": self.path,

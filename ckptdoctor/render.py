@@ -13,15 +13,14 @@ from rich.text import Text
 from . import __version__
 from .codes import BY_CODE
 from .layouts import summary_keys
-from .model import (FileInfo, Finding, FormatName, Report, Severity, sorted_findings,
-                    tensor_summary)
+from .model import FileInfo, Finding, FormatName, Report, Severity, sorted_findings, tensor_summary
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 CLASS_STYLE = {"dangerous": "bold red", "unknown": "magenta", "data": "yellow",
                "torch-allowed": "green"}
 
 
-def human_bytes(n: int | None) -> str:
+def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -54,7 +53,7 @@ def to_json(report: Report, with_tensors: bool = False, findings: list[Finding] 
     doc = report.to_json(with_tensors)
     if findings is not None:
         doc["findings"] = [f.to_json() for f in sorted_findings(findings)]
-    for info, entry in zip(report.files, doc.get("files", [])):
+    for info, entry in zip(report.files, doc.get("files", []), strict=True):
         verdict = unreadable_verdict(info)
         if verdict is not None:
             entry["weights_only"] = verdict
@@ -93,7 +92,8 @@ def inspect_text(report: Report, with_tensors: bool = False, width: int = 110,
     files = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     files.add_column("file", no_wrap=True)
     for col in ("format", "size", "tensors", "params", "weights_only"):
-        files.add_column(col, no_wrap=True, justify="right" if col in ("size", "tensors", "params") else "left")
+        files.add_column(col, no_wrap=True,
+                         justify="right" if col in ("size", "tensors", "params") else "left")
     for f in report.files:
         s = tensor_summary(f.tensors)
         files.add_row(f.path, f.format, human_bytes(f.size), str(s["count"] or ""),

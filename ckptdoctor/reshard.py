@@ -318,6 +318,9 @@ def _plan(osds: list, shapes: list, ckpt: ZeroCheckpoint, world: int, files: lis
         numels = [int(torch.Size(s).numel()) for s in group_shapes.values()]
         pads = osds[0].get("param_alignment_paddings")
         ppad = list(pads[i]) if pads else [0] * len(numels)
+        if len(ppad) != len(numels):
+            raise _err(files[0], f"group {i}: {len(ppad)} alignment paddings for "
+                                 f"{len(numels)} parameters")
         padded = sum(numels) + sum(ppad)
         fp32 = [osd["single_partition_of_fp32_groups"][i] for osd in osds]
         flat = _Flat(fp32)
@@ -345,7 +348,7 @@ def _plan(osds: list, shapes: list, ckpt: ZeroCheckpoint, world: int, files: lis
                 scalars[key] = v
         size, new_pads = partition_layout(padded, world)
         offsets, pos = [], 0
-        for n, p in zip(numels, ppad):
+        for n, p in zip(numels, ppad, strict=True):
             offsets.append(pos)
             pos += n + p
         plan.append({"group": i, "names": names, "numels": numels, "offsets": offsets,
@@ -427,7 +430,7 @@ def _rank_state(state0: dict, plan: list, r: int, world: int, scratch: _Scratch)
             st[key] = _lazy(f"{key}.{g['group']}", flat, start, real_end, size, scratch)
         base_state[g["group"]] = st
         mapping = {}
-        for name, off, n in zip(g["names"], g["offsets"], g["numels"]):
+        for name, off, n in zip(g["names"], g["offsets"], g["numels"], strict=True):
             lo, hi = max(off, start), min(off + n, end)
             if lo < hi and template is not None:
                 mapping[name] = _fragment(template, hi - lo, lo - start)
@@ -451,7 +454,6 @@ def _verify(tagdir: Path, names: list[str], plan: list, opts: Options, world: in
     optimizer moments must equal the old ones concatenated; paddings hold zeros; every rank's
     partition has the size DeepSpeed gives it. One rank file at a time, its pages dropped after
     (the memory bound holds for the check too)."""
-    import torch
 
     from .convert.common import MAPPED, release_tensor
 

@@ -97,10 +97,10 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
                   staging_dir: Path, scratch: Any) -> tuple[list[str], int, int]:
     """Write the ZeRO-3 checkpoint `ckpt` (a ZeroCheckpoint) for `world` ranks into
     staging_dir/<tag>. Returns (optimizer file names, parameters, sub-groups)."""
+    import torch
+
     from .convert.torch_writer import TensorRef, refs_for_tensors, write_torch_zip
     from .reshard import _canon, _err, _rank_of
-
-    import torch
 
     optim_files = sorted(ckpt.tag.glob("*_optim_states.pt"), key=_rank_of)
     model_files = sorted(ckpt.tag.glob("*_model_states.pt"), key=_rank_of)

@@ -32,16 +32,21 @@ pickle) and give plain Python / torch values with `.to_primitive()`.
 
 from __future__ import annotations
 
-import math
-
 import builtins
 import functools
 import importlib
+import math
 from collections.abc import Collection, Iterable
 from typing import Any, ClassVar
 
-from .pickles.policy import (AllowListError, DangerousGlobalError, NotVouchedError, Verdict,
-                              require, vet)
+from .pickles.policy import (
+    AllowListError,
+    DangerousGlobalError,
+    NotVouchedError,
+    Verdict,
+    require,
+    vet,
+)
 
 # Arrays up to this many elements become lists in to_primitive(); bigger numeric ones tensors.
 # (A numpy MT19937 key has 624 elements: consumers call np.random.set_state on a list.)
@@ -75,6 +80,9 @@ class StandIn:
     saved into a checkpoint by accident."""
 
     standin_name: ClassVar[str] = "StandIn"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
 
     def __new__(cls, *args: Any, **kwargs: Any):
         self = object.__new__(cls)
@@ -124,7 +132,7 @@ def standin_for(name: str, enum: bool | None = None) -> type[StandIn]:
     return _standin_class(name, name in KNOWN_ENUMS if enum is None else enum)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _standin_class(name: str, enum: bool) -> type[StandIn]:
     module, _, qual = name.rpartition(".")
     base = EnumStandIn if enum else StandIn
@@ -366,7 +374,7 @@ def resolve_allowlist(names: Iterable[str], user_vouched: Collection[str] = ()
             obj = import_dotted(numpy_location(name))
         except ModuleReached as exc:
             raise DangerousGlobalError(str(exc), [name]) from None
-        except Exception:  # noqa: BLE001 - not installed, or its import fails on this machine
+        except Exception:  # not installed, or its import fails on this machine
             obj = _numpy_standin(name) if name.startswith("numpy.") else standin_for(name)
         out.append((obj, name))
     return out

@@ -25,10 +25,11 @@ import re
 import stat as stat_mod
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .codes import Code
@@ -136,7 +137,7 @@ class Session:
             return getattr(self.fs, name)(*args, **kwargs)
         except FileNotFoundError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every backend raises its own types
+        except Exception as exc:  # every backend raises its own types
             raise self._error(exc) from None
 
     def _error(self, exc: BaseException) -> RemoteReadError:
@@ -349,7 +350,7 @@ class Session:
                                   "run") from None
         except RemoteReadError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # every backend raises its own types
             raise self._error(exc) from None
         self._count(len(data))
         if len(data) != end - start:
@@ -365,7 +366,7 @@ class Session:
 
         async def get() -> tuple[bytes, str | None]:
             kw = {"IfMatch": etag} if etag else {}
-            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key,  # noqa: SLF001
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key,
                                           Range=f"bytes={start}-{end - 1}", **kw)
             try:
                 return await resp["Body"].read(), resp.get("ETag")
@@ -374,7 +375,7 @@ class Session:
 
         try:
             data, got = sync(self.fs.loop, get, timeout=self.timeout)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # every backend raises its own types
             raise self._error(exc) from None
         if etag and got and got != etag:
             raise RemoteReadError(Code.REMOTE_CHANGED, f"the object changed during the run "
@@ -400,7 +401,7 @@ class Session:
 
         try:
             status, headers, data = sync(self.fs.loop, get, timeout=self.timeout)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # every backend raises its own types
             raise self._error(exc) from None
         if status == 412:
             raise RemoteReadError(Code.REMOTE_CHANGED, "the object changed during the run "
@@ -446,7 +447,7 @@ class RemotePath:
         self.path = path.rstrip("/") or path
 
     # -- pure path --
-    def __truediv__(self, rel: str | os.PathLike) -> "RemotePath":
+    def __truediv__(self, rel: str | os.PathLike) -> RemotePath:
         rel = str(rel).replace("\\", "/")
         if not rel or rel == ".":
             return self
@@ -468,13 +469,13 @@ class RemotePath:
         return posixpath.splitext(self.name)[0]
 
     @property
-    def parent(self) -> "RemotePath":
+    def parent(self) -> RemotePath:
         head, sep, tail = self.path.partition("://")
         base = tail if sep else self.path
         up = posixpath.dirname(base) or base
         return RemotePath(self.session, f"{head}://{up}" if sep else up)
 
-    def relative_to(self, other: "RemotePath") -> Path:
+    def relative_to(self, other: RemotePath) -> Path:
         if self.path == other.path:
             return Path(".")
         if not self.path.startswith(other.path + "/"):
@@ -531,7 +532,7 @@ class RemotePath:
     def is_symlink(self) -> bool:
         return False  # object stores have no links
 
-    def open(self, mode: str = "rb") -> "RangedFile":
+    def open(self, mode: str = "rb") -> RangedFile:
         if mode != "rb":
             raise PermissionError(13, "remote paths are read-only here", str(self))
         return RangedFile(self)
@@ -754,15 +755,15 @@ def _abort_multipart(session: Session, prefix: RemotePath) -> None:
     bucket, key, _ = session.fs.split_path(prefix.path)
 
     async def abort() -> None:
-        listed = await session.fs._call_s3("list_multipart_uploads", Bucket=bucket,  # noqa: SLF001
+        listed = await session.fs._call_s3("list_multipart_uploads", Bucket=bucket,
                                            Prefix=key)
         for up in listed.get("Uploads", []):
-            await session.fs._call_s3("abort_multipart_upload", Bucket=bucket,  # noqa: SLF001
+            await session.fs._call_s3("abort_multipart_upload", Bucket=bucket,
                                       Key=up["Key"], UploadId=up["UploadId"])
 
     try:
         sync(session.fs.loop, abort, timeout=session.timeout)
-    except Exception:  # noqa: BLE001 - best effort after a failure that is reported anyway
+    except Exception:  # best effort after a failure that is reported anyway
         pass
 
 
@@ -821,7 +822,7 @@ def open_session(url: str, options: dict[str, Any] | None = None, *,
         raise StorageError(Code.REMOTE_URL, f"{proto}:// is not a storage protocol fsspec "
                            "knows (s3, gs, hf, http, https, file, ...)")
     if proto in ("http", "https"):
-        import aiohttp  # noqa: F401 - checked here so a missing extra is one line
+        import aiohttp  # checked here so a missing extra is one line
 
     extra = EXTRAS.get(proto)
     # a fresh filesystem per run: fsspec caches instances and their listings, and a stale
@@ -831,7 +832,7 @@ def open_session(url: str, options: dict[str, Any] | None = None, *,
         options.setdefault("use_listings_cache", False)
     hook = _Hook()
     if proto in ("http", "https"):
-        import aiohttp
+        import aiohttp  # checked here so a missing extra is one line
 
         trace = aiohttp.TraceConfig()
         trace.on_request_start.append(hook.aiohttp)
@@ -881,7 +882,7 @@ def _hook_s3(session: Session, hook: _Hook) -> bool:
     try:
         sync(session.fs.loop, session.fs.set_session, timeout=session.timeout)
         session.fs.s3.meta.events.register("before-send.s3", hook.botocore)
-    except Exception:  # noqa: BLE001 - counting falls back to ckptdoctor's own calls
+    except Exception:  # best effort after a failure that is reported anyway
         return False
     return True
 

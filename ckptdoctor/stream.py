@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from .codes import Code
-from .model import FileInfo, Finding
-
 from .model import FileInfo, Finding, FormatName
 from .storage import is_remote, open_binary, open_stream, stat
 
@@ -161,6 +158,9 @@ class NonfiniteCounter:
         import numpy as np
 
         bad = nonfinite_mask(data, self.dtype, self.byteorder)
+        if bad is None:  # maybe_nonfinite is False for dtypes without NaN/Inf
+            self._elements += n
+            return
         base = self._elements
         for name, lo, hi in self.tensors:  # count each tensor over its part of this chunk
             a, b = max(lo - base, 0), min(hi - base, n)
@@ -314,7 +314,7 @@ def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
     return out
 
 
-def _zip_regions(path: Path, info: FileInfo, nonfinite: bool) -> list[Region]:
+def _zip_regions(path: Path | BinaryIO, info: FileInfo, nonfinite: bool) -> list[Region]:
     order = info.meta.get("byteorder") or "little"
     prefix = info.meta.get("archive_name")
     by_storage: dict[str, dict[str, list[tuple[str, int, int]]]] = {}

@@ -11,17 +11,20 @@ import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import leftovers
 from .codes import Code, select
 from .inspect import add_io_stats, inspect_view, runnable_hints
-from .storage import as_path, is_remote
 from .layouts import detect_layout
 from .layouts.base import WEIGHTS_ONLY, Consumer
 from .layouts.versions import Env
 from .manifest import MANIFEST  # re-exported: repair reads it from here
-from .model import (FileInfo, Finding, FormatName, GlobalClass, Report, ScanState,
-                    Severity)
+from .model import FileInfo, Finding, FormatName, GlobalClass, Report, ScanState, Severity
+from .storage import as_path, is_remote
+
+if TYPE_CHECKING:
+    from .dist import Group  # imports deep.py; validate needs it only under torchrun
 
 _PLAIN_TORCH_CODES = (Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 Progress = Callable[[str, int], None]  # (label, bytes done since last call)
@@ -43,7 +46,7 @@ class ValidateOptions:
     versions: dict[str, str] = field(default_factory=dict)
     jobs: int = 0  # threads for the --deep / manifest pass; 0: one per CPU
     allow_nonfinite: bool = False  # NaN/Inf in parameters/optimizer state: warning, not error
-    dist: object = None  # a dist.Group under torchrun: files are split across its ranks
+    dist: Group | None = None  # under torchrun: files are split across its ranks
 
 
 def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
@@ -360,7 +363,8 @@ def _single_pass(root: Path, report: Report, opts: ValidateOptions,
         present = {f.path for f in files}
         for rel, want in sorted(recorded.items()):
             if rel not in present:
-                out.append(Code.MANIFEST_MISSING_FILE.finding(rel, "listed in the manifest, missing"))
+                out.append(Code.MANIFEST_MISSING_FILE.finding(rel,
+                                                              "listed in the manifest, missing"))
             elif hashes.get(rel) != want.sha256:
                 out.append(Code.MANIFEST_MISMATCH.finding(
                     rel, "content differs from the manifest written when the checkpoint was good",

@@ -57,7 +57,7 @@ class MotoS3:
         self.traffic = Traffic()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
-        wsgi = self.server._server  # noqa: SLF001 - the werkzeug server moto starts
+        wsgi = self.server._server  # the werkzeug server moto starts
         wsgi.app = _CountingApp(wsgi.app, self.traffic)
         host, port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"

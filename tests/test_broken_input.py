@@ -12,8 +12,8 @@ import io
 import json
 import os
 import random
-import struct
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import broken as B  # noqa: E402
+from hostile import broken as B
 
-from ckptdoctor.formats import detect_file  # noqa: E402
-from ckptdoctor.model import Severity  # noqa: E402
+from ckptdoctor.formats import detect_file
+from ckptdoctor.model import Severity
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -367,7 +367,8 @@ def test_unreadable_file_without_read_override(tmp_path):
     try:
         r = _run_without_file_override(
             "from pathlib import Path\nfrom ckptdoctor.formats import detect_file\n"
-            f"print(sorted({{x.code for x in detect_file(Path({str(f)!r}), 'model.pt').findings}}))")
+            f"print(sorted({{x.code for x in detect_file(Path({str(f)!r}), 'model.pt').findings}}))"
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "['CK002']"
         r = _run_without_file_override(

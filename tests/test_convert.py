@@ -117,7 +117,7 @@ def test_torch_to_safetensors_to_torch_is_bit_identical(tmp_path, legacy):
         assert sum(n for lab, n in ticks if lab == label) == r1.bytes
     with safe_open(st, "pt") as f:
         assert f.metadata() == {"format": "pt", "head.weight": "embed.weight"}
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__/__contains__
             got = f.get_tensor(k)
             assert got.dtype == sd[k].dtype and torch.equal(got, sd[k]), k
 
@@ -209,25 +209,29 @@ def test_dcp_to_torch_round_trips_bit_identical(tmp_path):
     _same(state, torch.load(tmp_path / "full_back.pt", weights_only=True))
 
 
-def test_dcp_chunked_tensor_is_assembled(tmp_path):
-    """A tensor saved as two row chunks (as two FSDP ranks would) comes back whole."""
+def _two_chunk_dcp(root: Path, full: torch.Tensor, offset=lambda row: [row, 0]) -> None:
+    """`full` saved as two row chunks, as two FSDP ranks would. Hand-built with DCP's own
+    metadata classes: dcp.save in one process writes a tensor as one chunk. `offset` gives a
+    chunk's offsets from its first row."""
     import io
     import pickle
 
     from torch.distributed.checkpoint.filesystem import _StorageInfo
-    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata,
-                                                       MetadataIndex, TensorProperties,
-                                                       TensorStorageMetadata)
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
 
-    full = torch.randn(6, 4)
-    root = tmp_path / "dcp"
     root.mkdir()
     storage, chunks = {}, []
     for rank, rows in enumerate(((0, 4), (4, 6))):
         buf = io.BytesIO()
         torch.save(full[rows[0]:rows[1]].clone(), buf)
         (root / f"__{rank}_0.distcp").write_bytes(buf.getvalue())
-        off = torch.Size([rows[0], 0])
+        off = torch.Size(offset(rows[0]))
         chunks.append(ChunkStorageMetadata(offsets=off, sizes=torch.Size([rows[1] - rows[0], 4])))
         storage[MetadataIndex("w", off, 0)] = _StorageInfo(f"__{rank}_0.distcp", 0,
                                                            len(buf.getvalue()))
@@ -235,8 +239,25 @@ def test_dcp_chunked_tensor_is_assembled(tmp_path):
         TensorProperties.create_from_tensor(full), full.size(), chunks)}, storage_data=storage,
         planner_data={"w": ("w",)})
     (root / ".metadata").write_bytes(pickle.dumps(md))
-    convert(root, tmp_path / "w.safetensors", "safetensors")
+
+
+def test_dcp_chunked_tensor_is_assembled(tmp_path):
+    """A tensor saved as two row chunks (as two FSDP ranks would) comes back whole."""
+    full = torch.randn(6, 4)
+    _two_chunk_dcp(tmp_path / "dcp", full)
+    convert(tmp_path / "dcp", tmp_path / "w.safetensors", "safetensors")
     assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], full)
+
+
+def test_dcp_chunk_offsets_of_another_rank_are_refused(tmp_path):
+    """Chunk offsets with fewer dimensions than the tensor (metadata read from the file, not
+    trusted) are one ConvertError, not a traceback or a tensor assembled from a truncated
+    index."""
+    _two_chunk_dcp(tmp_path / "dcp", torch.randn(6, 4), offset=lambda row: [row])
+    with pytest.raises(ConvertError) as err:
+        convert(tmp_path / "dcp", tmp_path / "w.safetensors", "safetensors")
+    assert "chunk offsets/sizes unreadable" in err.value.finding.message
+    assert not (tmp_path / "w.safetensors").exists()
 
 
 def test_dcp_bytes_item_with_code_is_refused(tmp_path):
@@ -545,12 +566,18 @@ def _pairs():
 
     yield "value", changed(lambda o: flip(o["model"]["0.weight"]))
     yield "optimizer value", changed(lambda o: flip(o["optim"]["state"][0]["exp_avg"]))
-    yield "dtype", changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"].double()))
+    yield (
+        "dtype",
+        changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"].double())),
+    )
     yield "shape", changed(lambda o: o["model"].__setitem__("0.bias", o["model"]["0.bias"][:-1]))
     yield "missing key", changed(lambda o: o["model"].pop("2.bias"))
     yield "int", changed(lambda o: o.__setitem__("step", 4))
     yield "lr", changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", 2e-3))
-    yield "nan vs number", changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", float("nan")))
+    yield (
+        "nan vs number",
+        changed(lambda o: o["optim"]["param_groups"][0].__setitem__("lr", float("nan"))),
+    )
     yield "zeroed", changed(lambda o: o["model"]["0.bias"].zero_())
     yield "tuple vs list", changed(lambda o: o["optim"]["param_groups"][0].__setitem__(
         "betas", list(o["optim"]["param_groups"][0]["betas"])))

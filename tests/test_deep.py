@@ -240,7 +240,9 @@ def test_jobs_give_the_same_findings_as_one_thread(tmp_path):
     for i in range(6):
         t = torch.randn(64, 64)
         t[i, i] = float("nan")
-        save_file({f"w{i}": t}, d / f"model-{i:05d}-of-00006.safetensors", metadata={"format": "pt"})
+        save_file(
+            {f"w{i}": t}, d / f"model-{i:05d}-of-00006.safetensors", metadata={"format": "pt"}
+        )
         torch.save({f"x{i}": torch.arange(4096, dtype=torch.float32)}, d / f"extra_{i}.pt")
     data = bytearray((d / "extra_3.pt").read_bytes())
     data[data.find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[800:816])] ^= 1
@@ -308,7 +310,8 @@ def test_bit_tests_agree_with_torch_on_every_bit_pattern(dtype):
     data = raw.numpy().tobytes()
     name = str(dtype).removeprefix("torch.")
     assert torch.equal(torch.from_numpy(nonfinite_mask(data, name).copy()), want)
-    for i in torch.nonzero(want).flatten()[:64].tolist():  # the screen flags a chunk with one bad value
+    # the screen flags a chunk with one bad value
+    for i in torch.nonzero(want).flatten()[:64].tolist():
         clean = torch.zeros(1024, dtype=raw.dtype)
         clean[i % 1024] = raw[i]
         assert maybe_nonfinite(clean.numpy().tobytes(), name)

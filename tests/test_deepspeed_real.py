@@ -101,7 +101,7 @@ def _job_ranks(mode: str, ckpt: Path, world: int, **env) -> None:
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, "2", str(ckpt)], env=full,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
 
 

@@ -36,9 +36,11 @@ def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
 
 def test_assign_sends_per_rank_files_to_their_rank_and_balances_the_rest():
     files = [FileInfo("__0_0.distcp", "dcp-shard", 10), FileInfo("__1_0.distcp", "dcp-shard", 10),
-             FileInfo("global_step5/bf16_zero_pp_rank_3_mp_rank_00_optim_states.pt", "torch-zip", 5),
+             FileInfo("global_step5/bf16_zero_pp_rank_3_mp_rank_00_optim_states.pt",
+                      "torch-zip", 5),
              FileInfo("global_step5/mp_rank_00_model_states.pt", "torch-zip", 7),
-             FileInfo("a.safetensors", "safetensors", 100), FileInfo("b.safetensors", "safetensors", 60),
+             FileInfo("a.safetensors", "safetensors", 100),
+             FileInfo("b.safetensors", "safetensors", 60),
              FileInfo("c.safetensors", "safetensors", 50), FileInfo("config.json", "json", 1)]
     assert [writer_rank(f.path) for f in files[:4]] == [0, 1, 3, 0]
     split = assign(files, 2)

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ckptdoctor.formats.downgraded import open_downgraded
 from ckptdoctor.pickles.downgrade import TORCH_OPCODES, DowngradeError, downgrade, rewrite
@@ -63,7 +62,8 @@ def canon(obj, seen=None, storages=None):
     if t in (dict, collections.OrderedDict, collections.Counter):
         extra = dict(getattr(obj, "__dict__", {}) or {})
         return (t.__name__, [(canon(k, seen, storages), canon(v, seen, storages))
-                             for k, v in obj.items()], canon(extra, seen, storages) if extra else None)
+                             for k, v in obj.items()],
+                canon(extra, seen, storages) if extra else None)
     if t in (set, frozenset):
         return (t.__name__, sorted(repr(canon(x, {}, {})) for x in obj))
     if t is bytearray:
@@ -103,7 +103,7 @@ def weights_only_loads(data: bytes, allow=()):
         return wou.Unpickler(io.BytesIO(data), encoding="utf-8").load()
 
 
-# --- objects ----------------------------------------------------------------------------------------
+# --- objects --------------------------------------------------------------------------------------
 def _shared_and_cycles():
     shared = [1, "x"]
     cyc = [0]
@@ -170,7 +170,7 @@ def torch_objects():
     return objs
 
 
-# --- plain pickles ---------------------------------------------------------------------------------
+# --- plain pickles --------------------------------------------------------------------------------
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", sorted({**SAFE_OBJECTS, **FROZEN_OBJECTS}) + ["shared_and_cycles"])
 def test_plain_pickles_round_trip(name, protocol):
@@ -339,7 +339,7 @@ def test_protocol2_global_is_left_alone():
     assert b"c__builtin__\nset\n" in src and downgrade(src) == src
 
 
-# --- hypothesis: random nested objects of safe types -------------------------------------------------
+# --- hypothesis: random nested objects of safe types ----------------------------------------------
 _scalars = (st.none() | st.booleans() | st.integers() | st.integers(-(2 ** 2000), 2 ** 2000)
             | st.floats(allow_nan=True) | st.text(max_size=300) | st.binary(max_size=300)
             | st.complex_numbers(allow_nan=False))
@@ -348,10 +348,11 @@ _keys = st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.tu
 _hashables = st.integers() | st.text(max_size=20) | st.tuples(st.integers(), st.text(max_size=5))
 _objects = st.recursive(
     _scalars,
-    lambda kids: (st.lists(kids, max_size=6) | st.tuples(kids, kids) | st.tuples(kids, kids, kids, kids)
+    lambda kids: (st.lists(kids, max_size=6) | st.tuples(kids, kids)
+                  | st.tuples(kids, kids, kids, kids)
                   | st.dictionaries(_keys, kids, max_size=6)
-                  | st.builds(collections.OrderedDict, st.lists(st.tuples(st.text(max_size=8), kids),
-                                                                max_size=5))
+                  | st.builds(collections.OrderedDict,
+                              st.lists(st.tuples(st.text(max_size=8), kids), max_size=5))
                   | st.sets(_hashables, max_size=8) | st.frozensets(_hashables, max_size=8)),
     max_leaves=40)
 
@@ -375,7 +376,7 @@ def test_hypothesis_round_trip(obj, data):
         assert canon(weights_only_loads(out, [frozenset, bytes])) == ref, p
 
 
-# --- torch.save files --------------------------------------------------------------------------------
+# --- torch.save files -----------------------------------------------------------------------------
 def rebuild_zip(src: Path, dst: Path) -> None:
     """The same archive (record names and order, all STORED) with data.pkl downgraded."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
@@ -431,7 +432,7 @@ def test_legacy_torch_save(tmp_path, protocol):
         assert canon(torch.load(view, weights_only=True)) == canon(trusted_load(path))
 
 
-# --- repair ------------------------------------------------------------------------------------------
+# --- repair ---------------------------------------------------------------------------------------
 def _rng_checkpoint(path: Path, protocol: int) -> tuple:
     np.random.seed(7)
     np.random.standard_normal()  # a cached Gaussian in the state
@@ -458,15 +459,17 @@ def test_repair_protocol4_file(tmp_path, protocol):
     result = repair(tmp_path, consumer="torch")
     assert result.exit_code == 0, render_result(result)
     assert result.outcome("rng_state.pth").status == "replaced"
-    with open(path, "rb") as fh:
-        with zipfile.ZipFile(fh) as z:
-            only_torch_opcodes(z.read(next(n for n in z.namelist() if n.endswith("/data.pkl"))))
+    with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:
+        only_torch_opcodes(z.read(next(n for n in z.namelist() if n.endswith("/data.pkl"))))
     new = torch.load(path, weights_only=True)  # plain: nothing allow-listed
     for k, t in tensors.items():
         assert torch.equal(new[k], t) and new[k].dtype == t.dtype
     assert new["view"].untyped_storage().data_ptr() == new["w"].untyped_storage().data_ptr()
     assert new["step"] == 12 and new["tags"] == {"a", "b"}
-    assert all(np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(new["numpy"])))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(numpy_draws(state), numpy_draws(new["numpy"]), strict=True)
+    )
     again = repair(tmp_path, consumer="torch")
     assert again.exit_code == 0 and not again.plan.writes
 
@@ -516,7 +519,7 @@ def test_rewrite_reports_added_globals():
     assert d.added == {"builtins.frozenset", "builtins.set", "_codecs.encode", "builtins.bytearray"}
 
 
-# --- malformed input: DowngradeError or a clean protocol-2 stream, nothing else ---------------------
+# --- malformed input: DowngradeError or a clean protocol-2 stream, nothing else -------------------
 _SEEDS = [pickle.dumps(SAFE_OBJECTS["nested"], p) for p in PROTOCOLS] + [
     pickle.dumps({"s": {1, 2}, "f": frozenset({3}), "b": b"xy", "od": SAFE_OBJECTS["ordereddict"]},
                  p) for p in PROTOCOLS] + [
@@ -565,6 +568,6 @@ def test_mutated_pickles(seed, edits, cut):
     only_torch_opcodes(out)
     try:
         ref = canon(restricted_loads(data))
-    except Exception:  # noqa: BLE001 - the mutated source itself does not load
+    except Exception:  # the mutated source itself does not load
         return
     assert canon(restricted_loads(out)) == ref

@@ -193,5 +193,6 @@ def test_run_directory_estimates_its_newest_checkpoint(tmp_path):
     from safetensors import safe_open
 
     with safe_open(run / "checkpoint-4" / "model.safetensors", "pt") as fh:
-        n = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+        keys = fh.keys()  # safe_open has keys() but no __iter__
+        n = sum(math.prod(fh.get_slice(k).get_shape()) for k in keys)
     assert newest.params == n

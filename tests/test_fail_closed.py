@@ -26,17 +26,24 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import payloads as P  # noqa: E402
-from hostile.gadgets import Asker, Exiter  # noqa: E402
+from hostile import payloads as P
+from hostile.gadgets import Asker, Exiter
 
-import ckptdoctor  # noqa: E402
-from ckptdoctor.loaders import (STRATEGIES, LoadContext, LoadError, RefusedGlobal,  # noqa: E402
-                                load_with_chain, safe_load, sandboxed, vetted_pickle_module)
-from ckptdoctor.pickles import policy  # noqa: E402
-from ckptdoctor.pickles.policy import (AllowListError, DangerousGlobalError, Verdict,  # noqa: E402
-                                       vet)
-from ckptdoctor.repair import repair  # noqa: E402
-from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, MODULE_TEXT, SNIPPET_FILE  # noqa: E402
+import ckptdoctor
+from ckptdoctor.loaders import (
+    STRATEGIES,
+    LoadContext,
+    LoadError,
+    RefusedGlobal,
+    load_with_chain,
+    safe_load,
+    sandboxed,
+    vetted_pickle_module,
+)
+from ckptdoctor.pickles import policy
+from ckptdoctor.pickles.policy import AllowListError, DangerousGlobalError, Verdict, vet
+from ckptdoctor.repair import repair
+from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, MODULE_TEXT, SNIPPET_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMPY1 = ROOT / "tests" / "fixtures" / "numpy1"
@@ -572,10 +579,11 @@ def test_allow_for_registers_only_vetted_names_and_removes_them(tmp_path):
     evil = tmp_path / "evil"
     evil.mkdir()
     canary = tmp_path / "canary_af"
-    (evil / "m.pt").write_bytes(P.torch_zip_bytes(P.PAYLOADS["enum_bltns_open_p4"].build(str(canary))))
-    with pytest.raises(LoadError):
-        with ckptdoctor.allow_for(evil):
-            pass
+    (evil / "m.pt").write_bytes(
+        P.torch_zip_bytes(P.PAYLOADS["enum_bltns_open_p4"].build(str(canary)))
+    )
+    with pytest.raises(LoadError), ckptdoctor.allow_for(evil):
+        pass
     assert not canary.exists()
 
 

@@ -46,7 +46,10 @@ def test_torch_zip(tmp_path):
     assert sd["embed.weight"].data_ptr() == sd["lm_head.weight"].data_ptr()  # tied stays tied
     assert not sd["proj.weight_t"].is_contiguous()
     assert sd["block.weight_bf16"].dtype == torch.bfloat16
-    assert sd["proj.row1"].untyped_storage().data_ptr() == sd["proj.weight"].untyped_storage().data_ptr()
+    assert (
+        sd["proj.row1"].untyped_storage().data_ptr()
+        == sd["proj.weight"].untyped_storage().data_ptr()
+    )
 
 
 def test_torch_legacy(tmp_path):
@@ -61,7 +64,9 @@ def test_numpy_state(tmp_path):
     p = f.make_numpy_state(tmp_path)
     assert p.name == "with_numpy.pt"
     assert not _weights_only_ok(p)
-    assert {"numpy._core.multiarray._reconstruct", "numpy._core.multiarray.scalar"} <= _globals_of(p)
+    assert {"numpy._core.multiarray._reconstruct", "numpy._core.multiarray.scalar"} <= _globals_of(
+        p
+    )
     obj = torch.load(p, weights_only=False)
     assert isinstance(obj["best_metric"], np.float64) and isinstance(obj["epoch"], np.int64)
 
@@ -72,7 +77,7 @@ def test_safetensors(tmp_path):
     p = f.make_safetensors(tmp_path)
     with safe_open(str(p), "pt") as fh:
         assert fh.metadata() == {"format": "pt"}
-        assert "block.weight_bf16" in fh.keys()
+        assert "block.weight_bf16" in fh.keys()  # noqa: SIM118 - safe_open has keys(), no __iter__/__contains__
 
 
 # --------------------------------------------------------------------------- transformers
@@ -101,7 +106,8 @@ def test_hf_trainer_run_files(tmp_path):
     run = f.run_hf_trainer(tmp_path / "run", steps=4, save_steps=2)
     assert [c.name for c in run.checkpoints] == ["checkpoint-2", "checkpoint-4"]
     files = set(f.tree(tmp_path / "run" / "checkpoint-2"))
-    assert {"trainer_state.json", "rng_state.pth", "optimizer.pt", "scheduler.pt", "training_args.bin",
+    assert {"trainer_state.json", "rng_state.pth", "optimizer.pt", "scheduler.pt",
+            "training_args.bin",
             "model.safetensors", "config.json"} <= files
     assert sorted(run.losses) == [1, 2, 3, 4]
     state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
@@ -118,17 +124,21 @@ def test_hf_trainer_resume_matches_uninterrupted(tmp_path):
 
 
 def test_hf_trainer_bin_llama(tmp_path):
-    d = f.make_hf_trainer_run(tmp_path, steps=2, save_steps=2, save_safetensors=False, model="llama")
+    d = f.make_hf_trainer_run(
+        tmp_path, steps=2, save_steps=2, save_safetensors=False, model="llama"
+    )
     files = set(f.tree(d / "checkpoint-2"))
     assert "pytorch_model.bin" in files and "model.safetensors" not in files
 
 
-# --------------------------------------------------------------------------- accelerate / peft / lightning
+# ------------------------------------------------------------------ accelerate / peft / lightning
 
 
 def test_accelerate_state_and_rng_roundtrip(tmp_path):
     d, ref = f.accelerate_state_with_reference_draws(tmp_path / "acc")
-    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= set(f.tree(d))
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= set(
+        f.tree(d)
+    )
     np.testing.assert_array_equal(f.accelerate_load_draws(d), ref)
 
 
@@ -169,7 +179,7 @@ def test_lightning_direct_namespace_pickles_only_path(tmp_path):
     assert _globals_of(ckpt) == {"pathlib.PosixPath"}
 
 
-# --------------------------------------------------------------------------- DCP and hand-built layouts
+# -------------------------------------------------------------------- DCP and hand-built layouts
 
 
 def _dcp_keys(d: Path) -> list[str]:
@@ -182,16 +192,21 @@ def test_dcp(tmp_path):
     d = f.make_dcp(tmp_path)
     assert set(f.tree(d)) == {".metadata", "__0_0.distcp"}
     keys = _dcp_keys(d)
-    assert "train_state.step" in keys and "model.0.weight" in keys and "optim.state.0.exp_avg" in keys
+    assert (
+        "train_state.step" in keys and "model.0.weight" in keys and "optim.state.0.exp_avg" in keys
+    )
 
 
 def test_lingua(tmp_path):
     d = f.make_lingua(tmp_path)
     step = "checkpoints/0000000010/"
     assert {step + n for n in (".metadata", "__0_0.distcp", "params.json", "train_state_00000.json",
-                               "consolidated/consolidated.pth", "consolidated/params.json")} <= set(f.tree(d))
+                               "consolidated/consolidated.pth",
+                               "consolidated/params.json")} <= set(f.tree(d))
     ts = json.loads((d / step / "train_state_00000.json").read_text())
-    assert ts["step"] == 10 and ts["acc_step"] == 0 and "data_loader_state" in ts and "scheduler" in ts
+    assert (
+        ts["step"] == 10 and ts["acc_step"] == 0 and "data_loader_state" in ts and "scheduler" in ts
+    )
     assert {k.split(".")[0] for k in _dcp_keys(d / step)} == {"model", "optim"}
     cons = torch.load(d / step / "consolidated/consolidated.pth", weights_only=True)
     assert "tok_embeddings.weight" in cons["model"]
@@ -222,7 +237,10 @@ def test_megatron_torch(tmp_path):
 
 
 def test_megatron_local_enum(tmp_path):
-    p = f.make_megatron(tmp_path, real_enum_module=False) / "iter_0000100/mp_rank_00/model_optim_rng.pt"
+    p = (
+        f.make_megatron(tmp_path, real_enum_module=False)
+        / "iter_0000100/mp_rank_00/model_optim_rng.pt"
+    )
     assert any(g.endswith("factory.ModelType") for g in _globals_of(p))
     assert torch.load(p, weights_only=False)["args"].model_type is f.ModelType.encoder_or_decoder
 
@@ -250,10 +268,14 @@ def test_deepspeed(tmp_path, stage):
     assert (d / "latest").read_text() == "global_step5" and (d / "zero_to_fp32.py").is_file()
     files = set(f.tree(d))
     if stage == 3:
-        assert {f"global_step5/zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)} <= files
+        assert {
+            f"global_step5/zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)
+        } <= files
     else:
         assert "global_step5/mp_rank_00_model_states.pt" in files
-    optim_files = [d / f"global_step5/bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    optim_files = [
+        d / f"global_step5/bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)
+    ]
     assert all(p.is_file() for p in optim_files)
     assert {"deepspeed.runtime.fp16.loss_scaler.LossScaler",
             "deepspeed.runtime.zero.config.ZeroStageEnum"} <= _globals_of(optim_files[0])

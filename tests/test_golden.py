@@ -79,7 +79,9 @@ def _offsets_past_end(ckpt: Path) -> None:
     data = p.read_bytes()
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
-    last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    last = max(
+        (k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1]
+    )
     header[last]["data_offsets"][1] += 64
     raw = json.dumps(header).encode()
     p.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
@@ -179,7 +181,8 @@ def project(inspect_doc: dict, validate_doc: dict, validate_rc: int) -> dict:
     return {
         "layout": inspect_doc["layout"]["name"],
         "step": inspect_doc["layout"]["step"],
-        "checkpoints": sorted((c["path"], c["name"], c["step"]) for c in inspect_doc["checkpoints"]),
+        "checkpoints": sorted((c["path"], c["name"], c["step"])
+                              for c in inspect_doc["checkpoints"]),
         "files": {f["path"]: [f["format"], None if f["weights_only"] is None else
                               f["weights_only"]["loads"],
                               sorted(f["weights_only"]["allowlist"]) if f["weights_only"] else []]
@@ -244,7 +247,9 @@ def test_reported_allowlist_loads_every_torch_zip(built, case):
             with zipfile.ZipFile(p) as zf:
                 zips += any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
     assert zips == TORCH_ZIPS[case], f"{case}: the fixture changed: {zips} torch zips"
-    assert checked == TORCH_ZIPS[case], f"{case}: {checked} of {TORCH_ZIPS[case]} torch zips checked"
+    assert checked == TORCH_ZIPS[case], (
+        f"{case}: {checked} of {TORCH_ZIPS[case]} torch zips checked"
+    )
 
 
 def _has(got: dict, code: str, path: str) -> bool:
@@ -274,7 +279,8 @@ KEY_CASES = {
         c == "CK409" for c, _, _ in g["validate_findings"]),
     "deepspeed_zero2": lambda g: g["layout"] == "deepspeed" and g["step"] == 5
         and g["validate_rc"] == 0,
-    "torch_zip": lambda g: g["validate_rc"] == 0 and g["files"]["model.pt"][:2] == ["torch-zip", True],
+    "torch_zip": lambda g: g["validate_rc"] == 0
+        and g["files"]["model.pt"][:2] == ["torch-zip", True],
 }
 
 

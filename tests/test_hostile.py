@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import payloads as P  # noqa: E402
+from hostile import payloads as P
 
-from ckptdoctor.formats import detect_file  # noqa: E402
-from ckptdoctor.model import GlobalClass  # noqa: E402
-from ckptdoctor.pickles.policy import classify  # noqa: E402
-from ckptdoctor.pickles.scan import scan_bytes  # noqa: E402
+from ckptdoctor.formats import detect_file
+from ckptdoctor.model import GlobalClass
+from ckptdoctor.pickles.policy import classify
+from ckptdoctor.pickles.scan import scan_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -224,7 +224,7 @@ def test_loader_chain_refuses_every_payload_even_trusted(container, corpus):
                 if trusted and trusted[0].outcome == "loaded":
                     loaded[pname] = "trusted loaded"
                 continue
-            except Exception as exc:  # noqa: BLE001 - anything but LoadError is a bug here
+            except Exception as exc:  # anything but LoadError is a bug here
                 loaded[pname] = f"raised {type(exc).__name__}: {exc}"
                 continue
             loaded[pname] = f"loaded via {getattr(res, 'strategy', '?')}"

@@ -25,12 +25,18 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from ckptdoctor.manifest import read as manifest_read  # reads the OMS statement
-
 from ckptdoctor.cli import app
-from ckptdoctor.integrations.core import (MARKER, CheckpointRejected, gate, load_rng_state,
-                                          marker_path, restore_rng_state, save_rng_state)
+from ckptdoctor.integrations.core import (
+    MARKER,
+    CheckpointRejected,
+    gate,
+    load_rng_state,
+    marker_path,
+    restore_rng_state,
+    save_rng_state,
+)
 from ckptdoctor.loaders import safe_load
+from ckptdoctor.manifest import read as manifest_read  # reads the OMS statement
 from ckptdoctor.validate import MANIFEST
 
 try:

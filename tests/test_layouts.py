@@ -19,8 +19,14 @@ import pytest
 import torch
 
 from ckptdoctor.formats import detect_file
-from ckptdoctor.layouts import (LAYOUT_NAMES, LAYOUTS, DirView, describe_file, detect_layout,
-                                find_checkpoints)
+from ckptdoctor.layouts import (
+    LAYOUT_NAMES,
+    LAYOUTS,
+    DirView,
+    describe_file,
+    detect_layout,
+    find_checkpoints,
+)
 
 try:
     from tests.fixtures import factory as f

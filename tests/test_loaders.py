@@ -22,7 +22,13 @@ from safetensors.torch import save_file
 from ckptdoctor import safe_load as package_safe_load
 from ckptdoctor.codes import Code
 from ckptdoctor.loaders import (
-    STRATEGIES, AllowList, LoadContext, LoadError, Trusted, _static_scan, load_with_chain,
+    STRATEGIES,
+    AllowList,
+    LoadContext,
+    LoadError,
+    Trusted,
+    _static_scan,
+    load_with_chain,
     safe_load,
 )
 from ckptdoctor.model import FileInfo
@@ -410,9 +416,9 @@ def test_numpy1_spelled_file_loads_under_numpy2_via_tuple_aliases(rng_file, tmp_
     with pytest.raises(Exception, match="numpy.core.multiarray._reconstruct"):
         torch.load(old, weights_only=True)
     # registering numpy 2's function object does not help: it registers numpy._core's name
-    with torch.serialization.safe_globals([np._core.multiarray._reconstruct]):
-        with pytest.raises(Exception, match="numpy.core.multiarray._reconstruct"):
-            torch.load(old, weights_only=True)
+    with torch.serialization.safe_globals([np._core.multiarray._reconstruct]), \
+            pytest.raises(Exception, match="numpy.core.multiarray._reconstruct"):
+        torch.load(old, weights_only=True)
 
     res = load_with_chain(old)
     assert res.strategy == "allowlist"

@@ -284,8 +284,7 @@ def test_validate_library_does_not_trust_by_default(tmp_path, monkeypatch):
     to True, so a library caller's `--load` unpickles with the (vetted) trusted strategy. The
     file needs it: a protocol-4 pickle, which torch's weights-only unpickler rejects even with
     the class allow-listed."""
-    from ckptdoctor.validate import ValidateOptions
-    from ckptdoctor.validate import validate as run
+    from ckptdoctor.validate import ValidateOptions, validate as run
 
     (tmp_path / "ckpt_trust_mod.py").write_text(
         "class Config:\n    def __init__(self, lr):\n        self.lr = lr\n")

@@ -22,6 +22,7 @@ from ckptdoctor.inspect import inspect_path
 from ckptdoctor.render import to_json
 from ckptdoctor.storage import RemotePath, as_path
 from ckptdoctor.validate import ValidateOptions, validate
+
 try:
     from tests.fixtures import factory as f
     from tests.remote_servers import MotoS3, RangeHTTP

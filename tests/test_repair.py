@@ -29,7 +29,7 @@ import torch
 
 from ckptdoctor.atomic import TMP_MARKER
 from ckptdoctor.codes import Code
-from ckptdoctor.repair import (RULES, plan_repair, render_plan, render_result, repair, undo)
+from ckptdoctor.repair import RULES, plan_repair, render_plan, render_result, repair, undo
 from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, SNIPPET_FILE
 from ckptdoctor.repair.engine import CRASH_ENV, CRASH_POINTS, convert_file, safetensors_name
 from ckptdoctor.repair.rulebase import Kept
@@ -45,7 +45,7 @@ NUMPY1 = Path(__file__).parent / "fixtures" / "numpy1"
 REPO = Path(__file__).resolve().parent.parent
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -94,7 +94,7 @@ def save(obj, path: Path) -> Path:
     return path
 
 
-# --- one test per rule -------------------------------------------------------------------------------
+# --- one test per rule ----------------------------------------------------------------------------
 def case_numpy_rng_state(tmp: Path):
     np.random.seed(7)
     np.random.standard_normal()  # leave a cached Gaussian in the state
@@ -105,13 +105,16 @@ def case_numpy_rng_state(tmp: Path):
     assert key[0] == "MT19937" and type(key[1]) is list and len(key[1]) == 624
     assert all(type(x) is int for x in key[1]) and type(key[2]) is int
     assert [type(x) for x in key[2:]] == [int, int, float] and key[3] == 1
-    assert all(np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(key)))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(numpy_draws(state), numpy_draws(key), strict=True)
+    )
     return conv
 
 
 def case_numpy_array(tmp: Path):
     big = np.linspace(0, 1, 2000, dtype=np.float32)
-    p = save({"big": big, "small": np.arange(3, dtype=np.int16), "obj": np.array([1, "a"], dtype=object),
+    p = save({"big": big, "small": np.arange(3, dtype=np.int16),
+              "obj": np.array([1, "a"], dtype=object),
               "when": np.array(["2024-01-02"], dtype="datetime64[D]"),
               "fortran": np.asfortranarray(np.arange(2048, dtype=np.float64).reshape(32, 64))},
              tmp / "arrays.pt")
@@ -124,7 +127,8 @@ def case_numpy_array(tmp: Path):
 
 
 def case_numpy_scalar(tmp: Path):
-    p = save({"f": np.float32(1.5), "i": np.int64(-3), "b": np.bool_(True), "c": np.complex64(1 + 2j),
+    p = save({"f": np.float32(1.5), "i": np.int64(-3), "b": np.bool_(True),
+              "c": np.complex64(1 + 2j),
               np.int64(5): "numpy key"}, tmp / "scalars.pt")
     out, conv = convert_file(p)
     assert out["f"] == 1.5 and type(out["f"]) is float
@@ -151,7 +155,8 @@ def case_dict_subclass(tmp: Path):
 
 def case_megatron_args(tmp: Path):
     ns = argparse.Namespace(hidden_size=32, save="/ckpt", params_dtype=torch.bfloat16)
-    p = save({"args": ns, "checkpoint_version": 3.0, "iteration": 10, "model": {"w": torch.ones(2)}},
+    p = save({"args": ns, "checkpoint_version": 3.0, "iteration": 10,
+              "model": {"w": torch.ones(2)}},
              tmp / "model_optim_rng.pt")
     out, conv = convert_file(p)
     assert isinstance(out["args"], Kept) and out["args"].name == "argparse.Namespace"
@@ -220,7 +225,9 @@ def case_deepspeed_loss_scaler(tmp: Path):
 def case_deepspeed_fragment_address(tmp: Path):
     with F.deepspeed_stub_modules():
         _, _, fragment_address = F._deepspeed_classes()
-        p = save({"m": collections.OrderedDict(w=fragment_address(numel=4, start=8))}, tmp / "fa.pt")
+        p = save(
+            {"m": collections.OrderedDict(w=fragment_address(numel=4, start=8))}, tmp / "fa.pt"
+        )
     out, conv = convert_file(p)
     assert isinstance(out["m"]["w"], Kept) and out["m"]["w"].state == {"numel": 4, "start": 8}
     return conv
@@ -239,7 +246,9 @@ def case_megatron_object(tmp: Path):
 def case_enum_value(tmp: Path):
     from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
-    out, conv = convert_file(save({"s": IntervalStrategy.STEPS, "l": SchedulerType.COSINE}, tmp / "e.pt"))
+    out, conv = convert_file(
+        save({"s": IntervalStrategy.STEPS, "l": SchedulerType.COSINE}, tmp / "e.pt")
+    )
     assert out == {"s": "steps", "l": "cosine"}
     return conv
 
@@ -255,7 +264,8 @@ def case_vouched_enum_value(tmp: Path, mod):
 
 
 def case_path_str(tmp: Path):
-    out, conv = convert_file(save({"p": pathlib.PosixPath("/data/x"), "w": pathlib.PureWindowsPath("C:/d/x")},
+    out, conv = convert_file(save({"p": pathlib.PosixPath("/data/x"),
+                                   "w": pathlib.PureWindowsPath("C:/d/x")},
                                   tmp / "path.pt"))
     assert out == {"p": "/data/x", "w": "C:\\d\\x"}
     return conv
@@ -335,7 +345,8 @@ def test_rule(rule, tmp_path, test_enums):
     assert all(c.keep == keep for c in conv.changes if c.rule == rule)
 
 
-@pytest.mark.parametrize("rule", ["numpy-rng-state", "numpy-array", "namespace-dict", "training-args",
+@pytest.mark.parametrize("rule",
+                         ["numpy-rng-state", "numpy-array", "namespace-dict", "training-args",
                                   "omegaconf-container", "deepspeed-loss-scaler", "megatron-args",
                                   "io-bytesio", "dict-subclass"])
 def test_rule_end_to_end(rule, tmp_path, test_enums):
@@ -346,7 +357,8 @@ def test_rule_end_to_end(rule, tmp_path, test_enums):
     assert result.exit_code == 0, render_result(result)
     for o in result.outcomes:
         assert o.status in ("replaced", "allowlisted"), render_result(result)
-    doc = json.loads((tmp_path / ALLOWLIST_FILE).read_text()) if (tmp_path / ALLOWLIST_FILE).exists() else {}
+    allowlist = tmp_path / ALLOWLIST_FILE
+    doc = json.loads(allowlist.read_text()) if allowlist.exists() else {}
     for f in (p for p in tmp_path.iterdir() if p.suffix in (".pt", ".pth", ".ckpt", ".bin")):
         allowed = doc.get("files", {}).get(f.name, {}).get("allowlist", [])
         if not allowed:
@@ -355,7 +367,7 @@ def test_rule_end_to_end(rule, tmp_path, test_enums):
             assert set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f))) <= set(allowed)
 
 
-# --- plan -------------------------------------------------------------------------------------------
+# --- plan -----------------------------------------------------------------------------------------
 def numpy1_dir(tmp_path: Path) -> Path:
     d = tmp_path / "np1"
     d.mkdir(parents=True)
@@ -395,7 +407,7 @@ def test_plan_framework_consumer_skips_unused_files(tmp_path):
     assert {f.rel for f in plan.files} == {"rng_state.pth", "training_args.bin"}
 
 
-# --- backups, verification, idempotence, undo ---------------------------------------------------------
+# --- backups, verification, idempotence, undo -----------------------------------------------------
 def test_repair_backs_up_verifies_and_is_idempotent(tmp_path):
     d = numpy1_dir(tmp_path)
     before = snapshot(d)
@@ -475,7 +487,9 @@ def test_undo_a_file_of_a_repaired_directory(tmp_path):
     assert sha(sub / "rng_state.pth") != original
     with pytest.raises(FileNotFoundError):
         undo(sub / "rng_state.pth")  # sub's own backup dir holds nothing; parents not searched
-    assert undo(sub / "rng_state.pth", backup_dir=d / ".ckptdoctor-backup") == [sub / "rng_state.pth"]
+    assert undo(sub / "rng_state.pth", backup_dir=d / ".ckptdoctor-backup") == [
+        sub / "rng_state.pth"
+    ]
     assert sha(sub / "rng_state.pth") == original
 
 
@@ -489,7 +503,8 @@ def test_validate_manifest_follows_the_repair(tmp_path):
 
     def manifest_errors():
         _, found = validate(d, ValidateOptions(consumer="torch"))
-        return [f for f in found if f.code in (Code.MANIFEST_MISMATCH.code, Code.MANIFEST_MISSING_FILE.code)]
+        return [f for f in found if f.code in (Code.MANIFEST_MISMATCH.code,
+                                               Code.MANIFEST_MISSING_FILE.code)]
 
     assert manifest_errors() == []
     assert repair(d, consumer="torch").exit_code == 0
@@ -546,7 +561,7 @@ def test_verify_catches_a_changed_value(tmp_path, monkeypatch):
     assert snapshot(d) == before
 
 
-# --- refusals ------------------------------------------------------------------------------------------
+# --- refusals -------------------------------------------------------------------------------------
 class _Evil:
     def __init__(self, canary: Path):
         self.canary = canary
@@ -631,10 +646,13 @@ def test_truncated_file_is_not_rewritten(tmp_path):
     before = snapshot(d)
     result = repair(d, consumer="torch")
     assert sha(d / "rng_state.pth") == before["rng_state.pth"]
-    assert result.outcome("rng_state.pth") is None or result.outcome("rng_state.pth").status != "replaced"
+    assert (
+        result.outcome("rng_state.pth") is None
+        or result.outcome("rng_state.pth").status != "replaced"
+    )
 
 
-# --- safetensors --------------------------------------------------------------------------------------
+# --- safetensors ----------------------------------------------------------------------------------
 def test_to_safetensors(tmp_path):
     from safetensors.torch import load_file
 
@@ -658,7 +676,10 @@ def test_to_safetensors(tmp_path):
     assert again.backup_dir == "" and not again.plan.writes
     undo(d)
     assert sha(d / "pytorch_model.bin") == original and not (d / "model.safetensors").exists()
-    assert safetensors_name("a/pytorch_model-00001-of-00002.bin") == "a/model-00001-of-00002.safetensors"
+    assert (
+        safetensors_name("a/pytorch_model-00001-of-00002.bin")
+        == "a/model-00001-of-00002.safetensors"
+    )
 
 
 def test_to_safetensors_interrupted_after_commit_is_finished_by_next_run(tmp_path):
@@ -691,7 +712,7 @@ def test_symlinked_checkpoint_rewrites_the_target(tmp_path):
     plain_load(d / "last.ckpt")
 
 
-# --- leftovers ------------------------------------------------------------------------------------------
+# --- leftovers ------------------------------------------------------------------------------------
 def test_leftover_temp_files_are_reported_then_removed(tmp_path):
     d = numpy1_dir(tmp_path)
     dead = d / f"{TMP_MARKER}999999999-1-rng_state.pth"  # no such pid
@@ -703,7 +724,7 @@ def test_leftover_temp_files_are_reported_then_removed(tmp_path):
     assert Code.LEFTOVER_WRITE.code in {f.code for f in result.findings}
 
 
-# --- kill test --------------------------------------------------------------------------------------------
+# --- kill test ------------------------------------------------------------------------------------
 CHILD = r"""
 import sys
 from ckptdoctor.repair import repair
@@ -720,7 +741,10 @@ def _kill_dir(tmp: Path, tag: str) -> Path:
         shutil.copy2(NUMPY1 / name, d / name)
     shutil.copy2(NUMPY1 / "rng_state.pth", d / "sub" / "rng_state_1.pth")
     np.random.seed(3)
-    save({"hp": argparse.Namespace(path=pathlib.Path("/x")), "w": torch.randn(64)}, d / "sub" / "ns.pt")
+    save(
+        {"hp": argparse.Namespace(path=pathlib.Path("/x")), "w": torch.randn(64)},
+        d / "sub" / "ns.pt",
+    )
     return d
 
 
@@ -747,7 +771,9 @@ def _check_state(d: Path, originals: Path, expected: dict[str, object]) -> int:
         new += 1
         obj = plain_load(cur)
         assert compare(obj, exp) == "", rel
-    for session in (d / ".ckptdoctor-backup").glob("*") if (d / ".ckptdoctor-backup").exists() else []:
+    for session in (
+        (d / ".ckptdoctor-backup").glob("*") if (d / ".ckptdoctor-backup").exists() else []
+    ):
         for p in session.rglob("*"):
             if p.is_file() and p.name != "manifest.json" and not p.name.startswith(TMP_MARKER):
                 assert sha(p) == sha(originals / p.relative_to(session).as_posix()), p

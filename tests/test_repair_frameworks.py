@@ -51,7 +51,7 @@ def clean_safe_globals():
     torch.serialization.clear_safe_globals()
 
 
-# --- HF Trainer --------------------------------------------------------------------------------------------
+# --- HF Trainer -----------------------------------------------------------------------------------
 def test_hf_trainer_numpy1_rng_state_resumes_with_same_losses(tmp_path):
     from transformers import TrainerCallback
 
@@ -95,7 +95,7 @@ def test_hf_trainer_numpy1_rng_state_resumes_with_same_losses(tmp_path):
     assert resumed == reference
 
 
-# --- Lightning ------------------------------------------------------------------------------------------------
+# --- Lightning ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("via", ["init_arg", "save_hyperparameters"])
 def test_lightning_fit_resumes_after_repair(tmp_path, via):
     ckpt = F.make_lightning_ckpt(tmp_path / "fit", namespace_via=via)
@@ -136,7 +136,10 @@ def test_lightning_omegaconf_hparams(tmp_path):
     tr.fit(M(cfg), torch.utils.data.DataLoader(ds, batch_size=4))
     ckpt = tmp_path / "m.ckpt"
     tr.save_checkpoint(ckpt)
-    assert "omegaconf.dictconfig.DictConfig" in torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt))
+    assert (
+        "omegaconf.dictconfig.DictConfig"
+        in torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt))
+    )
     result = repair(ckpt)
     assert result.exit_code == 0, render_result(result)
     sd = torch.load(ckpt, weights_only=True)
@@ -148,7 +151,7 @@ def test_lightning_omegaconf_hparams(tmp_path):
     assert tr2.global_step == 4
 
 
-# --- Accelerate -----------------------------------------------------------------------------------------------
+# --- Accelerate -----------------------------------------------------------------------------------
 def test_accelerate_load_state_restores_numpy_stream(tmp_path):
     d = F.make_accelerate_state(tmp_path / "acc")
     shutil.copy2(NUMPY1 / "random_states_0.pkl", d / "random_states_0.pkl")
@@ -165,7 +168,7 @@ def test_accelerate_load_state_restores_numpy_stream(tmp_path):
     assert np.array_equal(F.accelerate_load_draws(d), expected)
 
 
-# --- DeepSpeed (hand-built, see module docstring) ---------------------------------------------------------------
+# --- DeepSpeed (hand-built, see module docstring) -------------------------------------------------
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_globals):
     d = F.make_deepspeed(tmp_path / "ds", stage=stage)
@@ -178,7 +181,9 @@ def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_global
     assert "safe_globals" in result.snippet and "LossScaler" in result.snippet
     for f in optim_files:
         rel = f.relative_to(d).as_posix()
-        assert set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f))) <= set(doc["files"][rel]["allowlist"])
+        assert set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f))) <= set(
+            doc["files"][rel]["allowlist"]
+        )
         with pytest.raises(pickle.UnpicklingError):
             torch.load(f, weights_only=True)  # the kept objects still need the allow-list
     with F.deepspeed_stub_modules():
@@ -186,12 +191,15 @@ def test_deepspeed_optim_states_get_allowlist(tmp_path, stage, clean_safe_global
         for f in optim_files:
             osd = torch.load(f, weights_only=True)["optimizer_state_dict"]
             assert osd["zero_stage"] == stage and type(osd["zero_stage"]) is int
-            assert type(osd["loss_scaler"]).__name__ == "LossScaler" and osd["loss_scaler"].cur_scale == 1.0
+            assert (
+                type(osd["loss_scaler"]).__name__ == "LossScaler"
+                and osd["loss_scaler"].cur_scale == 1.0
+            )
     again = repair(d, consumer="torch")
     assert again.backup_dir == "" and not again.plan.writes
 
 
-# --- Megatron (hand-built, see module docstring) -------------------------------------------------------------------
+# --- Megatron (hand-built, see module docstring) --------------------------------------------------
 def test_megatron_keeps_args_namespace_and_enum(tmp_path, clean_safe_globals):
     d = F.make_megatron(tmp_path / "mg")
     f = d / "iter_0000100" / "mp_rank_00" / "model_optim_rng.pt"
@@ -204,6 +212,7 @@ def test_megatron_keeps_args_namespace_and_enum(tmp_path, clean_safe_globals):
         ck = torch.load(f, weights_only=True)
         from megatron.core.enums import ModelType
 
-        assert ck["args"].model_type is ModelType.encoder_or_decoder  # getattr works: still a Namespace
+        # getattr works: still a Namespace
+        assert ck["args"].model_type is ModelType.encoder_or_decoder
         assert ck["args"].params_dtype is torch.bfloat16
     np.random.set_state(ck["rng_state"][0]["np_rng_state"])  # Megatron's own restore call

@@ -42,7 +42,7 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
 
 
@@ -187,6 +187,36 @@ def test_per_rank_state_is_reported_or_refused_with_strict(saved, tmp_path):
     text = " ".join(r.output.split())
     assert "CK735" in text and "optimizer_state_dict.clip_grad" in text
     assert "optimizer_state_dict.base_optimizer_state.state.0.step" in text
+
+
+def test_alignment_paddings_that_do_not_match_the_parameters_are_refused(saved, tmp_path):
+    """Rank 0's `param_alignment_paddings` (read from the file, not trusted) with one entry
+    more than the group has parameters: refused as CK734, not split along a truncated zip."""
+    src, _ = saved[(2, 2, False)]
+    ckpt = tmp_path / "ckpt"
+    import shutil
+
+    shutil.copytree(src, ckpt)
+    code = ("import torch, sys\n"
+            "from deepspeed.runtime.fp16.loss_scaler import LossScaler\n"
+            "from deepspeed.runtime.zero.config import ZeroStageEnum\n"
+            "from deepspeed.utils.tensor_fragment import fragment_address\n"
+            "p = sys.argv[1]\n"
+            "with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, "
+            "fragment_address]):\n"
+            "    sd = torch.load(p, weights_only=True)\n"
+            "osd = sd['optimizer_state_dict']\n"
+            "pads = osd.get('param_alignment_paddings')\n"
+            "osd['param_alignment_paddings'] = ([list(q) + [0] for q in pads] if pads else\n"
+            "    [[] for _ in osd['single_partition_of_fp32_groups']])\n"
+            "torch.save(sd, p)\n")
+    rank0 = next(ckpt.glob("global_step*/zero_pp_rank_0_*_optim_states.pt"))
+    proc = subprocess.run([sys.executable, "-c", code, str(rank0)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = _reshard(ckpt, tmp_path / "out", 1)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "CK734" in text and "alignment paddings for" in text, r.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_reshard_refuses_what_it_cannot_do(saved, tmp_path):

@@ -8,7 +8,6 @@ Hand-built inputs are marked as such where they are built (no library writes the
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import subprocess

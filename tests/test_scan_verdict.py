@@ -44,7 +44,8 @@ def _resolve(name: str):
 
 
 CASES = {
-    "plain": lambda: {"w": torch.ones(2, 3), "step": 3, "names": ["a"], "od": collections.OrderedDict(a=1)},
+    "plain": lambda: {"w": torch.ones(2, 3), "step": 3, "names": ["a"],
+                      "od": collections.OrderedDict(a=1)},
     "numpy_rng": lambda: {"numpy": np.random.get_state(), "python": random.getstate(),
                           "cpu": torch.get_rng_state()},
     "numpy_scalars": lambda: {"f": np.float64(1.5), "i": np.int64(2), "b": np.bool_(True),
@@ -54,7 +55,8 @@ CASES = {
     "namespace_path": lambda: {"hparams": argparse.Namespace(lr=0.1, data=pathlib.Path("/tmp/x"))},
     "int_enum": lambda: {"c": Color.RED},
     "dataclass": lambda: {"cfg": Cfg()},
-    "bytes_set_complex": lambda: {"b": b"abc", "s": {1, 2}, "c": complex(1, 2), "ba": bytearray(b"x")},
+    "bytes_set_complex": lambda: {"b": b"abc", "s": {1, 2}, "c": complex(1, 2),
+                                  "ba": bytearray(b"x")},
     "defaultdict": lambda: {"d": collections.defaultdict(list, a=[1])},
     "slice": lambda: {"s": slice(1, 5, 2)},
     "parameter": lambda: {"p": torch.nn.Parameter(torch.ones(2))},
@@ -132,7 +134,10 @@ def test_protocol4_is_unsupported_operand_149(tmp_path):
 
 
 def test_tensors_from_metadata(tmp_path):
-    sd = {"a": torch.zeros(3, 4, dtype=torch.bfloat16), "b": {"c": torch.ones(5, dtype=torch.int64)}}
+    sd = {
+        "a": torch.zeros(3, 4, dtype=torch.bfloat16),
+        "b": {"c": torch.ones(5, dtype=torch.int64)},
+    }
     p = _write(tmp_path, "t", sd)
     tensors = {t.name: t for t in detect_file(p).tensors}
     assert tensors["a"].shape == (3, 4) and tensors["a"].dtype == "bfloat16"

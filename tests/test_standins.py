@@ -14,14 +14,22 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ckptdoctor.pickles.scan import scan_bytes
 from ckptdoctor.standins import (
-    DangerousGlobalError, DTypeCapture, EnumStandIn, NDArrayCapture, NotVouchedError,
-    ScalarCapture, StandIn, is_standin, reconstruct_shim, resolve_allowlist, standin_for,
+    DangerousGlobalError,
+    DTypeCapture,
+    EnumStandIn,
+    NDArrayCapture,
+    NotVouchedError,
+    ScalarCapture,
+    StandIn,
+    is_standin,
+    reconstruct_shim,
+    resolve_allowlist,
+    standin_for,
     transcoding_globals,
 )
 from tests.hide import hidden, rerun_without
@@ -230,7 +238,7 @@ def test_standin_captures_namespace_state_without_running_anything():
     assert got.state == {"lr": 0.1, "name": "run"} and got.args == ()
     assert got.lr == 0.1  # fields read like the real object's
     with pytest.raises(AttributeError):
-        got.missing  # noqa: B018
+        got.missing  # noqa: B018 - the attribute read is the test
 
     clone = copy.deepcopy(got)
     assert type(clone) is type(got) and clone.state == got.state and clone.state is not got.state

@@ -19,7 +19,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,6 +1,5 @@
 """The static copy of torch's default weights_only allow-list must equal the installed torch's."""
 
-import pytest
 from torch._weights_only_unpickler import _get_allowed_globals
 
 from ckptdoctor.pickles.torch_allowlist import TORCH_DEFAULT_ALLOWED

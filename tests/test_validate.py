@@ -155,7 +155,9 @@ def test_numpy1_rng_fails_for_trainer_and_passes_with_allow(ckpt):
     assert rc == 1 and ("CK601", "rng_state.pth") in found
     f = next(f for f in doc["findings"] if f["code"] == "CK601")
     assert "numpy.core.multiarray._reconstruct" in f["detail"]["allowlist"]
-    assert '(numpy._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")' in f["hint"]
+    assert (
+        '(numpy._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")' in f["hint"]
+    )
     rc, found, _ = validate(ckpt, "--allow", "numpy.core.multiarray._reconstruct")
     assert rc == 0, found
 

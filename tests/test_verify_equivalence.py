@@ -22,8 +22,7 @@ import ckptdoctor.diff as diffmod
 from ckptdoctor.cli import app
 from ckptdoctor.codes import Code
 from ckptdoctor.convert import ConvertError, convert
-from ckptdoctor.repair import repair
-from ckptdoctor.repair import rules as repair_rules
+from ckptdoctor.repair import repair, rules as repair_rules
 
 runner = CliRunner()
 

@@ -21,12 +21,32 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import (dcp_to_safetensors, dcp_to_torch, deepspeed_to_safetensors, deepspeed_to_torch,
-               lightning_to_safetensors, safe_to_torch, safetensors_to_dcp, safetensors_to_safetensors,
-               safetensors_to_torch, torch_to_dcp,
-               torch_to_safe, torch_to_safetensors)
-from .common import (DTYPE_CHOICES, TARGETS, ConvertError, ConvertResult, ConvertTarget, Options,
-                     Progress, Timer, fail, parse_size)
+from . import (
+    dcp_to_safetensors,
+    dcp_to_torch,
+    deepspeed_to_safetensors,
+    deepspeed_to_torch,
+    lightning_to_safetensors,
+    safe_to_torch,
+    safetensors_to_dcp,
+    safetensors_to_safetensors,
+    safetensors_to_torch,
+    torch_to_dcp,
+    torch_to_safe,
+    torch_to_safetensors,
+)
+from .common import (
+    DTYPE_CHOICES,
+    TARGETS,
+    ConvertError,
+    ConvertResult,
+    ConvertTarget,
+    Options,
+    Progress,
+    Timer,
+    fail,
+    parse_size,
+)
 from .sources import detect
 
 Runner = Callable[[Path, Path, Options, ConvertResult], None]
@@ -88,7 +108,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | ConvertTar
         options = sorted(t for k, t in CONVERTERS if k == kind)
         raise fail(src, f"no conversion from {kind} to {to}"
                    + (f" (from {kind}: --to {' / '.join(options)})" if options else ""))
-    honoured = getattr(sys.modules[runner.__module__], "OPTIONS", set())
+    honoured: set[str] = getattr(sys.modules[runner.__module__], "OPTIONS", set())
     asked = {"dtype": dtype != "keep", "max_shard_size": max_shard_size is not None,
              "strip_prefix": bool(strip_prefix), "drop_non_tensors": drop_non_tensors,
              "add_prefix": bool(add_prefix), "nest": bool(nest), "params": params is not None}
@@ -153,14 +173,14 @@ def render_result(result: ConvertResult) -> str:
              + ("verified bit-identical" if result.verified else "NOT verified (--no-verify)")]
     for f in result.files:
         lines.append(f"  wrote {f}")
-    for f in result.findings:
-        lines.append(f"  {f.code} {f.severity}: {f.message}")
-        if f.hint:
-            lines.append(f"    hint: {f.hint}")
+    for x in result.findings:
+        lines.append(f"  {x.code} {x.severity}: {x.message}")
+        if x.hint:
+            lines.append(f"    hint: {x.hint}")
     return "\n".join(lines) + "\n"
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"

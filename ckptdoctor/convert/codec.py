@@ -73,9 +73,9 @@ def encode(obj: Any, hook: Callable[[str, Any], Any] | None = None, path: str = 
     from ..standins import EnumStandIn, StandIn
 
     if hook is not None:
-        out = hook(path, obj)
-        if out is not None:
-            return out
+        hooked = hook(path, obj)
+        if hooked is not None:
+            return hooked
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if type(obj) is int:
@@ -91,7 +91,7 @@ def encode(obj: Any, hook: Callable[[str, Any], Any] | None = None, path: str = 
             return {k: encode(v, hook, _join(path, k)) for k, v in obj.items()}
         return {T: "dict", "items": _items(obj, hook, path)}
     if type(obj) is OrderedDict:
-        out = {T: "odict", "items": _items(obj, hook, path)}
+        out: dict[str, Any] = {T: "odict", "items": _items(obj, hook, path)}
         attrs = vars(obj)
         if attrs:
             out["attrs"] = {k: encode(v, hook, _join(path, "@" + k)) for k, v in attrs.items()}
@@ -149,9 +149,10 @@ def encode(obj: Any, hook: Callable[[str, Any], Any] | None = None, path: str = 
                 "v": encode(obj.value, hook, path)}
     if isinstance(obj, dict):  # a dict subclass (Lightning's AttributeDict, ...)
         out = {T: "dictsub", "cls": _qualname(type(obj)), "items": _items(obj, hook, path)}
-        attrs = getattr(obj, "__dict__", None)
-        if attrs:
-            out["attrs"] = {k: encode(v, hook, _join(path, "@" + k)) for k, v in attrs.items()}
+        inst_attrs = getattr(obj, "__dict__", None)
+        if inst_attrs:
+            out["attrs"] = {k: encode(v, hook, _join(path, "@" + k))
+                            for k, v in inst_attrs.items()}
         return out
     if _plain_instance(obj):  # a plain-data class pickled the default way (dataclasses, ...)
         return {T: "instance", "cls": _qualname(type(obj)),
@@ -172,6 +173,10 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# object.__getstate__ exists from Python 3.11; before, a class without one has none at all
+_OBJECT_GETSTATE = getattr(object, "__getstate__", None)
+
+
 def _plain_instance(obj: Any) -> bool:
     """An instance the allow-list policy calls plain data, pickled as NEWOBJ + BUILD(__dict__):
     rebuilding it as cls.__new__(cls) + __dict__ update is what unpickling does too."""
@@ -183,7 +188,7 @@ def _plain_instance(obj: Any) -> bool:
         return False
     if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__:
         return False
-    if getattr(cls, "__getstate__", object.__getstate__) is not object.__getstate__ \
+    if getattr(cls, "__getstate__", _OBJECT_GETSTATE) is not _OBJECT_GETSTATE \
             or hasattr(cls, "__setstate__"):
         return False
     return vet(_qualname(cls)).verdict is Verdict.DATA
@@ -228,7 +233,7 @@ def decode(doc: Any, hook: Callable[[dict], Any] | None = None) -> Any:
             setattr(od, k, decode(v, hook))
         return od
     if kind == "defaultdict":
-        dd = defaultdict(_FACTORIES[doc["factory"]])
+        dd: defaultdict[Any, Any] = defaultdict(_FACTORIES[doc["factory"]])
         dd.update((_hashable(decode(k, hook)), decode(v, hook)) for k, v in doc["items"])
         return dd
     if kind == "counter":
@@ -390,7 +395,7 @@ def deep_equal(a: Any, b: Any, tensor_eq: Callable[[Any, Any], bool] | None = No
     if isinstance(a, (list, tuple)):
         if len(a) != len(b):
             return f"{path or '<root>'} (lengths differ)"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             d = deep_equal(x, y, tensor_eq, _join(path, i))
             if d:
                 return d
@@ -407,5 +412,5 @@ def deep_equal(a: Any, b: Any, tensor_eq: Callable[[Any, Any], bool] | None = No
         return deep_equal(vars(a), vars(b), tensor_eq, _join(path, "@state"))
     try:
         return None if a == b else (path or "<root>")
-    except Exception:  # noqa: BLE001 - exotic __eq__
+    except Exception:  # exotic __eq__
         return path or "<root>"

@@ -12,10 +12,9 @@ nothing else is ever released."""
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import math
-
-import ctypes
 import os
 import re
 import sys
@@ -309,7 +308,7 @@ class TensorEntry:
 
 def tensor_entry(name: str, t: Any, origin: str = "") -> TensorEntry:
     """An entry for an already loaded tensor. Call right after the load (see MappedFiles)."""
-    return TensorEntry(name, t.dtype, tuple(t.shape), lambda t=t: t, origin,
+    return TensorEntry(name, t.dtype, tuple(t.shape), lambda: t, origin,
                        MAPPED.tensor_is_mapped(t))
 
 
@@ -423,6 +422,8 @@ class MappedReader:
     def read(self, off: int, n: int):
         self.done()
         self.prev = (off, n)
+        if self.flat is None:  # an empty tensor: no bytes
+            return b""
         return self.flat[off:off + n]
 
     def done(self) -> None:
@@ -435,7 +436,7 @@ class FileReader:
     """pread-style reads into one reused buffer (plain reads: page cache, not our RSS)."""
 
     def __init__(self, path: Path):
-        self.fh = open(path, "rb", buffering=0)
+        self.fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         self.buf = bytearray()
 
     def read(self, offset: int, n: int):
@@ -456,7 +457,7 @@ class FileReader:
     def close(self) -> None:
         self.fh.close()
 
-    def __enter__(self) -> "FileReader":
+    def __enter__(self) -> FileReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:

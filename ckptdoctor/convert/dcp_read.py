@@ -115,15 +115,16 @@ class DcpCheckpoint:
             if dtype is None or shape is None:
                 raise fail(meta_path, f"{fqn}: dtype or size unreadable in .metadata")
             chunks = []
-            for c in (st.get("chunks") if isinstance(st.get("chunks"), SymList) else []):
+            listed = st.get("chunks")
+            for c in (listed if isinstance(listed, SymList) else []):
                 cs = _state(c)
                 off, size = _size(cs.get("offsets")), _size(cs.get("sizes"))
-                if off is None or size is None:
+                if off is None or size is None or not len(off) == len(size) == len(shape):
                     raise fail(meta_path, f"{fqn}: chunk offsets/sizes unreadable")
                 chunks.append(Chunk(off, size))
             self.tensors[fqn] = TensorMeta(fqn, dtype, shape, chunks)
             kinds[fqn] = "tensor"
-        by_key: dict[tuple[str, tuple | None], Item] = {}
+        by_key: dict[tuple[Any, tuple[int, ...] | None], Item] = {}
         sd = top.get("storage_data")
         for index, sinfo in (sd if isinstance(sd, SymDict) else []):
             ist, s = _state(index), _state(sinfo)
@@ -167,7 +168,7 @@ class DcpCheckpoint:
     def _file(self, name: str):
         fh = self._fh.get(name)
         if fh is None:
-            fh = self._fh[name] = open(self.root / name, "rb")
+            fh = self._fh[name] = open(self.root / name, "rb")  # noqa: SIM115 - close()
         return fh
 
     def close(self) -> None:
@@ -190,7 +191,7 @@ class DcpCheckpoint:
         covered = 0
         for c in meta.chunks:
             part = self._chunk(meta, c)
-            index = tuple(slice(o, o + s) for o, s in zip(c.offsets, c.sizes))
+            index = tuple(slice(o, o + s) for o, s in zip(c.offsets, c.sizes, strict=True))
             out[index] = part
             n = 1
             for s in c.sizes:
@@ -236,7 +237,7 @@ class DcpCheckpoint:
             with zipfile.ZipFile(Slice(fh, c.offset, c.length)) as zf:
                 records = [i for i in zf.infolist() if "/data/" in i.filename
                            and i.filename.rsplit("/", 2)[-2] == "data"]
-        except Exception as exc:  # noqa: BLE001 - torch / zipfile raise many types
+        except Exception as exc:  # torch / zipfile raise many types
             raise fail(rel, f"{fqn}: item does not load: {type(exc).__name__}: {exc}") from None
         nbytes = t.numel() * t.element_size()
         if not isinstance(t, torch.Tensor) or t.dtype != meta.dtype \
@@ -285,7 +286,7 @@ def _set_element(root: dict, path: tuple, value: Any) -> None:
     cur: Any = root
     for i in range(1, len(path)):
         prev, key = path[i - 1], path[i]
-        default = {} if isinstance(key, str) else []
+        default: Any = {} if isinstance(key, str) else []
         if isinstance(cur, dict):
             cur = cur.setdefault(prev, default)
         else:

@@ -10,6 +10,7 @@ tuples, empty dicts), else from DCP's own planner_data (as DCP would rebuild it)
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .common import ConvertResult, Options, TensorEntry, target_dtype
@@ -26,8 +27,8 @@ def source(src: Path, opts: Options, tensors_only: bool = False
     ckpt = DcpCheckpoint(root, opts)
     values: dict = {}
     for fqn, meta in ckpt.tensors.items():
-        entry = TensorEntry(fqn, meta.dtype, meta.shape, lambda f=fqn: ckpt.load_tensor(f),
-                            str(root), raw=lambda f=fqn: ckpt.raw_range(f))
+        entry = TensorEntry(fqn, meta.dtype, meta.shape, functools.partial(ckpt.load_tensor, fqn),
+                            str(root), raw=functools.partial(ckpt.raw_range, fqn))
         values[fqn] = entry
     for fqn in ckpt.bytes_items:
         if not tensors_only:

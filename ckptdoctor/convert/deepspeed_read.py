@@ -18,6 +18,7 @@ parameters from `frozen_param_fragments`, and `shared_params` aliases point at t
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ def _natural(p: Path) -> list:
 
 def _as_int(v: Any, what: str, where: Path) -> int:
     """An int, an IntEnum, or a loader stand-in for an enum (`.value`)."""
+    cand: Any
     for cand in (v, getattr(v, "value", None), (getattr(v, "args", None) or (None,))[0]):
         if isinstance(cand, bool):
             continue
@@ -60,7 +62,7 @@ class _Flat:
     def copy_range(self, start: int, n: int, out: Any, out_pos: int) -> None:
         """out[out_pos:out_pos+n] = the virtual concatenation's [start, start+n)."""
         base = 0
-        for t, mapped in zip(self.tensors, self.mapped):
+        for t, mapped in zip(self.tensors, self.mapped, strict=True):
             size = t.numel()
             lo, hi = max(start, base), min(start + n, base + size)
             if lo < hi:
@@ -117,7 +119,7 @@ class ZeroCheckpoint:
                                  if isinstance(pads, (list, tuple)) else [])
         self.mapped = [[MAPPED.tensor_is_mapped(t) for t in groups] for groups in self.flat]
         self.models = [load_torch(f, opts) for f in model_files]
-        for f, m in zip(model_files, self.models):
+        for f, m in zip(model_files, self.models, strict=True):
             if not isinstance(m, Mapping) or "param_shapes" not in m or "buffer_names" not in m:
                 raise fail(f, f"{f.name}: not a DeepSpeed model state (no param_shapes)")
             if _as_int(m.get("mp_world_size", 1) or 1, "mp_world_size", f) > 1:
@@ -138,16 +140,13 @@ class ZeroCheckpoint:
                 b = module[name]
                 out.append((name, TensorEntry(name, torch.float32 if b.is_floating_point()
                                               else b.dtype, tuple(b.shape),
-                                              lambda b=b: b.float() if b.is_floating_point()
-                                              else b, str(f0))))
+                                              functools.partial(_float_buffer, b), str(f0))))
         out += self._frozen()
         out += self._stage12() if self.stage <= 2 else self._stage3()
         shared = m0.get("shared_params") or {}
         return out, {str(k): str(v) for k, v in dict(shared).items()}
 
     def _frozen(self) -> list[tuple[str, TensorEntry]]:
-        import torch
-
         m0 = self.models[0]
         shapes = m0.get("frozen_param_shapes") or {}
         if not shapes:
@@ -158,13 +157,12 @@ class ZeroCheckpoint:
             numel = math.prod(shape)
             if self.stage <= 2:
                 frag = m0["frozen_param_fragments"][name]
-                load = (lambda frag=frag, shape=shape: frag.reshape(shape))
+                load = functools.partial(frag.reshape, shape)
                 dtype = frag.dtype
             else:
                 frags = [m["frozen_param_fragments"][name] for m in self.models]
                 dtype = frags[0].dtype
-                load = (lambda frags=frags, numel=numel, shape=shape:
-                        torch.cat([f.reshape(-1) for f in frags])[:numel].reshape(shape))
+                load = functools.partial(_concat_frozen, frags, numel, shape)
             out.append((name, TensorEntry(name, dtype, shape, load, str(self.tag))))
         return out
 
@@ -192,8 +190,7 @@ class ZeroCheckpoint:
             offset = 0
             for name, shape in shapes:
                 numel = math.prod(shape)
-                load = (lambda o=offset, n=numel, s=shape, rk=ranks, st=starts:
-                        _gather12(rk, st, o, n, s))
+                load = functools.partial(_gather12, ranks, starts, offset, numel, shape)
                 out.append((name, TensorEntry(name, torch.float32, shape, load, str(self.tag))))
                 offset += numel
             # zero_to_fp32's check (both rounded up to 2*world), or the exact group_paddings
@@ -218,7 +215,7 @@ class ZeroCheckpoint:
             piece = math.ceil(numel / self.world)
             out.append((name, TensorEntry(
                 name, torch.float32, shape,
-                lambda o=offset, n=numel, p=piece, s=shape: _gather3(ranks, o, n, p, s),
+                functools.partial(_gather3, ranks, offset, numel, piece, shape),
                 str(self.tag))))
             offset += piece
         avail = ranks[0].numel
@@ -228,11 +225,23 @@ class ZeroCheckpoint:
         return out
 
 
+def _float_buffer(b: Any) -> Any:
+    """A buffer as zero_to_fp32 writes it: floating point ones in float32."""
+    return b.float() if b.is_floating_point() else b
+
+
+def _concat_frozen(frags: list[Any], numel: int, shape: tuple[int, ...]) -> Any:
+    """A ZeRO-3 frozen parameter: its per-rank fragments concatenated, padding cut."""
+    import torch
+
+    return torch.cat([f.reshape(-1) for f in frags])[:numel].reshape(shape)
+
+
 def _gather12(ranks: list[_Flat], starts: list[int], offset: int, numel: int, shape: tuple):
     import torch
 
     out = torch.empty(numel, dtype=torch.float32)
-    for rk, base in zip(ranks, starts):
+    for rk, base in zip(ranks, starts, strict=True):
         lo, hi = max(offset, base), min(offset + numel, base + rk.numel)
         if lo < hi:
             rk.copy_range(lo - base, hi - lo, out, lo - offset)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..codes import Code
-from .common import ConvertResult, Options, fail
+from .common import ConvertResult, Options, fail, holds, is_tensor
 from .loading import load_torch
-from .common import holds, is_tensor
 from .sources import source_dir
 from .st_emit import Leaf, emit
 from .torch_to_safetensors import leaves_of

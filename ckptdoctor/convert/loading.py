@@ -65,7 +65,7 @@ def _slice_class():
         """FileSlice reading straight into the caller's buffer: torch.load's zip reader asks
         for a whole record at once, and a temporary bytes object would double the peak."""
 
-        def readinto(self, buf) -> int:  # noqa: ANN001
+        def readinto(self, buf) -> int:
             n = max(0, min(len(buf), self._len - self._pos))
             if n == 0:
                 return 0
@@ -89,7 +89,7 @@ def load_tensor_item(fh: Any, offset: int, length: int, rel: str) -> Any:
                         "with another serialization format or an extension)")
     try:
         obj = torch.load(FileSlice(fh, offset, length), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types on bad input
+    except Exception as exc:  # torch raises many types on bad input
         raise ConvertError(Code.CONVERT_FAILED.finding(
             rel, f"{rel}: tensor item at offset {offset} does not load with weights_only=True: "
                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None

@@ -5,6 +5,7 @@ manifest's sizes are always checked and, unless --no-verify, its sha256 too."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from .torch_emit import emit
 from .torch_to_safe import MANIFEST, STATE, TENSORS
 from .torch_writer import TensorRef
 
-OPTIONS = set()  # convert() options it honours
+OPTIONS: set[str] = set()  # convert() options it honours
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
@@ -53,8 +54,9 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
             dtype = getattr(torch, d.get("dtype", ""), None)
             shape = tuple(d.get("shape", entry.shape))
             if isinstance(dtype, torch.dtype) and dtype != entry.dtype:  # stored as raw bytes
-                entry = TensorEntry(key, dtype, shape, lambda e=entry, dt=dtype, s=shape:
-                                    e.load().view(dt).reshape(s), entry.origin, entry.mapped)
+                entry = TensorEntry(key, dtype, shape,
+                                    functools.partial(_reinterpret, entry, dtype, shape),
+                                    entry.origin, entry.mapped)
             refs[key] = TensorRef(entry, parameter=bool(d.get("parameter")),
                                   requires_grad=bool(d.get("requires_grad")))
         return refs[key]
@@ -65,3 +67,8 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         raise fail(src / STATE, f"{STATE} does not decode: {exc}") from None
     name = doc.get("source") or "checkpoint.pt"
     emit(dst, opts, result, tree, Path(name).name)
+
+
+def _reinterpret(entry: TensorEntry, dtype: Any, shape: tuple[int, ...]) -> Any:
+    """A tensor stored as raw bytes, viewed back as its dtype and shape."""
+    return entry.load().view(dtype).reshape(shape)

@@ -29,9 +29,11 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         loaded: dict[int, object] = {}
         state: dict = {}
         for leaf in leaves:  # an alias shares its target's entry: the same tensor object
-            key = id(leaf.entry)
+            entry = leaf.entry
+            assert entry is not None  # source_leaves: every leaf is a stored tensor
+            key = id(entry)
             if key not in loaded:
-                loaded[key] = leaf.entry.load()
+                loaded[key] = entry.load()
             state[leaf.key] = loaded[key]
         stem = paths[0].name.split(".")[0].split("-0")[0]
         extra = paths[0].parent / f"{stem}.extra.json"

@@ -18,7 +18,8 @@ from .st_io import SafetensorsFile
 from .torch_emit import emit
 from .torch_writer import TensorRef
 
-OPTIONS = {"dtype", "strip_prefix", "add_prefix", "drop_non_tensors"}  # convert() options it honours
+# convert() options it honours
+OPTIONS = {"dtype", "strip_prefix", "add_prefix", "drop_non_tensors"}
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
@@ -47,11 +48,12 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
         result.non_tensor_sidecar = str(extra)
     if opts.strip_prefix:
         p = opts.strip_prefix
-        kept = {k[len(p):]: v for k, v in tree.items() if k.startswith(p) and len(k) > len(p)}
+        stripped = {k[len(p):]: v for k, v in tree.items()
+                    if k.startswith(p) and len(k) > len(p)}
         result.skipped.extend(k for k in tree if not (k.startswith(p) and len(k) > len(p)))
-        if not kept:
+        if not stripped:
             raise fail(src, f"no entry starts with --strip-prefix {p!r}")
-        tree = kept
+        tree = stripped
     if opts.add_prefix:
         tree = {opts.add_prefix + k: v for k, v in tree.items()}
     emit(dst, opts, result, tree, "pytorch_model.bin", source_dir(src))

@@ -94,9 +94,9 @@ def left_behind(src: Path, taken: set[Path]) -> tuple[list[dict], Finding | None
                                                              else info.scan_state.value)})
     if not rows:
         return rows, None
-    bad = [r for r in rows if r["state"] != "complete"]
+    incomplete = [r for r in rows if r["state"] != "complete"]
     msg = (f"{len(rows)} training-state entr{'y' if len(rows) == 1 else 'ies'} left behind "
-           f"({len(bad)} incomplete): " + "; ".join(
+           f"({len(incomplete)} incomplete): " + "; ".join(
                f"{r['path']} {r['state']}" + (f" ({r['why']})" if r["why"] else "")
                for r in rows[:6]) + (" ..." if len(rows) > 6 else ""))
     return rows, Code.CONVERT_LEFT_BEHIND.finding(
@@ -104,6 +104,6 @@ def left_behind(src: Path, taken: set[Path]) -> tuple[list[dict], Finding | None
                             "training from the model only", left_behind=rows)
 
 
-def _complete(info) -> bool:  # noqa: ANN001
+def _complete(info) -> bool:
     return info.scan_state is ScanState.COMPLETE and not any(
         f.severity is Severity.ERROR for f in info.findings)

@@ -8,7 +8,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from .common import TensorEntry, fail, holds, is_tensor
 
@@ -167,6 +167,10 @@ def source_dir(src: Path) -> Path:
     return src if src.is_dir() else src.parent
 
 
+@overload
+def deepspeed_tag_dir(src: Path, quiet: Literal[False] = False) -> Path: ...
+@overload
+def deepspeed_tag_dir(src: Path, quiet: bool) -> Path | None: ...
 def deepspeed_tag_dir(src: Path, quiet: bool = False) -> Path | None:
     """The tag directory (global_stepN) of a DeepSpeed checkpoint: SRC itself when it holds
     *_optim_states.pt, else the tag `latest` names (or the only global_step* directory)."""

@@ -10,11 +10,10 @@ from typing import Any
 
 from ..codes import Code
 from . import st_io
-from .codec import CodecError, decode, deep_equal, encode
 from .carry import copy_sidecars
+from .codec import CodecError, decode, deep_equal, encode
+from .common import ConvertError, ConvertResult, Options, TensorEntry, fail, target_dtype
 from .staging import Staging, write_json
-from .common import (ConvertError, ConvertResult, Options, TensorEntry,
-                     fail, target_dtype)
 
 EXTRA_FORMAT = "ckptdoctor.extra/1"
 _HEAD_WORDS = ("lm_head", "output", "decoder", "head", "classifier", "embed_out")
@@ -57,7 +56,7 @@ def select_prefix(leaves: list[Leaf], prefix: str | None, result: ConvertResult,
             skipped.append(leaf.key)
     if not kept:
         raise fail(origin, f"no entry starts with --strip-prefix {prefix!r}",
-                   hint="keys look like: " + ", ".join(l.key for l in leaves[:3]))
+                   hint="keys look like: " + ", ".join(x.key for x in leaves[:3]))
     if skipped:
         result.skipped.extend(skipped)
         result.findings.append(Code.CONVERT_SKIPPED.finding(
@@ -83,7 +82,7 @@ def dedupe(leaves: list[Leaf], result: ConvertResult, origin: str) -> tuple[list
     for group in groups.values():
         if len(group) < 2:
             continue
-        keep = min(group, key=lambda l: _keep_rank(l.key))
+        keep = min(group, key=lambda x: _keep_rank(x.key))
         first = group[0]
         if keep is not first:  # the kept name takes the first one's place in the order
             unique[unique.index(first)] = keep
@@ -117,12 +116,13 @@ def emit(src: Path, dst: Path, opts: Options, result: ConvertResult, leaves: lis
     if opts.add_prefix:
         for leaf in leaves:
             leaf.key = opts.add_prefix + leaf.key
-    tensors = [l for l in leaves if l.entry is not None]
-    values = [l for l in leaves if l.entry is None] + list(more_values)
+    tensors = [x for x in leaves if x.entry is not None]
+    values = [x for x in leaves if x.entry is None] + list(more_values)
     if not tensors:
         raise fail(origin, "no tensors to write")
     unique, aliases = dedupe(tensors, result, origin)
-    items = [st_io.StItem(l.key, l.entry, target_dtype(l.entry.dtype, opts.dtype)) for l in unique]
+    items = [st_io.StItem(x.key, e, target_dtype(e.dtype, opts.dtype))
+             for x in unique if (e := x.entry) is not None]  # all: `tensors` hold an entry
     shards = st_io.shard(items, opts.max_shard_size)
     file_mode = dst.suffix == ".safetensors"
     if file_mode and len(shards) > 1:
@@ -132,7 +132,7 @@ def emit(src: Path, dst: Path, opts: Options, result: ConvertResult, leaves: lis
     staging = Staging(dst, "file" if file_mode else "dir", opts.overwrite)
     try:
         plans = []
-        for name, shard_items in zip(names, shards):
+        for name, shard_items in zip(names, shards, strict=True):
             meta = {"format": "pt"}
             in_shard = {it.name for it in shard_items}
             meta.update({a: k for a, k in aliases.items() if k in in_shard})

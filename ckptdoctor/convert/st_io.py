@@ -20,8 +20,18 @@ from typing import Any
 from ..codes import Code
 from ..formats.safetensors_file import check_entries, read_header
 from ..model import Severity
-from .common import (CHUNK, MAPPED, ConvertError, FileReader, Options, TensorEntry, Writeback,
-                     compare_bytes, entry_chunks, fail)
+from .common import (
+    CHUNK,
+    MAPPED,
+    ConvertError,
+    FileReader,
+    Options,
+    TensorEntry,
+    Writeback,
+    compare_bytes,
+    entry_chunks,
+    fail,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -197,7 +207,8 @@ def shard_names(base: str, n: int) -> list[str]:
 
 
 def index_doc(shards: list[list[StItem]], names: list[str]) -> dict[str, Any]:
-    weight_map = {it.name: fname for fname, items in zip(names, shards) for it in items}
+    weight_map = {it.name: fname for fname, items in zip(names, shards, strict=True)
+                  for it in items}
     total = sum(it.nbytes for items in shards for it in items)
     return {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
 

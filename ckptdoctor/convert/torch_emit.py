@@ -7,12 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from .codec import deep_equal
 from .carry import copy_sidecars
-from .staging import Staging
-from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, MappedReader, Options,
-                     compare_bytes, entry_chunks, holds)
+from .codec import deep_equal
+from .common import (
+    CHUNK,
+    MAPPED,
+    ConvertError,
+    ConvertResult,
+    MappedReader,
+    Options,
+    compare_bytes,
+    entry_chunks,
+    holds,
+)
 from .loading import load_torch
+from .staging import Staging
 from .torch_writer import TensorRef, write_torch_zip
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
@@ -59,9 +68,8 @@ def verify(path: Path, tree: Any, opts: Options, rel: str) -> None:
         if out.dtype != ref.dtype or tuple(out.shape) != tuple(ref.shape):
             raise _mismatch(rel, f"{where}: dtype/shape differ from the source")
         ptr = out.untyped_storage().data_ptr() if out.numel() else None
-        if ptr is not None:
-            if storages.setdefault(id(ref), ptr) != ptr:
-                raise _mismatch(rel, f"{where}: a shared tensor was written twice")
+        if ptr is not None and storages.setdefault(id(ref), ptr) != ptr:
+            raise _mismatch(rel, f"{where}: a shared tensor was written twice")
         reader = MappedReader(out, MAPPED.tensor_is_mapped(out))
         bad = compare_bytes(entry_chunks(ref.entry, ref.dtype, CHUNK), reader.read, 0,
                             ref.nbytes)
@@ -98,7 +106,7 @@ def _walk(tree: Any, out: Any, where: str, tensor_eq: Any, rel: str) -> None:
     if isinstance(tree, (list, tuple)) and holds(tree, lambda x: isinstance(x, TensorRef)):
         if type(out) is not type(tree) or len(out) != len(tree):
             raise _mismatch(rel, f"{where or '<root>'}: sequence differs")
-        for i, (a, b) in enumerate(zip(tree, out)):
+        for i, (a, b) in enumerate(zip(tree, out, strict=True)):
             _walk(a, b, f"{where}.{i}" if where else str(i), tensor_eq, rel)
         return
     if isinstance(tree, StandIn) and holds(tree.state, lambda x: isinstance(x, TensorRef)):

@@ -16,6 +16,8 @@ kept in `ckptdoctor.tree.json` beside `.metadata` (DCP ignores it; dcp -> torch 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -24,15 +26,27 @@ from typing import Any
 from ..codes import Code
 from ..model import Severity
 from ..standins import StandIn
-from .codec import CodecError, deep_equal, encode
 from .carry import copy_sidecars
-from .staging import Staging, write_json
-from .common import (CHUNK, MAPPED, ConvertError, ConvertResult, FileReader, Options,
-                     Writeback, byte_chunks, compare_bytes, fail, holds,
-                     release_tensor, target_dtype)
+from .codec import CodecError, deep_equal, encode
+from .common import (
+    CHUNK,
+    MAPPED,
+    ConvertError,
+    ConvertResult,
+    FileReader,
+    Options,
+    Writeback,
+    byte_chunks,
+    compare_bytes,
+    fail,
+    holds,
+    release_tensor,
+    target_dtype,
+)
 from .dcp_read import TREE_FORMAT, TREE_NAME, DcpCheckpoint
 from .loading import load_torch
 from .sources import torch_files
+from .staging import Staging, write_json
 
 OPTIONS = {"dtype", "add_prefix", "nest", "params"}  # convert() options it honours
 
@@ -72,10 +86,8 @@ def leaves_and_skeleton(state: dict) -> tuple[dict[str, Any], Any]:
             out = {"$t": "odict" if type(v) is OrderedDict else "dict",
                    "items": [[encode(k), child] for k, child in items]}
             if type(v) is OrderedDict and vars(v):
-                try:
+                with contextlib.suppress(CodecError):
                     out["attrs"] = encode(dict(vars(v)))
-                except CodecError:
-                    pass
             return out
         if not _is_terminal(v) and isinstance(v, (list, tuple)):
             return [walk(path + (i,), x) for i, x in enumerate(v)]
@@ -102,7 +114,7 @@ def _planner_class():
             self.opts = opts
             self._prev: tuple[Any, bool, bool] | None = None
 
-        def resolve_data(self, write_item):  # noqa: ANN001, ANN201
+        def resolve_data(self, write_item):
             self.release()
             obj = self.lookup_object(write_item.index)
             if write_item.type == WriteItemType.BYTE_IO:
@@ -183,10 +195,10 @@ def write_params(staging: Staging, opts: Options, result: ConvertResult) -> bool
                 doc = yaml.safe_load(text)
             except ImportError:
                 raise fail(path, f"--params {path}: YAML needs PyYAML; pass a JSON file") from None
-            except Exception as exc:  # noqa: BLE001 - yaml's errors
+            except Exception as exc:  # yaml's errors
                 raise fail(path, f"--params {path}: not valid YAML: {exc}") from None
         if doc is None:
-            raise fail(path, f"--params {path}: not valid JSON")
+            raise fail(path, f"--params {path}: not valid JSON") from None
     if not isinstance(doc, dict):
         raise fail(path, f"--params {path}: holds {type(doc).__name__}, not an object")
     if not isinstance(doc.get("model"), dict):
@@ -333,16 +345,16 @@ def _verify(root: Path, leaves: dict[str, Any], opts: Options, rel: str) -> None
                 else:
                     out = ckpt.load_tensor(fqn)
                     flat = (out.contiguous().reshape(-1).view(torch.uint8).numpy()
-                            if out.numel() else None)
-                    bad = compare_bytes(expected, lambda off, n: flat[off:off + n], 0, nbytes)
+                            if out.numel() else b"")
+                    bad = compare_bytes(expected, functools.partial(_byte_slice, flat), 0, nbytes)
                     del out, flat
                 if bad is not None:
                     raise _mismatch(rel, f"{fqn}: byte {bad} differs from the source")
                 opts.tick("verify", nbytes)
             else:
-                where = deep_equal(src, ckpt.load_bytes(fqn))
-                if where is not None:
-                    raise _mismatch(rel, f"{fqn}: value differs at {where}")
+                differs_at = deep_equal(src, ckpt.load_bytes(fqn))
+                if differs_at is not None:
+                    raise _mismatch(rel, f"{fqn}: value differs at {differs_at}")
         tree_doc = json.loads((root / TREE_NAME).read_text()) if (root / TREE_NAME).is_file() \
             else None
         if tree_doc is not None and set(tree_doc["fqns"]) != set(leaves):
@@ -351,6 +363,10 @@ def _verify(root: Path, leaves: dict[str, Any], opts: Options, rel: str) -> None
         for r in readers.values():
             r.close()
         ckpt.close()
+
+
+def _byte_slice(flat: Any, off: int, n: int) -> Any:
+    return flat[off:off + n]
 
 
 def _mismatch(rel: str, message: str) -> ConvertError:

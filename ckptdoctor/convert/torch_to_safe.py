@@ -13,22 +13,22 @@ torch.save object) -> the `safe` format, a directory holding no pickle at all:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from . import st_io
-from .codec import CodecError, decode, deep_equal, encode, SKIP
-from .staging import Staging, write_json
-from .common import (ConvertError, ConvertResult, Options, TensorEntry, fail,
-                     tensor_entry)
+from .codec import SKIP, CodecError, decode, deep_equal, encode
+from .common import ConvertError, ConvertResult, Options, TensorEntry, fail, tensor_entry
 from .loading import load_torch
 from .sources import SAFE_FORMAT, storage_identity
+from .staging import Staging, write_json
 
 TENSORS, STATE, MANIFEST = "tensors.safetensors", "state.json", "manifest.json"
 
-OPTIONS = set()  # convert() options it honours
+OPTIONS: set[str] = set()  # convert() options it honours
 
 
 def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
@@ -54,11 +54,12 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
                 items.append(st_io.StItem(key, entry, v.dtype))
             except KeyError:  # no safetensors dtype (complex128, ...): stored as raw bytes
                 raw = TensorEntry(key, torch.uint8, (v.numel() * v.element_size(),),
-                                  lambda v=v: v.contiguous().reshape(-1).view(torch.uint8),
+                                  functools.partial(_raw_bytes, v),
                                   str(src), entry.mapped and v.is_contiguous())
                 items.append(st_io.StItem(key, raw, torch.uint8))
             by_key[key] = v
-        out = {"$t": "tensor", "key": key, "dtype": str(v.dtype).removeprefix("torch."),
+        out: dict[str, Any] = {"$t": "tensor", "key": key,
+                               "dtype": str(v.dtype).removeprefix("torch."),
                "shape": list(v.shape)}
         if isinstance(v, torch.nn.Parameter):
             out["parameter"] = True
@@ -100,6 +101,13 @@ def run(src: Path, dst: Path, opts: Options, result: ConvertResult) -> None:
     except BaseException:
         staging.abort()
         raise
+
+
+def _raw_bytes(v: Any) -> Any:
+    """A tensor safetensors has no dtype for, as its raw bytes."""
+    import torch
+
+    return v.contiguous().reshape(-1).view(torch.uint8)
 
 
 def _read_json(path: Path) -> Any:

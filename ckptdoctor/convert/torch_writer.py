@@ -20,11 +20,21 @@ import struct
 import uuid
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import (CHUNK, Options, TensorEntry, Writeback, dtype_name, entry_chunks, fail,
-                     holds, is_tensor)
+from .common import (
+    CHUNK,
+    Options,
+    TensorEntry,
+    Writeback,
+    dtype_name,
+    entry_chunks,
+    fail,
+    holds,
+    is_tensor,
+)
 
 ALIGNMENT = 64
 _PAD_HEADER_ID = 0x4246  # "FB", the extra-field id torch's writer pads with
@@ -92,7 +102,18 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-class _Pickler(pickle._Pickler):  # noqa: SLF001 - the pure-Python pickler is the extensible one
+# the pure-Python pickler's own save(), which typeshed does not declare
+_PY_SAVE: Callable[..., None] = pickle._Pickler.save  # type: ignore[attr-defined]
+
+
+class _Pickler(pickle._Pickler):  # the pure-Python pickler is the extensible one
+    # its internals, not in typeshed
+    memo: dict[int, tuple[int, Any]]
+    write: Callable[[bytes], Any]
+    get: Callable[[int], bytes]
+    memoize: Callable[[Any], None]
+    save_reduce: Callable[..., None]
+
     def __init__(self, file: io.BytesIO):
         super().__init__(file, protocol=2)
         self.storages: list[TensorRef] = []
@@ -103,7 +124,7 @@ class _Pickler(pickle._Pickler):  # noqa: SLF001 - the pure-Python pickler is th
             return ("storage", storage_type(obj.dtype), obj.key, "cpu", obj.numel)
         return None
 
-    def save(self, obj: Any, save_persistent_id: bool = True) -> None:  # noqa: FBT001
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         from ..standins import StandIn
 
         if isinstance(obj, (TensorRef, StandIn, _Global, _Inner)):
@@ -127,7 +148,7 @@ class _Pickler(pickle._Pickler):  # noqa: SLF001 - the pure-Python pickler is th
             else:
                 self._save_standin(obj)
             return
-        super().save(obj, save_persistent_id)
+        _PY_SAVE(self, obj, save_persistent_id)
 
     def _save_tensor(self, ref: TensorRef, memo_obj: Any) -> None:
         import torch
@@ -137,7 +158,7 @@ class _Pickler(pickle._Pickler):  # noqa: SLF001 - the pure-Python pickler is th
             key = self._keys[id(ref)] = str(len(self.storages))
             self.storages.append(ref)
         pid = _Pid(key, ref.dtype, ref.entry.numel)
-        args = (pid, 0, tuple(ref.shape), contiguous_stride(ref.shape),
+        args: tuple[Any, ...] = (pid, 0, tuple(ref.shape), contiguous_stride(ref.shape),
                 ref.requires_grad and not ref.parameter, OrderedDict())
         self.save_reduce(torch._utils._rebuild_tensor_v2, args, obj=memo_obj)
 

@@ -75,7 +75,7 @@ def values_equal(a: Any, b: Any) -> bool:
     try:
         if deep_equal(a, b) is None:
             return True
-    except Exception:  # noqa: BLE001 - exotic objects: compare their reprs
+    except Exception:  # exotic objects: compare their reprs
         if repr(a) == repr(b):
             return True
     try:

@@ -34,8 +34,9 @@ PICKLE_FORMATS = frozenset({FormatName.TORCH_ZIP, FormatName.TORCH_LEGACY, Forma
                             FormatName.EMPTY, FormatName.UNKNOWN})
 # Extensions that promise a format: when content does not match, read it as that format anyway
 # so the user hears what is wrong with it (a cut safetensors file has no valid header to sniff).
-PROMISED = {".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip(),
-            ".bin": TorchZip(), ".ckpt": TorchZip(), ".pkl": PickleFile()}
+PROMISED: dict[str, Format] = {
+    ".safetensors": Safetensors(), ".pt": TorchZip(), ".pth": TorchZip(), ".bin": TorchZip(),
+    ".ckpt": TorchZip(), ".pkl": PickleFile()}
 
 
 def detect_file(path: Path, rel: str = "") -> FileInfo:
@@ -51,7 +52,7 @@ def detect_file(path: Path, rel: str = "") -> FileInfo:
                 check_polyglot(path, info)
     except storage.RemoteReadError:
         info = FileInfo(rel, "unknown", 0)  # the session recorded why (below)
-    except Exception as exc:  # noqa: BLE001 - one hostile file must not end a directory run
+    except Exception as exc:  # one hostile file must not end a directory run
         return FileInfo(rel, FormatName.UNKNOWN, _size(path), scan_state=ScanState.FAILED,
                         findings=[
             Code.SCAN_FAILED.finding(rel, f"the scan could not run: {type(exc).__name__}: "
@@ -119,7 +120,8 @@ def _detect_file(path: Path, rel: str = "") -> FileInfo:
     except (RecursionError, MemoryError, ValueError, EOFError) as exc:
         return FileInfo(rel, fmt.name, st.st_size, scan_state=ScanState.INCONCLUSIVE,
                         findings=[Code.PICKLE_MALFORMED.finding(
-                            rel, f"could not parse as {fmt.name}: {type(exc).__name__}: {exc}"[:300])])
+                            rel,
+                            f"could not parse as {fmt.name}: {type(exc).__name__}: {exc}"[:300])])
 
 
 __all__ = ["FORMATS", "FORMAT_NAMES", "detect_file"]

@@ -6,11 +6,14 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..codes import Code
 from ..model import FileInfo, Finding, FormatName, ScanState, WeightsOnlyVerdict
 from ..pickles.scan import PickleScan
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 HEAD_BYTES = 64
 MAX_PICKLE_BYTES = 1 << 30  # a data.pkl larger than this is not read into memory
@@ -101,7 +104,7 @@ def add_global_findings(info: FileInfo, rel: str) -> None:
             blockers=v.blockers))
 
 
-class FileSlice(io.RawIOBase):
+class FileSlice(io.RawIOBase, BinaryIO):  # BinaryIO: for type checkers, the interface it has
     """A read-only, seekable window [start, start+length) of an open binary file.
 
     zipfile needs a seekable file object; this lets it read a zip embedded in a larger file
@@ -125,13 +128,14 @@ class FileSlice(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, buf) -> int:
-        n = max(0, min(len(buf), self._len - self._pos))
+    def readinto(self, buf: Buffer) -> int:
+        view = memoryview(buf)
+        n = max(0, min(len(view), self._len - self._pos))
         if n == 0:
             return 0
         self._fh.seek(self._start + self._pos)
         data = self._fh.read(n)
-        buf[: len(data)] = data
+        view[: len(data)] = data
         self._pos += len(data)
         return len(data)
 

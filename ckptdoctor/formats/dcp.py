@@ -10,15 +10,14 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from ..storage import open_binary, prefetch
 from ..model import FileInfo, FormatName, ScanState, TensorInfo
 from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, scan_bytes, scan_stream
+from ..storage import open_binary, prefetch
 from .base import FileSlice, Probe, add_global_findings, merge_scans, worsen
 from .torch_zip import ZIP_MAGIC, scan_zip
 
@@ -215,7 +214,8 @@ def item_spans(path: Path) -> list[tuple[int, int]]:
         if md is not None:
             return sorted({(e.offset, e.length) for e in md.storage
                            if e.relative_path == path.name})  # normalised like DCP does
-    spans, start, base, tail = [], 0, 0, b""
+    spans: list[tuple[int, int]] = []
+    start, base, tail = 0, 0, b""
     with open_binary(path) as fh:
         while len(spans) < MAX_ITEMS:
             block = fh.read(8 << 20)

@@ -150,7 +150,7 @@ def _legacy_view(fh: BinaryIO, size: int) -> DowngradedFile:
         try:
             for _ in pickletools.genops(fh):
                 pass
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise DowngradeError(f"legacy pickle {k + 1} of 5 is malformed: {exc}"[:300]) from exc
         end = fh.tell()
         fh.seek(pos)

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import math
-
 import ast
+import math
 import zipfile
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..codes import Code
-from ..storage import open_binary, zip_source
 from ..model import FileInfo, FormatName, ScanState, TensorInfo
 from ..pickles.scan import scan_stream
+from ..storage import open_binary, zip_source
 from .base import Probe, merge_scans, worsen
 from .torch_zip import is_zip_head
 
@@ -67,7 +66,7 @@ def npy_header_problem(header: object) -> str:
         return f"keys {sorted(map(str, header))}, expected {sorted(_NPY_KEYS)}"
     shape = header["shape"]
     if not isinstance(shape, tuple) or not all(
-            type(d) is int and d >= 0 for d in shape):  # noqa: E721 - bool is no dimension
+            type(d) is int and d >= 0 for d in shape):  # bool is no dimension
         return f"shape {shape!r} is not a tuple of non-negative integers"
     if not isinstance(header["fortran_order"], bool):
         return f"fortran_order {header['fortran_order']!r} is not a bool"
@@ -76,7 +75,7 @@ def npy_header_problem(header: object) -> str:
     return ""
 
 
-def _may_hold_objects(descr: object) -> bool:
+def _may_hold_objects(descr: str | list[Any]) -> bool:
     """Does numpy.load unpickle this array? It does when np.dtype(descr).hasobject, which
     'O' in the text does not capture ('object', nested structured fields ...). Parsed with
     numpy's own descr_to_dtype (it only builds a dtype; nothing is imported from the file);
@@ -84,10 +83,13 @@ def _may_hold_objects(descr: object) -> bool:
     if isinstance(descr, str) and "O" in descr:
         return True
     try:
+        import numpy as np
         from numpy.lib.format import descr_to_dtype
 
-        return bool(descr_to_dtype(descr).hasobject)
-    except Exception:  # noqa: BLE001 - numpy.load raises on it too, before pickle.load
+        # descr_to_dtype of a string is np.dtype(string); numpy's stubs only declare lists
+        dtype = np.dtype(descr) if isinstance(descr, str) else descr_to_dtype(descr)
+        return bool(dtype.hasobject)
+    except Exception:  # numpy.load raises on it too, before pickle.load
         return False
 
 

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 from ..codes import Code
-from ..storage import open_binary
 from ..model import FileInfo, FormatName, ScanState
 from ..pickles.scan import ScanLimits, scan_stream
+from ..storage import open_binary
 from .base import Probe, add_global_findings, merge_scans, worsen
 
 MAX_STACKED = 64
@@ -32,7 +32,7 @@ def _parses_a_little(head: bytes) -> bool:
         for n, _ in enumerate(pickletools.genops(io.BytesIO(head))):
             if n >= 2:
                 return True
-    except Exception:  # noqa: BLE001 - a partial head often ends mid-opcode
+    except Exception:  # a partial head often ends mid-opcode
         return False
     return False
 

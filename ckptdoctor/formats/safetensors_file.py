@@ -6,15 +6,14 @@ length before checking it against the file, and stay torch-free."""
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ..codes import Code
-from ..storage import open_binary
 from ..model import FileInfo, FormatName, TensorInfo
+from ..storage import open_binary
 from .base import Probe
 
 MAX_HEADER = 100_000_000  # safetensors' own cap

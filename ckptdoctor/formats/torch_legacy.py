@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..codes import Code
-from ..storage import open_binary, zip_source
 from ..model import FileInfo, FormatName, WeightsOnlyVerdict
 from ..pickles.scan import STORAGE_DTYPES, Glob, PickleScan, SymList, scan_stream
+from ..storage import open_binary, zip_source
 from .base import Probe, merge_scans
 
 MAX_TAR_MEMBERS = 10_000

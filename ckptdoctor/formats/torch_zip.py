@@ -5,17 +5,19 @@ record uncompressed and writes CRC32s it never checks; `check_crc` verifies them
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 from ..codes import Code
-from ..storage import open_binary, prefetch, zip_source
 from ..model import FileInfo, Finding, FormatName, GlobalClass, GlobalRef, ScanState
 from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, current_budget, scan_bytes
+from ..storage import open_binary, prefetch, zip_source
 from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
 from .zip_view import Record, TorchView, torch_records
 
@@ -51,7 +53,7 @@ def read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
     inflate `cap` bytes."""
     with zf.open(info) as fh:
         if info.CRC == 0 and hasattr(fh, "_expected_crc"):
-            fh._expected_crc = None  # noqa: SLF001 - torch.save(compute_crc32=False) writes 0:
+            fh._expected_crc = None  # torch.save(compute_crc32=False) writes 0:
             # "not recorded", not corrupt (torch never checks it; validate --deep reports it)
         return fh.read(max(0, min(cap, info.file_size)))
 
@@ -118,7 +120,7 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName,
     with zf:
         try:
             infos = zf.infolist()
-        except Exception as exc:  # noqa: BLE001 - zipfile raises many types on hostile input
+        except Exception as exc:  # zipfile raises many types on hostile input
             worsen(info, ScanState.INCONCLUSIVE,
                    Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
             return info
@@ -159,11 +161,9 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName,
         for extra in ("byteorder", "version", ".format_version", "storage_alignment"):
             rec = byname.get(prefix + extra)
             if rec is not None and rec.file_size < 64:
-                try:
+                with contextlib.suppress(Exception):  # a metadata record is optional
                     info.meta[extra.lstrip(".")] = read_record(zf, rec, 64).decode(
                         "ascii", "replace").strip()
-                except Exception:  # noqa: BLE001
-                    pass
         if info.meta.get("byteorder") and info.meta["byteorder"] != sys.byteorder:
             info.findings.append(Code.BYTEORDER.finding(
                 rel, f"written on a {info.meta['byteorder']}-endian machine"))
@@ -176,7 +176,7 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName,
             return info
         try:
             data = read_record(zf, pinfo, cap)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # zipfile raises many types on hostile input
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
                 rel, f"cannot read data.pkl: {exc}"))
             return info
@@ -189,20 +189,29 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName,
     return info
 
 
+# the end-record parser zipfile itself uses (private: typeshed does not declare it)
+_END_REC_DATA: Callable[[IO[bytes]], list[Any] | None] = \
+    zipfile._EndRecData  # type: ignore[attr-defined]
+_ECD_ENTRIES_TOTAL: int = zipfile._ECD_ENTRIES_TOTAL  # type: ignore[attr-defined]
+
+
 def _declared_entries(zf: zipfile.ZipFile) -> int | None:
     """The record count the (zip64) end record announces, or None if it cannot be read."""
+    fp = zf.fp
+    if fp is None:
+        return None
     try:
-        pos = zf.fp.tell()
+        pos = fp.tell()
         try:
-            endrec = zipfile._EndRecData(zf.fp)  # noqa: SLF001 - the parser zipfile itself uses
+            endrec = _END_REC_DATA(fp)
         finally:
-            zf.fp.seek(pos)
-        return int(endrec[zipfile._ECD_ENTRIES_TOTAL]) if endrec else None  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - a private helper: never let it break the scan
+            fp.seek(pos)
+        return int(endrec[_ECD_ENTRIES_TOTAL]) if endrec else None
+    except Exception:  # a private helper: never let it break the scan
         return None
 
 
-def _size_of(source) -> int:
+def _size_of(source: str | Path | BinaryIO) -> int:
     if isinstance(source, (str, Path)):
         return Path(source).stat().st_size
     pos = source.tell()
@@ -225,8 +234,8 @@ def _check_records(infos: list[zipfile.ZipInfo], size: int, info: FileInfo, rel:
                 rel, f"record {i.filename!r} extends past the end of the file"))
 
 
-def _check_storages(scan: PickleScan, byname: dict, prefix: str, info: FileInfo,
-                    rel: str) -> None:
+def _check_storages(scan: PickleScan, byname: dict[str, zipfile.ZipInfo], prefix: str,
+                    info: FileInfo, rel: str) -> None:
     need: dict[str, int] = {}
     for t in scan.tensors:  # bytes each storage must hold for the tensors viewing it
         if t.storage is None:
@@ -279,9 +288,10 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
             continue
         try:
             with zf.open(i) as fh:
-                fh._expected_crc = None  # noqa: SLF001 - torch never checks CRCs; --deep does
+                # torch never checks CRCs; --deep does (a private ZipExtFile attribute)
+                fh._expected_crc = None  # type: ignore[attr-defined]
                 head = fh.read(8)
-        except Exception as exc:  # noqa: BLE001 - an unreadable record: not vouched for
+        except Exception as exc:  # an unreadable record: not vouched for
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
                 rel, f"record {i.filename!r} cannot be read: {exc}"[:300]))
             continue
@@ -311,7 +321,7 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
         data = b""  # drop the previous member before inflating the next
         try:
             data = read_record(zf, i, cap)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # zipfile raises many types on hostile input
             worsen(info, ScanState.INCONCLUSIVE, Code.ZIP_CORRUPT.finding(
                 rel, f"record {i.filename!r} cannot be read: {exc}"[:300]))
             continue
@@ -339,7 +349,7 @@ def _zipfile_records(fh: BinaryIO) -> list[tuple[str, int]] | None:
         fh.seek(0)
         with zipfile.ZipFile(fh) as zf:
             return [(i.filename, i.header_offset) for i in zf.infolist()]
-    except Exception:  # noqa: BLE001 - zipfile raises many types on hostile input
+    except Exception:  # zipfile raises many types on hostile input
         return None
 
 
@@ -379,7 +389,7 @@ def reader_differential(fh: BinaryIO, info: FileInfo, rel: str, budget: _Budget)
     if theirs is None:
         structural.append("zipfile cannot read the archive; torch's reader can")
     elif [n for n, _ in theirs] == [n for n, _ in ours] and theirs != ours:
-        shift = {b - a for (_, a), (_, b) in zip(ours, theirs)}
+        shift = {b - a for (_, a), (_, b) in zip(ours, theirs, strict=True)}
         structural.append(
             f"offset fix-up: torch's reader takes the central directory at the declared byte "
             f"{view.cdir_offset}; zipfile shifts the records by {sorted(shift)[:3]} bytes, so "
@@ -479,9 +489,7 @@ class TorchZip:
     def sniff(self, probe: Probe) -> bool:
         if not is_zip_head(probe.head):
             return False
-        if probe.path.suffix == ".npz":
-            return False
-        return True
+        return probe.path.suffix != ".npz"
 
     def read(self, probe: Probe, rel: str) -> FileInfo:
         return scan_zip(probe.path, rel)

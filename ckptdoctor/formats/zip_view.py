@@ -86,15 +86,18 @@ class TorchView:
 
 
 def _u16(b: bytes, o: int) -> int:
-    return struct.unpack_from("<H", b, o)[0]
+    value: int = struct.unpack_from("<H", b, o)[0]
+    return value
 
 
 def _u32(b: bytes, o: int) -> int:
-    return struct.unpack_from("<I", b, o)[0]
+    value: int = struct.unpack_from("<I", b, o)[0]
+    return value
 
 
 def _u64(b: bytes, o: int) -> int:
-    return struct.unpack_from("<Q", b, o)[0]
+    value: int = struct.unpack_from("<Q", b, o)[0]
+    return value
 
 
 def _read_at(fh: BinaryIO, offset: int, n: int) -> bytes:
@@ -142,9 +145,9 @@ def torch_records(fh: BinaryIO, size: int) -> TorchView:
         # writes both); zipfile instead reads the zip64 record at a fixed distance.
         loc = _read_at(fh, view.eocd_offset - 20, 20) if view.eocd_offset >= 20 else b""
         if len(loc) == 20 and loc[:4] == EOCD64_LOCATOR_SIG:
-            rec = _read_at(fh, _u64(loc, 8), 56)
-            if len(rec) == 56 and rec[:4] == EOCD64_SIG:
-                entries, cdir_size, cdir_ofs = _u64(rec, 32), _u64(rec, 40), _u64(rec, 48)
+            eocd64 = _read_at(fh, _u64(loc, 8), 56)
+            if len(eocd64) == 56 and eocd64[:4] == EOCD64_SIG:
+                entries, cdir_size, cdir_ofs = _u64(eocd64, 32), _u64(eocd64, 40), _u64(eocd64, 48)
         view.cdir_offset, view.cdir_size = cdir_ofs, cdir_size
         if entries > MAX_RECORDS:
             view.error = f"{entries} records announced"

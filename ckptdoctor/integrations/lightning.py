@@ -20,7 +20,7 @@ from typing import Any
 try:  # the package this project's extras install; `lightning` (the umbrella) otherwise
     from pytorch_lightning.callbacks import Callback
 except ImportError:
-    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.callbacks import Callback  # type: ignore[no-redef]  # same class
 
 from .core import CheckpointRejected, SaveRecord, after_save, gate, marker_path, save_rng_state
 

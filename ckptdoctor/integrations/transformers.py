@@ -37,7 +37,7 @@ class CheckpointDoctorCallback(TrainerCallback):
         self.records: list[SaveRecord] = []
 
     # --- after each save ---------------------------------------------------------------------
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 - TrainerCallback API
+    def on_save(self, args, state, control, **kwargs):  # TrainerCallback API
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"

@@ -8,17 +8,33 @@ random_states file is never an error there, the run just silently loses reproduc
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 import re
+from fnmatch import fnmatch
 from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
 from ..pickles.scan import lookup
 from . import deepspeed
-from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, Evidence, DirView, LayoutBase,
-                   check_dcp, check_index, dcp_ranks, is_dcp, missing, numbered, plain, top_dirs,
-                   top_files, weights_details)
+from .base import (
+    DCP_CONSUMER,
+    NUMPY_RNG,
+    SAFETENSORS,
+    Consumer,
+    DirView,
+    Evidence,
+    LayoutBase,
+    check_dcp,
+    check_index,
+    dcp_ranks,
+    is_dcp,
+    missing,
+    numbered,
+    plain,
+    top_dirs,
+    top_files,
+    weights_details,
+)
 
 SAFE_GLOBALS = NUMPY_RNG | {"_codecs.encode"}  # accelerate.utils.other.TORCH_SAFE_GLOBALS
 LOAD = Consumer("weights_only", SAFE_GLOBALS, who="accelerate.utils.load")

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..codes import Code
 from ..atomic import TMP_MARKER
+from ..codes import Code
 from ..formats import detect_file
 from ..formats.dcp import DcpMetadata, read_metadata
 from ..formats.torch_zip import data_pkl_name, read_record
-from ..storage import is_remote, open_binary, zip_source
 from ..model import FileInfo, Finding, LayoutInfo, Severity
 from ..pickles.scan import Obj, SymDict, scan_bytes
+from ..storage import is_remote, open_binary, zip_source
 from .versions import Env, default_env
 
 MAX_FILES = 200_000
@@ -142,7 +142,8 @@ class DirView:
 
     def top(self) -> list[str]:
         """Names directly in this directory (files and dirs)."""
-        return sorted({p.split("/", 1)[0] for p in self.files} | {d.split("/", 1)[0] for d in self.dirs})
+        return sorted({p.split("/", 1)[0] for p in self.files}
+                      | {d.split("/", 1)[0] for d in self.dirs})
 
     def glob(self, pattern: str) -> list[str]:
         import fnmatch
@@ -160,7 +161,8 @@ class DirView:
         return f"{self.rel}/{rel}" if self.rel and rel else (self.rel or rel)
 
     def pickle_root(self, rel: str) -> Any:
-        """Symbolic root of a torch zip's data.pkl or a plain pickle (None if not cheap/readable)."""
+        """Symbolic root of a torch zip's data.pkl or a plain pickle (None if not
+        cheap/readable)."""
         if rel not in self._roots:
             self._roots[rel] = read_pickle_root(self.root / rel)
         return self._roots[rel]
@@ -194,7 +196,7 @@ class DirView:
         except OSError:
             return None
 
-    def sub(self, rel: str) -> "DirView":
+    def sub(self, rel: str) -> DirView:
         if rel not in self._subs:  # cached: layouts ask per file (consumer) and per check
             self._subs[rel] = DirView(self.root / rel, self.outer(rel), _infos=self._infos,
                                       env=self.env)
@@ -268,7 +270,7 @@ def read_pickle_root(path: Path) -> Any:
             data = path.read_bytes()
         else:
             return None
-    except Exception:  # noqa: BLE001 - zipfile raises many types on hostile input; the
+    except Exception:  # zipfile raises many types on hostile input; the
         return None  # format check reports what is wrong with the file
     return scan_bytes(data, path.name).root
 

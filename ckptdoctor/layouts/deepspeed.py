@@ -8,8 +8,8 @@ here. Sizes and stages are read off the pickles statically (dp_world_size, parti
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 import re
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,8 @@ def latest_tag(d: DirView) -> str | None:
 def tag_facts(d: DirView, tag: str) -> dict[str, Any]:
     """What a tag's file names and its first model/optim pickles say (nothing unpickled)."""
     files = top_files(d, tag)
-    model = {f: MODEL_RE.fullmatch(f) for f in files if MODEL_RE.fullmatch(f)}
-    optim = {f: OPTIM_RE.fullmatch(f) for f in files if OPTIM_RE.fullmatch(f)}
+    model = {f: m for f in files if (m := MODEL_RE.fullmatch(f))}
+    optim = {f: m for f in files if (m := OPTIM_RE.fullmatch(f))}
     mroot = d.pickle_root(join(tag, min(model))) if model else None
     oroot = d.pickle_root(join(tag, min(optim))) if optim else None
     zero3 = any(m.group(1) is not None for m in model.values())
@@ -114,7 +114,8 @@ def check_tag(d: DirView, tag: str) -> list[Finding]:
     if f["zero3"]:  # one model_states per (dp, mp) rank
         have = {(int(m.group(1)), int(m.group(2))) for m in f["model"].values()}
         want = {(r, p) for r in range(dp or 0) for p in range(mp or 1)}
-        names = [f"zero_pp_rank_{r}_mp_rank_{p:02d}_model_states.pt" for r, p in sorted(want - have)]
+        names = [f"zero_pp_rank_{r}_mp_rank_{p:02d}_model_states.pt"
+                 for r, p in sorted(want - have)]
     else:
         have_mp = {int(m.group(2)) for m in f["model"].values()}
         names = [f"mp_rank_{p:02d}_model_states.pt" for p in range(mp or 0) if p not in have_mp]

@@ -9,8 +9,16 @@ import re
 from typing import Any
 
 from ..model import Finding, LayoutInfo
-from .base import (SAFETENSORS, Consumer, DirView, LayoutBase, check_index, missing, top_files,
-                   weights_details)
+from .base import (
+    SAFETENSORS,
+    Consumer,
+    DirView,
+    LayoutBase,
+    check_index,
+    missing,
+    top_files,
+    weights_details,
+)
 
 # In the order from_pretrained looks for them.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -48,6 +56,7 @@ def check_weights(d: DirView, why: str) -> list[Finding]:
     shards = orphan_shards(d)
     if name is None and shards:
         m = SHARD_RE.fullmatch(shards[0])
+        assert m is not None  # orphan_shards holds only names SHARD_RE matches
         return [missing(d, f"{m.group(1)}.{m.group(2)}.index.json", "weight shards exist but "
                         "are found only through their index; " + why)]
     if name is None:
@@ -62,7 +71,7 @@ class HfModel(LayoutBase):
 
     def match(self, d: DirView) -> bool:
         top = set(top_files(d))
-        weights = weight_file(d) or (orphan_shards(d) or [None])[0]
+        weights = weight_file(d) or next(iter(orphan_shards(d)), None)
         return weights is not None and ("config.json" in top or weights.endswith(".json"))
 
     def describe(self, d: DirView) -> LayoutInfo:

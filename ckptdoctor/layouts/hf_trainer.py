@@ -7,18 +7,34 @@ the silent cases are warnings here, the crashing ones errors."""
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 import re
+from fnmatch import fnmatch
 from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
 from . import deepspeed, hf_model, peft
 from .accelerate import Accelerate
+from .base import (
+    DCP_CONSUMER,
+    NUMPY_RNG,
+    SAFETENSORS,
+    Consumer,
+    DirView,
+    Evidence,
+    LayoutBase,
+    check_dcp,
+    check_index,
+    dcp_ranks,
+    is_dcp,
+    load_json,
+    missing,
+    numbered,
+    top_dirs,
+    top_files,
+    weights_details,
+)
 from .versions import Env
-from .base import (DCP_CONSUMER, NUMPY_RNG, SAFETENSORS, Consumer, Evidence, DirView, LayoutBase, check_dcp,
-                   check_index, dcp_ranks, is_dcp, load_json, missing, numbered, top_dirs,
-                   top_files, weights_details)
 
 # The classes a Trainer (or TRL's trainers) pickle into training_args.bin.
 TRAINING_ARGS = re.compile(r"^(transformers\.training_args(_seq2seq)?\.\w*TrainingArguments|"
@@ -203,7 +219,7 @@ class HfTrainer(LayoutBase):
         out = []
         for rel in gone:
             rank = numbered([rel], r"rng_state_(\d+)\.pth")
-            extra = {"rank": min(rank)} if rank else {}
+            extra: dict[str, Any] = {"rank": min(rank)} if rank else {}
             if p:
                 out.append(Code.MISSING_FILE.finding(
                     d.outer(rel), f"{rel} is missing: the model applies dropout ({p}), so the "

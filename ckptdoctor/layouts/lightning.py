@@ -16,9 +16,23 @@ from ..codes import Code
 from ..model import FileInfo, Finding, FormatName, LayoutInfo
 from ..pickles.scan import lookup, top_keys
 from . import deepspeed
+from .base import (
+    DCP_CONSUMER,
+    Consumer,
+    DirView,
+    Evidence,
+    LayoutBase,
+    check_dcp,
+    dcp_keys,
+    is_dcp,
+    join,
+    missing,
+    plain,
+    read_pickle_root,
+    top_dirs,
+    top_files,
+)
 from .versions import Env
-from .base import (DCP_CONSUMER, Consumer, Evidence, DirView, LayoutBase, check_dcp, dcp_keys, is_dcp, join,
-                   missing, plain, read_pickle_root, top_dirs, top_files)
 
 LOAD = Consumer("weights_only", who="Lightning >= 2.6 Trainer.fit(ckpt_path) "
                 "(torch.load(weights_only=True), hyper_parameters included)")
@@ -90,7 +104,7 @@ def state_root(d: DirView, sub: str, form: str) -> Any:
 
 def entries(d: DirView) -> dict[str, str]:
     """{name: form} of the Lightning checkpoints directly in a run's checkpoints dir."""
-    out = {s: dir_form(d, s) for s in top_dirs(d) if dir_form(d, s)}
+    out = {s: form for s in top_dirs(d) if (form := dir_form(d, s))}
     out.update({f: "file" for f in top_files(d)
                 if f.endswith(".ckpt") and is_lightning(d.pickle_root(f))})
     return dict(sorted(out.items()))
@@ -132,6 +146,7 @@ class Lightning(LayoutBase):
 
     def describe(self, d: DirView) -> LayoutInfo:
         form = form_of(d)
+        assert form is not None  # match() holds
         if form == "file":
             return describe_file(d.root, d.info(""))
         if form == "run":
@@ -147,6 +162,7 @@ class Lightning(LayoutBase):
 
     def checks(self, d: DirView) -> list[Finding]:
         form = form_of(d)
+        assert form is not None  # match() holds
         if form != "run":
             return check_one(d, "", form)
         out = []

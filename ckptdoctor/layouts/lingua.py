@@ -12,8 +12,19 @@ from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
-from .base import (DCP_CONSUMER, Consumer, DirView, LayoutBase, check_dcp, dcp_details, dcp_ranks,
-                   is_dcp, load_json, numbered, top_files)
+from .base import (
+    DCP_CONSUMER,
+    Consumer,
+    DirView,
+    LayoutBase,
+    check_dcp,
+    dcp_details,
+    dcp_ranks,
+    is_dcp,
+    load_json,
+    numbered,
+    top_files,
+)
 
 TS_RE = r"train_state_(\d+)\.json"
 UNREAD = Consumer("unused", who="lingua resume (CheckpointManager.load reads the DCP state and "
@@ -30,7 +41,8 @@ def dp_size(d: DirView, params: Any) -> int | None:
     dist = dist if isinstance(dist, dict) else {}
     shard, rep, tp = (dist.get(k) for k in ("dp_shard", "dp_replicate", "tp_size"))
     tp = tp if isinstance(tp, int) and tp > 0 else 1
-    declared = shard * rep if all(isinstance(v, int) and v > 0 for v in (shard, rep)) else 0
+    declared = shard * rep if isinstance(shard, int) and isinstance(rep, int) \
+        and shard > 0 and rep > 0 else 0
     ranks = dcp_ranks(d)
     return max(declared, len(ranks) // tp) or None
 

@@ -8,15 +8,31 @@ an iter dir with `.metadata` but no `metadata.json` is misdetected as `torch_dcp
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 import re
+from fnmatch import fnmatch
 from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
 from ..pickles.scan import lookup, top_keys
-from .base import (DCP_CONSUMER, NUMPY_RNG, Consumer, Evidence, DirView, LayoutBase, attr, check_dcp,
-                   dcp_details, is_dcp, join, missing, numbered, plain, top_dirs, top_files)
+from .base import (
+    DCP_CONSUMER,
+    NUMPY_RNG,
+    Consumer,
+    DirView,
+    Evidence,
+    LayoutBase,
+    attr,
+    check_dcp,
+    dcp_details,
+    is_dcp,
+    join,
+    missing,
+    numbered,
+    plain,
+    top_dirs,
+    top_files,
+)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 ITER_RE = r"iter_(\d{7})"
@@ -66,7 +82,7 @@ def check_iter(d: DirView, sub: str) -> list[Finding]:
                                "the save did not finish; Megatron also misdetects the dir as "
                                "torch_dcp"))
         return out
-    ranks = {s: MP_RE.fullmatch(s) for s in top_dirs(d, sub) if MP_RE.fullmatch(s)}
+    ranks = {s: m for s in top_dirs(d, sub) if (m := MP_RE.fullmatch(s))}
     first = join(sub, min(ranks), MODEL)
     root = d.pickle_root(first) if d.has(first) else None
     args = lookup(root, "args")  # the saved sizes, else what the dir names show
@@ -103,7 +119,7 @@ def iter_details(d: DirView, sub: str) -> dict[str, Any]:
         meta = d.read_json(join(sub, "metadata.json"))
         out.update(dcp_details(d, sub), metadata=meta if isinstance(meta, dict) else None)
         return out
-    ranks = [MP_RE.fullmatch(s) for s in top_dirs(d, sub) if MP_RE.fullmatch(s)]
+    ranks = [m for s in top_dirs(d, sub) if (m := MP_RE.fullmatch(s))]
     out["tensor_parallel"] = len({m.group(1) for m in ranks})
     out["pipeline_parallel"] = len({m.group(2) for m in ranks if m.group(2)}) or 1
     first = join(sub, min(m.group(0) for m in ranks), MODEL)
@@ -129,14 +145,15 @@ class Megatron(LayoutBase):
     def describe(self, d: DirView) -> LayoutInfo:
         if self.is_iter(d):
             m = re.fullmatch(ITER_RE, d.root.name)
-            details = {k: v for k, v in iter_details(d, "").items() if v is not None}
+            details: dict[str, Any] = {k: v for k, v in iter_details(d, "").items()
+                                       if v is not None}
             return LayoutInfo(self.name, d.rel, int(m.group(1)) if m else None, details)
         tracked = d.read_text(TRACKER) if d.has(TRACKER) else None
         sub = "release" if tracked == "release" else (
             f"iter_{int(tracked):07d}" if tracked and tracked.isdigit() else None)
         step = int(tracked) if tracked and tracked.isdigit() else max(iterations(d), default=None)
-        details: dict[str, Any] = {"tracker": tracked, "iterations": list(iterations(d)),
-                                   "release": tracked == "release"}
+        details = {"tracker": tracked, "iterations": list(iterations(d)),
+                   "release": tracked == "release"}
         if sub and iter_format(d, sub):
             details.update(iter_details(d, sub))
         return LayoutInfo(self.name, d.rel, step, {k: v for k, v in details.items()

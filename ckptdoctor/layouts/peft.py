@@ -13,8 +13,18 @@ from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo, Severity, TensorInfo
-from .base import (SAFETENSORS, Consumer, DirView, LayoutBase, join, load_json, missing,
-                   top_dirs, top_files, weights_details)
+from .base import (
+    SAFETENSORS,
+    Consumer,
+    DirView,
+    LayoutBase,
+    join,
+    load_json,
+    missing,
+    top_dirs,
+    top_files,
+    weights_details,
+)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 LOAD_BIN = Consumer("weights_only", who="peft load_peft_weights (torch.load(weights_only=True))")

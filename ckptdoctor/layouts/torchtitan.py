@@ -12,8 +12,21 @@ from typing import Any
 
 from ..codes import Code
 from ..model import Finding, LayoutInfo
-from .base import (DCP_CONSUMER, SAFETENSORS, Consumer, DirView, LayoutBase, check_dcp,
-                   check_index, dcp_details, dcp_keys, is_dcp, join, numbered, top_dirs)
+from .base import (
+    DCP_CONSUMER,
+    SAFETENSORS,
+    Consumer,
+    DirView,
+    LayoutBase,
+    check_dcp,
+    check_index,
+    dcp_details,
+    dcp_keys,
+    is_dcp,
+    join,
+    numbered,
+    top_dirs,
+)
 
 STEP_RE = r"step-(\d+)"
 INDEX = "model.safetensors.index.json"

@@ -32,7 +32,7 @@ def installed_version(name: str) -> str | None:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-        except Exception:  # noqa: BLE001 - a broken dist-info must not break the gate
+        except Exception:  # a broken dist-info must not break the gate
             continue
     return None
 
@@ -57,7 +57,7 @@ class Env:
     given: frozenset[str] = frozenset()
 
     @classmethod
-    def detect(cls, overrides: dict[str, str] | None = None) -> "Env":
+    def detect(cls, overrides: dict[str, str] | None = None) -> Env:
         overrides = overrides or {}
         versions = {n: overrides.get(n) or installed_version(n) for n in FRAMEWORKS}
         return cls(versions, frozenset(overrides))

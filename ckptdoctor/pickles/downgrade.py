@@ -187,7 +187,7 @@ class _Rewriter:
         f.seek(start)
         try:
             self.ops = list(pickletools.genops(f))
-        except Exception as exc:  # noqa: BLE001 - ValueError, UnicodeDecodeError, struct.error...
+        except Exception as exc:  # ValueError, UnicodeDecodeError, struct.error...
             raise DowngradeError(f"malformed pickle: {type(exc).__name__}: {exc}"[:300]) from exc
         self.end = f.tell()
         self.data = data
@@ -291,7 +291,7 @@ class _Rewriter:
             self.step(i, name, arg)
         return Downgraded(bytes(self.out), self.proto, frozenset(self.added), self.end)
 
-    def step(self, i: int, name: str, arg: Any) -> None:  # noqa: C901 - one branch per opcode
+    def step(self, i: int, name: str, arg: Any) -> None:  # one branch per opcode
         out = self.out
         if name == "FRAME":
             return

@@ -136,7 +136,7 @@ class _Scanner(Verdict):
             res.tensors = collect_tensors(res.root, self.limits)
         return res
 
-    def step(self, name: str, arg: Any) -> None:  # noqa: C901 - one branch per opcode
+    def step(self, name: str, arg: Any) -> None:  # one branch per opcode
         st = self.stack
         if name not in TORCH_OPCODES:
             self.block(f"Unsupported operand {OPCODE_BYTE[name]} ({name})")

@@ -11,8 +11,11 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from ..errors import AllowListError as AllowListError  # re-exported: standins, loaders
-from ..errors import DangerousGlobalError, NotVouchedError
+from ..errors import (
+    AllowListError as AllowListError,  # re-exported: standins, loaders
+    DangerousGlobalError,
+    NotVouchedError,
+)
 from ..model import GlobalClass
 from .torch_allowlist import TORCH_DEFAULT_ALLOWED
 
@@ -133,7 +136,8 @@ LIBRARY_DATA = frozenset(
     torch.distributed.checkpoint.metadata.StorageMeta
     torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING
     torch.distributed.checkpoint.filesystem._StorageInfo torch.strided torch.sparse_coo
-    torch.distributed.checkpoint.planner.LoadItemType torch.distributed.checkpoint.planner.WriteItemType
+    torch.distributed.checkpoint.planner.LoadItemType
+    torch.distributed.checkpoint.planner.WriteItemType
     megatron.core.rerun_state_machine.RerunDiagnostic megatron.core.rerun_state_machine.RerunMode
     megatron.core.rerun_state_machine.RerunState
     megatron.core.transformer.cuda_graphs.CudaGraphScope
@@ -251,7 +255,8 @@ DANGEROUS_MORE = frozenset(
     cgitb pipes turtle turtledemo msilib winreg _winapi test tabnanny py_compile compileall
     zipapp pstats crypt spwd pwd grp termios tty readline rlcompleter cmd code shlex
     torch.utils._config_module torch._dynamo torch._inductor torch._functorch torch.compiler
-    torch.export torch._export torch.onnx torch.testing torch.utils.benchmark torch._higher_order_ops
+    torch.export torch._export torch.onnx torch.testing torch.utils.benchmark
+    torch._higher_order_ops
     torch.fx torch.library torch._library torch.utils.hooks torch.autograd torch._C._jit
     torch.distributed.rpc torch.distributed.elastic torch.distributed.run torch.multiprocessing
     torch.backends torch.utils.data torch.utils.checkpoint torch.overrides torch._classes

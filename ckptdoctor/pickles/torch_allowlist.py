@@ -154,14 +154,18 @@ TORCH_DEFAULT_ALLOWED = frozenset({
 
 
 def _render_table() -> str:  # pragma: no cover - developer tool, needs torch
+    from pathlib import Path
+
     import torch
     from torch._weights_only_unpickler import _get_allowed_globals
 
     version = torch.__version__.split("+")[0]
-    head, _, _ = open(__file__, encoding="utf-8").read().partition("GENERATED_FROM")
+    text = Path(__file__).read_text(encoding="utf-8")
+    head, _, _ = text.partition("GENERATED_FROM")
     body = "\n".join(f'    "{n}",' for n in sorted(_get_allowed_globals()))
-    tail = open(__file__, encoding="utf-8").read().partition("})\n")[2]
-    return f'{head}GENERATED_FROM = "{version}"\n\nTORCH_DEFAULT_ALLOWED = frozenset({{\n{body}\n}})\n{tail}'
+    tail = text.partition("})\n")[2]
+    return (f'{head}GENERATED_FROM = "{version}"\n\n'
+            f'TORCH_DEFAULT_ALLOWED = frozenset({{\n{body}\n}})\n{tail}')
 
 
 if __name__ == "__main__":  # pragma: no cover

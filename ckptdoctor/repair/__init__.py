@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .backup import undo
 from .engine import CRASH_ENV, PreparedRepair, apply_repair, plan_repair, prepare_repair, repair
-from .model import (Change, FileOutcome, FilePlan, RepairPlan, RepairResult)
+from .model import Change, FileOutcome, FilePlan, RepairPlan, RepairResult
 from .render import render_plan, render_result
 from .rulebase import Rule
 from .rules import RULES

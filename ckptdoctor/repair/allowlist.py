@@ -105,7 +105,9 @@ def revetted_entries(root: Path, allow: tuple[str, ...] = ()) -> dict[str, dict[
             continue
         if entry.get("sha256") != _sha256(target):
             continue
-        why = entry.get("why") if isinstance(entry.get("why"), dict) else {}
+        why = entry.get("why")
+        if not isinstance(why, dict):
+            why = {}
         out[rel] = {"allowlist": sorted(names), "sha256": entry["sha256"],
                     "why": {str(k): str(v) for k, v in why.items() if k in names}}
     return out

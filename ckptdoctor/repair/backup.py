@@ -140,7 +140,7 @@ class Session:
     doc: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, backup_root: Path, root: Path) -> "Session":
+    def create(cls, backup_root: Path, root: Path) -> Session:
         check_backup_root(backup_root)
         backup_root.mkdir(parents=True, exist_ok=True)
         check_backup_root(backup_root)
@@ -160,7 +160,7 @@ class Session:
         return s
 
     @classmethod
-    def open(cls, d: Path) -> "Session | None":
+    def open(cls, d: Path) -> Session | None:
         try:
             doc = json.loads((d / MANIFEST).read_text("utf-8"))
         except (OSError, ValueError):

@@ -27,15 +27,39 @@ from ..codes import Code
 from ..layouts import file_flavour
 from ..model import FileInfo, Finding, FormatName, ScanState, Severity
 from . import allowlist as al
-from .backup import (BACKUP_DIRNAME, Session, checkpoint_root, default_backup_root,
-                     in_backup_tree, sessions, sha256_file)
-from .model import (ALLOWLIST, ALLOWLISTED, CONVERTED, NOTHING, REFUSED, REPLACED, REWRITE,
-                    SAFETENSORS, SKIPPED, UNCHANGED, VERIFY_FAILED, Change, FileOutcome,
-                    FilePlan, RepairPlan, RepairResult, RepairTarget, Status)
+from .backup import (
+    BACKUP_DIRNAME,
+    Session,
+    checkpoint_root,
+    default_backup_root,
+    in_backup_tree,
+    sessions,
+    sha256_file,
+)
+from .model import (
+    ALLOWLIST,
+    ALLOWLISTED,
+    CONVERTED,
+    NOTHING,
+    REFUSED,
+    REPLACED,
+    REWRITE,
+    SAFETENSORS,
+    SKIPPED,
+    UNCHANGED,
+    VERIFY_FAILED,
+    Change,
+    FileOutcome,
+    FilePlan,
+    RepairPlan,
+    RepairResult,
+    RepairTarget,
+    Status,
+)
 from .rules import covered_names
-from .walk import Converter, leftover_captures
-from .transcode import TranscodeRefused, Transcoded, offending_names, transcoding_load
+from .transcode import Transcoded, TranscodeRefused, offending_names, transcoding_load
 from .verify import VerifyError, verify_safetensors_file, verify_torch_file
+from .walk import Converter, leftover_captures
 
 CONSUMERS = ("framework", "torch")
 # Rules whose output the diff compares as the same plain data as the original (numpy scalar ==
@@ -139,7 +163,7 @@ def _pure_tensors(obj: Any) -> bool:
         and not v.is_quantized and not v.is_meta for k, v in obj.items())
 
 
-# --- planning one file -----------------------------------------------------------------------------
+# --- planning one file ----------------------------------------------------------------------------
 @dataclass
 class _Prepared:
     plan: FilePlan
@@ -167,7 +191,7 @@ def _interrupted_conversion(root: Path, backup_root: Path, fp: FilePlan, convert
             if e["sha256"] == digest and copy.is_file() and sha256_file(copy) == digest:
                 try:
                     verify_safetensors_file(target, converted)
-                except Exception:  # noqa: BLE001 - not the conversion we would write
+                except Exception:  # not the conversion we would write
                     return None
                 return copy
     return None
@@ -312,7 +336,7 @@ def _transcode(path: Path, rel: str, names: list[str], allow: tuple[str, ...]
     return tc, conv, conv.convert(tc.obj)
 
 
-# --- leftovers -------------------------------------------------------------------------------------
+# --- leftovers ------------------------------------------------------------------------------------
 def _tmp_files(root: Path, backup_root: Path) -> list[Path]:
     found = leftovers(root) if root.exists() else []
     if backup_root.is_dir():
@@ -440,7 +464,7 @@ def plan_repair(path: str | os.PathLike, *, allow: tuple[str, ...] | list[str] =
                           backup_dir=backup_dir).plan
 
 
-# --- public: repair --------------------------------------------------------------------------------
+# --- public: repair -------------------------------------------------------------------------------
 class _Run:
     def __init__(self, plan: RepairPlan, result: RepairResult, backup_root: Path,
                  no_backup: bool):
@@ -545,13 +569,15 @@ class _Run:
 
         fp = prep.plan
         path = fp.path
+        conv, read_stat = prep.conv, prep.stat
+        assert conv is not None and read_stat is not None  # planning prepares both to rewrite
         with staged_file(path) as tmp:
             try:
                 save(prep.converted, tmp)
-                os.chmod(tmp, stat_mod.S_IMODE(prep.stat.st_mode))
+                os.chmod(tmp, stat_mod.S_IMODE(read_stat.st_mode))
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
-            except Exception as exc:  # noqa: BLE001 - a value torch cannot save
+            except Exception as exc:  # a value torch cannot save
                 return self.fail(fp, VerifyError(f"torch.save of the converted object failed: "
                                                  f"{exc}"[:400]))
             _crash_point("tmp-written")
@@ -569,7 +595,7 @@ class _Run:
             old_sha = s.doc["files"][-1]["sha256"] if s is not None else (
                 sha256_file(path) if self.has_manifest() else "")
             _crash_point("backed-up")
-            for name, data in prep.conv.sidecars.items():
+            for name, data in conv.sidecars.items():
                 head = fp.rel.rpartition("/")[0]
                 self.write_side((head + "/" if head else "") + name, data, fp.rel)
             new_sha = sha256_file(tmp)
@@ -594,7 +620,8 @@ class _Run:
                                                   "run repair again"), Code.REPAIR_REFUSED)
             fp.path.unlink()
             fsync_dir(fp.path.parent)
-            return FileOutcome(fp.rel, CONVERTED, f"finished an interrupted conversion: {fp.target} "
+            return FileOutcome(fp.rel, CONVERTED, "finished an interrupted conversion: "
+                                                  f"{fp.target} "
                                f"was already verified; original backed up at {prep.finish_from}",
                                str(prep.finish_from), fp.target)
         tensors = _dealias(prep.converted)
@@ -607,7 +634,7 @@ class _Run:
                 checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
                 return self.fail(fp, exc)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # a value torch cannot save
                 return self.fail(fp, VerifyError(f"safetensors save failed: {exc}"[:400]))
             if not self.unchanged_since_read(prep):
                 return self.fail(fp, RuntimeError("the file changed while it was converted"),
@@ -633,15 +660,15 @@ class _Run:
 
     def allowlist_only(self, prep: _Prepared) -> FileOutcome:
         fp = prep.plan
-        from .verify import compare
         from .transcode import load_registered, standin_entries
+        from .verify import compare
 
         if not self.unchanged_since_read(prep):  # never load a file the plan did not scan
             return self.fail(fp, RuntimeError("the file changed since it was planned; run "
                                               "repair again"), Code.REPAIR_REFUSED)
         try:  # the file as it is must load with exactly the allow-list we write
             obj = load_registered(fp.path, standin_entries(fp.allowlist, capture_types=False))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return self.fail(fp, VerifyError(f"does not load with the allow-list: {exc}"[:400]))
         diff = compare(obj, prep.converted)
         if diff:

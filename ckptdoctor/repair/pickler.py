@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import pickle
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .rulebase import Kept
 
 
 class _KeptPickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table is ours
-    dispatch = dict(pickle._Pickler.dispatch)
+    # typeshed types _Pickler.dispatch with the Unpickler's signature; ours holds save methods
+    dispatch: ClassVar[dict[type, Callable[[Any, Any], None]]] = dict(
+        pickle._Pickler.dispatch)
+    # the pure-Python pickler's internals, not in typeshed
+    write: Callable[[bytes], Any]
+    save: Callable[[Any], None]
+    memoize: Callable[[Any], None]
 
     def save_kept(self, obj: Kept) -> None:
         if obj.kwargs:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .model import (
+    ALLOWLIST,
+    NOTHING,
+    REFUSED,
+    REWRITE,
+    SAFETENSORS,
+    Change,
+    FilePlan,
+    RepairPlan,
+    RepairResult,
+)
 from .rules import RULES_BY_NAME
-from .model import (ALLOWLIST, NOTHING, REFUSED, REWRITE, SAFETENSORS, Change, FilePlan,
-                    RepairPlan, RepairResult)
 
 ACTION_TEXT = {
     REWRITE: "rewrite (torch.save, verified, original backed up)",
@@ -46,8 +55,8 @@ def _file_lines(f: FilePlan) -> list[str]:
         whys.setdefault(c.rule, rule.why if rule else c.why)
         if rule is not None and c.why != rule.why:
             lines.append(f"          ({c.why})")
-    for rule, why in whys.items():
-        lines.append(f"        why [{rule}]: {why}")
+    for rule_name, why in whys.items():
+        lines.append(f"        why [{rule_name}]: {why}")
     for s in f.sidecars:
         lines.append(f"      sidecar: {s}")
     if f.allowlist:
@@ -71,7 +80,7 @@ def render_plan(plan: RepairPlan) -> str:
         out.extend(f"    {x}" for x in plan.leftovers)
     for x in plan.findings:
         out.append(f"  {x.code} {x.severity}: {x.path}: {x.message}")
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for f in plan.files:
         counts[f.action] += 1
     if plan.files:
@@ -107,7 +116,7 @@ def render_result(result: RepairResult, with_plan: bool = False) -> str:
         out.extend("    " + line for line in result.snippet.splitlines())
     for x in result.findings:
         out.append(f"  {x.code} {x.severity}: {x.path}: {x.message}")
-    out.append("exit code: %d" % result.exit_code)
+    out.append(f"exit code: {result.exit_code}")
     return "\n".join(out)
 
 

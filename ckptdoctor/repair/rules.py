@@ -260,7 +260,7 @@ def vouched_enum_kind(name: str) -> str | None:
     not importable. Only asked for names the user vouched for with --allow."""
     try:
         cls = import_dotted(name)
-    except Exception:  # noqa: BLE001 - any import failure means "cannot tell"
+    except Exception:  # any import failure means "cannot tell"
         return None
     if isinstance(cls, type) and issubclass(cls, enum.Enum):
         return "value" if issubclass(cls, (int, str)) else "plain"
@@ -282,7 +282,7 @@ def _is_path(v: Any, ctx: Ctx) -> bool:
 
 
 def _conv_path(v: StandIn, ctx: Ctx) -> str:
-    pure = PureWindowsPath if "Windows" in name_of(v) else PurePosixPath
+    pure = PureWindowsPath if "Windows" in (name_of(v) or "") else PurePosixPath
     return str(pure(*v.args)) if v.args else "."
 
 
@@ -306,7 +306,9 @@ def _is_class_ref(v: Any, ctx: Ctx) -> bool:
 
 
 def _conv_class_ref(v: Any, ctx: Ctx) -> str:
-    return class_ref_name(v)
+    name = class_ref_name(v)
+    assert name is not None  # the rule's test, _is_class_ref, matched
+    return name
 
 
 def _is_stdlib_container(v: Any, ctx: Ctx) -> bool:

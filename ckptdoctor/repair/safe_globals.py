@@ -44,7 +44,7 @@ def register(path: str | os.PathLike, allow: Collection[str] = ()) -> list[tuple
     from ..standins import resolve_allowlist
 
     entries = resolve_allowlist(read(path, allow), user_vouched=tuple(allow))
-    torch.serialization.add_safe_globals(entries)
+    torch.serialization.add_safe_globals(list(entries))
     return entries
 
 

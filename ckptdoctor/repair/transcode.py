@@ -30,8 +30,15 @@ from typing import Any
 
 from ..model import FileInfo
 from ..pickles.downgrade import Downgraded  # protocol > 2 pickles rewritten into protocol 2
-from ..pickles.policy import (DangerousGlobalError, NotVouchedError, Verdict, allow_flags,
-                              require, torch_name, vet)
+from ..pickles.policy import (
+    DangerousGlobalError,
+    NotVouchedError,
+    Verdict,
+    allow_flags,
+    require,
+    torch_name,
+    vet,
+)
 from ..standins import StandIn, transcoding_globals
 
 # Dict and list subclasses: their stand-in must return a plain dict / list (torch only runs
@@ -85,7 +92,7 @@ def _current_marks() -> Marks | None:
     return getattr(_active, "marks", None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dict_standin(name: str, kind: type = dict) -> type:
     """A class whose construction (REDUCE or NEWOBJ) returns a plain, marked dict (or list)."""
 
@@ -101,17 +108,24 @@ def dict_standin(name: str, kind: type = dict) -> type:
                            "standin_name": name})
 
 
-@functools.lru_cache(maxsize=None)
-def recording(cls: type) -> type:
+# one recording subclass per StandIn class (a dict, not functools.cache: mypy does not see a
+# class object as Hashable)
+_RECORDING: dict[type[StandIn], type[StandIn]] = {}
+
+
+def recording(cls: type[StandIn]) -> type[StandIn]:
     """A subclass of a StandIn class that notes when the pickle *called* the class (REDUCE:
     `cls(*args)` runs __init__) rather than NEWOBJ (`cls.__new__(cls, *args)` only)."""
+    if cls in _RECORDING:
+        return _RECORDING[cls]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self: StandIn, *args: Any, **kwargs: Any) -> None:
         self.__dict__["via_reduce"] = True
 
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__,
-                                       "standin_name": cls.standin_name})
+    sub = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                      "__qualname__": cls.__qualname__,
+                                      "standin_name": cls.standin_name})
+    return _RECORDING.setdefault(cls, sub)
 
 
 def via_reduce(obj: StandIn) -> bool:
@@ -206,7 +220,7 @@ def load_registered(path: Path, entries: list[tuple[Any, str]], mmap: bool = Tru
         saved = torch.serialization.get_safe_globals()
         torch.serialization.clear_safe_globals()
         try:
-            with torch.serialization.safe_globals(entries):
+            with torch.serialization.safe_globals(list(entries)):
                 return _torch_load(path, mmap)
         finally:
             torch.serialization.clear_safe_globals()
@@ -230,7 +244,7 @@ def transcoding_load(path: Path, names: list[str], allow: Iterable[str] = (),
             _active.marks = marks
             try:
                 obj = load_registered(source, entries)
-            except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError...
+            except Exception as exc:  # torch raises UnpicklingError, RuntimeError...
                 missing = _MISSING_GLOBAL.search(str(exc))
                 if missing and missing.group(1) not in names:
                     extra = missing.group(1)

@@ -20,8 +20,8 @@ from typing import Any
 
 from ..standins import StandIn
 from .rulebase import Kept, name_of, render_path
-from .walk import Converter, floats_equal
 from .transcode import load_registered, standin_entries, via_reduce
+from .walk import Converter, floats_equal
 
 DRAWS = 1000
 
@@ -97,7 +97,7 @@ def compare(new: Any, exp: Any, path: tuple = (), seen: set | None = None) -> st
         seen.add((id(new), id(exp)))
         if len(new) != len(exp):
             return f"{where}: length {len(new)} != {len(exp)}"
-        for i, (a, b) in enumerate(zip(new, exp)):
+        for i, (a, b) in enumerate(zip(new, exp, strict=True)):
             diff = compare(a, b, path + (i,), seen)
             if diff:
                 return diff
@@ -109,7 +109,7 @@ def compare(new: Any, exp: Any, path: tuple = (), seen: set | None = None) -> st
         return "" if same else f"{where}: {new!r} != {exp!r}"
     try:
         same = bool(new == exp)
-    except Exception:  # noqa: BLE001 - odd __eq__
+    except Exception:  # odd __eq__
         same = False
     return "" if same else f"{where}: {_short(new)} != {_short(exp)}"
 
@@ -122,9 +122,7 @@ def _short(v: Any) -> str:
 def value_at(obj: Any, path: tuple) -> Any:
     cur = obj
     for k in path:
-        if isinstance(cur, (Kept,)):
-            cur = cur.state
-        elif isinstance(cur, StandIn):
+        if isinstance(cur, (Kept, StandIn)):
             cur = cur.state
         cur = cur[k]
     return cur
@@ -172,14 +170,14 @@ def check_rng(new_obj: Any, conv: Converter) -> list[str]:
         draw = {"numpy": numpy_draws, "python": python_draws, "torch": torch_draws}[site.kind]
         try:
             a = draw(site.original)
-        except Exception:  # noqa: BLE001 - looked like an RNG state but is not one (a buffer
+        except Exception:  # looked like an RNG state but is not one (a buffer
             continue  # of the same size): the value comparison above already covers it
         try:
             b = draw(new)
-        except Exception as exc:  # noqa: BLE001 - the original restores, the new one does not
+        except Exception as exc:  # the original restores, the new one does not
             raise VerifyError(f"{where}: {site.kind} RNG state cannot be restored: {exc}") from exc
         if site.kind == "numpy":
-            same = all(np.array_equal(x, y) for x, y in zip(a, b))
+            same = all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
         elif site.kind == "python":
             same = a == b
         else:
@@ -218,7 +216,7 @@ def verify_torch_file(new_path: Path, expected: Any, conv: Converter, allowlist:
     entries = standin_entries(sorted(allowed), capture_types=False) if allowed else []
     try:
         new_obj = load_registered(new_path, entries, mmap=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         how = "with the allow-list" if allowed else "with no safe globals"
         raise VerifyError(f"torch.load(weights_only=True) {how} fails: {exc}"[:400]) from exc
     checks.append("torch.load(weights_only=True) loads it" + (

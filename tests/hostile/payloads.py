@@ -28,9 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 # ---------------------------------------------------------------------------------------------
 # A tiny pickle assembler (opcode byte + argument encoding, as in Lib/pickle.py).
-PROTO = lambda n: b"\x80" + bytes([n])  # noqa: E731
+def PROTO(n: int) -> bytes:  # named like the opcode constants below
+    return b"\x80" + bytes([n])
+
+
 MARK, STOP, POP, DUP = b"(", b".", b"0", b"2"
 TUPLE, TUPLE1, TUPLE2, TUPLE3, EMPTY_TUPLE = b"t", b"\x85", b"\x86", b"\x87", b")"
 REDUCE, BUILD, OBJ, NEWOBJ = b"R", b"b", b"o", b"\x81"

@@ -33,29 +33,35 @@ NUMPY1 = ROOT / "tests" / "fixtures" / "numpy1"
 # the real reference by test_reference_layout); they hold no verdicts.
 LAYOUT: dict[str, tuple[str, tuple[str, ...]]] = {
     "hf_trainer": ("checkpoint-2", (
-        "config.json", "generation_config.json", "model.safetensors", "optimizer.pt", "rng_state.pth",
+        "config.json", "generation_config.json", "model.safetensors", "optimizer.pt",
+        "rng_state.pth",
         "scheduler.pt", "trainer_state.json", "training_args.bin")),
     "hf_peft": ("checkpoint-2", (
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth",
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "optimizer.pt",
+        "rng_state.pth",
         "scheduler.pt", "trainer_state.json", "training_args.bin")),
     "hf_deepspeed": ("checkpoint-2", (
         "config.json", "generation_config.json", "global_step2/mp_rank_00_model_states.pt",
-        "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt", "latest", "model.safetensors", "rng_state.pth",
+        "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt", "latest", "model.safetensors",
+        "rng_state.pth",
         "trainer_state.json", "training_args.bin", "zero_to_fp32.py", "zero_to_torch.py")),
     "accelerate": ("state", (
         "model.safetensors", "optimizer.bin", "random_states_0.pkl", "scheduler.bin")),
     "lightning": ("checkpoints/last.ckpt", ("",)),  # a single file: "" is the checkpoint itself
     "deepspeed": ("ckpt", (
-        "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "global_step2/mp_rank_00_model_states.pt",
+        "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "global_step2/mp_rank_00_model_states.pt",
         "latest", "zero_to_fp32.py", "zero_to_torch.py")),
     "deepspeed_2r": ("ckpt", (
         "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
-        "global_step2/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "global_step2/mp_rank_00_model_states.pt",
+        "global_step2/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        "global_step2/mp_rank_00_model_states.pt",
         "latest", "zero_to_fp32.py", "zero_to_torch.py")),
     "fsdp2": ("ckpt", (".metadata", "__0_0.distcp", "__1_0.distcp")),
     "dcp": ("ckpt", (".metadata", "__0_0.distcp")),
     "lingua": ("dump/checkpoints/0000000002", (
-        ".metadata", "__0_0.distcp", "consolidated/consolidated.pth", "consolidated/params.json", "params.json",
+        ".metadata", "__0_0.distcp", "consolidated/consolidated.pth", "consolidated/params.json",
+        "params.json",
         "train_state_00000.json")),
     "torchtitan": ("dump/checkpoint/step-2", (".metadata", "__0_0.distcp")),
 }
@@ -172,7 +178,9 @@ def cases() -> list[Case]:
                 out.append(Case(fw, "NaN weight", "nan"))
             for pat in KILLS[fw]:
                 rank, _, p = pat.partition(":")
-                out.append(Case(fw, f"SIGKILL {rank.replace('rank', 'rank ')} of 2 at {p}", "kill", pat))
+                out.append(
+                    Case(fw, f"SIGKILL {rank.replace('rank', 'rank ')} of 2 at {p}", "kill", pat)
+                )
             continue
         for rel in files:
             out.append(Case(fw, f"delete {_label(rel)}", "delete", rel))
@@ -211,7 +219,9 @@ def apply(case: Case, ckpt: Path) -> None:
         data = big.read_bytes()
         (tmp / big.name).write_bytes(data[: len(data) // 2])
     elif case.kind == "numpy1":
-        (ckpt / case.target).write_bytes((NUMPY1 / NUMPY1_FILES[case.framework][case.target]).read_bytes())
+        (ckpt / case.target).write_bytes(
+            (NUMPY1 / NUMPY1_FILES[case.framework][case.target]).read_bytes()
+        )
 
 
 def by_id() -> dict[str, Case]:

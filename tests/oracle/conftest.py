@@ -5,8 +5,9 @@ Tests marked ``oracle`` are deselected unless ``-m`` mentions ``oracle`` or ``OR
 framework (tests/oracle/jobs.py) serves every save and resume of the session; each
 framework's clean reference (its save and the losses of its clean resume) is made once
 per session and copied by every damage.  With ``ORACLE_WRITE_DOCS=1`` the rows the session
-ran are written into docs/validate.md at the end; with ``ORACLE_DUMP=FILE`` each measured outcome is appended to FILE as a JSON line
-(``python -m tests.oracle.matrix FILE`` turns it into tests/oracle/known.py entries).
+ran are written into docs/validate.md at the end; with ``ORACLE_DUMP=FILE`` each measured
+outcome is appended to FILE as a JSON line (``python -m tests.oracle.matrix FILE`` turns it
+into tests/oracle/known.py entries).
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ class Zygote:
 
     def __init__(self, framework: str, log: Path) -> None:
         self.log = open(log, "w")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.oracle.jobs", "serve", framework],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.oracle.jobs", "serve",
+                                      framework],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, env=_env(), cwd=catalogue.ROOT)
         ready = self.proc.stdout.readline()
-        assert ready.strip() == json.dumps({"ready": framework}), f"zygote for {framework} failed: see {log}"
+        assert ready.strip() == json.dumps({"ready": framework}), (
+            f"zygote for {framework} failed: see {log}"
+        )
 
     def ask(self, **req: Any) -> dict[str, Any]:
         self.proc.stdin.write(json.dumps(req) + "\n")
@@ -88,7 +92,7 @@ def healthy(real: dict[str, Any], reference: list[float] | None, compare_loss: b
     if not compare_loss:
         return True
     return len(losses) == len(reference) and all(math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
-                                                  for a, b in zip(losses, reference))
+                                                  for a, b in zip(losses, reference, strict=True))
 
 
 class Oracle:
@@ -111,7 +115,9 @@ class Oracle:
             work = self.base / fw / f"save-{len(self.saves)}"
             answer = self.zygote(fw).ask(op="save", work=str(work), variant=variant)
             if variant.startswith("kill-rank"):  # one rank killed: the job's save fails
-                assert "ckpt" not in answer, f"{fw} {variant}: the save survived a killed rank: {answer}"
+                assert "ckpt" not in answer, (
+                    f"{fw} {variant}: the save survived a killed rank: {answer}"
+                )
             elif "kill:" in variant:
                 assert answer["status"] == -9, f"{fw} {variant}: the save was not killed: {answer}"
             else:
@@ -148,7 +154,8 @@ class Oracle:
         out = {"real": real, "healthy": healthy(real, reference, case.compare_loss),
                "reference": reference, "validate": verdicts}
         self.outcomes[case.id] = out
-        if os.environ.get("ORACLE_DUMP"):  # appended as measured: a cut-short run still leaves its rows
+        # appended as measured: a cut-short run still leaves its rows
+        if os.environ.get("ORACLE_DUMP"):
             with open(os.environ["ORACLE_DUMP"], "a", encoding="utf-8") as f:
                 f.write(json.dumps({case.id: out}, sort_keys=True) + "\n")
         return out
@@ -171,9 +178,11 @@ def validate_all(ckpt: Path) -> dict[str, dict[str, Any]]:
         r = CliRunner().invoke(app, ["validate", *flags, "--format", "json", str(ckpt)])
         try:
             doc = json.loads(r.stdout)
-            codes = sorted({f["code"] for f in doc.get("findings", []) if f.get("severity") == "error"})
+            codes = sorted({f["code"] for f in doc.get("findings", [])
+                            if f.get("severity") == "error"})
         except (json.JSONDecodeError, AttributeError, ValueError):
-            codes = [repr(r.exception)[:120]] if r.exception and not isinstance(r.exception, SystemExit) else []
+            codes = [repr(r.exception)[:120]] \
+                if r.exception and not isinstance(r.exception, SystemExit) else []
         out[mode] = {"exit": r.exit_code, "errors": codes}
     return out
 

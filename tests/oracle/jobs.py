@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
-import io
 import json
 import math
 import os
@@ -44,8 +43,9 @@ import socket
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STEPS_BEFORE = 2  # optimizer steps before the checkpoint
 STEPS_AFTER = 2  # steps run after resuming; their losses are compared
@@ -68,14 +68,16 @@ def _install_kill(spec: str) -> None:
     left = [int(nth or 1)]
 
     def check(target: Any) -> None:
-        if isinstance(target, (str, os.PathLike)) and fnmatch.fnmatch(os.path.basename(os.fspath(target)), pattern):
+        if isinstance(target, (str, os.PathLike)) and fnmatch.fnmatch(
+            os.path.basename(os.fspath(target)), pattern
+        ):
             left[0] -= 1
             if left[0] == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     real_open = builtins.open
 
-    def open_(file, mode="r", *a, **kw):  # noqa: ANN001
+    def open_(file, mode="r", *a, **kw):
         if any(c in mode for c in "wax+"):
             check(file)
         return real_open(file, mode, *a, **kw)
@@ -84,7 +86,7 @@ def _install_kill(spec: str) -> None:
     _io.open = open_
     real_save = torch.save
 
-    def save(obj, f, *a, **kw):  # noqa: ANN001
+    def save(obj, f, *a, **kw):
         check(f)
         return real_save(obj, f, *a, **kw)
 
@@ -92,11 +94,11 @@ def _install_kill(spec: str) -> None:
     real_rename = os.rename
     real_replace = os.replace
 
-    def rename(src, dst, *a, **kw):  # noqa: ANN001 - a temp file renamed into place is a write too
+    def rename(src, dst, *a, **kw):  # a temp file renamed into place is a write too
         check(dst)
         return real_rename(src, dst, *a, **kw)
 
-    def replace(src, dst, *a, **kw):  # noqa: ANN001
+    def replace(src, dst, *a, **kw):
         check(dst)
         return real_replace(src, dst, *a, **kw)
 
@@ -145,31 +147,38 @@ HF_DEEPSPEED = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation
                 "optimizer": {"type": "AdamW", "params": {"lr": "auto", "torch_adam": True}}}
 
 
-def _hf_trainer(out: Path, steps: int, peft: bool, callbacks: list | None = None, deepspeed: bool = False):
+def _hf_trainer(
+    out: Path, steps: int, peft: bool, callbacks: list | None = None, deepspeed: bool = False
+):
     from transformers import Trainer, TrainingArguments, set_seed
 
     from tests.fixtures import factory
 
     extra: dict[str, Any] = {}
-    if deepspeed:  # ZeRO-2 through the Trainer's own DeepSpeed integration (CPU, gloo, world size 1)
-        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+    # ZeRO-2 through the Trainer's own DeepSpeed integration (CPU, gloo, world size 1)
+    if deepspeed:
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+                           "RANK": "0",
                            "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         extra["deepspeed"] = HF_DEEPSPEED
     set_seed(0)
     if peft:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(factory.tiny_llama(0), LoraConfig(r=4, lora_alpha=8,
-                                                                   target_modules=["q_proj", "v_proj"]))
+        model = get_peft_model(factory.tiny_llama(0),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     else:
         model = factory.tiny_gpt2(0)
     args = TrainingArguments(
         output_dir=str(out), max_steps=steps, save_strategy="steps", save_steps=STEPS_BEFORE,
-        logging_strategy="steps", logging_steps=1, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_strategy="steps", logging_steps=1, per_device_train_batch_size=4,
+        learning_rate=1e-3,
         warmup_steps=0, seed=0, use_cpu=True, report_to=[], dataloader_num_workers=0,
         dataloader_pin_memory=False, disable_tqdm=True, **extra,
     )
-    return Trainer(model=model, args=args, train_dataset=factory.tiny_dataset(seed=0), callbacks=callbacks)
+    return Trainer(
+        model=model, args=args, train_dataset=factory.tiny_dataset(seed=0), callbacks=callbacks
+    )
 
 
 def _hf_save(work: Path, variant: str, peft: bool, deepspeed: bool = False) -> str:
@@ -178,7 +187,7 @@ def _hf_save(work: Path, variant: str, peft: bool, deepspeed: bool = False) -> s
     callbacks = []
     if variant == "nan":
         class Poison(TrainerCallback):
-            def on_step_end(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            def on_step_end(self, args, state, control, model=None, **kw):
                 if state.global_step == STEPS_BEFORE:
                     _poison(model)
                 return control
@@ -193,7 +202,8 @@ def _hf_resume(ckpt: Path, work: Path, peft: bool, deepspeed: bool = False) -> l
     trainer = _hf_trainer(work, STEPS_BEFORE + STEPS_AFTER, peft, None, deepspeed)
     trainer.args.save_strategy = "no"
     trainer.train(resume_from_checkpoint=str(ckpt))
-    return [float(h["loss"]) for h in trainer.state.log_history if "loss" in h and h["step"] > STEPS_BEFORE]
+    return [float(h["loss"]) for h in trainer.state.log_history
+            if "loss" in h and h["step"] > STEPS_BEFORE]
 
 
 # --------------------------------------------------------------------------- #
@@ -258,7 +268,7 @@ def _acc_resume(ckpt: Path, work: Path) -> list[float]:
 # --------------------------------------------------------------------------- #
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lit_cls():
     import pytorch_lightning as pl
     import torch
@@ -270,7 +280,7 @@ def _lit_cls():
             self.layer = torch.nn.Linear(4, 1)
             self.losses: list[float] = []
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001
+        def training_step(self, batch, batch_idx):
             x, y = batch
             loss = torch.nn.functional.mse_loss(self.layer(x), y)
             self.losses.append(float(loss))
@@ -289,18 +299,21 @@ def _lit_run(work: Path, epochs: int, ckpt_path: str | None, poison: bool = Fals
 
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
-    ds = torch.utils.data.TensorDataset(torch.randn(4, 4, generator=g), torch.randn(4, 1, generator=g))
+    ds = torch.utils.data.TensorDataset(
+        torch.randn(4, 4, generator=g), torch.randn(4, 1, generator=g)
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=False)
     model = _lit_cls()()
     callbacks: list[Any] = [ModelCheckpoint(dirpath=work / "checkpoints", save_last=True)]
     if poison:
         class Poison(Callback):
-            def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
+            def on_train_epoch_end(self, trainer, pl_module):
                 _poison(pl_module)
 
         callbacks.insert(0, Poison())
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(work),
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(work),
                          callbacks=callbacks, num_sanity_val_steps=0)
     trainer.fit(model, loader, ckpt_path=ckpt_path)
     return trainer, model
@@ -314,7 +327,9 @@ def _lit_save(work: Path, variant: str) -> str:
 def _lit_resume(ckpt: Path, work: Path) -> list[float]:
     trainer, model = _lit_run(work, 2, str(ckpt))
     if trainer.global_step != STEPS_BEFORE + STEPS_AFTER:
-        raise RuntimeError(f"did not continue from the checkpoint: global_step {trainer.global_step}")
+        raise RuntimeError(
+            f"did not continue from the checkpoint: global_step {trainer.global_step}"
+        )
     return model.losses
 
 
@@ -335,7 +350,9 @@ def _ds_engine():
            "bf16": {"enabled": True}, "zero_optimization": {"stage": 2},
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
     deepspeed.init_distributed(dist_backend="gloo")
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=cfg
+    )
     return engine
 
 
@@ -400,8 +417,12 @@ def _ds2_engine(rank: int, port: int):
     cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
            "bf16": {"enabled": True}, "zero_optimization": {"stage": 2},
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
-    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=RANK_TIMEOUT // 2))
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    deepspeed.init_distributed(
+        dist_backend="gloo", timeout=datetime.timedelta(seconds=RANK_TIMEOUT // 2)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=cfg
+    )
     return engine
 
 
@@ -420,7 +441,8 @@ def _ds2_rank_steps(engine, rank: int, n: int) -> list[float]:
 
 
 def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> list[Any]:
-    """Run ``fn(rank, port)`` in WORLD forked processes; return each rank's result (or its error)."""
+    """Run ``fn(rank, port)`` in WORLD forked processes; return each rank's result (or its
+    error)."""
     port = _free_port()
     pids = {}
     for rank in range(WORLD):
@@ -429,16 +451,19 @@ def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> l
         pid = os.fork()
         if pid == 0:
             try:
-                log = os.open(work / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                log = os.open(
+                    work / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
+                )
                 os.dup2(log, 1)
                 os.dup2(log, 2)
                 if rank in kill:
                     _install_kill(kill[rank])
                 try:
                     value = {"ok": fn(rank, port)}
-                except BaseException as e:  # noqa: BLE001 - the failure is the result
+                except BaseException as e:  # the failure is the result
                     traceback.print_exc()
-                    value = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+                    first = str(e).splitlines()[0] if str(e) else ""
+                    value = {"error": f"{type(e).__name__}: {first}"[:300]}
                 res.write_text(json.dumps(value))
             finally:
                 os._exit(0)
@@ -463,7 +488,8 @@ def _ranks(work: Path, fn: Callable[[int, int], Any], kill: dict[int, str]) -> l
     out = []
     for rank in range(WORLD):
         res = work / f"rank{rank}.json"
-        out.append(json.loads(res.read_text()) if res.is_file() else {"error": f"rank {rank} died ({status[rank]})"})
+        out.append(json.loads(res.read_text()) if res.is_file()
+                   else {"error": f"rank {rank} died ({status[rank]})"})
     return out
 
 
@@ -555,7 +581,10 @@ def _fsdp_save(work: Path, variant: str, kill: dict[int, str] | None = None) -> 
             with torch.no_grad():  # every rank poisons its own shard of the first weight
                 model[0].weight.to_local().view(-1)[0] = float("nan")
         msd, osd = get_state_dict(model, optim)
-        dcp.save({"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}}, checkpoint_id=str(out))
+        dcp.save(
+            {"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}},
+            checkpoint_id=str(out),
+        )
         return str(out)
 
     results = _ranks(work, save, kill or {})
@@ -574,7 +603,9 @@ def _fsdp_resume(ckpt: Path, work: Path) -> list[float]:
         msd, osd = get_state_dict(model, optim)
         state = {"model": msd, "optim": osd, "train_state": {"step": 0}}
         dcp.load(state, checkpoint_id=str(ckpt))
-        set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(
+            model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
         step = state["train_state"]["step"]
         if step != STEPS_BEFORE:
             raise RuntimeError(f"train_state step {step}")
@@ -626,7 +657,8 @@ def _dcp_save(work: Path, variant: str) -> str:
         _poison(model)
     msd, osd = get_state_dict(model, optim)
     out = work / "ckpt"
-    dcp.save({"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}}, checkpoint_id=str(out),
+    dcp.save({"model": msd, "optim": osd, "train_state": {"step": STEPS_BEFORE}},
+             checkpoint_id=str(out),
              no_dist=True)
     return str(out)
 
@@ -675,7 +707,9 @@ def _lingua_objects():
 
     model = factory._module_from_shapes(factory._llama_native_shapes(), 0)
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(factory._warmup_lambda, warmup=5))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, functools.partial(factory._warmup_lambda, warmup=5)
+    )
     return model, optim, sched
 
 
@@ -698,9 +732,12 @@ def lingua_resume(ckpt: Path, work: Path, dp_rank: int = 0) -> list[float]:
 
     root = ckpt.parent
     candidates = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()
-                         and (p / f"train_state_{dp_rank:05d}.json").is_file()), key=lambda p: int(p.name))
+                         and (p / f"train_state_{dp_rank:05d}.json").is_file()),
+                        key=lambda p: int(p.name))
     if not candidates:
-        raise RuntimeError("no step folder with this rank's train_state: Lingua starts from scratch")
+        raise RuntimeError(
+            "no step folder with this rank's train_state: Lingua starts from scratch"
+        )
     path = candidates[-1]
     model, optim, sched = _lingua_objects()
     train_state = json.loads((path / f"train_state_{dp_rank:05d}.json").read_text())
@@ -744,7 +781,9 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
     path = root / f"step-{max(steps)}"
     model = factory._module_from_shapes(factory._llama_native_shapes(), 0)
     optim = torch.optim.AdamW(model.parameters(), lr=8e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(factory._warmup_lambda, warmup=2))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, functools.partial(factory._warmup_lambda, warmup=2)
+    )
     opts = StateDictOptions(flatten_optimizer_state_dict=True)
     state: dict[str, Any] = dict(get_model_state_dict(model))
     state.update({"optimizer": get_optimizer_state_dict(model, optim, options=opts),
@@ -753,7 +792,8 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
                   "train_state": {"step": 0, "ntokens_seen": 0}})
     dcp.load(state, checkpoint_id=str(path), no_dist=True)
     set_model_state_dict(model, {k: v for k, v in state.items()
-                                 if k not in ("optimizer", "lr_scheduler", "dataloader", "train_state")})
+                                 if k not in ("optimizer", "lr_scheduler", "dataloader",
+                                              "train_state")})
     set_optimizer_state_dict(model, optim, state["optimizer"], options=opts)
     sched.load_state_dict(state["lr_scheduler"])
     if state["train_state"]["step"] != STEPS_BEFORE:
@@ -765,10 +805,14 @@ def titan_resume(ckpt: Path, work: Path) -> list[float]:
 # registry and zygote
 # --------------------------------------------------------------------------- #
 
-FRAMEWORKS: dict[str, tuple[Callable[..., str], Callable[[Path, Path], list[float]], tuple[str, ...]]] = {
-    "hf_trainer": (lambda w, v: _hf_save(w, v, False), lambda c, w: _hf_resume(c, w, False), ("transformers",)),
-    "hf_peft": (lambda w, v: _hf_save(w, v, True), lambda c, w: _hf_resume(c, w, True), ("transformers", "peft")),
-    "hf_deepspeed": (lambda w, v: _hf_save(w, v, False, True), lambda c, w: _hf_resume(c, w, False, True),
+FRAMEWORKS: dict[str, tuple[Callable[..., str], Callable[[Path, Path], list[float]],
+                            tuple[str, ...]]] = {
+    "hf_trainer": (lambda w, v: _hf_save(w, v, False), lambda c, w: _hf_resume(c, w, False),
+                   ("transformers",)),
+    "hf_peft": (lambda w, v: _hf_save(w, v, True), lambda c, w: _hf_resume(c, w, True),
+                ("transformers", "peft")),
+    "hf_deepspeed": (lambda w, v: _hf_save(w, v, False, True),
+                     lambda c, w: _hf_resume(c, w, False, True),
                      ("transformers", "deepspeed")),
     "accelerate": (_acc_save, _acc_resume, ("accelerate",)),
     "lightning": (_lit_save, _lit_resume, ("pytorch_lightning",)),
@@ -809,9 +853,12 @@ def _child(framework: str, req: dict[str, Any]) -> None:
         else:
             losses = resume(Path(req["ckpt"]), work)
             result = {"resumed": True, "losses": _finite(losses)}
-    except BaseException as e:  # noqa: BLE001 - the framework's failure IS the result
+    except BaseException as e:  # the framework's failure IS the result
         traceback.print_exc()
-        result = {"resumed": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        result = {
+            "resumed": False,
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
+        }
     Path(req["out"]).write_text(json.dumps(result))
 
 

@@ -19,7 +19,7 @@ mode, stage, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if os.environ.get("CKPTDOCTOR_SAFE_GLOBALS"):
     runpy.run_path(os.environ["CKPTDOCTOR_SAFE_GLOBALS"])
 
-import deepspeed  # noqa: E402
+import deepspeed
 
 if mode == "fp32":
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

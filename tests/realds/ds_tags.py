@@ -12,7 +12,7 @@ import torch
 mode, out = sys.argv[1], sys.argv[2]
 tag = sys.argv[3] if len(sys.argv) > 3 else None
 
-import deepspeed  # noqa: E402
+import deepspeed
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

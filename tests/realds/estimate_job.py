@@ -18,8 +18,8 @@ import sys
 import torch
 
 mode, stage, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-import deepspeed  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import deepspeed
+import torch.distributed as dist
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(1536, 1536), torch.nn.Tanh(),

@@ -22,8 +22,8 @@ import sys
 import torch
 
 mode, stage, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-import deepspeed  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import deepspeed
+import torch.distributed as dist
 
 IN, HIDDEN = int(os.environ.get("RESHARD_IN", 5)), int(os.environ.get("RESHARD_HIDDEN", 7))
 torch.manual_seed(0)

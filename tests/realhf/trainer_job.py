@@ -13,9 +13,9 @@ import torch
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fixtures import factory as F  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments  # noqa: E402
+from fixtures import factory as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments
 
 mode, out = sys.argv[1], sys.argv[2]
 vocab = {f"w{i}": i for i in range(128)}
