@@ -214,8 +214,10 @@ def main() -> None:
     for label, _, _ in targets:
         best = min(jobs, key=lambda j: rows[f"{label}: validate --deep --jobs {j}"][0])
         a = f"{label}: validate --deep --jobs {best}"
-        worst_rss = max(m for k, (_, m, _) in rows.items() if k.startswith(label) and "validate" in k)
-        print(f"{label}: --deep (--jobs {best}) {ratio(a, f'{label}: read + CRC32 (4 MiB readinto)'):.2f}x "
+        worst_rss = max(m for k, (_, m, _) in rows.items()
+                        if k.startswith(label) and "validate" in k)
+        print(f"{label}: --deep (--jobs {best}) "
+              f"{ratio(a, f'{label}: read + CRC32 (4 MiB readinto)'):.2f}x "
               f"read+CRC32 (target <= 1.4), {ratio(a, f'{label}: read + CRC32 zlib-ng'):.2f}x "
               f"read+CRC32 zlib-ng, {1 / ratio(a, f'{label}: read only (4 MiB readinto)'):.2f}x of "
               f"read-only throughput (target >= 0.7); peak RSS {worst_rss:.0f} MiB (target <= 256)")
@@ -230,7 +232,8 @@ def big(out: Path, gb: float, keep: bool) -> None:
     try:
         rows = {"read only (4 MiB readinto)": measure([PY, "-c", READ_ONLY, str(path)]),
                 "read + CRC32 (4 MiB readinto)": measure([PY, "-c", READ_CRC, str(path)]),
-                "validate --deep": measure([PY, "-m", "ckptdoctor", "validate", "--deep", str(path)])}
+                "validate --deep": measure([PY, "-m", "ckptdoctor", "validate", "--deep",
+                                            str(path)])}
     finally:
         if not keep:
             path.unlink()

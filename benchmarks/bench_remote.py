@@ -34,11 +34,14 @@ def make_checkpoint(path: Path, gb: float) -> None:
     code = f"""
 import torch
 hidden, inter, vocab = 2048, 5632, 32000
-sd, total, i = {{"model.embed_tokens.weight": torch.zeros(vocab, hidden, dtype=torch.bfloat16)}}, 0, 0
+sd, total, i = {{"model.embed_tokens.weight":
+                     torch.zeros(vocab, hidden, dtype=torch.bfloat16)}}, 0, 0
 total = vocab * hidden * 2
 while total < {gb} * 1e9:
-    for name, shape in (("self_attn.q_proj", (hidden, hidden)), ("self_attn.k_proj", (hidden, hidden)),
-                        ("self_attn.v_proj", (hidden, hidden)), ("self_attn.o_proj", (hidden, hidden)),
+    for name, shape in (("self_attn.q_proj", (hidden, hidden)),
+                        ("self_attn.k_proj", (hidden, hidden)),
+                        ("self_attn.v_proj", (hidden, hidden)),
+                        ("self_attn.o_proj", (hidden, hidden)),
                         ("mlp.gate_proj", (inter, hidden)), ("mlp.up_proj", (inter, hidden)),
                         ("mlp.down_proj", (hidden, inter))):
         sd[f"model.layers.{{i}}.{{name}}.weight"] = torch.zeros(shape, dtype=torch.bfloat16)

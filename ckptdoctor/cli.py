@@ -226,10 +226,16 @@ def _progress(enabled: bool):
 def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint file or directory (a path or a URL: "
                                              "s3://, gs://, hf://, http(s)://).")],
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document (schema_version 1).")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="One JSON document (schema_version 1).")] = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
-    ram: Annotated[str | None, typer.Option("--ram", metavar="SIZE", help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's available memory.")] = None,
-    gpu_mem: Annotated[str | None, typer.Option("--gpu-mem", metavar="SIZE", help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
+    ram: Annotated[str | None, typer.Option(
+        "--ram", metavar="SIZE",
+        help="CPU RAM per rank of the resuming machine (e.g. 64GB); default: this machine's "
+             "available memory.")] = None,
+    gpu_mem: Annotated[str | None, typer.Option(
+        "--gpu-mem", metavar="SIZE",
+        help="GPU memory per rank (e.g. 80GB); warns when the resume estimate exceeds it.")] = None,
     storage_option: StorageOpt = [],
     timeout: TimeoutOpt = 60.0,
 ) -> None:
@@ -266,15 +272,28 @@ def validate(
     consumer: ConsumerOpt = ConsumerChoice.framework,
     allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
-    load: Annotated[bool, typer.Option("--load", help="Really load each file through the loader chain.")] = False,
-    deep: Annotated[bool, typer.Option("--deep", help="Read all bytes: zip CRC32s, NaN/Inf, optimizer shapes.")] = False,
-    write_manifest: Annotated[bool, typer.Option("--write-manifest", help="Record sha256 of every file as an OpenSSF model-signing (in-toto) manifest; later runs verify it.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files read in parallel by --deep / manifests (0: one per CPU).")] = 0,
-    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="NaN/Inf in parameters or optimizer state is a warning, not an error.")] = False,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.text,
-    select: Annotated[list[str], typer.Option("--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],
-    ignore: Annotated[list[str], typer.Option("--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
+    load: Annotated[bool, typer.Option(
+        "--load", help="Really load each file through the loader chain.")] = False,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="Read all bytes: zip CRC32s, NaN/Inf, optimizer shapes.")] = False,
+    write_manifest: Annotated[bool, typer.Option(
+        "--write-manifest",
+        help="Record sha256 of every file as an OpenSSF model-signing (in-toto) manifest; later "
+             "runs verify it.")] = False,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=0,
+        help="Files read in parallel by --deep / manifests (0: one per CPU).")] = 0,
+    allow_nonfinite: Annotated[bool, typer.Option(
+        "--allow-nonfinite",
+        help="NaN/Inf in parameters or optimizer state is a warning, not an error.")] = False,
+    fmt: Annotated[OutputFormat, typer.Option(
+        "--format", help="Output format.")] = OutputFormat.text,
+    select: Annotated[list[str], typer.Option(
+        "--select", metavar="PREFIX", help="Only codes starting with PREFIX.")] = [],
+    ignore: Annotated[list[str], typer.Option(
+        "--ignore", metavar="PREFIX", help="Drop codes starting with PREFIX.")] = [],
+    fail_on: Annotated[FailOn, typer.Option(
+        "--fail-on", help="Lowest severity that fails (exit 1).")] = FailOn.error,
     framework_version: FrameworkVersionOpt = [],
     storage_option: StorageOpt = [],
     timeout: TimeoutOpt = 60.0,
@@ -379,10 +398,15 @@ def latest(
 def repair(
     path: Annotated[str, typer.Argument(help="Checkpoint file or directory.")],
     allow: AllowOpt = [],  # typer reads the default
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
-    backup_dir: Annotated[Path | None, typer.Option("--backup-dir", help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
-    no_backup: Annotated[bool, typer.Option("--no-backup", help="Do not keep originals (not recommended).")] = False,
-    to: Annotated[str, typer.Option("--to", help="torch (default) or safetensors for pure tensor files.")] = "torch",
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan; change nothing.")] = False,
+    backup_dir: Annotated[Path | None, typer.Option(
+        "--backup-dir",
+        help="Where originals go (default .ckptdoctor-backup/<time>/ beside PATH).")] = None,
+    no_backup: Annotated[bool, typer.Option(
+        "--no-backup", help="Do not keep originals (not recommended).")] = False,
+    to: Annotated[str, typer.Option(
+        "--to", help="torch (default) or safetensors for pure tensor files.")] = "torch",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before rewriting.")] = False,
     undo: Annotated[bool, typer.Option(
         "--undo", help="Restore the latest backup of PATH.")] = False,
@@ -448,19 +472,33 @@ def convert(
                                             "URL).")],
     dst: Annotated[str, typer.Argument(help="Destination file or directory (a path or a new "
                                             "URL prefix).")],
-    to: Annotated[str, typer.Option("--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
-    max_shard_size: Annotated[str | None, typer.Option("--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
-    dtype: Annotated[ConvertDtype, typer.Option("--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the bit-identical re-read.")] = False,
-    drop_non_tensors: Annotated[bool, typer.Option("--drop-non-tensors", help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
-    strip_prefix: Annotated[str | None, typer.Option("--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST (atomically).")] = False,
+    to: Annotated[str, typer.Option(
+        "--to", help="safetensors, torch, dcp or safe (tensors + JSON).")],
+    max_shard_size: Annotated[str | None, typer.Option(
+        "--max-shard-size", help="e.g. 5GB; shards the output.")] = None,
+    dtype: Annotated[ConvertDtype, typer.Option(
+        "--dtype", help="Cast floating-point tensors.")] = ConvertDtype.keep,
+    no_verify: Annotated[bool, typer.Option(
+        "--no-verify", help="Skip the bit-identical re-read.")] = False,
+    drop_non_tensors: Annotated[bool, typer.Option(
+        "--drop-non-tensors",
+        help="Drop non-tensor entries instead of a JSON sidecar.")] = False,
+    strip_prefix: Annotated[str | None, typer.Option(
+        "--strip-prefix", help="Strip this key prefix (e.g. model.).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing DST (atomically).")] = False,
     allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
-    add_prefix: Annotated[str | None, typer.Option("--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
-    nest: Annotated[str | None, typer.Option("--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
-    params: Annotated[Path | None, typer.Option("--params", help="--to dcp: write this file as params.json.")] = None,
-    weights_only: Annotated[bool, typer.Option("--weights-only", help="Export only the weights of a checkpoint directory; list the training state left behind.")] = False,
+    add_prefix: Annotated[str | None, typer.Option(
+        "--add-prefix", help="Prepend this to every key (after --strip-prefix).")] = None,
+    nest: Annotated[str | None, typer.Option(
+        "--nest", help="--to dcp: put the state dict under this key (Lingua: model).")] = None,
+    params: Annotated[Path | None, typer.Option(
+        "--params", help="--to dcp: write this file as params.json.")] = None,
+    weights_only: Annotated[bool, typer.Option(
+        "--weights-only",
+        help="Export only the weights of a checkpoint directory; list the training state left "
+             "behind.")] = False,
     storage_option: StorageOpt = [],
     timeout: TimeoutOpt = 60.0,
 ) -> None:
@@ -526,7 +564,9 @@ def diff(
 
 @app.command()
 def reshard(
-    src: Annotated[Path, typer.Argument(help="DeepSpeed ZeRO-1/2/3 checkpoint (the directory with `latest`, or the tag directory); a DCP directory is reported, not rewritten.")],
+    src: Annotated[Path, typer.Argument(
+        help="DeepSpeed ZeRO-1/2/3 checkpoint (the directory with `latest`, or the tag "
+             "directory); a DCP directory is reported, not rewritten.")],
     dst: Annotated[Path, typer.Argument(help="New checkpoint directory.")],
     world_size: Annotated[int, typer.Option(
         "--world-size", min=1, help="Data-parallel ranks to resume on.")],

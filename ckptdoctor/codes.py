@@ -401,7 +401,8 @@ class Code(enum.Enum):
         'none')
     RESHARD_DCP_ON_LOAD = ("CK737", Severity.INFO,
                            "DCP checkpoint: dcp.load reshards on load; nothing to write",
-        'DCP checkpoint: `dcp.load` reads any saved sharding into the loading ranks\' sharding; `reshard` writes nothing',
+        'DCP checkpoint: `dcp.load` reads any saved sharding into the loading ranks\' sharding; '
+        '`reshard` writes nothing',
         'load it with `dcp.load` on the new number of ranks')
 
     # other formats

@@ -145,7 +145,8 @@ class Session:
 
         if isinstance(exc, RemoteReadError):
             return exc
-        if isinstance(exc, (FSTimeoutError, TimeoutError)) or "timeout" in type(exc).__name__.lower():
+        if isinstance(exc, (FSTimeoutError, TimeoutError)) or \
+                "timeout" in type(exc).__name__.lower():
             return RemoteReadError(Code.REMOTE_TIMEOUT,
                                    f"no answer within {self.timeout:g}s (the endpoint is slow or "
                                    "stalled)")
@@ -699,7 +700,8 @@ def _commit_order(rel: str) -> tuple[int, str]:
     """Files a reader treats as 'the save is complete' (indexes, DCP .metadata, DeepSpeed
     `latest`, JSON state) are copied to their final keys last."""
     name = rel.rsplit("/", 1)[-1]
-    marker = name.endswith((".json", ".metadata")) or name in ("latest", "latest_checkpointed_iteration.txt")
+    marker = name.endswith((".json", ".metadata")) or \
+        name in ("latest", "latest_checkpointed_iteration.txt")
     return (1 if marker else 0, rel)
 
 

@@ -234,7 +234,8 @@ def test_secrets_never_printed(s3):
     """Credentials in the URL and in --storage-option values appear nowhere in the output."""
     secret = "sEcReT-value-123"
     r = cli("validate", "--format", "json", "--storage-option", "key=testing",
-            "--storage-option", f"secret={secret}", f"s3://{BUCKET}/ck/model.pt")  # moto accepts any key: the run succeeds
+            "--storage-option", f"secret={secret}",
+            f"s3://{BUCKET}/ck/model.pt")  # moto accepts any key: the run succeeds
     assert r.returncode == 0 and json.loads(r.stdout)["requests"] > 0
     assert secret not in r.stdout + r.stderr
     # an endpoint URL with credentials that cannot be reached: the error names no secret

@@ -827,7 +827,7 @@ def test_kill_at_every_step_leaves_originals_or_verified_files(tmp_path):
         assert undo(d)  # the newest session restores what it replaced
 
 
-# --- select -> plan -> apply: the plan the user confirmed is the one executed ----------------------
+# --- select -> plan -> apply: the plan the user confirmed is the one executed -------------------
 def _read_until(fd: int, marker: bytes, limit: int = 1 << 20) -> bytes:
     seen = b""
     while marker not in seen and len(seen) < limit:

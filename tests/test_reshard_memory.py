@@ -1,11 +1,11 @@
 """`reshard` streams: its peak memory is bounded by the largest per-rank file, not by the
 whole checkpoint. A real DeepSpeed ZeRO-2 and ZeRO-3 checkpoint of a wide model (16.8 M
-parameters, 2 ranks, 268 MB / 201 MB) is resharded in a fresh process (tests/realds/reshard_mem.py) and the
-growth of that process's peak RSS (getrusage ru_maxrss, after imports -> after the reshard
-and its verification) is compared with the file sizes. Loading the sources and building the
-new states in memory, as the first version did, needed 2-2.5x the whole checkpoint (measured
-on the ZeRO-2 checkpoint: 261-337 MB for 2 -> 1/3/4 ranks against 128/74/64 MB now; ZeRO-3:
-128 MB for 2 -> 1, 74 MB for 2 -> 3). Skipped where
+parameters, 2 ranks, 268 MB / 201 MB) is resharded in a fresh process
+(tests/realds/reshard_mem.py) and the growth of that process's peak RSS (getrusage ru_maxrss,
+after imports -> after the reshard and its verification) is compared with the file sizes.
+Loading the sources and building the new states in memory, as the first version did, needed
+2-2.5x the whole checkpoint (measured on the ZeRO-2 checkpoint: 261-337 MB for 2 -> 1/3/4 ranks
+against 128/74/64 MB now; ZeRO-3: 128 MB for 2 -> 1, 74 MB for 2 -> 3). Skipped where
 deepspeed does not import."""
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def _save(ckpt: Path, world: int, stage: int) -> None:
         env = {**os.environ, **WIDE, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)}
         procs.append(subprocess.Popen(
-            [sys.executable, str(REALDS / "reshard_job.py"), "save", str(stage), str(ckpt)], env=env,
+            [sys.executable, str(REALDS / "reshard_job.py"), "save", str(stage), str(ckpt)],
+            env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
         _, err = p.communicate(timeout=900)

@@ -39,7 +39,8 @@ def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = Fals
                "RESHARD_BF16": "1" if bf16 else "0",
                "RESHARD_SUB_GROUP": str(sub_group) if sub_group else "",
                "RESHARD_FROZEN": "1" if frozen else "0"}
-        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)],
+                                      env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):

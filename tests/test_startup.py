@@ -4,8 +4,8 @@
 reading is a visible part of its time (docs/scale.md). These tests run the real CLI in a child
 process and look at its sys.modules afterwards: a new eager import of torch, numpy or rich, or a
 large new batch of modules, fails here. (typer >= 0.27 coerces option values with pydantic, so a
-command with options imports it: that is typer's cost, not worked around here.) The budgets are module counts with about 8%
-headroom over what the code imports today."""
+command with options imports it: that is typer's cost, not worked around here.) The budgets are
+module counts with about 8% headroom over what the code imports today."""
 
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ renaming (--strip-prefix / --add-prefix / --nest), no --drop-non-tensors / --wei
 a source the diff reads (not a ckptdoctor safe directory) that is not a DeepSpeed ZeRO
 checkpoint (consolidating ZeRO partitions drops the optimizer by design; the converter compares
 every consolidated weight bit for bit instead). Entries the converter reported leaving out
-(`ConvertResult.skipped`, CK709) may be missing from the output; nothing else may differ. Of a checkpoint directory only the weights are compared: the
-training files beside them are not what convert converts."""
+(`ConvertResult.skipped`, CK709) may be missing from the output; nothing else may differ. Of a
+checkpoint directory only the weights are compared: the training files beside them are not what
+convert converts."""
 
 from __future__ import annotations
 

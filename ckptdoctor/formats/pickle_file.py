@@ -50,8 +50,9 @@ def hidden_pickle(path: Path) -> bool:
     symbolically (it stops at the first opcode that cannot parse, which for real text or binary
     data is within a few bytes); any global naming a Python-looking path, a scan limit, or a
     pickle that parses to its STOP with any global at all (an EXT code or a computed name
-    included), or a FRAME-boundary differential makes it a pickle. Random bytes hit a lone EXT opcode about once in a hundred
-    files but almost never parse to a STOP, which keeps noise out of the findings."""
+    included), or a FRAME-boundary differential makes it a pickle. Random bytes hit a lone EXT
+    opcode about once in a hundred files but almost never parse to a STOP, which keeps noise out
+    of the findings."""
     with open_binary(path) as fh:
         scan = scan_stream(fh, "", _SHADOW_LIMITS)
     if any(f.code == Code.PICKLE_LIMIT.code for f in scan.findings):

@@ -21,5 +21,6 @@ from .render import render_plan, render_result
 from .rulebase import Rule
 from .rules import RULES
 
-__all__ = ["plan_repair", "prepare_repair", "apply_repair", "PreparedRepair", "repair", "undo", "render_plan", "render_result", "RepairPlan",
+__all__ = ["plan_repair", "prepare_repair", "apply_repair", "PreparedRepair", "repair", "undo",
+           "render_plan", "render_result", "RepairPlan",
            "RepairResult", "FilePlan", "FileOutcome", "Change", "RULES", "Rule", "CRASH_ENV"]

@@ -9,8 +9,8 @@ A repair run that replaces anything opens one session directory:
 Each original is hard-linked into the session when the session is on the same filesystem
 (nothing is copied: the new file is renamed over the original path, so the link keeps the
 original's inode and bytes), else copied and the copy hashed against the original, *before* the
-new file is renamed over it, and the manifest entry is written before the rename too, so a crash at any
-point leaves either the untouched original or the new file plus a complete backup. Files a
+new file is renamed over it, and the manifest entry is written before the rename too, so a crash
+at any point leaves either the untouched original or the new file plus a complete backup. Files a
 repair creates (a .safetensors, sidecars, the allow-list) are listed under "created" before they
 are written, so `undo` can remove them. `undo` restores the newest session not yet undone."""
 

@@ -40,7 +40,8 @@ class Kept:
 @dataclass(frozen=True)
 class RngSite:
     """An RNG state to check by drawing from it: kind numpy|python|torch, where it sits in the
-    converted object, and the original value (numpy: a real state tuple rebuilt from the capture)."""
+    converted object, and the original value (numpy: a real state tuple rebuilt from the
+    capture)."""
 
     kind: str
     path: tuple

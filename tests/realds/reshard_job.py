@@ -27,7 +27,8 @@ import torch.distributed as dist
 
 IN, HIDDEN = int(os.environ.get("RESHARD_IN", 5)), int(os.environ.get("RESHARD_HIDDEN", 7))
 torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 3))
+model = torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.Tanh(),
+                            torch.nn.Linear(HIDDEN, 3))
 cfg = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
        "zero_optimization": {"stage": stage},
        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
