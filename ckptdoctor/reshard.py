@@ -117,7 +117,7 @@ class _Flat:
             out = torch.empty(size, dtype=self.pieces[0].dtype)
         out = out[:size]
         filled = 0
-        for p, s, mapped in zip(self.pieces, self.starts, self.mapped):
+        for p, s, mapped in zip(self.pieces, self.starts, self.mapped, strict=True):
             lo, hi = max(start, s), min(end, s + p.numel())
             if lo < hi:
                 src = p.reshape(-1)[lo - s:hi - s]
@@ -458,7 +458,7 @@ def _verify(tagdir: Path, names: list[str], plan: list, opts: Options, world: in
     from .convert.common import MAPPED, release_tensor
 
     pos = {g["group"]: 0 for g in plan}
-    for r, name in enumerate(names):
+    for name in names:
         osd = load_torch(tagdir / name, opts)[OSD]
         MAPPED.refresh()
         for g in plan:

@@ -75,7 +75,7 @@ class _Param:
     def read(self, a: int, b: int, out: Any) -> None:
         """Elements [a, b) of the flat parameter into out[:b-a]; zeros past the end."""
         out[:b - a].zero_()
-        for q, (p, mapped) in enumerate(zip(self.pieces, self.mapped)):
+        for q, (p, mapped) in enumerate(zip(self.pieces, self.mapped, strict=True)):
             lo, hi = max(a, q * self.pn), min(b, (q + 1) * self.pn, self.numel)
             if lo < hi:
                 src = p[lo - q * self.pn:hi - q * self.pn]
@@ -148,7 +148,7 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
                                            f"{flats[q][s].numel()} elements, the parameters' "
                                            f"partitions {sum(pns)}")
         offs = [sum(pns[:k]) for k in range(len(names))]
-        for name, off, pn in zip(names, offs, pns):
+        for name, off, pn in zip(names, offs, pns, strict=True):
             sources["fp32"][name] = _Param([flats[q][s].reshape(-1)[off:off + pn]
                                             for q in range(n_old)], numel[name])
         st0 = inners[0]["state"].get(s, {})
@@ -159,7 +159,7 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
                     and inners[q]["state"][s][key].numel() == flats[q][s].numel()
                     for q in range(n_old)):
                 moments_of[s].add(key)
-                for name, off, pn in zip(names, offs, pns):
+                for name, off, pn in zip(names, offs, pns, strict=True):
                     sources.setdefault(key, {})[name] = _Param(
                         [inners[q]["state"][s][key].reshape(-1)[off:off + pn]
                          for q in range(n_old)], numel[name])
@@ -225,7 +225,8 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
                                  for k in kinds[1:]}}
                           for t in range(len(new_sgs))}
         inner["param_groups"] = [dict(pg, params=ids)
-                                 for pg, ids in zip(inners[0]["param_groups"], new_groups_params)]
+                                 for pg, ids in zip(inners[0]["param_groups"], new_groups_params,
+                                                    strict=True)]
         osd = dict(osds[0])
         osd[INNER] = inner
         osd["partition_count"] = world

@@ -18,6 +18,7 @@ CK012 finding for that file, never a mix of two versions."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -58,6 +59,8 @@ class StorageError(Exception):
 
 class RemoteReadError(OSError):
     """A ranged read failed; carries the finding code for the file (CK012/CK013/CK014/CK016)."""
+
+    strerror: str  # always the message (OSError's may be None): findings and failures need one
 
     def __init__(self, code: Code, message: str):
         super().__init__(message)
@@ -307,7 +310,7 @@ class Session:
         else:
             results = []
         with self._lock:
-            for (start, _end), data in zip(fetch, results):
+            for (start, _end), data in zip(fetch, results, strict=True):
                 for k in range(0, len(data), BLOCK):
                     i = start // BLOCK + k // BLOCK
                     got[i] = data[k:k + BLOCK]
@@ -741,10 +744,8 @@ def upload(local: Path, dst: RemotePath) -> list[str]:
         _abort_multipart(session, staging)
         raise
     finally:
-        try:
+        with contextlib.suppress(OSError, FileNotFoundError):
             session._call("rm", staging.path, recursive=True)
-        except (OSError, FileNotFoundError):
-            pass
 
 
 def _abort_multipart(session: Session, prefix: RemotePath) -> None:
@@ -763,10 +764,8 @@ def _abort_multipart(session: Session, prefix: RemotePath) -> None:
             await session.fs._call_s3("abort_multipart_upload", Bucket=bucket,
                                       Key=up["Key"], UploadId=up["UploadId"])
 
-    try:
+    with contextlib.suppress(Exception):  # best effort after a failure that is reported anyway
         sync(session.fs.loop, abort, timeout=session.timeout)
-    except Exception:  # best effort after a failure that is reported anyway
-        pass
 
 
 # -- the one entry point ---------------------------------------------------------------------
@@ -797,7 +796,7 @@ def parse_options(specs: Iterable[str]) -> dict[str, Any]:
 
 
 def _secrets(options: dict[str, Any]) -> tuple[str, ...]:
-    out = []
+    out: list[str] = []
     for v in options.values():
         if isinstance(v, dict):
             out.extend(_secrets(v))

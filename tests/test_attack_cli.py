@@ -4,6 +4,7 @@ checkpoints are written by torch.save / safetensors on tiny tensors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -82,9 +83,7 @@ def test_convert_of_a_fifo_fed_without_end_is_refused(tmp_path):
     finally:
         writer.kill()
         writer.wait()
-        try:  # unblock a writer stuck in open() if nothing ever read
+        with contextlib.suppress(OSError):  # unblock a writer stuck in open() if nothing read
             os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
     assert_one_line_error(r, "CK004")
     assert r.returncode == 1

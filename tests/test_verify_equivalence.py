@@ -10,6 +10,7 @@ torch.load(weights_only=True) and safetensors, not from the diff."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def _scalars_file(d: Path) -> tuple[Path, dict]:
 # --- repair ------------------------------------------------------------------------------------
 def test_repair_runs_the_resume_diff_on_a_faithful_rewrite(tmp_path, diff_calls):
     p, tensors = _scalars_file(tmp_path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(p, weights_only=True)  # what the repair is for
     result = repair(tmp_path, consumer="torch")
     assert result.exit_code == 0, result.outcomes
@@ -142,7 +143,7 @@ def test_convert_rejects_an_output_the_diff_finds_different(tmp_path, diff_calls
 
     def wrong_alias(leaves, result, origin):
         unique, aliases = real(leaves, result, origin)
-        return [l for l in unique if l.key != "b"], {**aliases, "b": "w"}
+        return [leaf for leaf in unique if leaf.key != "b"], {**aliases, "b": "w"}
 
     monkeypatch.setattr(st_emit, "dedupe", wrong_alias)
     dst = tmp_path / "model.safetensors"
