@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .codes import Code
-from .convert.common import ConvertError, Options, TensorEntry
+from .convert.common import ConvertError, ConvertTarget, Options, TensorEntry
 from .convert.deepspeed_read import ZeroCheckpoint
 from .convert.loading import load_torch
 from .convert.staging import Staging
@@ -186,7 +186,8 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
         raise _err(dst, f"--world-size {world_size}: must be at least 1")
     if dst.resolve() == src.resolve():
         raise _err(dst, "DST is SRC: reshard never writes over its source")
-    opts = Options("torch", allow=tuple(allow), trust=trust, verify=verify, overwrite=overwrite)
+    opts = Options(ConvertTarget.TORCH, allow=tuple(allow), trust=trust, verify=verify,
+                   overwrite=overwrite)
     if (src / ".metadata").is_file():
         return _dcp(src, result)
     ckpt = ZeroCheckpoint(src, opts)

@@ -43,7 +43,7 @@ def part_numel(numel: int, world: int) -> int:
     return -(-numel // world)
 
 
-def sub_groups(numels: list[int], world: int, sub_group_size: int) -> list[list[int]]:
+def sub_groups(numels: list[int], world: int, sub_group_size: int | None) -> list[list[int]]:
     """Indices of one param group's parameters cut into sub-groups the way
     DeepSpeedZeroOptimizer_Stage3._create_fp16_sub_groups does for `world` ranks."""
     parts = [part_numel(n, world) for n in numels]

@@ -57,7 +57,7 @@ def fail(path: Any, message: str, hint: str = "", extra: list[Finding] | tuple =
 
 @dataclass
 class Options:
-    to: ConvertTarget
+    to: ConvertTarget | None  # None: the checkpoint is only read (diff)
     max_shard_size: int | None = None
     dtype: str = "keep"
     verify: bool = True

@@ -237,6 +237,17 @@ def _concat_frozen(frags: list[Any], numel: int, shape: tuple[int, ...]) -> Any:
     return torch.cat([f.reshape(-1) for f in frags])[:numel].reshape(shape)
 
 
+def _same(value: Any) -> Any:
+    """`load` of an entry that is already in memory."""
+    return value
+
+
+def _gather12_as(dtype: Any, ranks: list[_Flat], starts: list[int], offset: int, numel: int,
+                 shape: tuple) -> Any:
+    """_gather12 in the moment's own dtype."""
+    return _gather12(ranks, starts, offset, numel, shape).to(dtype)
+
+
 def _gather12(ranks: list[_Flat], starts: list[int], offset: int, numel: int, shape: tuple):
     import torch
 
@@ -304,15 +315,16 @@ def unsharded_optimizer(ckpt: ZeroCheckpoint, base_states: list[Any]
                     key = f"state.{name}.{moment}"
                     entries.append((key, TensorEntry(
                         key, parts[0].dtype, shape,
-                        lambda o=offset, n=numel, s=shape, rk=ranks, st=starts, d=parts[0].dtype:
-                        _gather12(rk, st, o, n, s).to(d), str(ckpt.tag))))
+                        functools.partial(_gather12_as, parts[0].dtype, ranks, starts, offset,
+                                          numel, shape), str(ckpt.tag))))
                     offset += numel
             elif all(_same_value(p, parts[0]) for p in parts):
                 p0 = parts[0]
                 key = f"group_state.{gi}.{moment}"
                 if isinstance(p0, torch.Tensor):
                     entries.append((key, TensorEntry(key, p0.dtype, tuple(p0.shape),
-                                                     lambda p=p0: p, str(ckpt.tag))))
+                                                     functools.partial(_same, p0),
+                                                     str(ckpt.tag))))
                 else:
                     values[key] = p0
             else:  # ranks disagree: keep each, the diff shows it

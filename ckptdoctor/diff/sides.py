@@ -69,7 +69,7 @@ def open_side(path: str | os.PathLike, allow: tuple[str, ...] = (), trust: bool 
     from ..convert.common import ConvertError, Options
 
     path = Path(path)
-    opts = Options("diff", allow=tuple(allow), trust=trust)
+    opts = Options(None, allow=tuple(allow), trust=trust)  # read only: no target
     try:
         return _open(path, opts)
     except ConvertError as exc:

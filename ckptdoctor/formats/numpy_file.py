@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import math
 import zipfile
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from ..codes import Code
 from ..model import FileInfo, FormatName, ScanState, TensorInfo
@@ -19,7 +19,7 @@ NPY_MAGIC = b"\x93NUMPY"
 MAX_NPY_HEADER = 1 << 20
 
 
-def _read_npy(fh: BinaryIO, rel: str, info: FileInfo, name: str) -> None:
+def _read_npy(fh: IO[bytes], rel: str, info: FileInfo, name: str) -> None:
     magic = fh.read(8)
     if not magic.startswith(NPY_MAGIC) or len(magic) < 8:
         info.findings.append(Code.PICKLE_MALFORMED.finding(rel, f"{name}: not an .npy member"))

@@ -4,7 +4,7 @@ becomes a finding, and whatever was resolved before the fault is still reported.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from ..codes import Code
 from ..model import GlobalRef, WeightsOnlyVerdict
@@ -76,7 +76,7 @@ class _Scanner(Verdict):
         return self.stack[-1]
 
     # -- main loop --
-    def run(self, stream: BinaryIO) -> PickleScan:
+    def run(self, stream: IO[bytes]) -> PickleScan:
         res = self.res
         start = stream.tell()
         max_stack = self.limits.max_stack

@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import pickletools
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 
 class Fault(Exception):
@@ -27,7 +27,7 @@ _LINE_OPS = {b"I": "INT", b"L": "LONG", b"S": "STRING", b"c": "GLOBAL", b"i": "I
              b"P": "PERSID"}
 
 
-def _lenient_line_op(stream: BinaryIO) -> tuple[str, Any] | None:
+def _lenient_line_op(stream: IO[bytes]) -> tuple[str, Any] | None:
     """Parse one text-line opcode the way CPython's _pickle does; None if it would fail too."""
     name = _LINE_OPS.get(stream.read(1))
     line = stream.readline()
@@ -61,7 +61,7 @@ def _lenient_line_op(stream: BinaryIO) -> tuple[str, Any] | None:
         return None
 
 
-def iter_opcodes(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
+def iter_opcodes(stream: IO[bytes]) -> Iterator[tuple[str, Any]]:
     """(opcode name, argument) pairs of one pickle, as pickletools.genops gives them, but
     re-synchronised after the text-line opcodes genops rejects and the unpickler accepts, and
     refusing opcodes that straddle the end of a FRAME.

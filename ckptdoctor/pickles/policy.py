@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from ..errors import (
     AllowListError as AllowListError,  # re-exported: standins, loaders
-    DangerousGlobalError,
-    NotVouchedError,
+    DangerousGlobalError as DangerousGlobalError,  # re-exported: standins, repair.transcode
+    NotVouchedError as NotVouchedError,  # re-exported: standins, loaders, repair.transcode
 )
 from ..model import GlobalClass
 from .torch_allowlist import TORCH_DEFAULT_ALLOWED

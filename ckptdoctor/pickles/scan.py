@@ -18,7 +18,7 @@ patterns), `result` (PickleScan)."""
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from typing import IO
 
 from .limits import DEFAULT_LIMITS, FileBudget, ScanLimits, current_budget, file_budget
 from .machine import _Scanner
@@ -41,7 +41,7 @@ from .values import (
 )
 
 
-def scan_stream(stream: BinaryIO, path: str = "",
+def scan_stream(stream: IO[bytes], path: str = "",
                 limits: ScanLimits = DEFAULT_LIMITS) -> PickleScan:
     """Scan ONE pickle starting at the stream's position; the stream is left after STOP."""
     return _Scanner(path, limits).run(stream)

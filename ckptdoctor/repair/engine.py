@@ -582,7 +582,7 @@ class _Run:
                                                  f"{exc}"[:400]))
             _crash_point("tmp-written")
             try:
-                checks = verify_torch_file(tmp, prep.converted, prep.conv, fp.allowlist)
+                checks = verify_torch_file(tmp, prep.converted, conv, fp.allowlist)
                 checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
                 return self.fail(fp, exc)
