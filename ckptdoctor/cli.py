@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -22,6 +22,11 @@ from . import __version__
 from .codes import Code
 from .errors import CkptdoctorError, ExitCode, PathError, RefusedError, RepairError, UsageError
 from .model import Severity
+
+if TYPE_CHECKING:
+    from typer._click import Context as ClickContext  # what TyperGroup.invoke takes
+
+    from .storage import AnyPath
 
 # Start-up is part of every command's time (`validate --deep` of a 1.5 GB file reads for about
 # a second): the module imports only what parsing needs; each command imports its own work, and
@@ -54,7 +59,7 @@ class _Group(TyperGroup):
     """Runs a command; an exception it raises becomes one line and an exit code (`ERRORS`),
     the same in-process (CliRunner) as under `python -m ckptdoctor`."""
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx: ClickContext):
         try:
             return super().invoke(ctx)
         except _PASS_THROUGH:  # the exits and usage errors typer / click report themselves
@@ -126,7 +131,7 @@ MaxBytesOpt = Annotated[str | None, typer.Option(
 
 
 def _target(raw: str, options: list[str] | None = None, timeout: float | None = None,
-            max_bytes: str | None = None):
+            max_bytes: str | None = None) -> AnyPath:
     """PATH as given: a local Path (unchanged code path) or a storage.RemotePath for a URL.
     A URL problem (unknown scheme, missing extra, bad option) is one line with its code."""
     from .storage import StorageError, as_path, is_url, parse_options, redact
@@ -163,7 +168,7 @@ def _versions(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def _require(path: Path) -> None:
+def _require(path: AnyPath) -> None:
     from .storage import RemoteReadError, is_remote
 
     if is_remote(path):
@@ -246,13 +251,13 @@ def inspect(
     from .inspect import inspect_path
     from .render import inspect_text, to_json
 
-    path = _target(path, storage_option, timeout)
-    _require(path)
+    ckpt = _target(path, storage_option, timeout)
+    _require(ckpt)
     try:
         ram_b, gpu_b = parse_bytes(ram), parse_bytes(gpu_mem)
     except ValueError as exc:
-        raise UsageError.of(Code.EST_PARTIAL, path, str(exc)) from None
-    report = inspect_path(path)
+        raise UsageError.of(Code.EST_PARTIAL, ckpt, str(exc)) from None
+    report = inspect_path(ckpt)
     est = estimate(report, ram=ram_b, gpu_mem=gpu_b)
     if json_out:
         report.extra["memory_estimate"] = est.to_json()
@@ -305,17 +310,17 @@ def validate(
     from .validate import ValidateOptions, exit_code, validate as run
 
     versions = _versions(framework_version)
-    path = _target(path, storage_option, timeout, max_bytes)
+    ckpt = _target(path, storage_option, timeout, max_bytes)
     from .storage import is_remote
 
-    if is_remote(path) and (load or write_manifest):
-        raise UsageError.of(Code.REMOTE_READONLY, str(path), "--load and --write-manifest need a "
+    if is_remote(ckpt) and (load or write_manifest):
+        raise UsageError.of(Code.REMOTE_READONLY, str(ckpt), "--load and --write-manifest need a "
                                  "local copy (download it first; see docs/remote.md)") from None
     if fmt in (OutputFormat.json, OutputFormat.junit, OutputFormat.sarif) and \
-            not is_remote(path) and not os.path.lexists(path):
+            not is_remote(ckpt) and not os.path.lexists(ckpt):
         # a CI step that parses the document still gets one: the missing path is its finding
-        _require_doc(path, fmt)
-    _require(path)
+        _require_doc(ckpt, fmt)
+    _require(ckpt)
     _check_allow(allow)
     _check_prefixes(select + ignore)
     group = from_env()  # under torchrun: the byte-reading pass is split across the ranks
@@ -325,7 +330,7 @@ def validate(
                            versions=versions, jobs=jobs, allow_nonfinite=allow_nonfinite,
                            dist=group)
     with _progress((deep or write_manifest) and (group is None or group.rank == 0)) as progress:
-        report, findings = run(path, opts, progress)
+        report, findings = run(ckpt, opts, progress)
     text = _validate_doc(report, findings, fmt, opts.fail_on)
     code = exit_code(findings, opts.fail_on)
     if group is not None:  # one report (rank 0's stdout), one exit code on every rank
@@ -350,7 +355,7 @@ def _validate_doc(report, findings, fmt: OutputFormat, fail_on: Severity) -> str
                                 color=out.is_terminal)
 
 
-def _require_doc(path: Path, fmt: OutputFormat) -> None:
+def _require_doc(path: AnyPath, fmt: OutputFormat) -> None:
     """A missing PATH under --format json/junit/sarif: the document with its CK001 finding on
     stdout, the one-line error on stderr, exit 2 as for any unusable path."""
     from .inspect import inspect_path
@@ -380,10 +385,10 @@ def latest(
     from .latest import newest_valid
 
     versions = _versions(framework_version)
-    run_dir = _target(run_dir, storage_option, timeout)
-    _require(run_dir)
+    root = _target(run_dir, storage_option, timeout)
+    _require(root)
     _check_allow(allow)
-    result = newest_valid(run_dir, consumer=consumer.value, allow=tuple(allow),
+    result = newest_valid(root, consumer=consumer.value, allow=tuple(allow),
                           versions=versions)
     from .dist import env_rank
 
@@ -421,33 +426,34 @@ def repair(
         raise UsageError.of(Code.REMOTE_READONLY, redact(path), "repair does not rewrite remote "
                                  "checkpoints: download it, repair the local copy, upload the "
                                  "result (docs/remote.md)") from None
-    path = _target(path)
-    _require(path)
+    ckpt = _target(path)
+    assert isinstance(ckpt, Path)  # a URL other than file:// was refused above
+    _require(ckpt)
     _check_allow(allow)
     from .repair import apply_repair, prepare_repair, render_plan, render_result, undo as run_undo
     from .repair.model import RepairTarget
 
     if backup_dir is not None and no_backup:
-        raise UsageError.of(Code.REPAIR_REFUSED, path, "--backup-dir and --no-backup conflict")
+        raise UsageError.of(Code.REPAIR_REFUSED, ckpt, "--backup-dir and --no-backup conflict")
     if to not in tuple(RepairTarget):
-        raise UsageError.of(Code.REPAIR_REFUSED, path,
+        raise UsageError.of(Code.REPAIR_REFUSED, ckpt,
                             f"--to must be {' or '.join(RepairTarget)}, not {to}")
     if undo:
         try:
-            restored = run_undo(path, backup_dir=backup_dir)
+            restored = run_undo(ckpt, backup_dir=backup_dir)
         except OSError as exc:
-            raise RepairError(f"nothing to undo: {exc}", path=str(path)) from None
+            raise RepairError(f"nothing to undo: {exc}", path=str(ckpt)) from None
         for p in restored:
             out.print(f"restored {p}", markup=False)
         raise typer.Exit(EXIT_OK)
-    prepared = prepare_repair(path, allow=tuple(allow), consumer=consumer.value, to=to,
+    prepared = prepare_repair(ckpt, allow=tuple(allow), consumer=consumer.value, to=to,
                               backup_dir=backup_dir)
     plan = prepared.plan
     _emit(render_plan(plan))
     if dry_run or not plan.has_work:
         raise typer.Exit(plan.exit_code)
     if not yes and not sys.stdin.isatty():
-        err.print(f"ckptdoctor: {Code.REPAIR_REFUSED.code} {path}: nothing rewritten (not a "
+        err.print(f"ckptdoctor: {Code.REPAIR_REFUSED.code} {ckpt}: nothing rewritten (not a "
                   "terminal): add --yes to rewrite these files", markup=False)
         raise typer.Exit(EXIT_FINDINGS)
     if not yes and not typer.confirm("Rewrite these files?", default=True):
@@ -504,9 +510,9 @@ def convert(
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
     (one tensor at a time), written atomically and verified."""
-    src = _target(src, storage_option, timeout)
-    dst = _target(dst, storage_option, timeout)
-    _require(src)
+    source = _target(src, storage_option, timeout)
+    dest = _target(dst, storage_option, timeout)
+    _require(source)
     _check_allow(allow)
     from .convert import convert as run_local, render_result
     from .convert.remote import convert_any
@@ -515,7 +521,7 @@ def convert(
         return convert_any(src, dst, to, run_local, **kw)
 
     with _progress(True) as progress:
-        result = run(src, dst, to, max_shard_size=max_shard_size, dtype=dtype.value,
+        result = run(source, dest, to, max_shard_size=max_shard_size, dtype=dtype.value,
                      verify=not no_verify, drop_non_tensors=drop_non_tensors,
                      strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
                      progress=progress, overwrite=overwrite, add_prefix=add_prefix,

@@ -19,6 +19,7 @@ from typing import Any
 
 from .codes import Code
 from .model import FileInfo, Finding, FormatName, Report, Severity
+from .storage import AnyPath
 from .stream import FileOutcome  # the outcome of a file's pass lives in stream.py
 
 Progress = Callable[[str, int], None]
@@ -41,7 +42,7 @@ def default_jobs() -> int:
     return max(1, min(n, MAX_DEFAULT_JOBS))
 
 
-def file_path(root: Path, f: FileInfo) -> Path:
+def file_path(root: AnyPath, f: FileInfo) -> AnyPath:
     return root if root.is_file() else root / f.path
 
 
@@ -52,7 +53,7 @@ def deep_eligible(f: FileInfo) -> bool:
         x.severity is Severity.ERROR for x in f.findings)
 
 
-def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels: set[str],
+def stream_files(root: AnyPath, files: Iterable[FileInfo], *, deep: bool, hash_rels: set[str],
                  jobs: int = 1, progress: Progress | None = None,
                  allow_nonfinite: bool = False) -> list[FileOutcome]:
     """The single pass over `files`: per-file deep findings and sha256 (for rels in hash_rels)."""
@@ -74,7 +75,7 @@ def stream_files(root: Path, files: Iterable[FileInfo], *, deep: bool, hash_rels
         return list(pool.map(one, todo))
 
 
-def check_file(path: Path, f: FileInfo, *, deep: bool, want_hash: bool,
+def check_file(path: AnyPath, f: FileInfo, *, deep: bool, want_hash: bool,
                progress: Progress | None = None, allow_nonfinite: bool = False,
                overlap: bool = False, chunk: int | None = None) -> FileOutcome:
     from .stream import CHUNK, nonfinite_counts, plan_regions, stream_file
@@ -140,7 +141,7 @@ def nonfinite_finding(rel: str, name: str, count: int, allow: bool) -> Finding:
         "(--allow-nonfinite to accept it)")
 
 
-def _legacy_nonfinite(path: Path, info: FileInfo, allow: bool) -> list[Finding]:
+def _legacy_nonfinite(path: AnyPath, info: FileInfo, allow: bool) -> list[Finding]:
     if not isinstance(path, Path):  # a remote file: the loader chain reads local files only
         return []
     import torch
@@ -178,7 +179,7 @@ def _is_weights_file(f: FileInfo) -> bool:
         r"(pytorch_model|adapter_model|model)([-_.].*)?\.(bin|pt|pth)", name))
 
 
-def optimizer_checks(root: Path, report: Report) -> list[Finding]:
+def optimizer_checks(root: AnyPath, report: Report) -> list[Finding]:
     """Per parameter, every state tensor (exp_avg, exp_avg_sq, ...) must have one shape; and the
     optimizer may hold no more states of a shape than the weights beside it hold tensors of it.
 

@@ -13,10 +13,10 @@ from .layouts import checkpoint_paths, describe_file, detect_layout, find_checkp
 from .layouts.base import DirView
 from .layouts.versions import Env
 from .model import Finding, FormatName, LayoutInfo, Report
-from .storage import RemoteReadError, as_path, io_stats, is_remote, is_url
+from .storage import RemotePath, RemoteReadError, as_path, io_stats, is_remote, is_url
 
 
-def inspect_path(path: str | os.PathLike) -> Report:
+def inspect_path(path: str | os.PathLike | RemotePath) -> Report:
     """Identify PATH (a file or a directory) and describe every file in it."""
     p = as_path(path)
     report = inspect_view(p)[0]
@@ -75,7 +75,7 @@ def runnable_hints(report: Report) -> None:
         info.findings = [fix(f) for f in info.findings]
 
 
-def inspect_view(path: str | os.PathLike, env: Env | None = None
+def inspect_view(path: str | os.PathLike | RemotePath, env: Env | None = None
                  ) -> tuple[Report, DirView | None]:
     """inspect_path, also returning the directory view (None for a file) so validate reuses
     what was already read. `env`: the consumer versions layouts judge by (default: installed)."""

@@ -15,13 +15,14 @@ from .codes import Code
 from .layouts import checkpoint_paths, detect_layout, find_checkpoints
 from .layouts.base import DirView
 from .model import Finding, Severity
+from .storage import AnyPath
 from .validate import ValidateOptions, exit_code, validate
 
 # error codes `ckptdoctor repair` fixes by rewriting the file (the consumer cannot load it)
 REPAIRABLE = (Code.LOAD_FAILS.code,)
 
 
-def candidates(run_dir: Path) -> list[tuple[int, Path]]:
+def candidates(run_dir: AnyPath) -> list[tuple[int, AnyPath]]:
     """(step, path) of every checkpoint under run_dir, newest first: ordered by the step each
     layout records (trainer_state.json's global_step before the directory name), as an
     integer, so checkpoint-10 comes before checkpoint-5."""
@@ -43,14 +44,14 @@ def candidates(run_dir: Path) -> list[tuple[int, Path]]:
 
 @dataclass
 class Skipped:
-    path: Path
+    path: AnyPath
     reason: str  # the first error finding, with its code
     repair: str | None = None  # the command that makes it resumable, when repair can
 
 
 @dataclass
 class LatestResult:
-    best: Path | None
+    best: AnyPath | None
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -80,7 +81,7 @@ def _first_error(findings: list[Finding]) -> str:
     return f"{first.code} {first.path}: {first.message}{more}"
 
 
-def _repair_command(path: Path, findings: list[Finding], consumer: str,
+def _repair_command(path: AnyPath, findings: list[Finding], consumer: str,
                     allow: tuple[str, ...]) -> str | None:
     """`ckptdoctor repair PATH --yes` when every error is a load failure repair rewrites away
     (its plan writes each of those files and refuses none), else None."""
@@ -100,7 +101,7 @@ def _repair_command(path: Path, findings: list[Finding], consumer: str,
     return f"ckptdoctor repair --yes{flags} {shlex.quote(str(path))}"
 
 
-def newest_valid(run_dir: Path, consumer: str = "framework", allow: tuple[str, ...] = (),
+def newest_valid(run_dir: AnyPath, consumer: str = "framework", allow: tuple[str, ...] = (),
                  versions: dict[str, str] | None = None) -> LatestResult:
     opts = ValidateOptions(consumer=consumer, allow=allow, versions=dict(versions or {}))
     result = LatestResult(None)

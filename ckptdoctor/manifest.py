@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_bytes
+from .storage import AnyPath
 
 MANIFEST = ".ckptdoctor-manifest.json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -54,7 +55,7 @@ def write(root: Path, digests: dict[str, str]) -> Path:
     return path
 
 
-def read(path: Path) -> dict[str, Entry]:
+def read(path: AnyPath) -> dict[str, Entry]:
     """{rel: Entry} from either format. Raises ValueError when it does not parse or is
     inconsistent (an OMS subject digest that does not match its resources)."""
     try:

@@ -30,10 +30,13 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from .codes import Code
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
 
 BLOCK = 16 << 10  # cache granularity
 READAHEAD = 64 << 10  # a demand read fetches at least this much (zip tails, headers, JSON)
@@ -549,6 +552,10 @@ class RemotePath:
         return self.read_bytes().decode(encoding)
 
 
+# a PATH as the readers take it (`as_path`): a local file or directory, or a remote one
+AnyPath: TypeAlias = "Path | RemotePath"
+
+
 class RangedFile(io.RawIOBase):
     """A seekable, read-only file object over a remote object: reads go through the run's
     block cache as ranged requests. `prefetch` fetches announced ranges concurrently."""
@@ -926,7 +933,7 @@ def as_path(path: str | os.PathLike | RemotePath, options: dict[str, Any] | None
     return RemotePath(session, native)
 
 
-def is_remote(path: Any) -> bool:
+def is_remote(path: Any) -> TypeIs[RemotePath]:
     return isinstance(path, RemotePath)
 
 
@@ -938,7 +945,7 @@ def open_binary(path: Path | RemotePath | str):
     return open(path, "rb")
 
 
-def stat(path: Path | RemotePath | str):
+def stat(path: Path | RemotePath | str) -> os.stat_result | _Stat:
     return path.stat() if isinstance(path, RemotePath) else os.stat(path)
 
 
@@ -962,6 +969,6 @@ def io_stats(path: Any) -> dict[str, int] | None:
     return None
 
 
-__all__ = ["RemotePath", "RangedFile", "Session", "StorageError", "RemoteReadError", "as_path",
-           "is_remote", "is_url", "open_binary", "stat", "zip_source", "prefetch", "io_stats",
-           "parse_options", "redact"]
+__all__ = ["AnyPath", "RemotePath", "RangedFile", "Session", "StorageError", "RemoteReadError",
+           "as_path", "is_remote", "is_url", "open_binary", "stat", "zip_source", "prefetch",
+           "io_stats", "parse_options", "redact"]

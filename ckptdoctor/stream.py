@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .codes import Code
 from .model import FileInfo, Finding, FormatName
-from .storage import is_remote, open_binary, open_stream, stat
+from .storage import AnyPath, is_remote, open_binary, open_stream, stat
 
 if TYPE_CHECKING:
     import numpy as np
@@ -220,7 +220,7 @@ def nonfinite_counts(regions: list[Region]) -> dict[str, int]:
     return out
 
 
-def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> list[Region]:
+def plan_regions(path: AnyPath, info: FileInfo | None, nonfinite: bool = True) -> list[Region]:
     """What to check in `path`, from its metadata. Unknown formats get no regions (hash only)."""
     if info is None:
         return []
@@ -235,7 +235,7 @@ def plan_regions(path: Path, info: FileInfo | None, nonfinite: bool = True) -> l
     return []
 
 
-def legacy_regions(path: Path, info: FileInfo) -> list[Region] | None:
+def legacy_regions(path: AnyPath, info: FileInfo) -> list[Region] | None:
     """Pre-1.6 torch files: five pickles, then each storage as an 8-byte little-endian element
     count and its raw bytes, in the order of the fifth pickle's keys (the layout the static scan
     walks). One region per storage, its tensors' element ranges from the scanned metadata.
@@ -279,7 +279,7 @@ def legacy_regions(path: Path, info: FileInfo) -> list[Region] | None:
     return out
 
 
-def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
+def _dcp_regions(path: AnyPath, nonfinite: bool) -> list[Region]:
     """A .distcp shard holds one torch.save zip per item, back to back, where the sibling
     .metadata says (metadata only: nothing is unpickled). Each item's records are checked
     like a torch zip's, its tensor named by the item's fully qualified name."""
@@ -314,7 +314,7 @@ def _dcp_regions(path: Path, nonfinite: bool) -> list[Region]:
     return out
 
 
-def _zip_regions(path: Path | BinaryIO, info: FileInfo, nonfinite: bool) -> list[Region]:
+def _zip_regions(path: AnyPath | BinaryIO, info: FileInfo, nonfinite: bool) -> list[Region]:
     order = info.meta.get("byteorder") or "little"
     prefix = info.meta.get("archive_name")
     by_storage: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
@@ -366,7 +366,7 @@ def _safetensors_regions(info: FileInfo) -> list[Region]:
     return out
 
 
-def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
+def stream_file(path: AnyPath, rel: str, regions: list[Region], want_hash: bool,
                 progress: Progress | None = None, chunk: int = CHUNK,
                 overlap: bool = False) -> FileOutcome:
     """Read `path` once, front to back, feeding each region its bytes (and the hash all).
@@ -460,5 +460,5 @@ def stream_file(path: Path, rel: str, regions: list[Region], want_hash: bool,
     return res
 
 
-def hash_file(path: Path, progress: Progress | None = None) -> str | None:
+def hash_file(path: AnyPath, progress: Progress | None = None) -> str | None:
     return stream_file(path, path.name, [], True, progress).sha256

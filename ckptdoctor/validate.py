@@ -21,7 +21,7 @@ from .layouts.base import WEIGHTS_ONLY, Consumer
 from .layouts.versions import Env
 from .manifest import MANIFEST  # re-exported: repair reads it from here
 from .model import FileInfo, Finding, FormatName, GlobalClass, Report, ScanState, Severity
-from .storage import as_path, is_remote
+from .storage import AnyPath, RemotePath, as_path, is_remote
 
 if TYPE_CHECKING:
     from .dist import Group  # imports deep.py; validate needs it only under torchrun
@@ -49,7 +49,7 @@ class ValidateOptions:
     dist: Group | None = None  # under torchrun: files are split across its ranks
 
 
-def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
+def validate(path: str | os.PathLike | RemotePath, opts: ValidateOptions | None = None,
              progress: Progress | None = None) -> tuple[Report, list[Finding]]:
     """Return the report and the selected findings (the verdict is `exit_code(findings)`)."""
     opts = opts or ValidateOptions()
@@ -87,11 +87,14 @@ def validate(path: str | os.PathLike, opts: ValidateOptions | None = None,
             f.findings = [x for x in f.findings if x.code not in _PLAIN_TORCH_CODES]
         report.findings.extend(verdict)
     report.findings.extend(torch_cve_findings(report, consumers, opts))
-    for tmp in leftovers(root) if not is_remote(root) and root.exists() else []:
-        report.findings.append(Code.LEFTOVER_WRITE.finding(
-            _rel(root, tmp), "temporary file from an interrupted ckptdoctor write",
-            hint="safe to delete; `ckptdoctor repair` removes it on its next run"))
+    if not is_remote(root) and root.exists():
+        for tmp in leftovers(root):
+            report.findings.append(Code.LEFTOVER_WRITE.finding(
+                _rel(root, tmp), "temporary file from an interrupted ckptdoctor write",
+                hint="safe to delete; `ckptdoctor repair` removes it on its next run"))
     if opts.load:
+        # loading reads local files: the CLI refuses --load for a URL (CK015) before this
+        assert not is_remote(root), "--load needs a local copy"
         report.findings.extend(_load_all(root, report, opts,
                                          consumers if opts.consumer != "torch" else {}))
     report.findings.extend(_single_pass(root, report, opts, progress))
@@ -317,7 +320,7 @@ def _load_all(root: Path, report: Report, opts: ValidateOptions,
     return out
 
 
-def _single_pass(root: Path, report: Report, opts: ValidateOptions,
+def _single_pass(root: AnyPath, report: Report, opts: ValidateOptions,
                  progress: Progress | None) -> list[Finding]:
     """--deep and the manifest share one read of every byte (see deep.py and stream.py)."""
     from . import manifest
@@ -357,6 +360,8 @@ def _single_pass(root: Path, report: Report, opts: ValidateOptions,
         out.extend(optimizer_checks(root, report))
     hashes = {o.rel: o.sha256 for o in outcomes if o.sha256}
     if opts.write_manifest and root.is_dir():
+        # the manifest is written locally: the CLI refuses --write-manifest for a URL (CK015)
+        assert not is_remote(root), "--write-manifest needs a local copy"
         if group is None or group.rank == 0:
             manifest.write(root, {rel: hashes[rel] for rel in sorted(hash_rels) if rel in hashes})
     elif recorded is not None:

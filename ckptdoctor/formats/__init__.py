@@ -39,7 +39,7 @@ PROMISED: dict[str, Format] = {
     ".ckpt": TorchZip(), ".pkl": PickleFile()}
 
 
-def detect_file(path: Path, rel: str = "") -> FileInfo:
+def detect_file(path: storage.AnyPath, rel: str = "") -> FileInfo:
     """Identify and read one file from metadata. Never raises: problems become findings, and
     an internal error in a reader is a CK121 finding (scan state `failed`) for this file only.
     All scans of the file share one budget (pickles.scan.file_budget). A remote file
@@ -51,7 +51,7 @@ def detect_file(path: Path, rel: str = "") -> FileInfo:
             if info.format not in PICKLE_FORMATS and info.size:
                 check_polyglot(path, info)
     except storage.RemoteReadError:
-        info = FileInfo(rel, "unknown", 0)  # the session recorded why (below)
+        info = FileInfo(rel, FormatName.UNKNOWN, 0)  # the session recorded why (below)
     except Exception as exc:  # one hostile file must not end a directory run
         return FileInfo(rel, FormatName.UNKNOWN, _size(path), scan_state=ScanState.FAILED,
                         findings=[
@@ -61,25 +61,25 @@ def detect_file(path: Path, rel: str = "") -> FileInfo:
     return remote_failure(path, rel, info) if storage.is_remote(path) else info
 
 
-def remote_failure(path, rel: str, info: FileInfo) -> FileInfo:
+def remote_failure(path: storage.RemotePath, rel: str, info: FileInfo) -> FileInfo:
     """`info`, or, when a ranged read of the remote file failed, a FileInfo holding only
     that failure (scan state failed: never loadable, never judged from partial bytes)."""
     failure = path.session.failures.get(path.path)
     if failure is None:
         return info
     code, message = failure
-    return FileInfo(rel, "unknown", _size(path), scan_state=ScanState.FAILED,
+    return FileInfo(rel, FormatName.UNKNOWN, _size(path), scan_state=ScanState.FAILED,
                     findings=[code.finding(rel, message)])
 
 
-def _size(path: Path) -> int:
+def _size(path: storage.AnyPath) -> int:
     try:
         return storage.stat(path).st_size
     except OSError:
         return 0
 
 
-def _detect_file(path: Path, rel: str = "") -> FileInfo:
+def _detect_file(path: storage.AnyPath, rel: str = "") -> FileInfo:
     try:
         st = storage.stat(path)
     except FileNotFoundError:
@@ -91,7 +91,7 @@ def _detect_file(path: Path, rel: str = "") -> FileInfo:
         return FileInfo(rel, FormatName.UNKNOWN, 0,
                         findings=[code.finding(rel, f"{code.title}: {exc.strerror}")])
     if not stat.S_ISREG(st.st_mode):
-        return FileInfo(rel, "unknown", 0, findings=[Code.NOT_REGULAR.finding(rel)])
+        return FileInfo(rel, FormatName.UNKNOWN, 0, findings=[Code.NOT_REGULAR.finding(rel)])
     try:
         with storage.open_binary(path) as fh:
             head = fh.read(HEAD_BYTES)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..codes import Code
 from ..model import FileInfo, Finding, FormatName, ScanState, WeightsOnlyVerdict
 from ..pickles.scan import PickleScan
+from ..storage import AnyPath
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -23,7 +23,7 @@ MAX_PICKLE_BYTES = 1 << 30  # a data.pkl larger than this is not read into memor
 class Probe:
     """What sniffing may look at: the first bytes, the name and the size (no full read)."""
 
-    path: Path
+    path: AnyPath
     head: bytes
     size: int
 

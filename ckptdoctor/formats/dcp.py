@@ -17,7 +17,7 @@ from typing import Any
 from ..codes import Code
 from ..model import FileInfo, FormatName, ScanState, TensorInfo
 from ..pickles.scan import DTYPE_SIZES, Glob, Obj, SymDict, scan_bytes, scan_stream
-from ..storage import open_binary, prefetch
+from ..storage import AnyPath, open_binary, prefetch
 from .base import FileSlice, Probe, add_global_findings, merge_scans, worsen
 from .torch_zip import ZIP_MAGIC, scan_zip
 
@@ -112,7 +112,7 @@ def metadata_from_root(root: Any) -> DcpMetadata:
     return md
 
 
-def read_metadata(path: Path, rel: str) -> tuple[FileInfo, DcpMetadata | None]:
+def read_metadata(path: AnyPath, rel: str) -> tuple[FileInfo, DcpMetadata | None]:
     size = path.stat().st_size
     info = FileInfo(rel, FormatName.DCP_METADATA, size)
     if size > MAX_METADATA:
@@ -139,7 +139,7 @@ def read_metadata(path: Path, rel: str) -> tuple[FileInfo, DcpMetadata | None]:
     return info, md
 
 
-def _check_storage_paths(base: Path, md: DcpMetadata, info: FileInfo, rel: str) -> None:
+def _check_storage_paths(base: AnyPath, md: DcpMetadata, info: FileInfo, rel: str) -> None:
     """Every storage path must stay inside the checkpoint (CK821), and every BYTES item DCP
     would torch.load(weights_only=False) is scanned: items in `.distcp` shards by DcpShard,
     items placed in any other file here."""
@@ -148,12 +148,12 @@ def _check_storage_paths(base: Path, md: DcpMetadata, info: FileInfo, rel: str) 
             rel, f"storage path {bad!r} is absolute or leaves the checkpoint directory: "
                  "dcp.load would read a file outside it",
             hint="torch.save never writes this; treat the checkpoint as hostile"))
-    remote = not isinstance(base, Path)  # a storage.RemotePath: object stores have no links
-    root = str(base) if remote else os.path.realpath(base)
+    # a storage.RemotePath is not resolved: object stores have no links
+    root = os.path.realpath(base) if isinstance(base, Path) else str(base)
     byte_fqns = set(md.bytes_items)
     for e in md.storage:
         target = base / e.relative_path
-        real = str(target) if remote else os.path.realpath(target)
+        real = os.path.realpath(target) if isinstance(target, Path) else str(target)
         if not (real == root or real.startswith(root + os.sep)):
             worsen(info, ScanState.INCONCLUSIVE, Code.DCP_PATH.finding(
                 rel, f"storage path {e.relative_path!r} resolves outside the checkpoint "
@@ -171,7 +171,7 @@ def _check_storage_paths(base: Path, md: DcpMetadata, info: FileInfo, rel: str) 
         add_global_findings(info, rel)
 
 
-def _scan_item(path: Path, start: int, length: int, where: str) -> FileInfo:
+def _scan_item(path: AnyPath, start: int, length: int, where: str) -> FileInfo:
     """Scan one DCP item as DCP reads it: torch.load(BytesIO(item)) (a zip, else a pickle)."""
     with open_binary(path) as fh:
         fh.seek(start)
@@ -202,7 +202,7 @@ _PER_FILE_CODES = (Code.DANGEROUS_GLOBAL.code, Code.UNKNOWN_GLOBAL.code,
                    Code.WEIGHTS_ONLY_FAILS.code, Code.WEIGHTS_ONLY_UNFIXABLE.code)
 
 
-def item_spans(path: Path) -> list[tuple[int, int]]:
+def item_spans(path: AnyPath) -> list[tuple[int, int]]:
     """(offset, length) of each item in a .distcp shard.
 
     The sibling .metadata says where each item is (metadata only, no data read). Torch's zip

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pickletools
 import re
-from pathlib import Path
 
 from ..codes import Code
 from ..model import FileInfo, FormatName, ScanState
-from ..pickles.scan import ScanLimits, scan_stream
-from ..storage import open_binary
+from ..pickles.scan import PickleScan, ScanLimits, scan_stream
+from ..storage import AnyPath, open_binary
 from .base import Probe, add_global_findings, merge_scans, worsen
 
 MAX_STACKED = 64
@@ -41,7 +40,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _SHADOW_LIMITS = ScanLimits(max_opcodes=1_000_000)
 
 
-def hidden_pickle(path: Path) -> bool:
+def hidden_pickle(path: AnyPath) -> bool:
     """Is a file that sniffs as text or nothing a pickle after all?
 
     torch.load unpickles every file that is neither a zip nor a tar, whatever its name, so a
@@ -64,7 +63,7 @@ def hidden_pickle(path: Path) -> bool:
     return any(_IDENT.fullmatch(g.name) or g.opcode == "FRAME" for g in scan.globals)
 
 
-def check_polyglot(path: Path, info: FileInfo) -> None:
+def check_polyglot(path: AnyPath, info: FileInfo) -> None:
     """Is this non-pickle file (safetensors, numpy, JSON, text) ALSO a pickle? torch.load
     unpickles every file that is neither a zip nor a tar, and the unpickler runs each opcode as
     it reads it, so a prefix that reaches a global, a STOP or a scan cap is a second reading
@@ -97,7 +96,7 @@ class PickleFile:
 
     def read(self, probe: Probe, rel: str) -> FileInfo:
         info = FileInfo(rel, self.name, probe.size)
-        scans = []
+        scans: list[PickleScan] = []
         with open_binary(probe.path) as fh:
             while len(scans) < MAX_STACKED and fh.tell() < probe.size:
                 scans.append(scan_stream(fh, rel))

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from ..codes import Code
 from ..model import FileInfo, FormatName, TensorInfo
-from ..storage import open_binary
+from ..storage import AnyPath, open_binary
 from .base import Probe
 
 MAX_HEADER = 100_000_000  # safetensors' own cap
@@ -39,7 +38,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def read_header(path: Path, rel: str, size: int) -> tuple[dict[str, Any] | None, int, FileInfo]:
+def read_header(path: AnyPath, rel: str, size: int) -> tuple[dict[str, Any] | None, int, FileInfo]:
     """Parse and check a safetensors header; returns (header or None, data start, info)."""
     info = FileInfo(rel, FormatName.SAFETENSORS, size)
     if size < 8:

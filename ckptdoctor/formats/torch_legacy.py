@@ -7,12 +7,12 @@ from __future__ import annotations
 import struct
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from ..codes import Code
 from ..model import FileInfo, FormatName, WeightsOnlyVerdict
 from ..pickles.scan import STORAGE_DTYPES, Glob, PickleScan, SymList, scan_stream
-from ..storage import open_binary, zip_source
+from ..storage import AnyPath, open_binary, zip_source
 from .base import Probe, merge_scans
 
 MAX_TAR_MEMBERS = 10_000
@@ -22,7 +22,7 @@ MAX_TAR_ITEMS = 10_000_000  # storages / tensors a tar member may declare
 LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 
 
-def is_tar(path: Path) -> bool:
+def is_tar(path: AnyPath) -> bool:
     """A tar header block (checksum verified): torch.load tries the tar format first."""
     try:
         with open_binary(path) as fh:
@@ -33,7 +33,7 @@ def is_tar(path: Path) -> bool:
     return True
 
 
-def _scan_counted(fh: BinaryIO, rel: str, member: str, scans: list[PickleScan]) -> int | None:
+def _scan_counted(fh: IO[bytes], rel: str, member: str, scans: list[PickleScan]) -> int | None:
     """Scan one pickle that holds a count; the count, or None when it is not a sane int."""
     scans.append(scan_stream(fh, f"{rel}!{member}"))
     n = scans[-1].root
@@ -42,7 +42,7 @@ def _scan_counted(fh: BinaryIO, rel: str, member: str, scans: list[PickleScan]) 
     return n
 
 
-def _scan_tar_member(fh: BinaryIO, name: str, rel: str, scans: list[PickleScan]) -> bool:
+def _scan_tar_member(fh: IO[bytes], name: str, rel: str, scans: list[PickleScan]) -> bool:
     """Scan every pickle torch's legacy_load reads from one tar member, skipping the raw bytes
     between them exactly as torch does. False when the layout could not be followed."""
     if name == "pickle":

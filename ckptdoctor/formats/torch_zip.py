@@ -17,7 +17,7 @@ from typing import IO, Any, BinaryIO
 from ..codes import Code
 from ..model import FileInfo, Finding, FormatName, GlobalClass, GlobalRef, ScanState
 from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, current_budget, scan_bytes
-from ..storage import open_binary, prefetch, zip_source
+from ..storage import AnyPath, is_remote, open_binary, prefetch, zip_source
 from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
 from .zip_view import Record, TorchView, torch_records
 
@@ -79,13 +79,13 @@ def torch_data_pkls(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
     return [i for i in infos if i.filename.lower() == want]
 
 
-def scan_zip(source: str | Path | BinaryIO, rel: str,
+def scan_zip(source: str | AnyPath | BinaryIO, rel: str,
              fmt: FormatName = FormatName.TORCH_ZIP, *,
              _depth: int = 0, _budget: _Budget | None = None) -> FileInfo:
     """Scan a torch zip (a path, or a file object such as a FileSlice): the records Python's
     zipfile sees, then the records torch's own reader sees (formats/zip_view.py); any
     disagreement makes the file inconclusive and the pickles of both views are scanned."""
-    if not isinstance(source, (str, Path)) and hasattr(source, "session"):  # a RemotePath
+    if is_remote(source):
         with open_binary(source) as fh:
             return scan_zip(fh, rel, fmt, _depth=_depth, _budget=_budget)
     budget = _budget or _Budget()

@@ -80,16 +80,17 @@ def find_checkpoints(d: DirView) -> list[str]:
     """Directories below `d` (relative to it, sorted) that a layout recognises. A recognised
     directory is not searched further (its parts are not separate checkpoints); a symlink to a
     directory inside `d` (`latest -> step-9`) is skipped, its target is listed on its own."""
-    remote = not isinstance(d.root, Path)  # a storage.RemotePath: no links to follow
-    inside = d.root if remote else Path(os.path.realpath(d.root))
+    # a storage.RemotePath: no links to follow
+    inside = Path(os.path.realpath(d.root)) if isinstance(d.root, Path) else None
     seen: set[str] = set()
 
     def walk(view: DirView, pre: str) -> list[str]:
         found = []
         for name in (x for x in view.dirs if "/" not in x):
             path = view.root / name
-            real = str(path) if remote else os.path.realpath(path)
-            if real in seen or (path.is_symlink() and Path(real).is_relative_to(inside)):
+            real = os.path.realpath(path) if isinstance(path, Path) else str(path)
+            if real in seen or (inside is not None and path.is_symlink() and
+                                Path(real).is_relative_to(inside)):
                 continue
             seen.add(real)
             sub = view.sub(name)

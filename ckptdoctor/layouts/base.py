@@ -22,7 +22,7 @@ from ..formats.dcp import DcpMetadata, read_metadata
 from ..formats.torch_zip import data_pkl_name, read_record
 from ..model import FileInfo, Finding, LayoutInfo, Severity
 from ..pickles.scan import Obj, SymDict, scan_bytes
-from ..storage import is_remote, open_binary, zip_source
+from ..storage import AnyPath, RemotePath, is_remote, open_binary, zip_source
 from .versions import Env, default_env
 
 MAX_FILES = 200_000
@@ -54,7 +54,7 @@ WEIGHTS_ONLY = Consumer("weights_only", who="torch.load(weights_only=True)")
 class DirView:
     """A directory, walked once, with per-file metadata read on demand and cached."""
 
-    def __init__(self, root: Path, rel: str = "", max_files: int = MAX_FILES,
+    def __init__(self, root: AnyPath, rel: str = "", max_files: int = MAX_FILES,
                  _infos: dict[str, FileInfo] | None = None, env: Env | None = None):
         self.root = root
         self.rel = rel  # this directory relative to the inspected PATH
@@ -74,7 +74,7 @@ class DirView:
 
     def _walk(self, max_files: int) -> None:
         if is_remote(self.root):
-            return self._walk_remote(max_files)
+            return self._walk_remote(self.root, max_files)
         seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
             try:
@@ -106,10 +106,10 @@ class DirView:
         self.files.sort()
         self.dirs.sort()
 
-    def _walk_remote(self, max_files: int) -> None:
-        """A remote tree: one listing (`find`) for the whole tree, the same filters as the
-        local walk (skipped and staging dirs). A sub-view of a listed tree lists nothing."""
-        root = self.root
+    def _walk_remote(self, root: RemotePath, max_files: int) -> None:
+        """A remote tree (`root`, the view's own): one listing (`find`) for the whole tree, the
+        same filters as the local walk (skipped and staging dirs). A sub-view of a listed tree
+        lists nothing."""
         session = root.session
         listed = next((r for r in session.listed if root.path == r or
                        root.path.startswith(r + "/")), None)
@@ -119,7 +119,8 @@ class DirView:
             pre = root.path + "/"
             entries = [(k[len(pre):], v) for k, v in session.meta.items()
                        if v is not None and k.startswith(pre)]
-        dirs, files = [], []
+        dirs: list[str] = []
+        files: list[str] = []
         for rel, meta in sorted(entries, key=lambda e: e[0]):
             parts = rel.split("/")
             if any(p in SKIP_DIRS or p.startswith(TMP_MARKER) for p in parts[:-1]) or \
@@ -255,7 +256,7 @@ NUMPY_RNG = frozenset({"numpy._core.multiarray._reconstruct", "numpy.ndarray", "
                        "numpy.dtypes.UInt32DType"})
 
 
-def read_pickle_root(path: Path) -> Any:
+def read_pickle_root(path: AnyPath) -> Any:
     """Symbolic root of a torch zip's data.pkl or of a plain pickle; nothing is unpickled."""
     try:
         with open_binary(path) as fh:
@@ -349,7 +350,8 @@ def check_common(d: DirView, skip: tuple[str, ...] = ()) -> list[Finding]:
                 "never happened)", hint="the checkpoint it was becoming is incomplete; delete "
                 "the leftover once the previous checkpoint is confirmed good"))
     for rel in (x for x in d.broken_links if not x.startswith(tuple(s + "/" for s in skip))):
-        target = os.readlink(d.root / rel) if (d.root / rel).is_symlink() else "?"
+        link = d.root / rel  # a storage.RemotePath is never a link
+        target = os.readlink(link) if isinstance(link, Path) and link.is_symlink() else "?"
         out.append(Code.DANGLING_LINK.finding(
             d.outer(rel), f"{rel} -> {target} points to nothing (the target was deleted, e.g. "
             "by top-k pruning)", hint=f"re-point {rel} at an existing checkpoint or remove it",

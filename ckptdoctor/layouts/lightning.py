@@ -9,12 +9,12 @@ uses hparams. A `save_weights_only` checkpoint has no optimizer_states: fit() ra
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..codes import Code
 from ..model import FileInfo, Finding, FormatName, LayoutInfo
 from ..pickles.scan import lookup, top_keys
+from ..storage import AnyPath
 from . import deepspeed
 from .base import (
     DCP_CONSUMER,
@@ -73,7 +73,7 @@ def ckpt_details(root: Any) -> tuple[int | None, dict[str, Any]]:
     return plain(lookup(root, "global_step")), {k: v for k, v in details.items() if v is not None}
 
 
-def describe_file(path: Path, info: FileInfo) -> LayoutInfo:
+def describe_file(path: AnyPath, info: FileInfo) -> LayoutInfo:
     """A single file: `lightning` for a Lightning .ckpt, else `file`."""
     if path.suffix == ".ckpt" and info.format == FormatName.TORCH_ZIP:
         root = read_pickle_root(path)
