@@ -103,8 +103,9 @@ def main() -> None:
     finally:
         server.stop()
     ins, dl = statistics.median(runs["inspect"]), statistics.median(runs["download"])
-    print(f"object: {size / 1e9:.2f} GB torch zip, {report['files'][0].get('tensors_count', '')}"
-          f"{len(report['files'][0].get('tensors', []) or [])} tensors listed")
+    first = report["files"][0]
+    print(f"object: {size / 1e9:.2f} GB torch zip, {first['tensor_summary']['count']} tensors, "
+          f"{first['meta'].get('records')} zip records")
     print(f"{'contender':<12}{'median s':>10}   runs")
     for name, xs in runs.items():
         print(f"{name:<12}{statistics.median(xs):>10.2f}   " + ", ".join(f"{x:.2f}" for x in xs))
