@@ -7,11 +7,8 @@ an exit code and that line, in one place."""
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,37 +16,38 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
+from .cli_errors import ERRORS, error_table, report_error as _report
+from .cli_options import (
+    AllowOpt,
+    ConsumerChoice,
+    ConsumerOpt,
+    ConvertDtype,
+    DiffFormat,
+    FailOn,
+    FrameworkVersionOpt,
+    MaxBytesOpt,
+    OutputFormat,
+    StorageOpt,
+    TimeoutOpt,
+    TrustOpt,
+    check_allow,
+    check_prefixes,
+    framework_versions,
+    require_path,
+    resolve_path,
+)
+from .cli_output import emit, err, missing_path_document, out, progress_bar, validate_document
 from .codes import Code
-from .errors import CkptdoctorError, ExitCode, PathError, RefusedError, RepairError, UsageError
+from .errors import ExitCode, RepairError, UsageError
 from .model import Severity
 
 if TYPE_CHECKING:
     from typer._click import Context as ClickContext  # what TyperGroup.invoke takes
 
-    from .storage import AnyPath
-
 # Start-up is part of every command's time (`validate --deep` of a 1.5 GB file reads for about
 # a second): the module imports only what parsing needs; each command imports its own work, and
-# rich is imported when something is printed through it. tests/test_startup.py counts imports.
-
-
-class _LazyConsole:
-    """A rich Console made on first use (importing rich.console costs ~25 ms of start-up)."""
-
-    def __init__(self, **options) -> None:
-        self._options, self._console = options, None
-
-    def real(self):
-        """The Console itself (for rich objects that take one)."""
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(**self._options)
-        return self._console
-
-    def __getattr__(self, name: str):
-        return getattr(self.real(), name)
-
+# rich is imported when something is printed through it (cli_output). tests/test_startup.py
+# counts imports. The options and argument checks are cli_options, the error table cli_errors.
 
 # typer's exits, aborts and usage errors (its vendored click's ClickException): typer reports them
 _PASS_THROUGH = (typer.Exit, typer.Abort, typer.TyperException)
@@ -72,119 +70,7 @@ app = typer.Typer(cls=_Group, add_completion=True, no_args_is_help=True, rich_ma
                   pretty_exceptions_enable=False,
                   help="Inspect, validate, repair and convert PyTorch / LLM training checkpoints "
                        "without running code from them.")
-out = _LazyConsole(soft_wrap=True, highlight=False)
-err = _LazyConsole(stderr=True, soft_wrap=True, highlight=False)
-
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = ExitCode.OK, ExitCode.FINDINGS, ExitCode.USAGE
-
-
-class OutputFormat(str, enum.Enum):
-    text = "text"
-    json = "json"
-    junit = "junit"
-    sarif = "sarif"
-    github = "github"
-
-
-class ConsumerChoice(str, enum.Enum):
-    framework = "framework"
-    torch = "torch"
-
-
-class FailOn(str, enum.Enum):
-    error = "error"
-    warning = "warning"
-    info = "info"
-
-
-AllowOpt = Annotated[list[str], typer.Option(
-    "--allow", metavar="GLOBAL",
-    help="Dotted global of unknown safety you vouch for (e.g. mylib.Config). Repeatable. "
-         "Reviewed data names need no --allow; code-executing names are refused even when "
-         "named.")]
-TrustOpt = Annotated[bool, typer.Option(
-    "--trust", help="Allow the last loader strategy: torch.load(weights_only=False) with "
-                    "Python's unpickler restricted to vetted names (torch defaults, reviewed "
-                    "data, --allow names). Admits no unknown name by itself; never for a file "
-                    "whose scan is not complete or finds a code-executing global.")]
-ConsumerOpt = Annotated[ConsumerChoice, typer.Option(
-    "--consumer", help="Judge files by how the layout's own framework resumes (default) or by "
-                       "plain torch.load(weights_only=True).")]
-
-FrameworkVersionOpt = Annotated[list[str], typer.Option(
-    "--framework-version", metavar="NAME=VERSION",
-    help="Judge as if NAME (torch, transformers, accelerate, deepspeed, lightning, peft) were "
-         "at VERSION, e.g. deepspeed=0.15.4. Repeatable. Default: the installed versions.")]
-
-
-StorageOpt = Annotated[list[str], typer.Option(
-    "--storage-option", metavar="KEY=VALUE",
-    help="fsspec storage option for a URL PATH (s3://, gs://, hf://, http(s)://), e.g. "
-         "anon=true or client_kwargs.region_name=eu-west-1. Repeatable. Credentials "
-         "otherwise come from the standard chains (AWS env/profiles, Google ADC, HF_TOKEN).")]
-TimeoutOpt = Annotated[float, typer.Option(
-    "--timeout", min=0.1, help="Seconds a remote request may take before it is a CK013 "
-                               "finding.")]
-MaxBytesOpt = Annotated[str | None, typer.Option(
-    "--max-bytes", metavar="SIZE", help="Budget of bytes read from remote storage (e.g. 2GB); "
-                                        "a file that would pass it is a CK016 finding.")]
-
-
-def _target(raw: str, options: list[str] | None = None, timeout: float | None = None,
-            max_bytes: str | None = None) -> AnyPath:
-    """PATH as given: a local Path (unchanged code path) or a storage.RemotePath for a URL.
-    A URL problem (unknown scheme, missing extra, bad option) is one line with its code."""
-    from .storage import StorageError, as_path, is_url, parse_options, redact
-
-    if not is_url(raw):
-        if options or max_bytes:
-            raise UsageError.of(Code.STORAGE_OPTION, raw, "--storage-option / --max-bytes apply "
-                                                          "to URLs only") from None
-        return Path(raw)
-    budget = None
-    if max_bytes:
-        from .estimate import parse_bytes
-
-        try:
-            budget = parse_bytes(max_bytes)
-        except ValueError as exc:
-            raise UsageError.of(Code.STORAGE_OPTION, redact(raw), f"--max-bytes: {exc}") from None
-    try:
-        return as_path(raw, parse_options(options or []), timeout=timeout, max_bytes=budget)
-    except StorageError as exc:
-        raise UsageError.of(exc.code, redact(raw), str(exc)) from None
-
-
-def _versions(specs: list[str]) -> dict[str, str]:
-    from .layouts.versions import parse_override
-
-    out = {}
-    for spec in specs:
-        try:
-            name, version = parse_override(spec)
-        except ValueError as exc:
-            raise UsageError.of(Code.FRAMEWORK_VERSION, spec, str(exc)) from None
-        out[name] = version
-    return out
-
-
-def _require(path: AnyPath) -> None:
-    from .storage import RemoteReadError, is_remote
-
-    if is_remote(path):
-        try:
-            found = path.session.info(path.path)
-        except (RemoteReadError, FileNotFoundError) as exc:
-            code = getattr(exc, "code", Code.REMOTE_FAILED)
-            raise PathError.of(code, str(path),
-                               getattr(exc, "strerror", None) or str(exc)) from None
-        if found is None:
-            raise PathError.of(Code.PATH_MISSING, str(path), "no such object or prefix") from None
-        return
-    if not os.path.lexists(path):
-        raise PathError.of(Code.PATH_MISSING, path, "no such file or directory")
-    if os.path.islink(path) and not path.exists():
-        raise PathError.of(Code.SYMLINK_LOOP, path, "dangling symlink or symlink loop")
 
 
 def _version(value: bool) -> None:
@@ -198,33 +84,6 @@ def _root(version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None
           ) -> None:
     """ckptdoctor: a checkpoint doctor for PyTorch and LLM training runs."""
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool):
-    """A rich progress bar on stderr when it is a terminal; yields a (label, nbytes) callback."""
-    if not (enabled and sys.stderr.isatty()):
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=err.real(),
-                  transient=True) as bar:
-        task = bar.add_task("reading", total=None)
-
-        def advance(label: str, nbytes: int) -> None:
-            bar.update(task, advance=nbytes, description=label[-40:])
-
-        advance.set_total = lambda total: bar.update(task, total=total)  # type: ignore[attr-defined]
-        yield advance
 
 
 @app.command()
@@ -251,8 +110,8 @@ def inspect(
     from .inspect import inspect_path
     from .render import inspect_text, to_json
 
-    ckpt = _target(path, storage_option, timeout)
-    _require(ckpt)
+    ckpt = resolve_path(path, storage_option, timeout)
+    require_path(ckpt)
     try:
         ram_b, gpu_b = parse_bytes(ram), parse_bytes(gpu_mem)
     except ValueError as exc:
@@ -309,8 +168,8 @@ def validate(
     from .dist import from_env
     from .validate import ValidateOptions, exit_code, validate as run
 
-    versions = _versions(framework_version)
-    ckpt = _target(path, storage_option, timeout, max_bytes)
+    versions = framework_versions(framework_version)
+    ckpt = resolve_path(path, storage_option, timeout, max_bytes)
     from .storage import is_remote
 
     if is_remote(ckpt) and (load or write_manifest):
@@ -319,54 +178,25 @@ def validate(
     if fmt in (OutputFormat.json, OutputFormat.junit, OutputFormat.sarif) and \
             not is_remote(ckpt) and not os.path.lexists(ckpt):
         # a CI step that parses the document still gets one: the missing path is its finding
-        _require_doc(ckpt, fmt)
-    _require(ckpt)
-    _check_allow(allow)
-    _check_prefixes(select + ignore)
+        missing_path_document(ckpt, fmt)
+    require_path(ckpt)
+    check_allow(allow)
+    check_prefixes(select + ignore)
     group = from_env()  # under torchrun: the byte-reading pass is split across the ranks
     opts = ValidateOptions(consumer=consumer.value, allow=tuple(allow), trust=trust, load=load,
                            deep=deep, write_manifest=write_manifest, select=select,
                            ignore=ignore, fail_on=Severity.parse(fail_on.value),
                            versions=versions, jobs=jobs, allow_nonfinite=allow_nonfinite,
                            dist=group)
-    with _progress((deep or write_manifest) and (group is None or group.rank == 0)) as progress:
+    with progress_bar((deep or write_manifest) and (group is None or group.rank == 0)) as progress:
         report, findings = run(ckpt, opts, progress)
-    text = _validate_doc(report, findings, fmt, opts.fail_on)
+    text = validate_document(report, findings, fmt, opts.fail_on)
     code = exit_code(findings, opts.fail_on)
     if group is not None:  # one report (rank 0's stdout), one exit code on every rank
         code = group.agree(code)
         group.close()
     sys.stdout.write(text)
     raise typer.Exit(code)
-
-
-def _validate_doc(report, findings, fmt: OutputFormat, fail_on: Severity) -> str:
-    from . import render
-
-    if fmt is OutputFormat.json:
-        return render.to_json(report, findings=findings) + "\n"
-    if fmt is OutputFormat.junit:
-        return render.junit(report, findings, fail_on)
-    if fmt is OutputFormat.sarif:
-        return render.sarif(report, findings) + "\n"
-    if fmt is OutputFormat.github:
-        return render.github(report, findings)
-    return render.findings_text(report, findings, report.extra["verdict"], width=out.width,
-                                color=out.is_terminal)
-
-
-def _require_doc(path: AnyPath, fmt: OutputFormat) -> None:
-    """A missing PATH under --format json/junit/sarif: the document with its CK001 finding on
-    stdout, the one-line error on stderr, exit 2 as for any unusable path."""
-    from .inspect import inspect_path
-
-    report = inspect_path(path)
-    report.command = "validate"
-    found = report.all_findings()
-    report.extra.update(verdict="NOT RESUMABLE: path does not exist", resumable=False,
-                        consumer={"framework": None, "version": None, "mode": None})
-    sys.stdout.write(_validate_doc(report, found, fmt, Severity.ERROR))
-    _require(path)
 
 
 @app.command()
@@ -384,10 +214,10 @@ def latest(
     `ckpt=$(ckptdoctor latest out) || exit 1`."""
     from .latest import newest_valid
 
-    versions = _versions(framework_version)
-    root = _target(run_dir, storage_option, timeout)
-    _require(root)
-    _check_allow(allow)
+    versions = framework_versions(framework_version)
+    root = resolve_path(run_dir, storage_option, timeout)
+    require_path(root)
+    check_allow(allow)
     result = newest_valid(root, consumer=consumer.value, allow=tuple(allow),
                           versions=versions)
     from .dist import env_rank
@@ -426,10 +256,10 @@ def repair(
         raise UsageError.of(Code.REMOTE_READONLY, redact(path), "repair does not rewrite remote "
                                  "checkpoints: download it, repair the local copy, upload the "
                                  "result (docs/remote.md)") from None
-    ckpt = _target(path)
+    ckpt = resolve_path(path)
     assert isinstance(ckpt, Path)  # a URL other than file:// was refused above
-    _require(ckpt)
-    _check_allow(allow)
+    require_path(ckpt)
+    check_allow(allow)
     from .repair import apply_repair, prepare_repair, render_plan, render_result, undo as run_undo
     from .repair.model import RepairTarget
 
@@ -449,7 +279,7 @@ def repair(
     prepared = prepare_repair(ckpt, allow=tuple(allow), consumer=consumer.value, to=to,
                               backup_dir=backup_dir)
     plan = prepared.plan
-    _emit(render_plan(plan))
+    emit(render_plan(plan))
     if dry_run or not plan.has_work:
         raise typer.Exit(plan.exit_code)
     if not yes and not sys.stdin.isatty():
@@ -459,17 +289,8 @@ def repair(
     if not yes and not typer.confirm("Rewrite these files?", default=True):
         raise typer.Exit(EXIT_FINDINGS)
     result = apply_repair(prepared, no_backup=no_backup)  # the plan shown, not a new one
-    _emit(render_result(result))
+    emit(render_result(result))
     raise typer.Exit(result.exit_code)
-
-
-class ConvertDtype(str, enum.Enum):
-    """--dtype of `convert`: floating-point tensors are cast to it."""
-
-    keep = "keep"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    fp32 = "fp32"
 
 
 @app.command()
@@ -510,29 +331,24 @@ def convert(
 ) -> None:
     """Convert between torch, safetensors, DCP, DeepSpeed ZeRO and Lightning in bounded memory
     (one tensor at a time), written atomically and verified."""
-    source = _target(src, storage_option, timeout)
-    dest = _target(dst, storage_option, timeout)
-    _require(source)
-    _check_allow(allow)
+    source = resolve_path(src, storage_option, timeout)
+    dest = resolve_path(dst, storage_option, timeout)
+    require_path(source)
+    check_allow(allow)
     from .convert import convert as run_local, render_result
     from .convert.remote import convert_any
 
     def run(src, dst, to, **kw):
         return convert_any(src, dst, to, run_local, **kw)
 
-    with _progress(True) as progress:
+    with progress_bar(True) as progress:
         result = run(source, dest, to, max_shard_size=max_shard_size, dtype=dtype.value,
                      verify=not no_verify, drop_non_tensors=drop_non_tensors,
                      strip_prefix=strip_prefix, allow=tuple(allow), trust=trust,
                      progress=progress, overwrite=overwrite, add_prefix=add_prefix,
                      nest=nest, params=params, weights_only=weights_only)
-    _emit(render_result(result))
+    emit(render_result(result))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FINDINGS)
-
-
-class DiffFormat(str, enum.Enum):
-    text = "text"
-    json = "json"
 
 
 @app.command()
@@ -556,9 +372,9 @@ def diff(
     --rtol/--atol (or resume-equivalent), 1 different, 2 error."""
     from .diff import diff as run, exit_code, render_text, to_json
 
-    _require(a)
-    _require(b)
-    _check_allow(allow)
+    require_path(a)
+    require_path(b)
+    check_allow(allow)
     report = run(a, b, rtol=rtol, atol=atol, resume_equivalent=resume_equivalent, jobs=jobs,
                  allow=tuple(allow), trust=trust)
     if fmt is DiffFormat.json:
@@ -590,8 +406,8 @@ def reshard(
     """Rewrite a DeepSpeed ZeRO-1/2/3 checkpoint saved on N ranks for --world-size M ranks,
     offline on CPU, verified; DeepSpeed's load_checkpoint then resumes it on M ranks. (DCP
     reshards on load: for a DCP checkpoint this says so, CK737, and writes nothing.)"""
-    _require(src)
-    _check_allow(allow)
+    require_path(src)
+    check_allow(allow)
     from .reshard import render, reshard as run
 
     result = run(src, dst, world_size, strict=strict, verify=not no_verify,
@@ -599,23 +415,10 @@ def reshard(
     if json_out:
         import json
 
-        _emit(json.dumps(result.to_json(), indent=1))
+        emit(json.dumps(result.to_json(), indent=1))
     else:
-        _emit(render(result))
+        emit(render(result))
     raise typer.Exit(EXIT_OK)
-
-
-def _emit(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
-
-
-def _check_prefixes(prefixes: list[str]) -> None:
-    from .codes import lookup
-
-    for p in prefixes:
-        if not lookup(p):
-            raise UsageError.of(Code.BAD_PREFIX, p,
-                                "matches no finding code (see `ckptdoctor codes`)")
 
 
 @app.command()
@@ -628,99 +431,15 @@ def codes(
     from .codes import lookup, markdown_table
 
     if markdown:
-        _emit(markdown_table())
+        emit(markdown_table())
         raise typer.Exit(EXIT_OK)
     found = lookup(prefix or "CK")
     if not found:
         raise UsageError.of(Code.BAD_PREFIX, prefix or "", "matches no finding code")
     for c in found:
-        _emit(f"{c.code}  {c.severity}  {c.explanation}"
+        emit(f"{c.code}  {c.severity}  {c.explanation}"
               + (f"\n       fix: {c.fix}" if c.fix else ""))
     raise typer.Exit(EXIT_OK)
-
-
-def _check_allow(names: list[str]) -> None:
-    from .pickles.policy import Verdict, vet
-
-    for name in names:
-        if "." not in name or any(not part.isidentifier() for part in name.split(".")):
-            raise UsageError.of(Code.UNKNOWN_GLOBAL, name, "--allow takes a dotted name such "
-                                "as numpy.core.multiarray._reconstruct")
-        if vet(name, names).verdict is Verdict.DANGEROUS:
-            raise RefusedError.of(Code.DANGEROUS_GLOBAL, name,
-                                  "can execute code; ckptdoctor never allow-lists it")
-
-
-# --- errors: exception type -> exit code and one line, in one table ------------------------------
-def _os_error(exc: BaseException) -> str:
-    assert isinstance(exc, OSError)
-    where = f"{exc.filename} " if exc.filename else ""
-    code = Code.WRITE_FAILED if _is_write(exc) else Code.UNREADABLE
-    # disk full, read-only directory, permission, an unreadable file: the writes are atomic
-    return (f"error: {code.code} {where}{exc.strerror or exc}; nothing was replaced, "
-            "originals untouched")
-
-
-def _is_write(exc: OSError) -> bool:
-    """Did a write fail? ckptdoctor never writes a file in place: it creates temp files and
-    backups. So an error on an existing regular file that is neither is a read."""
-    import errno
-
-    from .atomic import TMP_MARKER
-    from .repair.backup import BACKUP_DIRNAME
-
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
-        return True
-    name = os.fsdecode(exc.filename) if exc.filename is not None else ""
-    if not name or TMP_MARKER in name or BACKUP_DIRNAME in Path(name).parts:
-        return True
-    return not os.path.isfile(name)
-
-
-def _internal(exc: BaseException) -> str:
-    return f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
-
-
-# (type, exit code (None: the exception's own), its line, CKPTDOCTOR_DEBUG=1 re-raises it).
-# The first row whose type matches wins; docs/security.md's error table is generated from it.
-ERRORS: tuple[tuple[type[BaseException], ExitCode | None, Callable[[BaseException], str], bool],
-              ...] = (
-    (CkptdoctorError, None, lambda e: f"error: {e.line()}", False),  # type: ignore[attr-defined]
-    (OSError, ExitCode.USAGE, _os_error, True),
-    (KeyboardInterrupt, ExitCode.INTERRUPTED, lambda e: "interrupted", False),
-    (Exception, ExitCode.USAGE, _internal, True),  # the last line of defence: never a traceback
-)
-
-
-def _report(exc: BaseException) -> int:
-    """Print EXC's one line on stderr; its exit code. Re-raises what `ERRORS` does not cover."""
-    for etype, code, line, debug in ERRORS:
-        if isinstance(exc, etype):
-            if debug and os.environ.get("CKPTDOCTOR_DEBUG"):
-                raise exc
-            err.print(f"ckptdoctor: {line(exc)}", markup=False)
-            return int(code if code is not None else exc.exit_code)  # type: ignore[attr-defined]
-    raise exc
-
-
-def error_table() -> str:
-    """The markdown table of docs/security.md: exception -> code -> exit code."""
-    from .errors import hierarchy
-
-    rows = ["| exception | code | exit | meaning |", "| --- | --- | --- | --- |"]
-    for cls in hierarchy():
-        code = f"`{cls.code.code}`" if cls.code is not None else "per error"
-        doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
-        rows.append(f"| `{cls.__name__}` | {code} | {int(cls.exit_code)} | {doc} |")
-    usage = int(ExitCode.USAGE)
-    rows.append(f"| `OSError` | `{Code.WRITE_FAILED.code}` | {usage} | a write failed (disk full, "
-                "read-only directory); nothing was replaced |")
-    rows.append(f"| `OSError` | `{Code.UNREADABLE.code}` | {usage} | an existing file (not one "
-                "ckptdoctor writes) could not be read |")
-    rows.append(f"| `KeyboardInterrupt` | | {int(ExitCode.INTERRUPTED)} | interrupted |")
-    rows.append(f"| any other exception | | {int(ExitCode.USAGE)} | internal error: its type "
-                "and message on one line |")
-    return "\n".join(rows)
 
 
 def main() -> None:
@@ -735,6 +454,9 @@ def main() -> None:
         raise
     except (Exception, KeyboardInterrupt) as exc:  # raised outside a command (e.g. a callback)
         sys.exit(_report(exc))
+
+
+__all__ = ["app", "main", "ERRORS", "error_table"]
 
 
 if __name__ == "__main__":  # pragma: no cover

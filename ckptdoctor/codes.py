@@ -9,29 +9,14 @@ Prefixes group them so `--select CK1` / `--ignore CK4` work:
 
 from __future__ import annotations
 
-import enum
+from .code_enum import TABLE_END, TABLE_START, CodeEnum, select
+from .model import Severity
 
-from .model import Finding, Severity
 
-
-class Code(enum.Enum):
+class Code(CodeEnum):
     """A finding code: (code, severity, title, doc, fix). `doc` is the longer explanation in
     the docs table (empty: the title says it all); `fix` is what to do. docs/validate.md's
     code table is generated from these (`ckptdoctor codes --markdown`)."""
-
-    severity: Severity
-    title: str
-    doc: str
-    fix: str
-
-    def __new__(cls, code: str, severity: Severity, title: str, doc: str = "", fix: str = ""):
-        obj = object.__new__(cls)
-        obj._value_ = code
-        obj.severity = severity
-        obj.title = title
-        obj.doc = doc
-        obj.fix = fix
-        return obj
 
     # input and I/O
     PATH_MISSING = ("CK001", Severity.ERROR, "path does not exist",
@@ -480,46 +465,9 @@ class Code(enum.Enum):
         'integrations: the pre-resume gate refused the checkpoint (no completion marker)',
         '`ckptdoctor latest RUN_DIR`')
 
-    @property
-    def code(self) -> str:
-        return self.value
-
-    @property
-    def explanation(self) -> str:
-        return self.doc or self.title
-
-    def finding(self, path: str, message: str = "", hint: str = "",
-                severity: Severity | None = None, **detail) -> Finding:
-        return Finding(self.value, severity if severity is not None else self.severity, path,
-                       message or self.title, hint, dict(detail))
-
 
 BY_CODE = {c.value: c for c in Code}
-TABLE_START = ("<!-- codes:start (generated from ckptdoctor/codes.py: "
-               "`ckptdoctor codes --markdown`) -->")
-TABLE_END = "<!-- codes:end -->"
+lookup = Code.lookup  # `ckptdoctor codes CK4`, --select / --ignore checks
+markdown_table = Code.markdown_table  # docs/validate.md's table (`ckptdoctor codes --markdown`)
 
-
-def markdown_table() -> str:
-    """The code table of docs/validate.md (tests/test_docs.py keeps the page equal to it)."""
-    rows = ["| code | severity | meaning | what to do |", "| --- | --- | --- | --- |"]
-    rows += [f"| `{c.code}` | {c.severity} | {c.explanation} | {c.fix} |" for c in Code]
-    return "\n".join(rows)
-
-
-def lookup(prefix: str) -> list[Code]:
-    """Codes starting with `prefix` (case-insensitive): `CK1`, `ck101`."""
-    return [c for c in Code if c.code.startswith(prefix.upper())]
-
-
-def select(findings: list[Finding], select: list[str] | None, ignore: list[str] | None
-           ) -> list[Finding]:
-    """Keep findings whose code starts with a --select prefix and none of the --ignore ones."""
-    out = []
-    for f in findings:
-        if select and not any(f.code.startswith(p) for p in select):
-            continue
-        if ignore and any(f.code.startswith(p) for p in ignore):
-            continue
-        out.append(f)
-    return out
+__all__ = ["Code", "BY_CODE", "TABLE_START", "TABLE_END", "markdown_table", "lookup", "select"]

@@ -187,7 +187,7 @@ def optimizer_checks(root: AnyPath, report: Report) -> list[Finding]:
     split reorders them), and a checkpoint does not record which weight each index is unless
     the optimizer was built from named parameters (`param_names`): then the match is by name,
     otherwise by the multiset of shapes, which never depends on the order."""
-    from .layouts.base import read_pickle_root
+    from .layouts.dirview import read_pickle_root
     from .pickles.scan import SymDict, SymList, lookup, top_keys
 
     out: list[Finding] = []

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,16 +183,11 @@ class ZeroCheckpoint:
         out = []
         for gi, shapes in enumerate(groups):
             ranks = [_Flat([self.flat[r][gi]], [self.mapped[r][gi]]) for r in range(self.world)]
-            starts, total = [], 0
-            for rk in ranks:
-                starts.append(total)
-                total += rk.numel
-            offset = 0
-            for name, shape in shapes:
-                numel = math.prod(shape)
+            starts, total = _rank_starts(ranks)
+            for name, shape, offset, numel in _group_slices(shapes):
                 load = functools.partial(_gather12, ranks, starts, offset, numel, shape)
                 out.append((name, TensorEntry(name, torch.float32, shape, load, str(self.tag))))
-                offset += numel
+            offset = sum(math.prod(shape) for _, shape in shapes)  # the elements they need
             # zero_to_fp32's check (both rounded up to 2*world), or the exact group_paddings
             pad = sum(p[gi] for p in self.paddings if gi < len(p))
             align = 2 * self.world
@@ -240,6 +235,25 @@ def _concat_frozen(frags: list[Any], numel: int, shape: tuple[int, ...]) -> Any:
 def _same(value: Any) -> Any:
     """`load` of an entry that is already in memory."""
     return value
+
+
+def _rank_starts(ranks: list[_Flat]) -> tuple[list[int], int]:
+    """ZeRO-1/2 flatten a parameter group and split it across the ranks in order: where each
+    rank's partition starts in the group's flat buffer, and the buffer's length."""
+    starts, total = [], 0
+    for rk in ranks:
+        starts.append(total)
+        total += rk.numel
+    return starts, total
+
+
+def _group_slices(shapes: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, tuple, int, int]]:
+    """(name, shape, offset, numel) of each parameter of a group, in the flat buffer's order."""
+    offset = 0
+    for name, shape in shapes:
+        numel = math.prod(shape)
+        yield name, shape, offset, numel
+        offset += numel
 
 
 def _gather12_as(dtype: Any, ranks: list[_Flat], starts: list[int], offset: int, numel: int,
@@ -302,13 +316,8 @@ def unsharded_optimizer(ckpt: ZeroCheckpoint, base_states: list[Any]
             parts = [st.get(moment) for st in per_rank]
             if all(isinstance(p, torch.Tensor) and p.dim() == 1 and p.numel() > 1 for p in parts):
                 ranks = [_Flat([p], [MAPPED.tensor_is_mapped(p)]) for p in parts]
-                starts, total = [], 0
-                for rk in ranks:
-                    starts.append(total)
-                    total += rk.numel
-                offset = 0
-                for name, shape in shapes:
-                    numel = math.prod(shape)
+                starts, total = _rank_starts(ranks)
+                for name, shape, offset, numel in _group_slices(shapes):
                     if offset + numel > total:
                         raise fail(ckpt.tag, f"group {gi}: {moment} partitions hold {total} "
                                              f"elements, the parameters need more")
@@ -317,7 +326,6 @@ def unsharded_optimizer(ckpt: ZeroCheckpoint, base_states: list[Any]
                         key, parts[0].dtype, shape,
                         functools.partial(_gather12_as, parts[0].dtype, ranks, starts, offset,
                                           numel, shape), str(ckpt.tag))))
-                    offset += numel
             elif all(_same_value(p, parts[0]) for p in parts):
                 p0 = parts[0]
                 key = f"group_state.{gi}.{moment}"

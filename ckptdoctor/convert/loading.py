@@ -66,7 +66,7 @@ def _slice_class():
         for a whole record at once, and a temporary bytes object would double the peak."""
 
         def readinto(self, buf) -> int:
-            n = max(0, min(len(buf), self._len - self._pos))
+            n = max(0, min(len(buf), self._size - self._pos))
             if n == 0:
                 return 0
             self._fh.seek(self._start + self._pos)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -11,6 +10,7 @@ from ..codes import Code
 from ..model import FileInfo, Finding, FormatName, ScanState, WeightsOnlyVerdict
 from ..pickles.scan import PickleScan
 from ..storage import AnyPath
+from ..storage.fileobj import SeekableReader
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -104,7 +104,8 @@ def add_global_findings(info: FileInfo, rel: str) -> None:
             blockers=v.blockers))
 
 
-class FileSlice(io.RawIOBase, BinaryIO):  # BinaryIO: for type checkers, the interface it has
+# BinaryIO: for type checkers, the interface it has; SeekableReader: tell/seek over `_size`
+class FileSlice(SeekableReader, BinaryIO):
     """A read-only, seekable window [start, start+length) of an open binary file.
 
     zipfile needs a seekable file object; this lets it read a zip embedded in a larger file
@@ -112,25 +113,11 @@ class FileSlice(io.RawIOBase, BinaryIO):  # BinaryIO: for type checkers, the int
 
     def __init__(self, fh: io.BufferedReader, start: int, length: int):
         super().__init__()
-        self._fh, self._start, self._len, self._pos = fh, start, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._len}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
+        self._fh, self._start, self._size, self._pos = fh, start, length, 0
 
     def readinto(self, buf: Buffer) -> int:
         view = memoryview(buf)
-        n = max(0, min(len(view), self._len - self._pos))
+        n = max(0, min(len(view), self._size - self._pos))
         if n == 0:
             return 0
         self._fh.seek(self._start + self._pos)

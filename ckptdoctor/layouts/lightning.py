@@ -28,10 +28,10 @@ from .base import (
     join,
     missing,
     plain,
-    read_pickle_root,
     top_dirs,
     top_files,
 )
+from .dirview import read_pickle_root
 from .versions import Env
 
 LOAD = Consumer("weights_only", who="Lightning >= 2.6 Trainer.fit(ckpt_path) "
