@@ -28,7 +28,7 @@ demo: $(VENV)/.base
 	$(PY) -m ckptdoctor.demo demo-out
 
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_inspect.py
