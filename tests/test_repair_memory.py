@@ -6,9 +6,9 @@ tests/realds/reshard_job.py) has one 201 MB `*_optim_states.pt` that plain
 rewrites it. The repair runs in a fresh process (tests/realds/repair_mem.py) and the growth of
 that process's peak RSS (getrusage ru_maxrss, after imports -> after planning, writing,
 verification and the resume-equivalence diff) is compared with the file size. The version that
-re-saved with torch.save and compared whole tensors needed about twice the file (397 MB growth
-for this 201 MB file); copying the tensor records from the original in 4 MiB pieces and
-comparing 4 MiB at a time with pages dropped needs about 39 MB. DeepSpeed's own
+re-saved with torch.save and compared whole tensors needed about twice the file (388 MiB growth
+for this 192 MiB file); copying the tensor records from the original in 4 MiB pieces and
+comparing 4 MiB at a time with pages dropped needs about 39 MiB. DeepSpeed's own
 `load_checkpoint` after a repair is tests/test_deepspeed_real.py. Skipped where deepspeed does
 not import."""
 
