@@ -585,7 +585,7 @@ class _Run:
                                                  f"{exc}"[:400]))
             _crash_point("tmp-written")
             try:
-                checks = verify_torch_file(tmp, prep.converted, prep.conv, fp.allowlist,
+                checks = verify_torch_file(tmp, prep.converted, conv, fp.allowlist,
                                            original=path)
                 checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
