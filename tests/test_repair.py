@@ -527,7 +527,7 @@ def test_verification_failure_keeps_original(tmp_path, monkeypatch):
     before = snapshot(d)
     import ckptdoctor.repair.engine as engine
 
-    def broken(path, expected, conv, allowlist):
+    def broken(path, expected, conv, allowlist, **kwargs):
         raise VerifyError("simulated mismatch")
 
     monkeypatch.setattr(engine, "verify_torch_file", broken)
@@ -545,17 +545,17 @@ def test_verify_catches_a_changed_value(tmp_path, monkeypatch):
     np.random.seed(0)
     save({"numpy": np.random.get_state(), "w": torch.randn(8)}, d / "rng_state.pth")
     before = snapshot(d)
-    import ckptdoctor.repair.pickler as pickler
+    import ckptdoctor.repair.stream_save as stream_save
 
-    real_save = pickler.save
+    real_save = stream_save.save_repaired  # what the engine writes the new file with
 
-    def tampering(obj, path):
+    def tampering(obj, path, original, read_stat):
         obj = dict(obj)
         obj["w"] = obj["w"].clone()
         obj["w"][3] += 1e-6
-        real_save(obj, path)
+        return real_save(obj, path, original, read_stat)
 
-    monkeypatch.setattr(pickler, "save", tampering)
+    monkeypatch.setattr(stream_save, "save_repaired", tampering)
     result = repair(d, consumer="torch")
     assert result.exit_code == 1 and "w" in result.findings[0].message
     assert snapshot(d) == before

@@ -236,6 +236,20 @@ def archive_name(path: Path) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
 
 
+def aligned_record(zf: zipfile.ZipFile, raw: Any, name: str, size: int) -> Any:
+    """Open record `name` (`size` bytes, stored) for writing in `zf`, whose underlying file is
+    `raw`, with its data 64-byte aligned as torch's writer pads it (the extra field "FB")."""
+    zinfo = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    zinfo.compress_type = zipfile.ZIP_STORED
+    zinfo.file_size = size
+    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule
+    here = raw.tell()
+    fixed = 30 + len(zinfo.filename.encode()) + (20 if zip64 else 0) + 4
+    pad = (-(here + fixed)) % ALIGNMENT
+    zinfo.extra = struct.pack("<HH", _PAD_HEADER_ID, pad) + b"Z" * pad
+    return zf.open(zinfo, "w", force_zip64=zip64)
+
+
 def write_torch_zip(target: Path, obj: Any, opts: Options, archive: str | None = None,
                     label: str = "write") -> tuple[int, int]:
     """Write `obj` (TensorRefs for tensors) to `target` (a new file) in torch.save's format.
@@ -247,15 +261,7 @@ def write_torch_zip(target: Path, obj: Any, opts: Options, archive: str | None =
         wb = Writeback(raw)
         with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             def record(name: str, size: int):
-                zinfo = zipfile.ZipInfo(prefix + name, date_time=(1980, 1, 1, 0, 0, 0))
-                zinfo.compress_type = zipfile.ZIP_STORED
-                zinfo.file_size = size
-                zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule
-                here = raw.tell()
-                fixed = 30 + len(zinfo.filename.encode()) + (20 if zip64 else 0) + 4
-                pad = (-(here + fixed)) % ALIGNMENT
-                zinfo.extra = struct.pack("<HH", _PAD_HEADER_ID, pad) + b"Z" * pad
-                return zf.open(zinfo, "w", force_zip64=zip64)
+                return aligned_record(zf, raw, prefix + name, size)
 
             def small(name: str, data: bytes) -> None:
                 with record(name, len(data)) as fh:

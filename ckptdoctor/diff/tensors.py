@@ -8,7 +8,7 @@ from typing import Any
 from .report import Section, TensorDiff
 from .sides import Side
 
-CHUNK_ELEMENTS = 1 << 18  # elements per comparison step (2 MB per float64 temporary)
+CHUNK_ELEMENTS = 1 << 16  # elements per comparison step (512 KiB per float64 temporary)
 
 
 def compare_pair(section: Section, key: str, key_b: str, ea: Any, eb: Any, side_a: Side,
@@ -26,7 +26,7 @@ def compare_pair(section: Section, key: str, key_b: str, ea: Any, eb: Any, side_
     with side_b.lock:
         tb = eb.load()
     try:
-        _stream_stats(d, ta, tb, rtol, atol, torch)
+        _stream_stats(d, ta, tb, rtol, atol, torch, ea.mapped, eb.mapped)
     finally:
         release_tensor(ta, ea.mapped)
         release_tensor(tb, eb.mapped)
@@ -37,8 +37,21 @@ def _stats_dtype(t: Any, torch: Any) -> Any:
     return torch.complex128 if t.is_complex() else torch.float64
 
 
-def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, torch: Any) -> None:
+def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, torch: Any,
+                  mapped_a: bool = False, mapped_b: bool = False) -> None:
+    """With `mapped_a` / `mapped_b` (the tensor lives in a private file mapping, see
+    convert/common.MappedFiles), its pages are dropped after each chunk: the pair costs a few
+    chunks of memory, not both tensors."""
+    from ..convert.common import MAPPED
+
     fa, fb = ta.detach().reshape(-1), tb.detach().reshape(-1)
+    # only a view of the mapped tensor itself (reshape of a non-contiguous one is a copy)
+    drop_a = mapped_a and ta.is_contiguous() and fa.numel() > 0
+    drop_b = mapped_b and tb.is_contiguous() and fb.numel() > 0
+
+    def done(c: Any, drop: bool) -> None:
+        if drop:
+            MAPPED.release(c.data_ptr(), c.numel() * c.element_size())
     same_layout = d.shape_a == d.shape_b
     d.equal = same_layout and ta.dtype == tb.dtype
     d.close = same_layout
@@ -55,6 +68,7 @@ def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, tor
             else:
                 nan = inf = 0
             nz = int(torch.count_nonzero(c))
+            done(flat[i:i + CHUNK_ELEMENTS], drop_a if side == "a" else drop_b)
             if side == "a":
                 d.nan_a += nan
                 d.inf_a += inf
@@ -98,6 +112,8 @@ def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, tor
         sums["dot"] += float((af * bf).sum())
         sums["aa"] += float((af * af).sum())
         sums["bb"] += float((bf * bf).sum())
+        done(ca, drop_a)
+        done(cb, drop_b)
     d.max_abs, d.max_rel = sums["max_abs"], sums["max_rel"]
     d.norm_a, d.norm_b = math.sqrt(sums["aa"]), math.sqrt(sums["bb"])
     if d.norm_a > 0 and d.norm_b > 0:

@@ -2,7 +2,8 @@
 
 Order of operations for each rewritten file (crash-safe at every step):
 
-    save the converted object to a temp file beside the original   (atomic.staged_file)
+    save the converted object to a temp file beside the original   (atomic.staged_file;
+        tensor records copied from the original in pieces: repair/stream_save.py)
     fsync it; verify it (repair/verify.py)                         -> REPAIR_VERIFY on failure
     check the original did not change since it was read
     copy the original into the backup session, hash-checked, fsynced; record it in the manifest
@@ -565,24 +566,27 @@ class _Run:
 
     # -- one file --
     def rewrite(self, prep: _Prepared) -> FileOutcome:
-        from .pickler import save
+        from .stream_save import SourceChanged, save_repaired
 
         fp = prep.plan
         path = fp.path
         conv, read_stat = prep.conv, prep.stat
         assert conv is not None and read_stat is not None  # planning prepares both to rewrite
         with staged_file(path) as tmp:
-            try:
-                save(prep.converted, tmp)
+            try:  # the tensors' bytes are copied from the original record by record
+                save_repaired(prep.converted, tmp, path, read_stat)
                 os.chmod(tmp, stat_mod.S_IMODE(read_stat.st_mode))
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
+            except SourceChanged as exc:
+                return self.fail(fp, exc, Code.REPAIR_REFUSED)
             except Exception as exc:  # a value torch cannot save
                 return self.fail(fp, VerifyError(f"torch.save of the converted object failed: "
                                                  f"{exc}"[:400]))
             _crash_point("tmp-written")
             try:
-                checks = verify_torch_file(tmp, prep.converted, conv, fp.allowlist)
+                checks = verify_torch_file(tmp, prep.converted, conv, fp.allowlist,
+                                           original=path)
                 checks.append(self.resume_equivalent(fp, tmp))
             except VerifyError as exc:
                 return self.fail(fp, exc)

@@ -6,7 +6,10 @@
 2. it loads with plain `torch.load(weights_only=True)`, with nothing registered, or with
    exactly the written allow-list when objects were kept;
 3. every tensor is bit-identical to the original's (same type, dtype, shape, stride, bytes),
-   every other value equals the converted original (types included);
+   every other value equals the converted original (types included). Tensors are compared
+   4 MiB at a time; pages of the original's and the new file's mappings are dropped
+   after each piece (convert/common.MappedFiles), so the check holds about two pieces of
+   tensor data in memory, not two files;
 4. every RNG state draws the identical stream from both: numpy (`np.random.set_state`, 1000
    uniforms + normals, so the cached Gaussian counts), Python (`random.setstate`), torch
    (`Generator.set_state`).
@@ -18,8 +21,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ..convert.common import MappedFiles
 from ..standins import StandIn
 from .rulebase import Kept, name_of, render_path
+from .stream_save import CHUNK
 from .transcode import load_registered, standin_entries, via_reduce
 from .walk import Converter, floats_equal
 
@@ -31,8 +36,10 @@ class VerifyError(Exception):
 
 
 # --- values --------------------------------------------------------------------------------------
-def tensors_identical(a: Any, b: Any) -> str:
-    """'' when a and b are the same tensor bit for bit, else what differs."""
+def tensors_identical(a: Any, b: Any, pages: MappedFiles | None = None) -> str:
+    """'' when a and b are the same tensor bit for bit, else what differs. Contiguous tensors
+    are compared in CHUNK-byte pieces; with `pages`, the pieces of tensors that live in one
+    of its file mappings are dropped from memory once compared."""
     import torch
 
     if type(a) is not type(b):
@@ -52,6 +59,8 @@ def tensors_identical(a: Any, b: Any) -> str:
     try:
         ab = a.detach().contiguous().reshape(-1).view(torch.uint8)
         bb = b.detach().contiguous().reshape(-1).view(torch.uint8)
+        if a.is_contiguous() and b.is_contiguous():  # views of the tensors themselves
+            return _bytes_identical(ab, bb, pages)
     except RuntimeError:
         same = torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
                                     and torch.equal(a.nan_to_num(), b.nan_to_num()))
@@ -59,8 +68,27 @@ def tensors_identical(a: Any, b: Any) -> str:
     return "" if torch.equal(ab, bb) else "bytes differ"
 
 
-def compare(new: Any, exp: Any, path: tuple = (), seen: set | None = None) -> str:
-    """'' when `new` (loaded from the rewritten file) equals `exp` (the converted original)."""
+def _bytes_identical(ab: Any, bb: Any, pages: MappedFiles | None) -> str:
+    import torch
+
+    if ab.numel() != bb.numel():
+        return "bytes differ"
+    mapped = [pages is not None and pages.tensor_is_mapped(t) for t in (ab, bb)]
+    for i in range(0, ab.numel(), CHUNK):
+        n = min(CHUNK, ab.numel() - i)
+        same = torch.equal(ab[i:i + n], bb[i:i + n])
+        for t, m in zip((ab, bb), mapped, strict=True):
+            if m and pages is not None:
+                pages.release(t.data_ptr() + i, n)
+        if not same:
+            return "bytes differ"
+    return ""
+
+
+def compare(new: Any, exp: Any, path: tuple = (), seen: set | None = None,
+            pages: MappedFiles | None = None) -> str:
+    """'' when `new` (loaded from the rewritten file) equals `exp` (the converted original).
+    `pages`: the file mappings whose tensor pages may be dropped once compared."""
     import torch
 
     seen = set() if seen is None else seen
@@ -68,15 +96,15 @@ def compare(new: Any, exp: Any, path: tuple = (), seen: set | None = None) -> st
     if isinstance(exp, torch.Tensor):
         if not isinstance(new, torch.Tensor):
             return f"{where}: expected a tensor, got {type(new).__name__}"
-        diff = tensors_identical(exp, new)
+        diff = tensors_identical(exp, new, pages)
         return f"{where}: tensor {diff}" if diff else ""
     if isinstance(exp, Kept):
         if not isinstance(new, StandIn) or name_of(new) != exp.name:
             return f"{where}: expected kept {exp.name}, got {type(new).__name__}"
         if via_reduce(new) != exp.via_reduce:
             return f"{where}: {exp.name} rebuilt differently (REDUCE vs NEWOBJ)"
-        return (compare(tuple(new.args), tuple(exp.args), path + ("<args>",), seen)
-                or compare(new.state, exp.state, path, seen))
+        return (compare(tuple(new.args), tuple(exp.args), path + ("<args>",), seen, pages)
+                or compare(new.state, exp.state, path, seen, pages))
     if (id(new), id(exp)) in seen:
         return ""
     if type(new) is not type(exp):
@@ -86,19 +114,19 @@ def compare(new: Any, exp: Any, path: tuple = (), seen: set | None = None) -> st
         if list(new.keys()) != list(exp.keys()):
             return f"{where}: keys differ"
         for k in exp:
-            diff = compare(new[k], exp[k], path + (k,), seen)
+            diff = compare(new[k], exp[k], path + (k,), seen, pages)
             if diff:
                 return diff
         extra_new, extra_exp = getattr(new, "__dict__", {}), getattr(exp, "__dict__", {})
         if extra_new or extra_exp:
-            return compare(dict(extra_new), dict(extra_exp), path + ("__dict__",), seen)
+            return compare(dict(extra_new), dict(extra_exp), path + ("__dict__",), seen, pages)
         return ""
     if isinstance(exp, (list, tuple)):
         seen.add((id(new), id(exp)))
         if len(new) != len(exp):
             return f"{where}: length {len(new)} != {len(exp)}"
         for i, (a, b) in enumerate(zip(new, exp, strict=True)):
-            diff = compare(a, b, path + (i,), seen)
+            diff = compare(a, b, path + (i,), seen, pages)
             if diff:
                 return diff
         return ""
@@ -189,9 +217,10 @@ def check_rng(new_obj: Any, conv: Converter) -> list[str]:
 
 
 # --- files ---------------------------------------------------------------------------------------
-def verify_torch_file(new_path: Path, expected: Any, conv: Converter, allowlist: list[str]
-                      ) -> list[str]:
-    """Run every check on a rewritten torch file; return what was checked."""
+def verify_torch_file(new_path: Path, expected: Any, conv: Converter, allowlist: list[str],
+                      original: Path | None = None) -> list[str]:
+    """Run every check on a rewritten torch file; return what was checked. `original`: the
+    file `expected` was loaded from (mmap), whose compared pages may be dropped too."""
     import torch
 
     from ..formats import detect_file
@@ -221,7 +250,11 @@ def verify_torch_file(new_path: Path, expected: Any, conv: Converter, allowlist:
         raise VerifyError(f"torch.load(weights_only=True) {how} fails: {exc}"[:400]) from exc
     checks.append("torch.load(weights_only=True) loads it" + (
         " with exactly the written allow-list" if allowed else " with no safe globals"))
-    diff = compare(new_obj, expected)
+    pages = MappedFiles()  # both sides exist now: see MappedFiles on soundness
+    for p in (new_path, original):
+        if p is not None:
+            pages.add(p)
+    diff = compare(new_obj, expected, pages=pages)
     if diff:
         raise VerifyError(f"new file differs from the converted original: {diff}")
     checks.append("tensors bit-identical; other values equal the converted original")
