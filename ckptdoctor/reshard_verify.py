@@ -48,17 +48,14 @@ def resume_hook(src: Path, result: Any, opts: Options) -> Callable[[Any], None]:
     """The Staging BEFORE_COMMIT hook: the staged output must be resume-equivalent to SRC."""
 
     def before_commit(staging: Any) -> None:
+        from .convert.resume_check import require
         from .equivalence import check
 
         eq = check(src, staging.dir, allow=opts.allow, trust=opts.trust,
                    expected=result.expected, left_out=result.left_out,
                    ranks=(result.old_world, result.new_world))
         result.equivalence = eq
-        if not eq.ok:
-            raise ConvertError(Code.CONVERT_VERIFY.finding(
-                str(staging.dst), f"reshard verification failed: the output is {eq.summary()}",
-                hint="nothing was written at DST; report this with the diff's output",
-                reasons=eq.reasons))
+        require(eq, staging.dst, "reshard verification failed")
 
     return before_commit
 

@@ -1,19 +1,13 @@
 """`reshard` for DeepSpeed ZeRO-3: N ranks -> M ranks, offline, streamed per partition.
 
-How ZeRO-3 partitions (runtime/zero/partition_parameters.py and stage3.py, checked against
-0.19; the same rule as `zero3_partitioned_param_info` in utils/zero_to_fp32.py): every
-parameter is split on its own. With world size W, a parameter of n elements gets
-pn = ceil(n / W) elements per rank; rank r holds elements [r*pn, (r+1)*pn) of the flattened
-parameter, the last rank(s) padded at the end (the padding is not initialised: its bytes are
-whatever memory held). A rank's flat fp32 group of one sub-group (`fp32_flat_groups[i]` in the
-`*_optim_states.pt` of that rank) is its partitions of the sub-group's parameters, one after
-the other, in `param_shapes[i]` order (the rank's `*_model_states.pt`); the torch optimizer's
-state for sub-group i (`exp_avg`, `exp_avg_sq`, SGD's `momentum_buffer`, ... any tensor of
-the flat group's size) is laid out the same way. Sub-groups cut each param group where the sum
-of the partition sizes reaches `zero_optimization.sub_group_size` (default 1e9) - it depends
-on W, so the sub-groups are recomputed for M (and checked against the saved ones for N).
-Frozen parameters (`frozen_param_fragments`, per rank in the model states) are partitioned the
-same way and are re-split too.
+How ZeRO-3 lays each parameter out over the ranks (ceil(n / W) elements per rank, padded; a
+rank's flat groups and optimizer moments per sub-group) is convert/zero3_state.py, which reads
+the old checkpoint per parameter here and for `ckptdoctor diff`. Sub-groups cut each param
+group where the sum of the partition sizes reaches `zero_optimization.sub_group_size` (default
+1e9; DeepSpeedZeroOptimizer_Stage3._create_fp16_sub_groups) - it depends on W, so the
+sub-groups are recomputed for M (and checked against the saved ones for N). Frozen parameters
+(`frozen_param_fragments`, per rank in the model states) are partitioned the same way and are
+re-split too.
 
 Here every parameter is read back from its N partitions and cut into M, one new partition at
 a time into one reused buffer; the source pages are dropped after they are read."""
