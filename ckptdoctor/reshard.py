@@ -296,7 +296,7 @@ def _staged(ckpt: ZeroCheckpoint, src: Path, dst: Path, opts: Options, result: R
     zero_to_fp32.py), check it (reshard_verify.py) and rename it into place; on any failure
     remove everything staged."""
     staging = Staging(dst, "dir", opts.overwrite)
-    token = BEFORE_COMMIT.set(resume_hook(src, result, opts) if opts.verify else None)
+    token = BEFORE_COMMIT.set(resume_hook(src, ckpt.tag, result, opts) if opts.verify else None)
     try:
         assert staging.dir is not None
         write(staging.dir)

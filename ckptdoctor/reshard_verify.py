@@ -44,14 +44,17 @@ def account_per_rank(result: Any, keys: list[str], old_world: int,
         result.expected.append(f"group_state.{(owner or {}).get(s, s)}.{key}")
 
 
-def resume_hook(src: Path, result: Any, opts: Options) -> Callable[[Any], None]:
-    """The Staging BEFORE_COMMIT hook: the staged output must be resume-equivalent to SRC."""
+def resume_hook(src: Path, tag: Path, result: Any, opts: Options) -> Callable[[Any], None]:
+    """The Staging BEFORE_COMMIT hook: the staged output must be resume-equivalent to SRC.
+    SRC given as the tag directory is compared with the staged tag directory (the same view:
+    a directory's own files are listed as well)."""
 
     def before_commit(staging: Any) -> None:
         from .convert.resume_check import require
         from .equivalence import check
 
-        eq = check(src, staging.dir, allow=opts.allow, trust=opts.trust,
+        out = staging.dir / tag.name if src.resolve() == tag.resolve() else staging.dir
+        eq = check(src, out, allow=opts.allow, trust=opts.trust,
                    expected=result.expected, left_out=result.left_out,
                    ranks=(result.old_world, result.new_world))
         result.equivalence = eq

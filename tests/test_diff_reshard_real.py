@@ -142,6 +142,10 @@ def test_zero3_and_its_reshard_are_resume_equivalent(zero3_saves, tmp_path, sub_
     assert set(PARAMS) <= set(rep.unchanged(Section.WEIGHTS))
     res = runner.invoke(app, ["diff", str(src), str(dst), "--resume-equivalent"])
     assert res.exit_code == 0, res.output
+    # SRC given as the tag directory: checked the same way (tag directory against tag directory)
+    res = runner.invoke(app, ["reshard", str(src / tag), str(tmp_path / "from_tag"),
+                              "--world-size", str(m), "--json"])
+    assert res.exit_code == 0 and '"resume_equivalent": true' in res.output, res.output
 
 
 def test_a_zero3_copy_with_one_moment_changed_is_not_resume_equivalent(zero3_saves, tmp_path):
