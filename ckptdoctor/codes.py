@@ -333,7 +333,7 @@ class Code(CodeEnum):
         '',
         'see the message')
     CONVERT_VERIFY = ("CK706", Severity.ERROR,
-                      "converted output differs from the source; output removed",
+                      "converted or resharded output differs from the source; output removed",
         '',
         'report it')
     CONVERT_NON_TENSOR = ("CK707", Severity.INFO,

@@ -59,11 +59,39 @@ def _covered(key: str, expected: tuple[str, ...]) -> bool:
     return False
 
 
+def _resharded_ranks(rep: object, ranks: tuple[int, int]) -> bool:
+    """The per-rank files of both sides are what a ZeRO reshard N -> M gives: the same files,
+    with the rank index of `zero_pp_rank_<r>` files running over 0..N-1 and 0..M-1."""
+    from .diff.report import rank_files
+
+    def split(files: list[str]) -> tuple[dict[str, set[int]], list[str]]:
+        by_name: dict[str, set[int]] = {}
+        other = []
+        for f in files:
+            m = _ZERO_RANK.search(f)
+            if m:
+                by_name.setdefault(f[:m.start(1)] + "#" + f[m.end(1):], set()).add(int(m[1]))
+            else:
+                other.append(f)
+        return by_name, other
+
+    (a, oa), (b, ob) = (split(fs) for fs in rank_files(rep))  # type: ignore[arg-type]
+    return (oa == ob and set(a) == set(b) and bool(a)
+            and all(a[k] == set(range(ranks[0])) and b[k] == set(range(ranks[1])) for k in a))
+
+
+_ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_")
+
+
 def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
           allow: Iterable[str] = (), trust: bool = False,
-          expected: Iterable[str] = (), left_out: Iterable[str] = ()) -> Equivalence:
+          expected: Iterable[str] = (), left_out: Iterable[str] = (),
+          ranks: tuple[int, int] | None = None) -> Equivalence:
     """Diff `original` against `rewritten` in resume-equivalent mode. Never raises for an
-    unreadable side: that is a failed check whose reason is the CK901 message."""
+    unreadable side: that is a failed check whose reason is the CK901 message. `ranks` (N, M):
+    the rewrite is a ZeRO checkpoint resharded from N to M ranks, so its per-rank files
+    (CK912) are expected to be zero_pp_rank_0..M-1 where the original has 0..N-1; any other
+    per-rank difference still fails."""
     from . import diff as diffmod  # looked up at call time: the one diff, also for tests
 
     expected = tuple(dotted(e) for e in expected if e)
@@ -106,7 +134,13 @@ def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
         k = key.partition(":")[2]
         differing.append((k, f"{key}: {va} in the original, {vb} in the rewritten file"))
     if Path(original).is_dir() and Path(rewritten).is_dir():  # one file vs its rewrite: n/a
-        reasons += [f.message for f in rep.findings if f.code == Code.DIFF_RANKS.code]
+        for f in rep.findings:
+            if f.code != Code.DIFF_RANKS.code:
+                continue
+            if ranks is not None and _resharded_ranks(rep, ranks):
+                explained.append(f.message + f" (resharded {ranks[0]} -> {ranks[1]} ranks)")
+            else:
+                reasons.append(f.message)
     explained += [what for k, what in differing if _covered(k, expected)]
     reasons += [what for k, what in differing if not _covered(k, expected)]
     return Equivalence(not reasons, len(rep.tensors), rep.values_same + len(rep.values_differ),

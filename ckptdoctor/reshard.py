@@ -24,12 +24,13 @@ optimizer tensor is always refused: copying it would be wrong.
 
 Memory: the sources are mmap-ed; each new partition is assembled when it is written and
 dropped after, so the peak is about one partition. Output is staged beside DST, re-read and
-compared with the source, and renamed into place only when equal."""
+compared with the source, then diffed against it in resume-equivalent mode (reshard_verify.py),
+and renamed into place only when both agree."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,12 @@ from .codes import Code
 from .convert.common import ConvertError, ConvertTarget, Options, TensorEntry
 from .convert.deepspeed_read import ZeroCheckpoint
 from .convert.loading import load_torch
-from .convert.staging import Staging
+from .convert.staging import BEFORE_COMMIT, Staging
 from .model import Finding, Severity
+from .reshard_verify import account_per_rank, resume_hook, verify_split
 
 ALIGN = 2  # DeepSpeed's nccl_start_alignment_factor
 OSD = "optimizer_state_dict"
-VERIFY_CHUNK = 1 << 20  # elements compared at a time by the post-write check
 SPLIT_KEYS = {"single_partition_of_fp32_groups", "base_optimizer_state", "group_paddings",
               "partition_count", "param_slice_mappings"}
 
@@ -60,12 +61,17 @@ class ReshardResult:
     findings: list[Finding] = field(default_factory=list)
     verified: bool = False
     kind: str = "deepspeed"  # "dcp": nothing written (DCP reshards on load)
+    # what the resume-equivalence check may find different (reshard_verify.account_per_rank)
+    expected: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    equivalence: Any = None  # equivalence.Equivalence of the staged output, once checked
 
     def to_json(self) -> dict[str, Any]:
         return {"src": self.src, "dst": self.dst, "kind": self.kind,
                 "old_world_size": self.old_world,
                 "world_size": self.new_world, "zero_stage": self.stage, "tag": self.tag,
                 "files": self.files, "verified": self.verified,
+                "resume_equivalent": None if self.equivalence is None else self.equivalence.ok,
                 "findings": [f.to_json() for f in self.findings]}
 
 
@@ -215,10 +221,8 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
 
     from .convert.torch_writer import refs_for_tensors, write_torch_zip
 
-    staging = Staging(dst, "dir", overwrite)
-    try:
-        assert staging.dir is not None
-        tagdir = staging.dir / ckpt.tag.name
+    def write(staging_dir: Path) -> None:
+        tagdir = staging_dir / ckpt.tag.name
         tagdir.mkdir()
         prefix = optim_files[0].name.split("_pp_rank_")[0]
         suffix = optim_files[0].name.split("_mp_rank_")[1]
@@ -228,20 +232,11 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
             write_torch_zip(tagdir / name, refs_for_tensors(st), opts)
             names.append(name)
         write_torch_zip(tagdir / ckpt.model_files[0].name, refs_for_tensors(new_model), opts)
-        (staging.dir / "latest").write_text(ckpt.tag.name)
-        for extra in ("zero_to_fp32.py",):
-            p = ckpt.tag.parent / extra
-            if p.is_file():
-                (staging.dir / extra).write_bytes(p.read_bytes())
         scratch.bufs.clear()
         if verify:
-            _verify(tagdir, names, plan, opts, world_size)
-            result.verified = True
-        staging.commit()
-        result.files = [str(p) for p in sorted(dst.rglob("*")) if p.is_file()]
-    except BaseException:
-        staging.abort()
-        raise
+            verify_split(tagdir, names, plan, opts, world_size)
+
+    _staged(ckpt, src, dst, opts, result, write)
     result.findings.append(Code.RESHARD_DONE.finding(
         str(dst), f"ZeRO-{ckpt.stage} {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
                   f"({sum(g['numel'] for g in plan)} parameters in {len(plan)} group(s))"))
@@ -280,26 +275,44 @@ def _reshard3(ckpt: ZeroCheckpoint, src: Path, dst: Path, world_size: int, opts:
     """ZeRO-3 (reshard_zero3.py), staged, verified and committed like ZeRO-1/2."""
     from .reshard_zero3 import reshard_zero3
 
+    done: list[int] = []
+
+    def write(staging_dir: Path) -> None:
+        _, numel, n_sub = reshard_zero3(ckpt, world_size, opts, strict, result, staging_dir,
+                                        _Scratch())
+        done.extend((numel, n_sub))
+
+    _staged(ckpt, src, dst, opts, result, write)
+    numel, n_sub = done
+    result.findings.append(Code.RESHARD_DONE.finding(
+        str(dst), f"ZeRO-3 {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
+                  f"({numel} parameters in {n_sub} sub-group(s))"))
+    return result
+
+
+def _staged(ckpt: ZeroCheckpoint, src: Path, dst: Path, opts: Options, result: ReshardResult,
+            write: Callable[[Path], None]) -> None:
+    """Stage the output beside DST (`write` fills the tag directory, then `latest` and
+    zero_to_fp32.py), check it (reshard_verify.py) and rename it into place; on any failure
+    remove everything staged."""
     staging = Staging(dst, "dir", opts.overwrite)
+    token = BEFORE_COMMIT.set(resume_hook(src, ckpt.tag, result, opts) if opts.verify else None)
     try:
         assert staging.dir is not None
-        names, numel, n_sub = reshard_zero3(ckpt, world_size, opts, strict, result,
-                                            staging.dir, _Scratch())
+        write(staging.dir)
         (staging.dir / "latest").write_text(ckpt.tag.name)
         for extra in ("zero_to_fp32.py",):
             p = ckpt.tag.parent / extra
             if p.is_file():
                 (staging.dir / extra).write_bytes(p.read_bytes())
-        result.verified = opts.verify
         staging.commit()
+        result.verified = opts.verify
         result.files = [str(p) for p in sorted(dst.rglob("*")) if p.is_file()]
     except BaseException:
         staging.abort()
         raise
-    result.findings.append(Code.RESHARD_DONE.finding(
-        str(dst), f"ZeRO-3 {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
-                  f"({numel} parameters in {n_sub} sub-group(s))"))
-    return result
+    finally:
+        BEFORE_COMMIT.reset(token)
 
 
 def _rank_of(p: Path) -> int:
@@ -395,6 +408,7 @@ def _per_rank_policy(states: list, files: list[Path], strict: bool, result: Resh
     result.findings.append(Code.RESHARD_PER_RANK.finding(
         str(files[0].parent), msg + "; copied from rank 0 to every new rank",
         hint="re-seed per-rank RNG / data order if your job relies on it", keys=differing))
+    account_per_rank(result, differing, len(states))
 
 
 def _fragment(template: Any, numel: int, start: int) -> Any:
@@ -448,67 +462,6 @@ def _rank_state(state0: dict, plan: list, r: int, world: int, scratch: _Scratch)
     osd["base_optimizer_state"] = base
     out[OSD] = osd
     return out
-
-
-def _verify(tagdir: Path, names: list[str], plan: list, opts: Options, world: int) -> None:
-    """Re-read the written rank files: concatenated in rank order, the new fp32 partitions and
-    optimizer moments must equal the old ones concatenated; paddings hold zeros; every rank's
-    partition has the size DeepSpeed gives it. One rank file at a time, its pages dropped after
-    (the memory bound holds for the check too)."""
-
-    from .convert.common import MAPPED, release_tensor
-
-    pos = {g["group"]: 0 for g in plan}
-    for name in names:
-        osd = load_torch(tagdir / name, opts)[OSD]
-        MAPPED.refresh()
-        for g in plan:
-            i = g["group"]
-            piece = osd["single_partition_of_fp32_groups"][i]
-            pad = list(osd["group_paddings"])[i]
-            n = piece.numel()
-            if n + pad != g["size"]:
-                raise _bad(name, f"group {i}: {n} + padding {pad} != {g['size']}")
-            if not _equal_chunked(piece, g["fp32"], pos[i], n):
-                raise _bad(name, f"group {i}: fp32 partition differs from the source")
-            release_tensor(piece, MAPPED.tensor_is_mapped(piece))
-            for key, flat in g["moments"].items():
-                m = osd["base_optimizer_state"]["state"][i][key]
-                if m.numel() != g["size"] or not _equal_chunked(m[:n], flat, pos[i], n) \
-                        or bool(m[n:].any()):
-                    raise _bad(name, f"group {i}: optimizer {key!r} differs from the source")
-                release_tensor(m, MAPPED.tensor_is_mapped(m))
-            pos[i] += n
-        del osd
-    for g in plan:
-        if pos[g["group"]] != g["padded"]:
-            raise _bad(names[0], f"group {g['group']}: {pos[g['group']]} elements written, "
-                                 f"{g['padded']} expected")
-
-
-def _equal_chunked(piece: Any, flat: _Flat, pos: int, n: int) -> bool:
-    """piece == the source's elements [pos, pos+n), compared VERIFY_CHUNK elements at a time
-    (no partition-sized temporary); the compared pages of `piece` are dropped as it goes."""
-    import torch
-
-    from .convert.common import MAPPED, release_tensor
-
-    mapped = MAPPED.tensor_is_mapped(piece)
-    if piece.numel() != n:
-        return False
-    flat_piece = piece.reshape(-1)
-    buf = torch.empty(min(n, VERIFY_CHUNK), dtype=flat.pieces[0].dtype)
-    for a in range(0, n, VERIFY_CHUNK):
-        b = min(n, a + VERIFY_CHUNK)
-        if not torch.equal(flat_piece[a:b], flat.read(pos + a, pos + b, b - a, buf)):
-            return False
-        release_tensor(flat_piece[a:b], mapped)
-    return True
-
-
-def _bad(name: str, message: str) -> ConvertError:
-    return ConvertError(Code.CONVERT_VERIFY.finding(name, "reshard verification failed: "
-                                                          + message))
 
 
 def render(result: ReshardResult) -> str:

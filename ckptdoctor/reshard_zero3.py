@@ -1,19 +1,13 @@
 """`reshard` for DeepSpeed ZeRO-3: N ranks -> M ranks, offline, streamed per partition.
 
-How ZeRO-3 partitions (runtime/zero/partition_parameters.py and stage3.py, checked against
-0.19; the same rule as `zero3_partitioned_param_info` in utils/zero_to_fp32.py): every
-parameter is split on its own. With world size W, a parameter of n elements gets
-pn = ceil(n / W) elements per rank; rank r holds elements [r*pn, (r+1)*pn) of the flattened
-parameter, the last rank(s) padded at the end (the padding is not initialised: its bytes are
-whatever memory held). A rank's flat fp32 group of one sub-group (`fp32_flat_groups[i]` in the
-`*_optim_states.pt` of that rank) is its partitions of the sub-group's parameters, one after
-the other, in `param_shapes[i]` order (the rank's `*_model_states.pt`); the torch optimizer's
-state for sub-group i (`exp_avg`, `exp_avg_sq`, SGD's `momentum_buffer`, ... any tensor of
-the flat group's size) is laid out the same way. Sub-groups cut each param group where the sum
-of the partition sizes reaches `zero_optimization.sub_group_size` (default 1e9) - it depends
-on W, so the sub-groups are recomputed for M (and checked against the saved ones for N).
-Frozen parameters (`frozen_param_fragments`, per rank in the model states) are partitioned the
-same way and are re-split too.
+How ZeRO-3 lays each parameter out over the ranks (ceil(n / W) elements per rank, padded; a
+rank's flat groups and optimizer moments per sub-group) is convert/zero3_state.py, which reads
+the old checkpoint per parameter here and for `ckptdoctor diff`. Sub-groups cut each param
+group where the sum of the partition sizes reaches `zero_optimization.sub_group_size` (default
+1e9; DeepSpeedZeroOptimizer_Stage3._create_fp16_sub_groups) - it depends on W, so the
+sub-groups are recomputed for M (and checked against the saved ones for N). Frozen parameters
+(`frozen_param_fragments`, per rank in the model states) are partitioned the same way and are
+re-split too.
 
 Here every parameter is read back from its N partitions and cut into M, one new partition at
 a time into one reused buffer; the source pages are dropped after they are read."""
@@ -28,6 +22,7 @@ from typing import Any
 from .codes import Code
 from .convert.common import MAPPED, Options, TensorEntry, release_tensor
 from .convert.loading import load_torch
+from .convert.zero3_state import Param, part_numel, read_state
 
 OSD = "optimizer_state_dict"
 INNER = "optimizer_state_dict"  # the torch optimizer's own state_dict inside the ZeRO-3 state
@@ -36,11 +31,6 @@ SPLIT_KEYS = {FLAT, INNER, "partition_count"}
 MODEL_SPLIT_KEYS = {"frozen_param_fragments", "param_shapes", "dp_world_size"}
 DEFAULT_SUB_GROUP_SIZE = 1_000_000_000  # DeepSpeedZeroConfig.sub_group_size's default
 VERIFY_CHUNK = 1 << 20
-
-
-def part_numel(numel: int, world: int) -> int:
-    """Elements of one parameter on each rank (DeepSpeed: ceil(numel / world))."""
-    return -(-numel // world)
 
 
 def sub_groups(numels: list[int], world: int, sub_group_size: int | None) -> list[list[int]]:
@@ -61,29 +51,7 @@ def sub_groups(numels: list[int], world: int, sub_group_size: int | None) -> lis
     return out
 
 
-class _Param:
-    """One parameter's values of one kind (fp32 weights, or one optimizer moment) as the old
-    ranks hold them: rank q's slice is elements [q*pn, (q+1)*pn) of the flat parameter."""
-
-    def __init__(self, pieces: list[Any], numel: int):
-        MAPPED.refresh()
-        self.pieces = pieces  # one 1-D view per old rank, pn elements each
-        self.mapped = [MAPPED.tensor_is_mapped(p) for p in pieces]
-        self.numel = numel
-        self.pn = pieces[0].numel()
-
-    def read(self, a: int, b: int, out: Any) -> None:
-        """Elements [a, b) of the flat parameter into out[:b-a]; zeros past the end."""
-        out[:b - a].zero_()
-        for q, (p, mapped) in enumerate(zip(self.pieces, self.mapped, strict=True)):
-            lo, hi = max(a, q * self.pn), min(b, (q + 1) * self.pn, self.numel)
-            if lo < hi:
-                src = p[lo - q * self.pn:hi - q * self.pn]
-                out[lo - a:hi - a] = src
-                release_tensor(src, mapped)
-
-
-def _read_partition(params: list[_Param], rank: int, world: int, out: Any) -> Any:
+def _read_partition(params: list[Param], rank: int, world: int, out: Any) -> Any:
     """Rank `rank`'s flat partition of these parameters (in order) for `world` ranks."""
     pos = 0
     for p in params:
@@ -130,48 +98,10 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
         else DEFAULT_SUB_GROUP_SIZE
     sgs = int(float(sgs)) if sgs is not None else None
 
-    # --- the old layout, parameter by parameter -------------------------------------------
-    numel: dict[str, int] = {}
-    shape_of: dict[str, Any] = {}
-    sources: dict[str, dict[str, _Param]] = {"fp32": {}}  # kind -> name -> _Param
-    scalars_of: dict[int, dict[str, Any]] = {}  # old sub-group -> non-split optimizer state
-    moments_of: dict[int, set[str]] = {}
-    for s, group_shapes in enumerate(shapes):
-        names = list(group_shapes)
-        for name, shp in group_shapes.items():
-            numel[name] = int(torch.Size(shp).numel())
-            shape_of[name] = shp
-        pns = [part_numel(numel[n], n_old) for n in names]
-        for q in range(n_old):
-            if flats[q][s].numel() != sum(pns):
-                raise _err(optim_files[q], f"sub-group {s}: fp32 partition holds "
-                                           f"{flats[q][s].numel()} elements, the parameters' "
-                                           f"partitions {sum(pns)}")
-        offs = [sum(pns[:k]) for k in range(len(names))]
-        for name, off, pn in zip(names, offs, pns, strict=True):
-            sources["fp32"][name] = _Param([flats[q][s].reshape(-1)[off:off + pn]
-                                            for q in range(n_old)], numel[name])
-        st0 = inners[0]["state"].get(s, {})
-        moments_of[s], scalars_of[s] = set(), {}
-        for key, v in st0.items():
-            if isinstance(v, torch.Tensor) and v.dim() == 1 and all(
-                    isinstance(inners[q]["state"].get(s, {}).get(key), torch.Tensor)
-                    and inners[q]["state"][s][key].numel() == flats[q][s].numel()
-                    for q in range(n_old)):
-                moments_of[s].add(key)
-                for name, off, pn in zip(names, offs, pns, strict=True):
-                    sources.setdefault(key, {})[name] = _Param(
-                        [inners[q]["state"][s][key].reshape(-1)[off:off + pn]
-                         for q in range(n_old)], numel[name])
-            elif isinstance(v, torch.Tensor) and v.numel() > 1:
-                raise _err(optim_files[0], f"sub-group {s} optimizer state {key!r} "
-                                           f"{tuple(v.shape)} is not a flat partition "
-                                           "(factored state?): it cannot be re-split")
-            else:
-                scalars_of[s][key] = v
-    kinds = ["fp32"] + sorted(k for k in sources if k != "fp32")
-    if any(set(moments_of[s]) != set(kinds[1:]) for s in moments_of if moments_of[s]):
-        raise _err(optim_files[0], "sub-groups hold different optimizer moments: not supported")
+    # --- the old layout, parameter by parameter (convert/zero3_state.py) --------------------
+    old = read_state(shapes, flats, inners, optim_files, _err)
+    numel, shape_of, sources = old.numel, old.shape, old.sources
+    scalars_of, moments_of, kinds = old.scalars, old.moments, old.kinds
 
     # --- the new sub-groups, per param group ------------------------------------------------
     groups = inners[0]["param_groups"]
@@ -205,7 +135,7 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
     # --- write ------------------------------------------------------------------------------
     tagdir = staging_dir / ckpt.tag.name
     tagdir.mkdir()
-    def lazy(label: str, params: list[_Param], r: int) -> Any:
+    def lazy(label: str, params: list[Param], r: int) -> Any:
         size = sum(part_numel(p.numel, world) for p in params)
         dtype = params[0].pieces[0].dtype
         return TensorRef(TensorEntry(label, dtype, (size,), lambda: _read_partition(
@@ -239,10 +169,10 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
         opt_names.append(name)
 
     frozen_shapes = models[0].get("frozen_param_shapes") or {}
-    frozen: dict[str, _Param] = {}
+    frozen: dict[str, Param] = {}
     for fname, shp in frozen_shapes.items():
         n = int(torch.Size(shp).numel())
-        frozen[fname] = _Param([m["frozen_param_fragments"][fname].reshape(-1)
+        frozen[fname] = Param([m["frozen_param_fragments"][fname].reshape(-1)
                                 for m in models], n)
     for r in range(world):
         model = dict(models[0])
@@ -265,6 +195,7 @@ def _per_rank_policy3(states: list, models: list, files: list[Path], strict: boo
                       moments_of: dict[int, set[str]]) -> None:
     """Per-rank values that differ between ranks: copied from rank 0, or refused (--strict)."""
     from .reshard import _canon, _err
+    from .reshard_verify import account_per_rank
 
     differing = []
     for key in states[0]:
@@ -296,6 +227,9 @@ def _per_rank_policy3(states: list, models: list, files: list[Path], strict: boo
     result.findings.append(Code.RESHARD_PER_RANK.finding(
         str(files[0].parent), msg + "; copied from rank 0 to every new rank",
         hint="re-seed per-rank RNG / data order if your job relies on it", keys=differing))
+    owner = {sg: g for g, pg in enumerate(states[0][OSD][INNER]["param_groups"])
+             for sg in pg.get("params", [])}
+    account_per_rank(result, differing, len(states), owner)
 
 
 def _verify3(tagdir: Path, opt_names: list[str], model_names: list[str], new_sgs: list,
@@ -304,11 +238,11 @@ def _verify3(tagdir: Path, opt_names: list[str], model_names: list[str], new_sgs
     rank must equal the source's elements there, and the padding must hold zeros."""
     import torch
 
-    from .reshard import _bad
+    from .reshard_verify import bad as _bad
 
     bufs: dict[Any, Any] = {}
 
-    def same(piece: Any, p: _Param, r: int) -> bool:
+    def same(piece: Any, p: Param, r: int) -> bool:
         pn = part_numel(p.numel, world)
         if piece.numel() != pn:
             return False

@@ -295,6 +295,9 @@ class TensorEntry:
     # (file, offset, nbytes) holding exactly this tensor's C-contiguous bytes, when the source
     # stores them that way (safetensors, DCP items): read with pread, nothing is allocated
     raw: Callable[[], tuple[Path, int, int] | None] | None = None
+    # read(a, b): the flattened tensor's elements [a, b), when the source can assemble a range
+    # without the whole tensor (ZeRO partitions): the diff then streams the pair in pieces
+    read: Callable[[int, int], Any] | None = None
 
     @property
     def numel(self) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,12 +182,16 @@ class ZeroCheckpoint:
                                  f"{n_groups}: files from different runs?")
         out = []
         for gi, shapes in enumerate(groups):
-            ranks = [_Flat([self.flat[r][gi]], [self.mapped[r][gi]]) for r in range(self.world)]
-            starts, total = _rank_starts(ranks)
-            for name, shape, offset, numel in _group_slices(shapes):
+            ranks, starts, total = _joined([self.flat[r][gi] for r in range(self.world)],
+                                           [self.mapped[r][gi] for r in range(self.world)])
+            offset = 0
+            for name, shape in shapes:
+                numel = math.prod(shape)
                 load = functools.partial(_gather12, ranks, starts, offset, numel, shape)
-                out.append((name, TensorEntry(name, torch.float32, shape, load, str(self.tag))))
-            offset = sum(math.prod(shape) for _, shape in shapes)  # the elements they need
+                out.append((name, TensorEntry(
+                    name, torch.float32, shape, load, str(self.tag),
+                    read=functools.partial(_range12, torch.float32, ranks, starts, offset))))
+                offset += numel
             # zero_to_fp32's check (both rounded up to 2*world), or the exact group_paddings
             pad = sum(p[gi] for p in self.paddings if gi < len(p))
             align = 2 * self.world
@@ -211,7 +215,7 @@ class ZeroCheckpoint:
             out.append((name, TensorEntry(
                 name, torch.float32, shape,
                 functools.partial(_gather3, ranks, offset, numel, piece, shape),
-                str(self.tag))))
+                str(self.tag), read=functools.partial(_range3, ranks, offset, numel, piece))))
             offset += piece
         avail = ranks[0].numel
         if offset != avail or any(r.numel != avail for r in ranks):
@@ -237,49 +241,57 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _rank_starts(ranks: list[_Flat]) -> tuple[list[int], int]:
-    """ZeRO-1/2 flatten a parameter group and split it across the ranks in order: where each
-    rank's partition starts in the group's flat buffer, and the buffer's length."""
+def _joined(tensors: list[Any], mapped: list[bool]) -> tuple[list[_Flat], list[int], int]:
+    """The ranks' flat partitions of one group as one virtual array: (per-rank readers, each
+    rank's start in it, total elements)."""
+    ranks = [_Flat([t], [m]) for t, m in zip(tensors, mapped, strict=True)]
     starts, total = [], 0
     for rk in ranks:
         starts.append(total)
         total += rk.numel
-    return starts, total
-
-
-def _group_slices(shapes: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, tuple, int, int]]:
-    """(name, shape, offset, numel) of each parameter of a group, in the flat buffer's order."""
-    offset = 0
-    for name, shape in shapes:
-        numel = math.prod(shape)
-        yield name, shape, offset, numel
-        offset += numel
+    return ranks, starts, total
 
 
 def _gather12_as(dtype: Any, ranks: list[_Flat], starts: list[int], offset: int, numel: int,
                  shape: tuple) -> Any:
     """_gather12 in the moment's own dtype."""
-    return _gather12(ranks, starts, offset, numel, shape).to(dtype)
+    return _range12(dtype, ranks, starts, offset, 0, numel).view(shape)
 
 
 def _gather12(ranks: list[_Flat], starts: list[int], offset: int, numel: int, shape: tuple):
     import torch
 
-    out = torch.empty(numel, dtype=torch.float32)
+    return _range12(torch.float32, ranks, starts, offset, 0, numel).view(shape)
+
+
+def _range12(dtype: Any, ranks: list[_Flat], starts: list[int], offset: int, a: int,
+             b: int) -> Any:
+    """ZeRO-1/2: elements [a, b) of the parameter at `offset` in the ranks' joined partitions."""
+    import torch
+
+    out = torch.empty(b - a, dtype=dtype)
     for rk, base in zip(ranks, starts, strict=True):
-        lo, hi = max(offset, base), min(offset + numel, base + rk.numel)
+        lo, hi = max(offset + a, base), min(offset + b, base + rk.numel)
         if lo < hi:
-            rk.copy_range(lo - base, hi - lo, out, lo - offset)
-    return out.view(shape)
+            rk.copy_range(lo - base, hi - lo, out, lo - offset - a)
+    return out
 
 
 def _gather3(ranks: list[_Flat], offset: int, numel: int, piece: int, shape: tuple):
+    return _range3(ranks, offset, numel, piece, 0, numel).view(shape)
+
+
+def _range3(ranks: list[_Flat], offset: int, numel: int, piece: int, a: int, b: int) -> Any:
+    """ZeRO-3: elements [a, b) of the parameter whose `piece` elements per rank start at
+    `offset` in each rank's joined flat groups (rank r holds [r*piece, (r+1)*piece))."""
     import torch
 
-    out = torch.empty(piece * len(ranks), dtype=torch.float32)
+    out = torch.empty(b - a, dtype=torch.float32)
     for r, rk in enumerate(ranks):
-        rk.copy_range(offset, piece, out, r * piece)
-    return out[:numel].view(shape)
+        lo, hi = max(a, r * piece), min(b, (r + 1) * piece, numel)
+        if lo < hi:
+            rk.copy_range(offset + lo - r * piece, hi - lo, out, lo - a)
+    return out
 
 
 def leaves(src: Path, opts: Options):
@@ -300,11 +312,20 @@ def unsharded_optimizer(ckpt: ZeroCheckpoint, base_states: list[Any]
     partitions concatenated and cut per parameter exactly like the fp32 weights
     (`state.<param>.<moment>`), the per-group scalars (`step`) from rank 0 as
     `group_state.<i>.step` when every rank agrees (else per rank), and rank 0's param_groups.
-    Returns (lazy tensor entries, plain values)."""
+    Returns (lazy tensor entries, plain values). ZeRO-3 (`base_states` each rank's torch
+    optimizer state_dict): per parameter as well, by convert/zero3_state.py.
+    """
     import torch
 
-    if ckpt.stage > 2 or len(base_states) != ckpt.world:
-        raise ValueError("unsharded_optimizer: ZeRO-1/2 with one state per rank only")
+    if len(base_states) != ckpt.world:
+        raise ValueError("unsharded_optimizer: one optimizer state per rank")
+    if ckpt.stage == 3:
+        from .zero3_state import read_state, unsharded
+
+        shapes3 = [dict(g) for g in ckpt._shapes()]
+        state = read_state(shapes3, ckpt.flat, base_states,
+                           [Path(str(ckpt.tag))] * ckpt.world, fail)
+        return unsharded(state, shapes3, base_states, str(ckpt.tag), _same_value)
     groups = ckpt._shapes()
     entries: list[tuple[str, TensorEntry]] = []
     values: dict[str, Any] = {}
@@ -315,9 +336,10 @@ def unsharded_optimizer(ckpt: ZeroCheckpoint, base_states: list[Any]
         for moment in names:
             parts = [st.get(moment) for st in per_rank]
             if all(isinstance(p, torch.Tensor) and p.dim() == 1 and p.numel() > 1 for p in parts):
-                ranks = [_Flat([p], [MAPPED.tensor_is_mapped(p)]) for p in parts]
-                starts, total = _rank_starts(ranks)
-                for name, shape, offset, numel in _group_slices(shapes):
+                ranks, starts, total = _joined(parts, [MAPPED.tensor_is_mapped(p) for p in parts])
+                offset = 0
+                for name, shape in shapes:
+                    numel = math.prod(shape)
                     if offset + numel > total:
                         raise fail(ckpt.tag, f"group {gi}: {moment} partitions hold {total} "
                                              f"elements, the parameters need more")
@@ -325,7 +347,10 @@ def unsharded_optimizer(ckpt: ZeroCheckpoint, base_states: list[Any]
                     entries.append((key, TensorEntry(
                         key, parts[0].dtype, shape,
                         functools.partial(_gather12_as, parts[0].dtype, ranks, starts, offset,
-                                          numel, shape), str(ckpt.tag))))
+                                          numel, shape), str(ckpt.tag),
+                        read=functools.partial(_range12, parts[0].dtype, ranks, starts,
+                                               offset))))
+                    offset += numel
             elif all(_same_value(p, parts[0]) for p in parts):
                 p0 = parts[0]
                 key = f"group_state.{gi}.{moment}"

@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..atomic import tmp_path_for
 from ..codes import Code
@@ -42,13 +43,18 @@ def hook(src: Path, kind: str, opts: Options, result: ConvertResult):
         with _staged_view(staging) as out:
             eq = check(scope, out, allow=opts.allow, trust=opts.trust, left_out=result.skipped)
         result.equivalence = eq
-        if not eq.ok:
-            raise ConvertError(Code.CONVERT_VERIFY.finding(
-                str(staging.dst), f"verification failed: the output is {eq.summary()}",
-                hint="nothing was written at DST; report this with the diff's output",
-                reasons=eq.reasons))
+        require(eq, staging.dst, "verification failed")
 
     return before_commit
+
+
+def require(eq: Any, dst: Path, what: str) -> None:
+    """A failed resume-equivalence check as CK706 (nothing is committed at DST)."""
+    if not eq.ok:
+        raise ConvertError(Code.CONVERT_VERIFY.finding(
+            str(dst), f"{what}: the output is {eq.summary()}",
+            hint="nothing was written at DST; report this with the diff's output",
+            reasons=eq.reasons))
 
 
 def _scope(src: Path, kind: str) -> Path:
@@ -88,4 +94,4 @@ def _staged_view(staging: Staging):
         shutil.rmtree(view, ignore_errors=True)
 
 
-__all__ = ["applies", "hook"]
+__all__ = ["applies", "hook", "require"]

@@ -225,17 +225,23 @@ def _add_deepspeed(side: Side, path: Path, opts: Any) -> None:
         if isinstance(osd, Mapping):  # ZeRO-1/2: base_optimizer_state; ZeRO-3: optimizer_state_dict
             base = osd.get("base_optimizer_state", osd.get("optimizer_state_dict"))
         bases.append((rank, f, base))
-    if ckpt.stage <= 2 and len(bases) == ckpt.world and all(b is not None for _, _, b in bases):
-        # ZeRO-1/2: per parameter, as for the whole model: the same for any world size, so a
-        # checkpoint and its reshard line up
+    if len(bases) == ckpt.world and all(isinstance(b, Mapping) and "state" in b
+                                        for _, _, b in bases):
+        # per parameter, as for the whole model (ZeRO-3: convert/zero3_state.py): the same for
+        # any world size, so a checkpoint and its reshard line up
+        from ..convert.common import ConvertError
         from ..convert.deepspeed_read import unsharded_optimizer
 
-        tensors, values = unsharded_optimizer(ckpt, [b for _, _, b in bases])
-        for key, entry in tensors:
-            side.add(Section.OPTIMIZER, key, entry)
-        for key, value in values.items():
-            _add_value(side, Section.OPTIMIZER, key, value)
-        return
+        try:
+            tensors, values = unsharded_optimizer(ckpt, [b for _, _, b in bases])
+        except ConvertError:  # not flat per partition (a factored moment): per rank below
+            tensors, values = [], {}
+        else:
+            for key, entry in tensors:
+                side.add(Section.OPTIMIZER, key, entry)
+            for key, value in values.items():
+                _add_value(side, Section.OPTIMIZER, key, value)
+            return
     for rank, f, base in bases:
         if base is not None:
             _add_object(side, base, str(f), Section.OPTIMIZER, f"rank{rank}.")

@@ -21,6 +21,14 @@ def compare_pair(section: Section, key: str, key_b: str, ea: Any, eb: Any, side_
 
     d = TensorDiff(section, key, key_b, dtype_name(ea.dtype), dtype_name(eb.dtype),
                    tuple(ea.shape), tuple(eb.shape))
+    if ea.read is not None and eb.read is not None and ea.numel == eb.numel:
+        # both assemble ranges (ZeRO partitions): a piece of each at a time, never the whole
+        n = ea.numel
+        pieces = ((_ranged(ea, side_a, i, min(n, i + CHUNK_ELEMENTS)),
+                   _ranged(eb, side_b, i, min(n, i + CHUNK_ELEMENTS)))
+                  for i in range(0, n, CHUNK_ELEMENTS))
+        _pair_stats(d, pieces, n, rtol, atol, torch)
+        return d
     with side_a.lock:
         ta = ea.load()
     with side_b.lock:
@@ -35,6 +43,21 @@ def compare_pair(section: Section, key: str, key_b: str, ea: Any, eb: Any, side_
 
 def _stats_dtype(t: Any, torch: Any) -> Any:
     return torch.complex128 if t.is_complex() else torch.float64
+
+
+def _ranged(e: Any, side: Side, a: int, b: int) -> Any:
+    assert e.read is not None
+    with side.lock:
+        return e.read(a, b)
+
+
+def _count(c: Any, torch: Any) -> tuple[int, int, int]:
+    """(NaN, Inf, non-zero) in one chunk."""
+    if c.dtype == torch.bool:
+        c = c.to(torch.uint8)
+    if c.is_floating_point() or c.is_complex():
+        return int(torch.isnan(c).sum()), int(torch.isinf(c).sum()), int(torch.count_nonzero(c))
+    return 0, 0, int(torch.count_nonzero(c))
 
 
 def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, torch: Any,
@@ -52,42 +75,52 @@ def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, tor
     def done(c: Any, drop: bool) -> None:
         if drop:
             MAPPED.release(c.data_ptr(), c.numel() * c.element_size())
-    same_layout = d.shape_a == d.shape_b
-    d.equal = same_layout and ta.dtype == tb.dtype
-    d.close = same_layout
-    sums = {"dot": 0.0, "aa": 0.0, "bb": 0.0, "max_abs": 0.0, "max_rel": 0.0}
+
+    if fa.numel() == fb.numel():
+        n = fa.numel()
+
+        def pieces() -> Any:
+            for i in range(0, n, CHUNK_ELEMENTS):
+                ca, cb = fa[i:i + CHUNK_ELEMENTS], fb[i:i + CHUNK_ELEMENTS]
+                yield ca, cb  # compared before the generator resumes: then dropped
+                done(ca, drop_a)
+                done(cb, drop_b)
+
+        _pair_stats(d, pieces(), n, rtol, atol, torch)
+        return
+    d.equal = d.close = False
     nz_a = nz_b = 0
-    for side, flat in (("a", fa), ("b", fb)):
-        for i in range(0, flat.numel(), CHUNK_ELEMENTS):
-            c = flat[i:i + CHUNK_ELEMENTS]
-            if c.dtype == torch.bool:
-                c = c.to(torch.uint8)
-            if c.is_floating_point() or c.is_complex():
-                nan = int(torch.isnan(c).sum())
-                inf = int(torch.isinf(c).sum())
-            else:
-                nan = inf = 0
-            nz = int(torch.count_nonzero(c))
-            done(flat[i:i + CHUNK_ELEMENTS], drop_a if side == "a" else drop_b)
-            if side == "a":
-                d.nan_a += nan
-                d.inf_a += inf
-                nz_a += nz
-            else:
-                d.nan_b += nan
-                d.inf_b += inf
-                nz_b += nz
+    for i in range(0, fa.numel(), CHUNK_ELEMENTS):
+        nan, inf, nz = _count(fa[i:i + CHUNK_ELEMENTS], torch)
+        done(fa[i:i + CHUNK_ELEMENTS], drop_a)
+        d.nan_a, d.inf_a, nz_a = d.nan_a + nan, d.inf_a + inf, nz_a + nz
+    for i in range(0, fb.numel(), CHUNK_ELEMENTS):
+        nan, inf, nz = _count(fb[i:i + CHUNK_ELEMENTS], torch)
+        done(fb[i:i + CHUNK_ELEMENTS], drop_b)
+        d.nan_b, d.inf_b, nz_b = d.nan_b + nan, d.inf_b + inf, nz_b + nz
     d.zero_a, d.zero_b = fa.numel() > 0 and nz_a == 0, fb.numel() > 0 and nz_b == 0
     if fa.numel() == 1:
         d.scalar_a = _scalar(fa)
     if fb.numel() == 1:
         d.scalar_b = _scalar(fb)
-    if fa.numel() != fb.numel():
-        d.equal = d.close = False
-        d.norm_a, d.norm_b = _norm(fa, torch), _norm(fb, torch)
-        return
-    for i in range(0, fa.numel(), CHUNK_ELEMENTS):
-        ca, cb = fa[i:i + CHUNK_ELEMENTS], fb[i:i + CHUNK_ELEMENTS]
+    d.norm_a, d.norm_b = _norm(fa, torch), _norm(fb, torch)
+
+
+def _pair_stats(d: TensorDiff, pieces: Any, n: int, rtol: float, atol: float,
+                torch: Any) -> None:
+    """Statistics of a pair of equal size, from its (A chunk, B chunk) pieces in order."""
+    same_layout = d.shape_a == d.shape_b
+    d.equal = same_layout and d.dtype_a == d.dtype_b
+    d.close = same_layout
+    sums = {"dot": 0.0, "aa": 0.0, "bb": 0.0, "max_abs": 0.0, "max_rel": 0.0}
+    nz_a = nz_b = 0
+    for ca, cb in pieces:
+        nan, inf, nz = _count(ca, torch)
+        d.nan_a, d.inf_a, nz_a = d.nan_a + nan, d.inf_a + inf, nz_a + nz
+        nan, inf, nz = _count(cb, torch)
+        d.nan_b, d.inf_b, nz_b = d.nan_b + nan, d.inf_b + inf, nz_b + nz
+        if n == 1:
+            d.scalar_a, d.scalar_b = _scalar(ca), _scalar(cb)
         if d.equal and not torch.equal(_bits(ca, torch), _bits(cb, torch)):
             d.equal = False
         a = ca.to(_stats_dtype(ca, torch)) if ca.dtype != torch.bool else ca.double()
@@ -112,8 +145,7 @@ def _stream_stats(d: TensorDiff, ta: Any, tb: Any, rtol: float, atol: float, tor
         sums["dot"] += float((af * bf).sum())
         sums["aa"] += float((af * af).sum())
         sums["bb"] += float((bf * bf).sum())
-        done(ca, drop_a)
-        done(cb, drop_b)
+    d.zero_a, d.zero_b = n > 0 and nz_a == 0, n > 0 and nz_b == 0
     d.max_abs, d.max_rel = sums["max_abs"], sums["max_rel"]
     d.norm_a, d.norm_b = math.sqrt(sums["aa"]), math.sqrt(sums["bb"])
     if d.norm_a > 0 and d.norm_b > 0:
