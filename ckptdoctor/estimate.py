@@ -10,7 +10,9 @@ ZeRO stage / FSDP sharding and world size; and the CPU RAM of the framework's ow
                placeholders, so its peak is the optim file; the consolidation (zero_to_fp32)
                loads every optim file and builds the full fp32 model
   lightning    torch.load of the whole .ckpt on every rank
-  dcp / fsdp   each rank reads its share of the shards
+  dcp          dcp.load reads into the job's own (pre-allocated, sharded) state dict, one
+               saved chunk at a time: the two largest chunks (.metadata's chunk sizes)
+  fsdp         (sharded files without DCP metadata) each rank reads its share of the shards
   anything else  the whole file(s)
 
 Numbers come from inspect's per-tensor metadata (safetensors headers, pickle rebuild calls),
@@ -200,8 +202,21 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
     elif layout in ("lightning",) or (report.layout.name == "file" and len(files_by_role) == 1):
         total = sum(files_by_role.values())
         est.cpu_ram_steps = [("the whole checkpoint file, loaded by torch.load", total)]
+    elif (chunks := _dcp_largest_chunks(report)) and (
+            est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan")):
+        # torch.distributed.checkpoint (torch 2.13 filesystem.py FileSystemReader.read_data):
+        # dcp.load fills the state dict the job already holds (the sharded model's parameters
+        # and the optimizer state get_state_dict created), so the share is not allocated again.
+        # For every read item it torch.load()s the whole saved chunk (one torch.save'd tensor)
+        # into a new CPU tensor, narrows it to the part this rank needs (default_planner:
+        # narrow_tensor_by_index), copy_()s it into the target and drops it; the name `tensor`
+        # still holds the previous chunk while the next one loads, so two chunks coexist: the
+        # peak is the two largest (Adam's exp_avg and exp_avg_sq of the largest parameter are
+        # consecutive). Under resharding a rank still loads whole saved chunks, one at a time.
+        est.cpu_ram_steps = [("the two largest saved DCP chunks (dcp.load reads one at a time "
+                              "into the job's own sharded state)", sum(chunks))]
     elif est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan"):
-        est.cpu_ram_steps = [("this rank's share of the DCP shards (weights + optimizer)",
+        est.cpu_ram_steps = [("this rank's share of the shards (weights + optimizer)",
                               (w + est.optimizer_bytes) // ws)]
     else:
         optim = sum(optim_files.values())
@@ -210,6 +225,13 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
             est.cpu_ram_steps.append(("optimizer state loaded whole by torch.load on every rank",
                                       optim))
     est.cpu_ram_per_rank = sum(n for _, n in est.cpu_ram_steps)
+
+
+def _dcp_largest_chunks(report: Report) -> list[int]:
+    """The two largest tensor chunks any DCP .metadata of the checkpoint records, in bytes."""
+    sizes = [n for f in report.files for n in f.meta.get("largest_chunks") or ()
+             if isinstance(n, int)]
+    return sorted(sizes, reverse=True)[:2]
 
 
 def local_available_ram() -> int | None:
