@@ -142,13 +142,14 @@ def estimate(report: Report, ram: int | None = None, gpu_mem: int | None = None,
             files_by_role[f.path] = files_by_role.get(f.path, 0) + t.nbytes
     # the bytes the weights' own files hold (DeepSpeed's *_model_states.pt `module`)
     loaded_weights = est.weights_bytes
-    if details.get("zero_stage") == 3 and est.params == 0 and fp32_partitions:
+    if details.get("zero_stage") == 3 and fp32_partitions:
         # ZeRO-3 saves the module's parameters as empty placeholders (numel 0, the model's
-        # dtype): the weights are the fp32 partitions in the optim files, one per rank, each
+        # dtype; frozen parameters as per-rank frozen_param_fragments, counted above): the
+        # trainable weights are the fp32 partitions in the optim files, one per rank, each
         # parameter padded to a multiple of the world size (a few elements at most)
-        est.params = fp32_partitions
+        est.params += fp32_partitions
         size = max((DTYPE_SIZES.get(d, 4) for d in weight_dtypes), default=4)
-        est.weights_bytes = est.params * size
+        est.weights_bytes += fp32_partitions * size
     # DeepSpeed: `module` in *_model_states.pt holds the (bf16/fp16) weights; the fp32 master
     # copy and the moments live in the *_optim_states.pt files (counted as optimizer)
     est.grads_bytes = est.weights_bytes

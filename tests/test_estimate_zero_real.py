@@ -75,3 +75,29 @@ def test_zero_estimate_matches_the_measured_resume_peak(tmp_path, stage):
     for rank, peak in enumerate(peaks):
         assert abs(est.cpu_ram_per_rank - peak) <= FACTOR * peak, (rank, est.cpu_ram_per_rank,
                                                                    peaks, est.cpu_ram_steps)
+
+
+def test_zero3_frozen_parameters_are_counted(tmp_path):
+    """ZeRO-3 saves frozen parameters per rank in the model states (frozen_param_fragments),
+    trainable ones as fp32 partitions in the optim files: both are the model's weights.
+    tests/realds/reshard_job.py with RESHARD_FROZEN=1: Linear(5, 7) frozen, Linear(7, 3)."""
+    job = Path(__file__).parent / "realds" / "reshard_job.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ckpt = tmp_path / "z3frozen"
+    procs = [subprocess.Popen([sys.executable, str(job), "save", "3", str(ckpt)],
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port), "RANK": str(r),
+                                   "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(r),
+                                   "RESHARD_FROZEN": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(WORLD)]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+    est = estimate(inspect_path(ckpt))
+    frozen, trainable = 5 * 7 + 7, 7 * 3 + 3
+    # each parameter is padded to a multiple of the world size: at most WORLD - 1 per parameter
+    assert frozen + trainable <= est.params <= frozen + trainable + 4 * (WORLD - 1)
+    assert est.weights_bytes == 4 * est.params
