@@ -6,10 +6,13 @@ ZeRO stage / FSDP sharding and world size; and the CPU RAM of the framework's ow
 
   hf-trainer   the model's weights, and `optimizer.pt` loaded whole by torch.load on every rank
   deepspeed    each rank loads its *_model_states.pt, releases it, then loads its own
-               *_optim_states.pt (peak: the larger); the consolidation (zero_to_fp32) loads
-               every optim file and builds the full fp32 model
+               *_optim_states.pt (peak: the larger); ZeRO-3's model states hold only empty
+               placeholders, so its peak is the optim file; the consolidation (zero_to_fp32)
+               loads every optim file and builds the full fp32 model
   lightning    torch.load of the whole .ckpt on every rank
-  dcp / fsdp   each rank reads its share of the shards
+  dcp          dcp.load reads into the job's own (pre-allocated, sharded) state dict, one
+               saved chunk at a time: the two largest chunks (.metadata's chunk sizes)
+  fsdp         (sharded files without DCP metadata) each rank reads its share of the shards
   anything else  the whole file(s)
 
 Numbers come from inspect's per-tensor metadata (safetensors headers, pickle rebuild calls),
@@ -23,6 +26,7 @@ from typing import Any
 
 from .codes import Code
 from .model import Finding, Report, TensorInfo
+from .pickles.tables import DTYPE_SIZES
 
 _OPTIM_FILE = re.compile(r"(^|/)(optimizer[^/]*\.(pt|bin)|[^/]*_optim_states\.pt)$")
 _OPTIM_DIR = re.compile(r"(^|/)optimizer(_\d+)?/")
@@ -122,6 +126,7 @@ def estimate(report: Report, ram: int | None = None, gpu_mem: int | None = None,
     files_by_role: dict[str, int] = {}
     optim_files: dict[str, int] = {}
     weight_dtypes: set[str] = set()
+    fp32_partitions = 0  # ZeRO-3: elements of every rank's fp32_flat_groups
     for f in report.files:
         for t in f.tensors:
             role = _role(f.path, t)
@@ -132,7 +137,19 @@ def estimate(report: Report, ram: int | None = None, gpu_mem: int | None = None,
             elif role == "optimizer":
                 est.optimizer_bytes += t.nbytes
                 optim_files[f.path] = optim_files.get(f.path, 0) + t.nbytes
+                if ".fp32_flat_groups." in f".{t.name}.":
+                    fp32_partitions += t.numel
             files_by_role[f.path] = files_by_role.get(f.path, 0) + t.nbytes
+    # the bytes the weights' own files hold (DeepSpeed's *_model_states.pt `module`)
+    loaded_weights = est.weights_bytes
+    if details.get("zero_stage") == 3 and fp32_partitions:
+        # ZeRO-3 saves the module's parameters as empty placeholders (numel 0, the model's
+        # dtype; frozen parameters as per-rank frozen_param_fragments, counted above): the
+        # trainable weights are the fp32 partitions in the optim files, one per rank, each
+        # parameter padded to a multiple of the world size (a few elements at most)
+        est.params += fp32_partitions
+        size = max((DTYPE_SIZES.get(d, 4) for d in weight_dtypes), default=4)
+        est.weights_bytes += fp32_partitions * size
     # DeepSpeed: `module` in *_model_states.pt holds the (bf16/fp16) weights; the fp32 master
     # copy and the moments live in the *_optim_states.pt files (counted as optimizer)
     est.grads_bytes = est.weights_bytes
@@ -157,30 +174,50 @@ def estimate(report: Report, ram: int | None = None, gpu_mem: int | None = None,
         est.gpu_per_rank = (w + g + o) // ws
     else:
         est.gpu_per_rank = w + g + o
-    _cpu_path(est, report, layout, optim_files, files_by_role, ws)
+    _cpu_path(est, report, layout, optim_files, files_by_role, ws, loaded_weights)
     _limits(est, ram, gpu_mem, local_ram)
     return est
 
 
 def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dict[str, int],
-              files_by_role: dict[str, int], ws: int) -> None:
+              files_by_role: dict[str, int], ws: int, loaded_weights: int) -> None:
     w = est.weights_bytes
     if est.sharding.startswith("zero"):
         per_rank_optim = max(optim_files.values(), default=0)
-        est.cpu_ram_steps = [("model weights (*_model_states.pt), then released", w),
+        est.cpu_ram_steps = [("model weights (*_model_states.pt), then released", loaded_weights),
                              ("this rank's *_optim_states.pt, loaded whole", per_rank_optim)]
         est.consolidation_ram = sum(optim_files.values()) + est.params * 4
         # DeepSpeed's load_checkpoint reads the model states, copies them into the module and
         # drops them (engine._load_checkpoint returns) before it reads this rank's optim states
         # (_load_zero_checkpoint; other ranks' files only with elastic_checkpoint): the peak is
-        # the larger of the two, not their sum (measured: tests/test_estimate_zero_real.py)
-        est.cpu_ram_per_rank = max(w, per_rank_optim)
+        # the larger of the two, not their sum (measured: tests/test_estimate_zero_real.py).
+        # ZeRO-3 (deepspeed 0.19 runtime/zero/stage3.py): the model states' `module` holds
+        # empty placeholders (loaded_weights is ~0, not the model's weights), and
+        # _rigid_load_state_dict takes this rank's optim file only (elastic checkpoints are
+        # refused), copy_()s its fp32_flat_groups into the existing fp32 partitions, hands
+        # the Adam moments to torch's optimizer.load_state_dict (same dtype and device: kept,
+        # not copied), then copies fp32 -> the module's partitions and re-views them
+        # (unflatten): no allocation beyond the file, so the peak is the optim file too
+        est.cpu_ram_per_rank = max(loaded_weights, per_rank_optim)
         return
     elif layout in ("lightning",) or (report.layout.name == "file" and len(files_by_role) == 1):
         total = sum(files_by_role.values())
         est.cpu_ram_steps = [("the whole checkpoint file, loaded by torch.load", total)]
+    elif (chunks := _dcp_largest_chunks(report)) and (
+            est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan")):
+        # torch.distributed.checkpoint (torch 2.13 filesystem.py FileSystemReader.read_data):
+        # dcp.load fills the state dict the job already holds (the sharded model's parameters
+        # and the optimizer state get_state_dict created), so the share is not allocated again.
+        # For every read item it torch.load()s the whole saved chunk (one torch.save'd tensor)
+        # into a new CPU tensor, narrows it to the part this rank needs (default_planner:
+        # narrow_tensor_by_index), copy_()s it into the target and drops it; the name `tensor`
+        # still holds the previous chunk while the next one loads, so two chunks coexist: the
+        # peak is the two largest (Adam's exp_avg and exp_avg_sq of the largest parameter are
+        # consecutive). Under resharding a rank still loads whole saved chunks, one at a time.
+        est.cpu_ram_steps = [("the two largest saved DCP chunks (dcp.load reads one at a time "
+                              "into the job's own sharded state)", sum(chunks))]
     elif est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan"):
-        est.cpu_ram_steps = [("this rank's share of the DCP shards (weights + optimizer)",
+        est.cpu_ram_steps = [("this rank's share of the shards (weights + optimizer)",
                               (w + est.optimizer_bytes) // ws)]
     else:
         optim = sum(optim_files.values())
@@ -189,6 +226,13 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
             est.cpu_ram_steps.append(("optimizer state loaded whole by torch.load on every rank",
                                       optim))
     est.cpu_ram_per_rank = sum(n for _, n in est.cpu_ram_steps)
+
+
+def _dcp_largest_chunks(report: Report) -> list[int]:
+    """The two largest tensor chunks any DCP .metadata of the checkpoint records, in bytes."""
+    sizes = [n for f in report.files for n in f.meta.get("largest_chunks") or ()
+             if isinstance(n, int)]
+    return sorted(sizes, reverse=True)[:2]
 
 
 def local_available_ram() -> int | None:

@@ -48,6 +48,7 @@ class DcpMetadata:
     storage: list[StorageEntry] = field(default_factory=list)  # relative_path normalised
     version: str | None = None
     bad_paths: list[str] = field(default_factory=list)  # absolute or escaping relative_paths
+    chunk_bytes: list[int] = field(default_factory=list)  # each saved tensor chunk's bytes
 
 
 def normalise_relative(relative_path: str) -> str | None:
@@ -74,6 +75,13 @@ def _size(v: Any) -> tuple[int, ...]:
     return ()
 
 
+def _pairs(obj: Any) -> dict[str, Any]:
+    """A dataclass's pickled state: a dict, or (as DCP's slotted ones are) a list of pairs."""
+    st = obj.state if isinstance(obj, Obj) else None
+    items = list(st) if isinstance(st, (SymDict, list, tuple)) else []
+    return dict(p for p in items if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str))
+
+
 def metadata_from_root(root: Any) -> DcpMetadata:
     """Read DCP's Metadata off the symbolic tree (no unpickling)."""
     md = DcpMetadata()
@@ -98,6 +106,10 @@ def metadata_from_root(root: Any) -> DcpMetadata:
         shape = _size(st.get("size"))
         n = math.prod(shape)
         md.tensors[fqn] = TensorInfo(fqn, dtype, shape, n * DTYPE_SIZES.get(dtype, 1))
+        chunks = st.get("chunks")
+        for c in chunks if isinstance(chunks, (list, tuple)) else []:
+            md.chunk_bytes.append(math.prod(_size(_pairs(c).get("sizes")))
+                                  * DTYPE_SIZES.get(dtype, 1))
     sd = top.get("storage_data")
     for index, sinfo in (sd if isinstance(sd, SymDict) else []):
         fqn = _state(index).get("fqn")
@@ -135,7 +147,8 @@ def read_metadata(path: AnyPath, rel: str) -> tuple[FileInfo, DcpMetadata | None
     _check_storage_paths(path.parent, md, info, rel)
     info.tensors = list(md.tensors.values())
     info.meta.update(version=md.version, tensors=len(md.tensors), bytes_items=len(md.bytes_items),
-                     storage_entries=len(md.storage))
+                     storage_entries=len(md.storage),
+                     largest_chunks=sorted(md.chunk_bytes, reverse=True)[:2])
     return info, md
 
 

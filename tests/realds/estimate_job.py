@@ -1,4 +1,4 @@
-"""A real DeepSpeed ZeRO-1/2 job on CPU (gloo), one process per rank, run by
+"""A real DeepSpeed ZeRO-1/2/3 job on CPU (gloo), one process per rank, run by
 tests/test_estimate_zero_real.py (RANK / WORLD_SIZE / MASTER_* in the environment).
 
     python estimate_job.py save   STAGE DIR   one step (fp32, AdamW), save_checkpoint(DIR)
