@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ckptdoctor.formats.downgraded import open_downgraded
 from ckptdoctor.pickles.downgrade import TORCH_OPCODES, DowngradeError, downgrade, rewrite
 from ckptdoctor.repair import plan_repair, render_result, repair
-from ckptdoctor.repair.engine import convert_file
+from ckptdoctor.repair.plan import convert_file
 from ckptdoctor.repair.transcode import TranscodeRefused
 from ckptdoctor.repair.verify import numpy_draws
 

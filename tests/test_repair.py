@@ -31,7 +31,8 @@ from ckptdoctor.atomic import TMP_MARKER
 from ckptdoctor.codes import Code
 from ckptdoctor.repair import RULES, plan_repair, render_plan, render_result, repair, undo
 from ckptdoctor.repair.allowlist import ALLOWLIST_FILE, SNIPPET_FILE
-from ckptdoctor.repair.engine import CRASH_ENV, CRASH_POINTS, convert_file, safetensors_name
+from ckptdoctor.repair.engine import CRASH_ENV, CRASH_POINTS
+from ckptdoctor.repair.plan import convert_file, safetensors_name
 from ckptdoctor.repair.rulebase import Kept
 from ckptdoctor.repair.transcode import TranscodeRefused
 from ckptdoctor.repair.verify import VerifyError, numpy_draws

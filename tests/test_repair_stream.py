@@ -16,7 +16,7 @@ import torch
 
 from ckptdoctor.formats.zip_view import torch_records
 from ckptdoctor.repair import repair
-from ckptdoctor.repair.engine import convert_file
+from ckptdoctor.repair.plan import convert_file
 from ckptdoctor.repair.stream_save import SourceChanged, mappings_of, save_repaired
 
 

@@ -15,8 +15,9 @@ allow-list file and safe_globals snippet), engine (plan and apply), render (text
 from __future__ import annotations
 
 from .backup import undo
-from .engine import CRASH_ENV, PreparedRepair, apply_repair, plan_repair, prepare_repair, repair
+from .engine import CRASH_ENV, apply_repair, repair
 from .model import Change, FileOutcome, FilePlan, RepairPlan, RepairResult
+from .plan import PreparedRepair, plan_repair, prepare_repair
 from .render import render_plan, render_result
 from .rulebase import Rule
 from .rules import RULES
