@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from .codes import Code
-from .convert.common import ConvertError, ConvertTarget, Options, TensorEntry
+from .convert.common import ConvertTarget, Options, TensorEntry
 from .convert.deepspeed_read import ZeroCheckpoint
 from .convert.loading import load_torch
 from .convert.staging import BEFORE_COMMIT, Staging
 from .model import Finding, Severity
+from .reshard_base import OSD, canon, err, rank_of
 from .reshard_verify import account_per_rank, resume_hook, verify_split
 
 ALIGN = 2  # DeepSpeed's nccl_start_alignment_factor
-OSD = "optimizer_state_dict"
 SPLIT_KEYS = {"single_partition_of_fp32_groups", "base_optimizer_state", "group_paddings",
               "partition_count", "param_slice_mappings"}
 
@@ -73,10 +73,6 @@ class ReshardResult:
                 "files": self.files, "verified": self.verified,
                 "resume_equivalent": None if self.equivalence is None else self.equivalence.ok,
                 "findings": [f.to_json() for f in self.findings]}
-
-
-def _err(path: Any, message: str, hint: str = "") -> ConvertError:
-    return ConvertError(Code.RESHARD_FAILED.finding(str(path), message, hint))
 
 
 def partition_layout(padded_numel: int, world: int) -> tuple[int, list[int]]:
@@ -162,26 +158,6 @@ def _lazy(name: str, flat: _Flat, start: int, end: int, size: int, scratch: _Scr
                                  "reshard"))
 
 
-def _canon(v: Any, depth: int = 0) -> Any:
-    """A comparable form of a value (stand-ins by name, args and state; tensors by bytes)."""
-    import torch
-
-    from .standins import StandIn
-
-    if depth > 50:
-        return repr(v)
-    if isinstance(v, torch.Tensor):
-        return ("tensor", str(v.dtype), tuple(v.shape), v.detach().cpu().contiguous()
-                .view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    if isinstance(v, StandIn):
-        return (v.standin_name, _canon(v.args, depth + 1), _canon(v.state, depth + 1))
-    if isinstance(v, Mapping):
-        return tuple((repr(k), _canon(x, depth + 1)) for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return tuple(_canon(x, depth + 1) for x in v)
-    return repr(v)
-
-
 def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool = False,
             verify: bool = True, overwrite: bool = False, allow: tuple[str, ...] = (),
             trust: bool = False) -> ReshardResult:
@@ -189,9 +165,9 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     src, dst = Path(src), Path(dst)
     result = ReshardResult(str(src), str(dst), new_world=world_size)
     if world_size < 1:
-        raise _err(dst, f"--world-size {world_size}: must be at least 1")
+        raise err(dst, f"--world-size {world_size}: must be at least 1")
     if dst.resolve() == src.resolve():
-        raise _err(dst, "DST is SRC: reshard never writes over its source")
+        raise err(dst, "DST is SRC: reshard never writes over its source")
     opts = Options(ConvertTarget.TORCH, allow=tuple(allow), trust=trust, verify=verify,
                    overwrite=overwrite)
     if (src / ".metadata").is_file():
@@ -200,15 +176,15 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     result.stage, result.old_world, result.tag = ckpt.stage, ckpt.world, ckpt.tag.name
     if ckpt.stage == 3:
         return _reshard3(ckpt, src, dst, world_size, opts, strict, result)
-    optim_files = sorted(ckpt.tag.glob("*_optim_states.pt"), key=lambda p: _rank_of(p))
-    if [_rank_of(p) for p in optim_files] != list(range(ckpt.world)):
-        raise _err(ckpt.tag, "optimizer files are not zero_pp_rank_0..N-1: "
+    optim_files = sorted(ckpt.tag.glob("*_optim_states.pt"), key=lambda p: rank_of(p))
+    if [rank_of(p) for p in optim_files] != list(range(ckpt.world)):
+        raise err(ckpt.tag, "optimizer files are not zero_pp_rank_0..N-1: "
                              + ", ".join(p.name for p in optim_files[:4]))
     states = [load_torch(f, opts) for f in optim_files]
     osds = [s[OSD] for s in states]
     model = ckpt.models[0]
     if len(ckpt.models) != 1:
-        raise _err(ckpt.tag, f"{len(ckpt.models)} model state files: ZeRO-1/2 writes one")
+        raise err(ckpt.tag, f"{len(ckpt.models)} model state files: ZeRO-1/2 writes one")
     shapes = model["param_shapes"]
     plan = _plan(osds, shapes, ckpt, world_size, optim_files)
     _per_rank_policy(states, optim_files, strict, result,
@@ -253,12 +229,12 @@ def _dcp(src: Path, result: ReshardResult) -> ReshardResult:
     info, md = read_metadata(src / ".metadata", ".metadata")
     if md is None:
         bad = next((f for f in info.findings if f.severity is Severity.ERROR), None)
-        raise _err(src, "DCP .metadata cannot be read safely"
+        raise err(src, "DCP .metadata cannot be read safely"
                    + (f": {bad.code} {bad.message}" if bad else ""))
     files = sorted({e.relative_path for e in md.storage})
     missing = [f for f in files if not (src / f).is_file()]
     if missing or md.bad_paths:
-        raise _err(src, "DCP checkpoint is incomplete: " + ", ".join((missing + md.bad_paths)[:4]),
+        raise err(src, "DCP checkpoint is incomplete: " + ", ".join((missing + md.bad_paths)[:4]),
                    hint="`ckptdoctor validate` names what is missing")
     result.kind = "dcp"
     result.findings.append(Code.RESHARD_DCP_ON_LOAD.finding(
@@ -315,13 +291,6 @@ def _staged(ckpt: ZeroCheckpoint, src: Path, dst: Path, opts: Options, result: R
         BEFORE_COMMIT.reset(token)
 
 
-def _rank_of(p: Path) -> int:
-    try:
-        return int(p.name.split("_pp_rank_")[1].split("_")[0])
-    except (IndexError, ValueError):
-        return -1
-
-
 def _plan(osds: list, shapes: list, ckpt: ZeroCheckpoint, world: int, files: list[Path]) -> list:
     """Per group: the old data as flat arrays and the new layout."""
     import torch
@@ -333,17 +302,17 @@ def _plan(osds: list, shapes: list, ckpt: ZeroCheckpoint, world: int, files: lis
         pads = osds[0].get("param_alignment_paddings")
         ppad = list(pads[i]) if pads else [0] * len(numels)
         if len(ppad) != len(numels):
-            raise _err(files[0], f"group {i}: {len(ppad)} alignment paddings for "
+            raise err(files[0], f"group {i}: {len(ppad)} alignment paddings for "
                                  f"{len(numels)} parameters")
         padded = sum(numels) + sum(ppad)
         fp32 = [osd["single_partition_of_fp32_groups"][i] for osd in osds]
         flat = _Flat(fp32)
         if flat.numel != padded:
-            raise _err(files[0], f"group {i}: the ranks' fp32 partitions hold {flat.numel} "
+            raise err(files[0], f"group {i}: the ranks' fp32 partitions hold {flat.numel} "
                                  f"elements, the parameters {padded}")
         base = [osd["base_optimizer_state"] for osd in osds]
         if not all(isinstance(b, Mapping) and "state" in b for b in base):
-            raise _err(files[0], "base_optimizer_state is not a torch optimizer state_dict "
+            raise err(files[0], "base_optimizer_state is not a torch optimizer state_dict "
                                  "(elastic checkpoint): not supported")
         old_pads = [list(osd["group_paddings"])[i] for osd in osds]
         moments: dict[str, _Flat] = {}
@@ -356,7 +325,7 @@ def _plan(osds: list, shapes: list, ckpt: ZeroCheckpoint, world: int, files: lis
                 moments[key] = _Flat([base[r]["state"][i][key][:fp32[r].numel()]
                                       for r in range(len(osds))])
             elif isinstance(v, torch.Tensor) and v.numel() > 1:
-                raise _err(files[0], f"group {i} optimizer state {key!r} {tuple(v.shape)} is not "
+                raise err(files[0], f"group {i} optimizer state {key!r} {tuple(v.shape)} is not "
                                      "a flat partition (factored state?): it cannot be re-split")
             else:
                 scalars[key] = v
@@ -378,12 +347,12 @@ def _per_rank_policy(states: list, files: list[Path], strict: bool, result: Resh
     for key in states[0]:
         if key == OSD:
             continue
-        if any(_canon(s.get(key)) != _canon(states[0][key]) for s in states[1:]):
+        if any(canon(s.get(key)) != canon(states[0][key]) for s in states[1:]):
             differing.append(key)
     for key in states[0][OSD]:
         if key in SPLIT_KEYS:
             continue
-        if any(_canon(s[OSD].get(key)) != _canon(states[0][OSD][key]) for s in states[1:]):
+        if any(canon(s[OSD].get(key)) != canon(states[0][OSD][key]) for s in states[1:]):
             differing.append(f"{OSD}.{key}")
     # inside the base optimizer state: everything but the re-split tensors is per group and
     # must be the same on every rank (step counters, hyper-parameters)
@@ -391,11 +360,11 @@ def _per_rank_policy(states: list, files: list[Path], strict: bool, result: Resh
         for key, v in st0.items():
             if key in moments_of.get(i, ()):
                 continue
-            if any(_canon(s[OSD]["base_optimizer_state"]["state"][i].get(key)) != _canon(v)
+            if any(canon(s[OSD]["base_optimizer_state"]["state"][i].get(key)) != canon(v)
                    for s in states[1:]):
                 differing.append(f"{OSD}.base_optimizer_state.state.{i}.{key}")
-    if any(_canon(s[OSD]["base_optimizer_state"].get("param_groups"))
-           != _canon(states[0][OSD]["base_optimizer_state"].get("param_groups"))
+    if any(canon(s[OSD]["base_optimizer_state"].get("param_groups"))
+           != canon(states[0][OSD]["base_optimizer_state"].get("param_groups"))
            for s in states[1:]):
         differing.append(f"{OSD}.base_optimizer_state.param_groups")
     extra = {k for s in states for k in s} ^ set(states[0])
@@ -404,7 +373,7 @@ def _per_rank_policy(states: list, files: list[Path], strict: bool, result: Resh
         return
     msg = ("per-rank state that cannot be split differs between ranks: " + ", ".join(differing))
     if strict:
-        raise _err(files[0], msg + " (--strict)", hint="drop --strict to copy rank 0's values")
+        raise err(files[0], msg + " (--strict)", hint="drop --strict to copy rank 0's values")
     result.findings.append(Code.RESHARD_PER_RANK.finding(
         str(files[0].parent), msg + "; copied from rank 0 to every new rank",
         hint="re-seed per-rank RNG / data order if your job relies on it", keys=differing))

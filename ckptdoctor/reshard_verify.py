@@ -24,6 +24,7 @@ from typing import Any
 from .codes import Code
 from .convert.common import ConvertError, Options
 from .convert.loading import load_torch
+from .reshard_base import OSD
 
 VERIFY_CHUNK = 1 << 20  # elements compared at a time by the post-write check
 _PER_GROUP = re.compile(r"^optimizer_state_dict\.(?:base_optimizer_state|optimizer_state_dict)"
@@ -69,7 +70,6 @@ def verify_split(tagdir: Path, names: list[str], plan: list, opts: Options, worl
     partition has the size DeepSpeed gives it. One rank file at a time, its pages dropped after
     (the memory bound holds for the check too)."""
     from .convert.common import MAPPED, release_tensor
-    from .reshard import OSD
 
     pos = {g["group"]: 0 for g in plan}
     for name in names:

@@ -23,6 +23,7 @@ from .codes import Code
 from .convert.common import MAPPED, Options, TensorEntry, release_tensor
 from .convert.loading import load_torch
 from .convert.zero3_state import Param, part_numel, read_state
+from .reshard_base import canon, err, rank_of
 
 OSD = "optimizer_state_dict"
 INNER = "optimizer_state_dict"  # the torch optimizer's own state_dict inside the ZeRO-3 state
@@ -68,29 +69,28 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
     import torch
 
     from .convert.torch_writer import TensorRef, refs_for_tensors, write_torch_zip
-    from .reshard import _canon, _err, _rank_of
 
-    optim_files = sorted(ckpt.tag.glob("*_optim_states.pt"), key=_rank_of)
-    model_files = sorted(ckpt.tag.glob("*_model_states.pt"), key=_rank_of)
+    optim_files = sorted(ckpt.tag.glob("*_optim_states.pt"), key=rank_of)
+    model_files = sorted(ckpt.tag.glob("*_model_states.pt"), key=rank_of)
     n_old = ckpt.world
     for kind, files in (("optimizer", optim_files), ("model", model_files)):
-        if [_rank_of(p) for p in files] != list(range(n_old)):
-            raise _err(ckpt.tag, f"ZeRO-3 {kind} files are not zero_pp_rank_0..{n_old - 1}: "
+        if [rank_of(p) for p in files] != list(range(n_old)):
+            raise err(ckpt.tag, f"ZeRO-3 {kind} files are not zero_pp_rank_0..{n_old - 1}: "
                                  + ", ".join(p.name for p in files[:4]))
     states = [load_torch(f, opts) for f in optim_files]
     models = [load_torch(f, opts) for f in model_files]
     osds = [s[OSD] for s in states]
     if any(o.get("ds_zero_partition_groups") is not None for o in osds):
-        raise _err(optim_files[0], "AutoEP ZeRO-3 partition groups: DeepSpeed itself loads "
+        raise err(optim_files[0], "AutoEP ZeRO-3 partition groups: DeepSpeed itself loads "
                                    "them only on the same topology; not resharded")
     inners = [o[INNER] for o in osds]
     if not all(isinstance(i, Mapping) and "state" in i and "param_groups" in i for i in inners):
-        raise _err(optim_files[0], "the ZeRO-3 optimizer state is not a torch optimizer "
+        raise err(optim_files[0], "the ZeRO-3 optimizer state is not a torch optimizer "
                                    "state_dict: not supported")
     shapes = models[0]["param_shapes"]
     flats = [list(o[FLAT]) for o in osds]
     if any(len(f) != len(shapes) for f in flats):
-        raise _err(optim_files[0], f"{len(flats[0])} fp32 flat groups, {len(shapes)} "
+        raise err(optim_files[0], f"{len(flats[0])} fp32 flat groups, {len(shapes)} "
                                    "param_shapes sub-groups")
     cfg = states[0].get("ds_config") or models[0].get("ds_config") or {}
     zcfg = cfg.get("zero_optimization") if isinstance(cfg, Mapping) else None
@@ -99,7 +99,7 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
     sgs = int(float(sgs)) if sgs is not None else None
 
     # --- the old layout, parameter by parameter (convert/zero3_state.py) --------------------
-    old = read_state(shapes, flats, inners, optim_files, _err)
+    old = read_state(shapes, flats, inners, optim_files, err)
     numel, shape_of, sources = old.numel, old.shape, old.sources
     scalars_of, moments_of, kinds = old.scalars, old.moments, old.kinds
 
@@ -113,14 +113,14 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
         names = [n for s in old_ids for n in shapes[s]]
         old_cut = sub_groups([numel[n] for n in names], n_old, sgs)
         if [[names[i] for i in c] for c in old_cut] != [list(shapes[s]) for s in old_ids]:
-            raise _err(model_files[0], f"param group {g}: the saved sub-groups are not what "
+            raise err(model_files[0], f"param group {g}: the saved sub-groups are not what "
                                        f"sub_group_size {sgs} gives for {n_old} ranks",
                        hint="the checkpoint's ds_config does not describe how it was saved")
-        same = len(old_ids) == 1 or all(_canon(scalars_of[s]) == _canon(scalars_of[old_ids[0]])
+        same = len(old_ids) == 1 or all(canon(scalars_of[s]) == canon(scalars_of[old_ids[0]])
                                         for s in old_ids)
         cut = sub_groups([numel[n] for n in names], world, sgs)
         if not same and len(cut) != len(old_ids):
-            raise _err(optim_files[0], f"param group {g}: its sub-groups' step counters differ "
+            raise err(optim_files[0], f"param group {g}: its sub-groups' step counters differ "
                                        "and the sub-groups change with the world size")
         ids = []
         for k, c in enumerate(cut):
@@ -194,28 +194,27 @@ def reshard_zero3(ckpt: Any, world: int, opts: Options, strict: bool, result: An
 def _per_rank_policy3(states: list, models: list, files: list[Path], strict: bool, result: Any,
                       moments_of: dict[int, set[str]]) -> None:
     """Per-rank values that differ between ranks: copied from rank 0, or refused (--strict)."""
-    from .reshard import _canon, _err
     from .reshard_verify import account_per_rank
 
     differing = []
     for key in states[0]:
-        if key != OSD and any(_canon(s.get(key)) != _canon(states[0][key]) for s in states[1:]):
+        if key != OSD and any(canon(s.get(key)) != canon(states[0][key]) for s in states[1:]):
             differing.append(key)
     for key in states[0][OSD]:
-        if key not in SPLIT_KEYS and any(_canon(s[OSD].get(key)) != _canon(states[0][OSD][key])
+        if key not in SPLIT_KEYS and any(canon(s[OSD].get(key)) != canon(states[0][OSD][key])
                                          for s in states[1:]):
             differing.append(f"{OSD}.{key}")
     for s, st0 in states[0][OSD][INNER]["state"].items():
         for key, v in st0.items():
             if key not in moments_of.get(s, ()) and any(
-                    _canon(x[OSD][INNER]["state"].get(s, {}).get(key)) != _canon(v)
+                    canon(x[OSD][INNER]["state"].get(s, {}).get(key)) != canon(v)
                     for x in states[1:]):
                 differing.append(f"{OSD}.{INNER}.state.{s}.{key}")
-    if any(_canon(x[OSD][INNER]["param_groups"]) != _canon(states[0][OSD][INNER]["param_groups"])
+    if any(canon(x[OSD][INNER]["param_groups"]) != canon(states[0][OSD][INNER]["param_groups"])
            for x in states[1:]):
         differing.append(f"{OSD}.{INNER}.param_groups")
     for key in models[0]:
-        if key not in MODEL_SPLIT_KEYS and any(_canon(m.get(key)) != _canon(models[0][key])
+        if key not in MODEL_SPLIT_KEYS and any(canon(m.get(key)) != canon(models[0][key])
                                                for m in models[1:]):
             differing.append(f"model_states.{key}")
     differing += sorted({k for s in states for k in s} ^ set(states[0]))
@@ -223,7 +222,7 @@ def _per_rank_policy3(states: list, models: list, files: list[Path], strict: boo
         return
     msg = "per-rank state that cannot be split differs between ranks: " + ", ".join(differing)
     if strict:
-        raise _err(files[0], msg + " (--strict)", hint="drop --strict to copy rank 0's values")
+        raise err(files[0], msg + " (--strict)", hint="drop --strict to copy rank 0's values")
     result.findings.append(Code.RESHARD_PER_RANK.finding(
         str(files[0].parent), msg + "; copied from rank 0 to every new rank",
         hint="re-seed per-rank RNG / data order if your job relies on it", keys=differing))

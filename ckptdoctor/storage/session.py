@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from ..codes import Code
 from .errors import RemoteReadError
-from .listing import list_tree, norm_info
+from .listing import norm_info
 from .urls import redact
 
 BLOCK = 16 << 10  # cache granularity
@@ -131,8 +132,58 @@ class Session:
         return self.meta[path]
 
     def find(self, root: str) -> list[tuple[str, dict]]:
-        """Every file and directory below `root` (one listing request), relative names."""
-        return list_tree(self, root)
+        """Every file and directory below `root` (ONE `find` request; an HTML page's links only
+        where they point below it), relative names; each entry's metadata is recorded in
+        `self.meta` (later `info` calls need no request). Over HTTP sizes come from concurrent
+        HEADs (an HTML listing has none); directories an object store implies by prefixes are
+        added."""
+        root = root.rstrip("/")
+        self._count()
+        try:
+            found = self._call("find", self._fs_path(root) + ("/" if self.protocol in (
+                "http", "https") else ""), withdirs=True, detail=True)
+        except FileNotFoundError:
+            found = {}
+        out = []
+        http = self.protocol in ("http", "https")
+        for name, info in sorted(found.items()):
+            name = self._native(name).rstrip("/")
+            if http:  # links are percent-encoded; fs.encode_url quotes them again
+                name = unquote(name)
+            if name == root or not name.startswith(root + "/"):
+                continue
+            rel = name[len(root) + 1:]
+            if not rel or rel.startswith("..") or "/../" in f"/{rel}/" or "/./" in f"/{rel}/":
+                continue  # a listing (an HTML page) may link anywhere: only what is below root
+            norm = norm_info(info)
+            self.meta[name] = norm
+            out.append((rel, norm))
+        self.listed.append(root)
+        if http:  # an HTML listing gives no sizes: one HEAD per file, concurrently
+            files = [(rel, m) for rel, m in out if m["type"] == "file"]
+
+            def head(item: tuple[str, dict]) -> None:
+                path = root + "/" + item[0]
+                try:
+                    got = self._call("info", path)
+                except FileNotFoundError:
+                    return
+                except RemoteReadError as exc:  # this file only: its scan becomes the finding
+                    with self._lock:
+                        self.failures.setdefault(path, (exc.code, exc.strerror))
+                    return
+                item[1].update(norm_info(got))
+
+            list(self.pool.map(head, files))
+        # directories S3 implies by prefixes but find() did not return
+        for rel, _ in list(out):
+            parts = rel.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = root + "/" + "/".join(parts[:i])
+                if d not in self.meta:
+                    self.meta[d] = {"size": 0, "type": "directory", "etag": None}
+                    out.append(("/".join(parts[:i]), self.meta[d]))
+        return out
 
     def _fs_path(self, path: str) -> str:
         return path
