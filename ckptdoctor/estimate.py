@@ -9,6 +9,9 @@ ZeRO stage / FSDP sharding and world size; and the CPU RAM of the framework's ow
                *_optim_states.pt (peak: the larger); ZeRO-3's model states hold only empty
                placeholders, so its peak is the optim file; the consolidation (zero_to_fp32)
                loads every optim file and builds the full fp32 model
+  accelerate   load_state: each model file loaded into its model and released, then the
+               optimizer[_i].bin files torch.load'ed and kept as the optimizers' state (peak:
+               the larger)
   lightning    torch.load of the whole .ckpt on every rank
   dcp          dcp.load reads into the job's own (pre-allocated, sharded) state dict, one
                saved chunk at a time: the two largest chunks (.metadata's chunk sizes)
@@ -219,6 +222,28 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
     elif est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan"):
         est.cpu_ram_steps = [("this rank's share of the shards (weights + optimizer)",
                               (w + est.optimizer_bytes) // ws)]
+    elif layout == "accelerate" and not _dcp_largest_chunks(report):
+        # Accelerate's load_state (accelerate 1.15 checkpointing.py load_accelerator_state),
+        # not under DeepSpeed / FSDP: first every model, one at a time: model[_i].safetensors
+        # through safetensors' load_model (load_file of the whole file, model.load_state_dict
+        # copies into the existing parameters, the dict is dropped when load_model returns;
+        # pytorch_model[_i].bin the same with torch.load); then every optimizer[_i].bin, torch.load
+        # whole, handed to optimizer.load_state_dict, which keeps the loaded moments as its
+        # state (same dtype and device: Tensor.to returns them, no copy; only param_groups is
+        # deep-copied), and they stay. So the weights are gone before the optimizer state comes:
+        # the peak is the larger of the largest model file and all optimizer files, not the sum.
+        per_file: dict[str, int] = {}
+        for f in report.files:
+            for t in f.tensors:
+                if _role(f.path, t) == "weights":
+                    per_file[f.path] = per_file.get(f.path, 0) + t.nbytes
+        model_step = max(per_file.values(), default=0)
+        optim = sum(optim_files.values())
+        est.cpu_ram_steps = [("the largest model file (load_model), then released", model_step),
+                             ("optimizer[_i].bin, loaded whole by torch.load, kept as the "
+                              "optimizer's state", optim)]
+        est.cpu_ram_per_rank = max(model_step, optim)
+        return
     else:
         optim = sum(optim_files.values())
         est.cpu_ram_steps = [("model weights", w)]
