@@ -221,6 +221,26 @@ def test_missing_extra_is_one_line(s3):
         "pip install 'ckptdoctor[s3]'"]
 
 
+def test_old_s3fs_is_one_line(tmp_path):
+    """A clean `pip install` once resolved s3fs to 0.4.2 (the synchronous boto3 one, which
+    pip falls back to when botocore pins clash): every S3 read failed with an AttributeError.
+    An s3fs below the floor is one CK010 line naming the fix. The old distribution is stood
+    in by its metadata alone (a hand-made dist-info first on the path: no pip install of a
+    2020 package here); nothing is contacted, so no server is needed."""
+    info = tmp_path / "s3fs-0.4.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: s3fs\nVersion: 0.4.2\n")
+    code = ("import sys, runpy\n"
+            "sys.argv = ['ckptdoctor', 'inspect', 's3://bucket/ck/model.pt']\n"
+            "runpy.run_module('ckptdoctor', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "ckptdoctor: error: CK010 s3://bucket/ck/model.pt: s3:// needs s3fs>=2025.1 "
+        "(installed: 0.4.2): pip install 'ckptdoctor[s3]'"]
+
+
 def test_unknown_scheme_and_bad_option_are_one_line():
     r = cli("inspect", "nope://x/y")
     assert r.returncode == 2 and r.stderr.startswith("ckptdoctor: error: CK011 nope://x/y")

@@ -115,6 +115,33 @@ def _check_extra(proto: str) -> None:
     if missing:
         raise StorageError(Code.REMOTE_EXTRA, f"{proto}:// needs the {extra} extra: "
                            f"pip install 'ckptdoctor[{extra}]'")
+    too_old = _too_old(module)
+    if too_old:
+        raise StorageError(Code.REMOTE_EXTRA, f"{proto}:// needs {module}>={MIN_VERSION[module]} "
+                           f"(installed: {too_old}): pip install 'ckptdoctor[{extra}]'")
+
+
+# The async fsspec filesystems (the calendar versions): s3fs before 2021 is the synchronous
+# boto3 one pip falls back to when botocore pins clash; it has no event loop to count on.
+MIN_VERSION = {"s3fs": "2025.1", "gcsfs": "2025.1"}
+
+
+def _too_old(module: str) -> str | None:
+    """The installed version of `module` when it is below MIN_VERSION (metadata, no import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    floor = MIN_VERSION.get(module)
+    if floor is None:
+        return None
+    try:
+        have = version(module)
+    except PackageNotFoundError:
+        return None
+    nums = []
+    for part in have.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit()) or "0"
+        nums.append(int(digits))
+    return have if tuple(nums) < tuple(int(p) for p in floor.split(".")) else None
 
 
 def as_path(path: str | os.PathLike | RemotePath, options: dict[str, Any] | None = None, *,
