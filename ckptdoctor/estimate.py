@@ -4,7 +4,9 @@ What resuming a checkpoint needs: bytes of weights, gradients (same dtype as the
 unless the checkpoint records otherwise) and optimizer state; per rank under the recorded
 ZeRO stage / FSDP sharding and world size; and the CPU RAM of the framework's own load path:
 
-  hf-trainer   the model's weights, and `optimizer.pt` loaded whole by torch.load on every rank
+  hf-trainer   the model file(s) loaded into the model and released, then `optimizer.pt`
+               torch.load'ed whole on every rank and kept as the optimizer's state (peak:
+               the larger)
   deepspeed    each rank loads its *_model_states.pt, releases it, then loads its own
                *_optim_states.pt (peak: the larger); ZeRO-3's model states hold only empty
                placeholders, so its peak is the optim file; the consolidation (zero_to_fp32)
@@ -222,7 +224,7 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
     elif est.sharding == "fsdp" or layout in ("dcp", "llama-recipes", "torchtitan"):
         est.cpu_ram_steps = [("this rank's share of the shards (weights + optimizer)",
                               (w + est.optimizer_bytes) // ws)]
-    elif layout == "accelerate" and not _dcp_largest_chunks(report):
+    elif layout in ("accelerate", "hf-trainer") and not _dcp_largest_chunks(report):
         # Accelerate's load_state (accelerate 1.15 checkpointing.py load_accelerator_state),
         # not under DeepSpeed / FSDP: first every model, one at a time: model[_i].safetensors
         # through safetensors' load_model (load_file of the whole file, model.load_state_dict
@@ -230,8 +232,15 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
         # pytorch_model[_i].bin the same with torch.load); then every optimizer[_i].bin, torch.load
         # whole, handed to optimizer.load_state_dict, which keeps the loaded moments as its
         # state (same dtype and device: Tensor.to returns them, no copy; only param_groups is
-        # deep-copied), and they stay. So the weights are gone before the optimizer state comes:
-        # the peak is the larger of the largest model file and all optimizer files, not the sum.
+        # deep-copied), and they stay.
+        # The Trainer's resume (transformers 5 trainer.py): _load_from_checkpoint load_file()s
+        # model.safetensors, load_state_dict()s it and `del state_dict` (sharded weights:
+        # load_sharded_checkpoint, one shard at a time, each dropped); only then, in the
+        # training loop, _load_optimizer_and_scheduler torch.loads optimizer.pt whole into
+        # the optimizer, where it stays.
+        # So in both the weights are gone before the optimizer state comes: the peak is the
+        # larger of the largest model file and the optimizer files, not the sum (measured:
+        # tests/test_estimate_accelerate_real.py, tests/test_estimate.py).
         per_file: dict[str, int] = {}
         for f in report.files:
             for t in f.tensors:
@@ -239,8 +248,9 @@ def _cpu_path(est: MemoryEstimate, report: Report, layout: str, optim_files: dic
                     per_file[f.path] = per_file.get(f.path, 0) + t.nbytes
         model_step = max(per_file.values(), default=0)
         optim = sum(optim_files.values())
-        est.cpu_ram_steps = [("the largest model file (load_model), then released", model_step),
-                             ("optimizer[_i].bin, loaded whole by torch.load, kept as the "
+        est.cpu_ram_steps = [("the largest model file, copied into the model, then released",
+                              model_step),
+                             ("the optimizer file(s), loaded whole by torch.load, kept as the "
                               "optimizer's state", optim)]
         est.cpu_ram_per_rank = max(model_step, optim)
         return

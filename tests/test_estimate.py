@@ -1,12 +1,11 @@
 """The resume-memory estimate in `inspect` (metadata only) against measured peak RSS of the
-real load paths (child processes, resource.getrusage ru_maxrss before / after), within 20%.
-The checkpoints are written by a real transformers Trainer and a real Lightning fit on models
-big enough (~50 MB of weights) that allocator noise does not dominate."""
+real load paths (child processes), within 20%. The checkpoints are written by a real
+transformers Trainer and a real Lightning fit on models big enough (~50 MB of weights) that
+allocator noise does not dominate; the Trainer's is resumed by a real
+trainer.train(resume_from_checkpoint=...)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -36,7 +35,6 @@ runner = CliRunner()
 _MEASURE = textwrap.dedent("""
     import resource, sys
     import torch
-    from safetensors.torch import load_file
 
     def status(field):
         with open("/proc/self/status") as fh:
@@ -50,23 +48,13 @@ _MEASURE = textwrap.dedent("""
 
     what, *paths = sys.argv[1:]
     torch.zeros(1)  # warm the allocator
-    model = None
-    if any(p.endswith(".safetensors") for p in paths):  # the model exists before the resume
-        from transformers import AutoConfig, AutoModelForCausalLM
-        d = paths[0].rpartition("/")[0]
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(d))
     inherited = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - status("VmRSS"))
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS
     base = peak()
     held = []
-    for p in paths:
-        if p.endswith(".safetensors"):          # transformers: state dict into the model
-            sd = load_file(p)
-            model.load_state_dict(sd, strict=False)
-            held.append(sd)
-        else:                                   # Trainer / Lightning: torch.load, whole file
-            held.append(torch.load(p, map_location="cpu", weights_only=True))
+    for p in paths:                             # Lightning: torch.load, whole file
+        held.append(torch.load(p, map_location="cpu", weights_only=True))
     print(peak() - base)
 """)
 
@@ -78,36 +66,52 @@ def _measure(*paths: Path) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+TRAINER_JOB = ROOT / "tests" / "realhf" / "estimate_trainer_job.py"
+
+
+def _trainer_job(mode: str, out: Path) -> None:
+    # one plain process (no launcher variables); glibc's mmap threshold fixed so freed
+    # tensors go back to the kernel and the RSS shows what the resume allocates
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    p = subprocess.run([sys.executable, str(TRAINER_JOB), mode, str(out)], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def big_trainer_ckpt(tmp_path_factory) -> Path:
-    """One real Trainer step on a GPT-2 with a 50k vocabulary (~13M params), saved."""
-    from transformers import Trainer, TrainingArguments
-
+    """One real Trainer step on a GPT-2 with a 50k vocabulary (~13M params), saved
+    (tests/realhf/estimate_trainer_job.py)."""
     out = tmp_path_factory.mktemp("big") / "out"
-    model = F.tiny_gpt2(0, vocab_size=50_000, n_embd=256, n_layer=1, n_head=2)
-    args = TrainingArguments(output_dir=str(out), max_steps=1, save_strategy="steps",
-                             save_steps=1, per_device_train_batch_size=2, use_cpu=True,
-                             report_to=[], disable_tqdm=True, logging_strategy="no",
-                             dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args,
-                      train_dataset=F.tiny_dataset(n=4, seq_len=8, vocab_size=50_000))
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer.train()
+    _trainer_job("save", out)
     return out / "checkpoint-1"
 
 
-def test_trainer_estimate_matches_measured_peak(big_trainer_ckpt):
+def test_trainer_estimate_matches_the_measured_resume_peak(big_trainer_ckpt):
+    """A fresh process builds the model and Trainer and resumes with the real
+    trainer.train(resume_from_checkpoint=...), measured up to the first step."""
     ck = big_trainer_ckpt
     est = estimate(inspect_path(ck))
     assert est.optimizer_recorded and est.params > 10_000_000
-    measured = _measure(ck / "model.safetensors", ck / "optimizer.pt")
-    assert abs(est.cpu_ram_per_rank - measured) <= 0.2 * measured, (est.cpu_ram_per_rank, measured)
-    # the optimizer file alone: the Trainer's torch.load of optimizer.pt on every rank
-    opt_only = _measure(ck / "optimizer.pt")
-    step = dict(est.cpu_ram_steps)["optimizer state loaded whole by torch.load on every rank"]
-    assert abs(step - opt_only) <= 0.2 * opt_only, (step, opt_only)
-    # Adam: two fp32 moments per fp32 parameter (independent arithmetic on the param count)
+    # the inputs, by independent arithmetic: Adam's two fp32 moments per fp32 parameter,
+    # and the model file's tensors (the tied lm_head stored once)
     assert abs(est.optimizer_bytes - 2 * 4 * est.params) <= 0.01 * est.optimizer_bytes
+    (_, model_step), (_, optim_step) = est.cpu_ram_steps
+    assert model_step == est.weights_bytes == 4 * est.params
+    assert optim_step == est.optimizer_bytes
+    # the weights are dropped before optimizer.pt is loaded: the larger, not the sum
+    assert est.cpu_ram_per_rank == max(model_step, optim_step)
+    out = ck.parent
+    _trainer_job("resume", out)
+    run = json.loads(Path(f"{out}.peak.json").read_text())
+    # the resume happened and stopped before any step: the checkpoint's moments are loaded
+    assert run["exp_avg_abs"] > 0 and run["global_step"] == 1
+    peak = run["peak"]
+    assert abs(est.cpu_ram_per_rank - peak) <= 0.2 * peak, (est.cpu_ram_per_rank, run)
+    # the sum (what the estimate said before this check) is outside the bound
+    assert model_step + optim_step > 1.2 * peak
 
 
 def test_lightning_estimate_matches_measured_peak(tmp_path):
