@@ -183,6 +183,7 @@ class Region:
     counters: list[NonfiniteCounter] = field(default_factory=list)
     computed: int = 0
     short: bool = False  # the file ended before `end`
+    header_problem: str = ""  # the record's local header disagrees with the central directory
 
     def feed(self, chunk) -> None:
         self.feed_crc(chunk)
@@ -338,14 +339,23 @@ def _zip_regions(path: AnyPath | BinaryIO, info: FileInfo, nonfinite: bool) -> l
             if i.compress_type != zipfile.ZIP_STORED:
                 continue  # reported by the static scan; never inflated here
             # Data starts after the local header: 30 bytes + name + extra (local lengths).
-            head = pread(30, i.header_offset)
+            # The name is read with it: the static scan leaves the storages' local headers to
+            # this pass (formats/zip_view.torch_records), so they are checked here.
+            name = i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437",
+                                          "replace")
+            head = pread(30 + len(name), i.header_offset)
             if len(head) < 30:
                 regions.append(Region(i.header_offset, i.header_offset, i.filename, i.CRC,
                                       short=True))
                 continue
-            start = i.header_offset + 30 + int.from_bytes(head[26:28], "little") \
-                + int.from_bytes(head[28:30], "little")
+            n, m = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+            start = i.header_offset + 30 + n + m
             reg = Region(start, start + i.compress_size, i.filename, i.CRC)
+            if head[:4] != b"PK\x03\x04":
+                reg.header_problem = f"no local header at offset {i.header_offset}"
+            elif head[30:30 + n] != name:
+                local = head[30:30 + n].decode("utf-8", "replace")
+                reg.header_problem = f"the local header names it {local!r}"
             if prefix is not None and i.filename.startswith(f"{prefix}/data/"):
                 key = i.filename[len(prefix) + 6:]
                 for dtype, tensors in by_storage.get(key, {}).items():

@@ -148,6 +148,33 @@ def test_corrupt_central_directory(real, tmp_path):
         assert _codes(info) & {"CK201", "CK208"}, (how, _codes(info))
 
 
+@pytest.mark.parametrize("damage", ["renamed", "no-signature"])
+def test_storage_local_header_is_checked_by_deep_validate(real, tmp_path, wd, damage):
+    """The static scan reads no storage record's local header (a bounded number of reads per
+    file however many tensors: one request each on object storage); --deep reads each with
+    its bytes and reports a header that disagrees with the central directory (CK221), as the
+    static scan does for a pickle record. Hand-edited from a real torch.save file: one byte of
+    the local name (zipfile refuses it), or the local signature (torch's reader refuses it)."""
+    raw = bytearray(real["torch-zip"].read_bytes())
+    zf = zipfile.ZipFile(io.BytesIO(bytes(raw)))
+    zi = next(z for z in zf.infolist() if "/data/" in z.filename)
+    at = zi.header_offset + (30 + len(zi.filename) - 1 if damage == "renamed" else 0)
+    raw[at] ^= 0x01
+    f = tmp_path / "ckpt" / "model.pt"
+    f.parent.mkdir()
+    f.write_bytes(bytes(raw))
+    r = cli("validate", str(f), "--deep", "--format", "json", cwd=wd)
+    assert r.returncode == 1, r.stderr
+    found = [x for x in json.loads(r.stdout)["findings"] if x["code"] == "CK221"]
+    assert len(found) == 1 and zi.filename in found[0]["message"], r.stdout
+    # the pickle records' local headers are still read statically (reader differential)
+    pkl = next(z for z in zf.infolist() if z.filename.endswith("/data.pkl"))
+    raw2 = bytearray(real["torch-zip"].read_bytes())
+    raw2[pkl.header_offset + 30 + len(pkl.filename) - 1] ^= 0x01
+    f.write_bytes(bytes(raw2))
+    assert "CK221" in _codes(detect_file(f, f.name))
+
+
 def test_crc_mismatch_is_found_by_deep_validate(real, tmp_path, wd):
     from ckptdoctor.formats.torch_zip import check_crc
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from ckptdoctor.cli import app
+from tests.ranks import launch
 
 warnings.filterwarnings("ignore")
 runner = CliRunner()
@@ -34,14 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(mode: str, out: Path) -> Path:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(JOB), mode, str(out)], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(JOB, mode, out, world=1, env={"PYTHONPATH": str(ROOT)})
     return out / "checkpoint-2"
 
 

@@ -7,11 +7,7 @@ allow-list file repair wrote. Skipped where deepspeed does not import."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,7 @@ from typer.testing import CliRunner
 
 from ckptdoctor.cli import app
 from ckptdoctor.loaders import safe_load
+from tests.ranks import launch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed")
 
@@ -28,16 +25,9 @@ JOB = Path(__file__).parent / "realds" / "ds_job.py"
 runner = CliRunner()
 
 
-def _job(mode: str, ckpt: Path, **env) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    full = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
-            "WORLD_SIZE": "1", "LOCAL_RANK": "0", **env}
-    proc = subprocess.run([sys.executable, str(JOB), mode, "2", str(ckpt)], env=full,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def _job(mode: str, ckpt: Path, **env) -> str:
+    """`mode` on one real rank; its stdout."""
+    return launch(JOB, mode, 2, ckpt, world=1, env=env, timeout=600)[0]
 
 
 @pytest.fixture(scope="module")
@@ -80,29 +70,18 @@ def test_deepspeed_still_loads_after_repair(ds_ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     snippet = ckpt / "ckptdoctor_safe_globals.py"
     assert snippet.is_file() and (ckpt / "ckptdoctor-allowlist.json").is_file()
-    assert "LOADED step 3" in _job("load", ckpt).stdout  # DeepSpeed's own loader
+    assert "LOADED step 3" in _job("load", ckpt)  # DeepSpeed's own loader
     # as an engine that loads with weights_only=True would: only the written allow-list helps
     forced = {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}
     assert "LOADED step 3" in _job("load", ckpt, CKPTDOCTOR_SAFE_GLOBALS=str(snippet),
-                                   **forced).stdout
+                                   **forced)
     with pytest.raises(AssertionError):
         _job("load", ds_ckpt, **forced)  # the original fails that way
 
 
 def _job_ranks(mode: str, ckpt: Path, world: int, **env) -> None:
     """`mode` on `world` real ranks: one process per rank, gloo on localhost."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(world):
-        full = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), **env}
-        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, "2", str(ckpt)], env=full,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    launch(JOB, mode, 2, ckpt, world=world, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from safetensors.torch import save_file
 
 from ckptdoctor.dist import assign, writer_rank
 from ckptdoctor.model import FileInfo
+from tests.ranks import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -81,16 +81,10 @@ def test_torchrun_two_ranks_print_the_single_process_report(damaged_dir):
     assert ("CK204", "extra.pt") in found and ("CK501", "model-00002-of-00004.safetensors") in found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_every_rank_exits_with_the_same_code_and_only_rank_0_prints(damaged_dir):
     """The environment torchrun gives each worker, set by hand so each rank's exit code and
     stdout can be read separately."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = dict(ENV, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
@@ -124,7 +118,7 @@ def _dcp_rank(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_rank_dcp_checkpoint_manifest_under_torchrun(tmp_path):
     out = tmp_path / "dcp"
-    torch.multiprocessing.spawn(_dcp_rank, args=(2, _free_port(), str(out)), nprocs=2)
+    torch.multiprocessing.spawn(_dcp_rank, args=(2, free_port(), str(out)), nprocs=2)
     assert sorted(p.name for p in out.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     base = single("validate", "--deep", "--format", "json", out)
     two = torchrun("validate", "--deep", "--write-manifest", "--format", "json", out)

@@ -22,6 +22,7 @@ from ckptdoctor.cli import app
 from ckptdoctor.codes import Code
 from ckptdoctor.estimate import estimate
 from ckptdoctor.inspect import inspect_path
+from tests.ranks import single
 
 try:
     from tests.fixtures import factory as F
@@ -70,14 +71,9 @@ TRAINER_JOB = ROOT / "tests" / "realhf" / "estimate_trainer_job.py"
 
 
 def _trainer_job(mode: str, out: Path) -> None:
-    # one plain process (no launcher variables); glibc's mmap threshold fixed so freed
-    # tensors go back to the kernel and the RSS shows what the resume allocates
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    p = subprocess.run([sys.executable, str(TRAINER_JOB), mode, str(out)], env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
+    # glibc's mmap threshold fixed: freed tensors go back to the kernel, so the RSS shows
+    # what the resume allocates
+    single(TRAINER_JOB, mode, out, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,13 @@ moments: twice the weights). Skipped where accelerate does not import."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ckptdoctor.estimate import estimate
 from ckptdoctor.inspect import inspect_path
+from tests.ranks import single
 
 pytest.importorskip("accelerate", reason="accelerate is not installed")
 
@@ -34,13 +32,7 @@ FACTOR = 0.2
 
 
 def _run(mode: str, ckpt: Path) -> None:
-    # one plain process: no launcher variables, so Accelerate sees no distributed job
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    p = subprocess.run([sys.executable, str(JOB), mode, str(ckpt)], env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
+    single(JOB, mode, ckpt, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
 
 
 def test_accelerate_estimate_matches_the_measured_resume_peak(tmp_path):

@@ -16,16 +16,13 @@ job holds it before the load. Skipped where torch.distributed cannot run gloo.""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ckptdoctor.estimate import estimate
 from ckptdoctor.inspect import inspect_path
+from tests.ranks import launch
 
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
@@ -40,19 +37,7 @@ FACTOR = 0.2
 
 
 def _launch(mode: str, ckpt: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for r in range(WORLD):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "RANK": str(r), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(r),
-               "MALLOC_MMAP_THRESHOLD_": "131072"}
-        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(ckpt)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    launch(JOB, mode, ckpt, world=WORLD, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
 
 
 def test_dcp_estimate_matches_the_measured_resume_peak(tmp_path):

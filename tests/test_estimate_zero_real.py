@@ -15,16 +15,13 @@ this rank's optim file alone. Skipped where deepspeed does not import."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ckptdoctor.estimate import estimate
 from ckptdoctor.inspect import inspect_path
+from tests.ranks import launch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed")
 
@@ -35,20 +32,7 @@ FACTOR = 0.2
 
 
 def _launch(mode: str, stage: int, ckpt: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for r in range(WORLD):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "RANK": str(r), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(r),
-               "MALLOC_MMAP_THRESHOLD_": "131072"}
-        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    launch(JOB, mode, stage, ckpt, world=WORLD, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -82,20 +66,8 @@ def test_zero3_frozen_parameters_are_counted(tmp_path):
     trainable ones as fp32 partitions in the optim files: both are the model's weights.
     tests/realds/reshard_job.py with RESHARD_FROZEN=1: Linear(5, 7) frozen, Linear(7, 3)."""
     job = Path(__file__).parent / "realds" / "reshard_job.py"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ckpt = tmp_path / "z3frozen"
-    procs = [subprocess.Popen([sys.executable, str(job), "save", "3", str(ckpt)],
-                              env={**os.environ, "MASTER_ADDR": "127.0.0.1",
-                                   "MASTER_PORT": str(port), "RANK": str(r),
-                                   "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(r),
-                                   "RESHARD_FROZEN": "1"},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(WORLD)]
-    for p in procs:
-        _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-3000:]
+    launch(job, "save", 3, ckpt, world=WORLD, env={"RESHARD_FROZEN": "1"})
     est = estimate(inspect_path(ckpt))
     frozen, trainable = 5 * 7 + 7, 7 * 3 + 3
     # each parameter is padded to a multiple of the world size: at most WORLD - 1 per parameter

@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -26,6 +25,7 @@ from typer.testing import CliRunner
 from ckptdoctor.cli import app
 from ckptdoctor.codes import Code
 from tests.fixtures import factory as fx
+from tests.ranks import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDS = Path(__file__).parent / "realds"
@@ -72,10 +72,7 @@ def run_copy(hf_run, tmp_path) -> Path:
 
 
 def _ds(*args: str) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
            "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     return subprocess.run([sys.executable, str(REALDS / "ds_tags.py"), *args], env=env,
                           capture_output=True, text=True, timeout=600)

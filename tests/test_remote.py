@@ -377,6 +377,32 @@ def test_large_object_costs_a_bounded_read(tmp_path_factory, web):
     assert report.extra["requests"] <= 8
 
 
+def test_requests_per_torch_file_do_not_grow_with_its_tensors(tmp_path_factory):
+    """The static scan of a torch zip costs a few requests for 4 tensors and for 400: the end
+    records, the central directory and data.pkl, never one request per storage record (their
+    local headers are left to --deep, which reads their bytes anyway)."""
+    import torch
+
+    d = tmp_path_factory.mktemp("many")
+    for n in (4, 400):  # 64 KiB per tensor: the records lie apart, beyond any read-ahead
+        torch.save({f"layer{i}.weight": torch.full((1 << 14,), float(i)) for i in range(n)},
+                   d / f"t{n}.pt")
+    server = RangeHTTP(d)
+    try:
+        got = {}
+        for n in (4, 400):
+            server.traffic.reset()
+            report = inspect_path(f"{server.url}/t{n}.pt")
+            assert len(report.files[0].tensors) == n
+            assert report.extra["requests"] == server.traffic.requests
+            got[n] = server.traffic.requests
+    finally:
+        server.stop()
+    # the tail, the central directory, data.pkl with the small records around it: a few
+    # requests, a larger directory at most one more (before: one more per storage record)
+    assert got[4] <= 4 and got[400] <= got[4] + 2, got
+
+
 def _keys(s3: MotoS3, prefix: str) -> list[str]:
     got = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return sorted(o["Key"] for o in got.get("Contents", []))

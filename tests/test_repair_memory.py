@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.ranks import launch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed")
 
@@ -33,14 +34,7 @@ WIDE = {"RESHARD_IN": "4096", "RESHARD_HIDDEN": "4096"}
 @pytest.fixture(scope="module")
 def wide_z2(tmp_path_factory) -> Path:
     ckpt = tmp_path_factory.mktemp("repmem") / "wide_z2"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, **WIDE, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    proc = subprocess.run([sys.executable, str(REALDS / "reshard_job.py"), "save", "2",
-                           str(ckpt)], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(REALDS / "reshard_job.py", "save", 2, ckpt, world=1, env=WIDE)
     return ckpt
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.ranks import launch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed")
 
@@ -26,20 +27,7 @@ WIDE = {"RESHARD_IN": "4096", "RESHARD_HIDDEN": "4096"}
 
 
 def _save(ckpt: Path, world: int, stage: int) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for r in range(world):
-        env = {**os.environ, **WIDE, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)}
-        procs.append(subprocess.Popen(
-            [sys.executable, str(REALDS / "reshard_job.py"), "save", str(stage), str(ckpt)],
-            env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-3000:]
+    launch(REALDS / "reshard_job.py", "save", stage, ckpt, world=world, env=WIDE)
 
 
 @pytest.fixture(scope="module")

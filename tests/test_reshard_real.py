@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ckptdoctor.cli import app
+from tests.ranks import launch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed")
 
@@ -29,22 +29,10 @@ runner = CliRunner()
 
 def _launch(world: int, mode: str, ckpt: Path, stage: int = 2, bf16: bool = False,
             sub_group: int | None = None, frozen: bool = False) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for r in range(world):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
-               "RESHARD_BF16": "1" if bf16 else "0",
-               "RESHARD_SUB_GROUP": str(sub_group) if sub_group else "",
-               "RESHARD_FROZEN": "1" if frozen else "0"}
-        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(ckpt)],
-                                      env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    launch(JOB, mode, stage, ckpt, world=world,
+           env={"RESHARD_BF16": "1" if bf16 else "0",
+                "RESHARD_SUB_GROUP": str(sub_group) if sub_group else "",
+                "RESHARD_FROZEN": "1" if frozen else "0"})
 
 
 def _resumed(ckpt: Path, world: int, stage: int = 2, bf16: bool = False,

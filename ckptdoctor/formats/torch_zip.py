@@ -19,7 +19,7 @@ from ..model import FileInfo, Finding, FormatName, GlobalClass, GlobalRef, ScanS
 from ..pickles.scan import CVE_WEIGHTS_ONLY, PickleScan, current_budget, scan_bytes
 from ..storage import AnyPath, is_remote, open_binary, prefetch, zip_source
 from .base import MAX_PICKLE_BYTES, Probe, merge_scans, worsen
-from .zip_view import Record, TorchView, torch_records
+from .zip_view import Record, TorchView, is_storage_name, torch_records
 
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_INFLATE = 256 << 20  # a compressed record is inflated at most this far (zip bombs)
@@ -124,10 +124,11 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName,
             worsen(info, ScanState.INCONCLUSIVE,
                    Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
             return info
-        # remote: every record's local header is read next (here and by torch's reader):
-        # fetch them concurrently instead of one request at a time
+        # remote: the local headers of every record but the tensor storages are read next
+        # (here and by torch's reader, reader_differential): fetch them concurrently instead
+        # of one request at a time
         prefetch(source, [(i.header_offset, 30 + len(i.orig_filename.encode()) + 128)
-                          for i in infos])
+                          for i in infos if not is_storage_name(i.filename)])
         _check_records(infos, size, info, rel)
         declared = _declared_entries(zf)
         if declared is not None and declared != len(infos):
@@ -277,7 +278,8 @@ def _storage_numel_mismatch(info: FileInfo, rel: str, key: str, have: int, decla
 def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileInfo, rel: str,
                   nested_only: bool = False, depth: int = 0, budget: _Budget | None = None
                   ) -> None:
-    """Scan members that are pickles or zips themselves (payloads hidden in nested archives).
+    """Scan members that are pickles or zips themselves (payloads hidden in nested archives);
+    with `nested_only` (the records around a torch data.pkl), tensor storages are not opened.
 
     Any member named *.pkl is scanned whatever its first bytes (protocol 0/1 pickles have no
     PROTO header); bytes read are charged to `budget` and nesting stops at MAX_NESTING."""
@@ -285,6 +287,11 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
     scans = []
     for i in infos:
         if i.file_size == 0 or _bad_name(i.filename):
+            continue
+        if nested_only and is_storage_name(i.filename):
+            # a tensor storage (`<archive>/data/<key>`): torch.load only ever maps its bytes
+            # as tensor data, never opens or unpickles them; not opening it here keeps the
+            # static scan at a bounded number of reads per file (one request each remotely)
             continue
         try:
             with zf.open(i) as fh:
@@ -376,7 +383,7 @@ def reader_differential(fh: BinaryIO, info: FileInfo, rel: str, budget: _Budget)
     is inconclusive (CK220 / CK221) and every pickle torch's reader would find is scanned too
     (its globals are reported: a payload only torch sees is still dangerous)."""
     size = _size_of(fh)
-    view: TorchView = torch_records(fh, size)
+    view: TorchView = torch_records(fh, size, storage_headers=False)
     theirs = _zipfile_records(fh)
     structural: list[str] = []
     if view.error:

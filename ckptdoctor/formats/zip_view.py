@@ -49,10 +49,15 @@ class Record:
     local_name: str | None = None  # None: no valid local header there
     local_flags: int = 0
     data_offset: int | None = None  # first data byte (after the LOCAL name and extra)
+    local_read: bool = True  # False: the local header was not read (a storage, statically)
 
     def problems(self, size: int) -> list[str]:
         """Why `zipfile` would refuse this record or read it differently than torch."""
         out = []
+        if not self.local_read:
+            bits = self.flags & FLAG_BITS_REFUSED
+            return [f"record {self.name!r}: flag bits 0x{bits:04x} (encrypted / patch data)"
+                    ] if bits else []
         if self.local_name is None:
             out.append(f"record {self.name!r}: no local header at offset {self.header_offset}")
             return out
@@ -125,8 +130,19 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     return usize, csize, offset
 
 
-def torch_records(fh: BinaryIO, size: int) -> TorchView:
-    """Locate every record the way miniz (torch's reader) does; never raises on bad input."""
+def is_storage_name(name: str) -> bool:
+    """`<archive>/data/<key>`: a tensor storage record as torch.save names it (decimal keys)."""
+    parts = name.split("/")
+    return len(parts) == 3 and parts[1] == "data" and parts[2].isdigit()
+
+
+def torch_records(fh: BinaryIO, size: int, *, storage_headers: bool = True) -> TorchView:
+    """Locate every record the way miniz (torch's reader) does; never raises on bad input.
+
+    storage_headers=False leaves the local headers of tensor storage records unread (their
+    data offsets unknown): torch never unpickles them, so the static scan, which must cost a
+    bounded number of reads per file however many tensors it holds (one ranged request each
+    on object storage), skips them; `--deep` reads every one with its bytes (check_crc)."""
     view = TorchView()
     try:
         tail_len = min(size, 22 + MAX_COMMENT)
@@ -172,6 +188,9 @@ def torch_records(fh: BinaryIO, size: int) -> TorchView:
             view.records.append(Record(name, flags, method, crc, csize, usize, offset))
             pos += 46 + n + m + k
         for rec in view.records:
+            if not storage_headers and is_storage_name(rec.name):
+                rec.local_read = False
+                continue
             local = _read_at(fh, rec.header_offset, 30)
             if len(local) < 30 or local[:4] != LOCAL_SIG:
                 continue
@@ -186,4 +205,4 @@ def torch_records(fh: BinaryIO, size: int) -> TorchView:
     return view
 
 
-__all__ = ["Record", "TorchView", "torch_records", "FLAG_BITS_REFUSED"]
+__all__ = ["Record", "TorchView", "torch_records", "is_storage_name", "FLAG_BITS_REFUSED"]
