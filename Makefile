@@ -45,8 +45,11 @@ mutate: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) demo-out bench-out mutate-report.json
 
-# The full differential oracle (tests/oracle/): every framework x damage, real resume vs validate.
+# The longer matrices, beyond the default suite (tests marked `oracle`, see tests/conftest.py):
+# the full differential oracle (tests/oracle/: every framework x damage, real resume vs
+# validate), then the extra variants of the real multi-rank proofs elsewhere in tests/.
 # ORACLE_WRITE_DOCS=1 make oracle also regenerates the matrix in docs/validate.md.
 .PHONY: oracle
 oracle: $(VENV)/.dev
 	ORACLE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider tests/oracle
+	$(PY) -m pytest -q -p no:cacheprovider -m oracle --ignore=tests/oracle tests

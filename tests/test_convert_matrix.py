@@ -160,6 +160,7 @@ def test_aliases_survive_safetensors_to_safetensors(tmp_path):
 
 
 # --- 2. config and tokenizer carried -------------------------------------------------------------
+@pytest.mark.oracle  # longer matrix (make oracle): a Trainer + DeepSpeed run, ~1 min
 def test_trainer_deepspeed_checkpoint_loads_with_auto_model(trainer_ds_ckpt, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -206,6 +207,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+@pytest.mark.oracle  # longer matrix (make oracle): shares the Trainer + DeepSpeed run
 def test_weights_only_salvages_a_deepspeed_checkpoint_cut_short(trainer_ds_ckpt, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -121,7 +121,7 @@ _EDIT_MOMENT = (
     "torch.save(sd, p)\n")
 
 
-@pytest.mark.parametrize("sub_group,m", [(None, 3), (20, 1)])
+@pytest.mark.parametrize("sub_group,m", [(None, 3), pytest.param(20, 1, marks=pytest.mark.oracle)])
 def test_zero3_and_its_reshard_are_resume_equivalent(zero3_saves, tmp_path, sub_group, m):
     """With sub_group_size 20 the sub-groups change with the world size (2 ranks: [w0, b0],
     [w2, b2]; 1 rank: [w0], [b0, w2], [b2]): per parameter, nothing of that shows."""

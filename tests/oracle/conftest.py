@@ -1,7 +1,8 @@
 """The differential oracle's session machinery.
 
 Tests marked ``oracle`` are deselected unless ``-m`` mentions ``oracle`` or ``ORACLE_ALL=1``
-(``make oracle`` sets it); the unmarked ones are the CI subset.  One zygote process per
+(``make oracle`` sets it; tests/conftest.py owns the marker); the unmarked ones are the CI
+subset.  One zygote process per
 framework (tests/oracle/jobs.py) serves every save and resume of the session; each
 framework's clean reference (its save and the losses of its clean resume) is made once
 per session and copied by every damage.  With ``ORACLE_WRITE_DOCS=1`` the rows the session
@@ -27,21 +28,6 @@ from tests.oracle import catalogue, matrix
 from tests.oracle.catalogue import Case
 
 MODES = {"static": [], "load": ["--load"], "deep": ["--deep"]}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "oracle: full differential-oracle matrix (make oracle)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("ORACLE_ALL") == "1" or "oracle" in (config.getoption("markexpr") or ""):
-        return
-    keep, drop = [], []
-    for item in items:
-        (drop if item.get_closest_marker("oracle") else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
 
 
 def _env() -> dict[str, str]:
