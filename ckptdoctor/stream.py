@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from .codes import Code
+from .formats.zip_view import LOCAL_SIG
 from .model import FileInfo, Finding, FormatName
 from .storage import AnyPath, is_remote, open_binary, open_stream, stat
 
@@ -351,7 +352,7 @@ def _zip_regions(path: AnyPath | BinaryIO, info: FileInfo, nonfinite: bool) -> l
             n, m = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
             start = i.header_offset + 30 + n + m
             reg = Region(start, start + i.compress_size, i.filename, i.CRC)
-            if head[:4] != b"PK\x03\x04":
+            if head[:4] != LOCAL_SIG:
                 reg.header_problem = f"no local header at offset {i.header_offset}"
             elif head[30:30 + n] != name:
                 local = head[30:30 + n].decode("utf-8", "replace")

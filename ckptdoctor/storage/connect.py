@@ -128,20 +128,12 @@ MIN_VERSION = {"s3fs": "2025.1", "gcsfs": "2025.1"}
 
 def _too_old(module: str) -> str | None:
     """The installed version of `module` when it is below MIN_VERSION (metadata, no import)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from ..layouts.versions import installed_version, parse_version
 
     floor = MIN_VERSION.get(module)
-    if floor is None:
-        return None
-    try:
-        have = version(module)
-    except PackageNotFoundError:
-        return None
-    nums = []
-    for part in have.split(".")[:2]:
-        digits = "".join(c for c in part if c.isdigit()) or "0"
-        nums.append(int(digits))
-    return have if tuple(nums) < tuple(int(p) for p in floor.split(".")) else None
+    have = installed_version(module) if floor else None
+    got, want = parse_version(have), parse_version(floor)
+    return have if got is not None and want is not None and got < want else None
 
 
 def as_path(path: str | os.PathLike | RemotePath, options: dict[str, Any] | None = None, *,
