@@ -388,13 +388,14 @@ def diff(
 def reshard(
     src: Annotated[Path, typer.Argument(
         help="DeepSpeed ZeRO-1/2/3 checkpoint (the directory with `latest`, or the tag "
-             "directory); a DCP directory is reported, not rewritten.")],
+             "directory), or a DCP directory (with `.metadata`).")],
     dst: Annotated[Path, typer.Argument(help="New checkpoint directory.")],
     world_size: Annotated[int, typer.Option(
         "--world-size", min=1, help="Data-parallel ranks to resume on.")],
     strict: Annotated[bool, typer.Option(
         "--strict",
-        help="Refuse when per-rank state that cannot be split differs between ranks.")] = False,
+        help="Refuse when per-rank state cannot be split (values that differ between "
+             "ranks, items or files saved per rank).")] = False,
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="Skip re-reading the output.")] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -403,9 +404,10 @@ def reshard(
     allow: AllowOpt = [],  # typer reads the default
     trust: TrustOpt = False,
 ) -> None:
-    """Rewrite a DeepSpeed ZeRO-1/2/3 checkpoint saved on N ranks for --world-size M ranks,
-    offline on CPU, verified; DeepSpeed's load_checkpoint then resumes it on M ranks. (DCP
-    reshards on load: for a DCP checkpoint this says so, CK737, and writes nothing.)"""
+    """Rewrite a DeepSpeed ZeRO-1/2/3 or DCP checkpoint saved on N ranks for --world-size M
+    ranks, offline on CPU, verified. DeepSpeed's load_checkpoint then resumes it on M ranks;
+    a DCP checkpoint is re-chunked as FSDP2 shards it on M ranks, so each rank's dcp.load
+    reads its own items whole from its own file."""
     require_path(src)
     check_allow(allow)
     from .reshard import render, reshard as run

@@ -378,17 +378,13 @@ class Code(CodeEnum):
     RESHARD_PER_RANK = ("CK735", Severity.WARNING,
                         "per-rank state that cannot be split differs between ranks; copied from "
                         "rank 0",
-        'per-rank state that cannot be split differs between ranks; copied from rank 0 (`reshard`)',
+        'per-rank state that cannot be split (values that differ between ranks, items or files '
+        'saved per rank): copied from rank 0 or kept as saved, and reported (`reshard`)',
         're-seed per-rank RNG / data order, or `--strict` to refuse')
     RESHARD_DONE = ("CK736", Severity.INFO,
                     "checkpoint resharded to a new data-parallel world size",
         '',
         'none')
-    RESHARD_DCP_ON_LOAD = ("CK737", Severity.INFO,
-                           "DCP checkpoint: dcp.load reshards on load; nothing to write",
-        'DCP checkpoint: `dcp.load` reads any saved sharding into the loading ranks\' sharding; '
-        '`reshard` writes nothing',
-        'load it with `dcp.load` on the new number of ranks')
 
     # other formats
     NPY_OBJECT = ("CK801", Severity.WARNING, "numpy object array: loading runs a pickle",

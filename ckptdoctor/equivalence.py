@@ -60,15 +60,16 @@ def _covered(key: str, expected: tuple[str, ...]) -> bool:
 
 
 def _resharded_ranks(rep: object, ranks: tuple[int, int]) -> bool:
-    """The per-rank files of both sides are what a ZeRO reshard N -> M gives: the same files,
-    with the rank index of `zero_pp_rank_<r>` files running over 0..N-1 and 0..M-1."""
+    """The per-rank files of both sides are what a reshard N -> M gives: the same files, with
+    the rank index of ZeRO's `zero_pp_rank_<r>_...` / DCP's `__<r>_<n>.distcp` files running
+    over 0..N-1 and 0..M-1."""
     from .diff.report import rank_files
 
     def split(files: list[str]) -> tuple[dict[str, set[int]], list[str]]:
         by_name: dict[str, set[int]] = {}
         other = []
         for f in files:
-            m = _ZERO_RANK.search(f)
+            m = _RANK_FILE.search(f)
             if m:
                 by_name.setdefault(f[:m.start(1)] + "#" + f[m.end(1):], set()).add(int(m[1]))
             else:
@@ -80,7 +81,7 @@ def _resharded_ranks(rep: object, ranks: tuple[int, int]) -> bool:
             and all(a[k] == set(range(ranks[0])) and b[k] == set(range(ranks[1])) for k in a))
 
 
-_ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_")
+_RANK_FILE = re.compile(r"(?:zero_pp_rank_|^__)(\d+)_")
 
 
 def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
@@ -89,8 +90,8 @@ def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,
           ranks: tuple[int, int] | None = None) -> Equivalence:
     """Diff `original` against `rewritten` in resume-equivalent mode. Never raises for an
     unreadable side: that is a failed check whose reason is the CK901 message. `ranks` (N, M):
-    the rewrite is a ZeRO checkpoint resharded from N to M ranks, so its per-rank files
-    (CK912) are expected to be zero_pp_rank_0..M-1 where the original has 0..N-1; any other
+    the rewrite is a ZeRO or DCP checkpoint resharded from N to M ranks, so its per-rank files
+    (CK912) are expected to run over ranks 0..M-1 where the original has 0..N-1; any other
     per-rank difference still fails."""
     from . import diff as diffmod  # looked up at call time: the one diff, also for tests
 

@@ -40,7 +40,7 @@ from .convert.common import ConvertTarget, Options, TensorEntry
 from .convert.deepspeed_read import ZeroCheckpoint
 from .convert.loading import load_torch
 from .convert.staging import BEFORE_COMMIT, Staging
-from .model import Finding, Severity
+from .model import Finding
 from .reshard_base import OSD, canon, err, rank_of
 from .reshard_verify import account_per_rank, resume_hook, verify_split
 
@@ -60,7 +60,7 @@ class ReshardResult:
     files: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     verified: bool = False
-    kind: str = "deepspeed"  # "dcp": nothing written (DCP reshards on load)
+    kind: str = "deepspeed"  # or "dcp" (reshard_dcp.py)
     # what the resume-equivalence check may find different (reshard_verify.account_per_rank)
     expected: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
@@ -171,7 +171,9 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     opts = Options(ConvertTarget.TORCH, allow=tuple(allow), trust=trust, verify=verify,
                    overwrite=overwrite)
     if (src / ".metadata").is_file():
-        return _dcp(src, result)
+        from .reshard_dcp import reshard_dcp
+
+        return reshard_dcp(src, dst, world_size, opts, strict, result)
     ckpt = ZeroCheckpoint(src, opts)
     result.stage, result.old_world, result.tag = ckpt.stage, ckpt.world, ckpt.tag.name
     if ckpt.stage == 3:
@@ -216,33 +218,6 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
     result.findings.append(Code.RESHARD_DONE.finding(
         str(dst), f"ZeRO-{ckpt.stage} {ckpt.tag.name}: {ckpt.world} -> {world_size} ranks "
                   f"({sum(g['numel'] for g in plan)} parameters in {len(plan)} group(s))"))
-    return result
-
-
-def _dcp(src: Path, result: ReshardResult) -> ReshardResult:
-    """A DCP checkpoint needs no offline reshard: DCP's load plans map every saved chunk onto
-    the loading ranks' shards (tests/test_reshard_real.py loads a 2-rank FSDP2 save in one
-    plain process and gets the same weights, Adam moments and next-step loss). Its .metadata
-    is checked statically (never unpickled); nothing is written."""
-    from .formats.dcp import read_metadata
-
-    info, md = read_metadata(src / ".metadata", ".metadata")
-    if md is None:
-        bad = next((f for f in info.findings if f.severity is Severity.ERROR), None)
-        raise err(src, "DCP .metadata cannot be read safely"
-                   + (f": {bad.code} {bad.message}" if bad else ""))
-    files = sorted({e.relative_path for e in md.storage})
-    missing = [f for f in files if not (src / f).is_file()]
-    if missing or md.bad_paths:
-        raise err(src, "DCP checkpoint is incomplete: " + ", ".join((missing + md.bad_paths)[:4]),
-                   hint="`ckptdoctor validate` names what is missing")
-    result.kind = "dcp"
-    result.findings.append(Code.RESHARD_DCP_ON_LOAD.finding(
-        str(src), f"DCP checkpoint ({len(md.tensors)} tensors in {len(files)} storage file(s)): "
-                  f"dcp.load reshards it on load to {result.new_world} rank(s); "
-                  f"nothing written to {result.dst}",
-        hint="load it with dcp.load on the new number of ranks; per-rank files beside it "
-             "(dataloader or train state per rank) are not DCP's and are not resharded"))
     return result
 
 
@@ -435,7 +410,9 @@ def _rank_state(state0: dict, plan: list, r: int, world: int, scratch: _Scratch)
 
 def render(result: ReshardResult) -> str:
     if result.kind == "dcp":
-        lines = [f"not resharded {result.src}: a DCP checkpoint reshards on load; nothing written"]
+        lines = [f"resharded {result.src} -> {result.dst}: DCP, {result.old_world} -> "
+                 f"{result.new_world} ranks, "
+                 + ("verified" if result.verified else "NOT verified (--no-verify)")]
     else:
         lines = [f"resharded {result.src} -> {result.dst}: ZeRO-{result.stage} {result.tag}, "
                  f"{result.old_world} -> {result.new_world} ranks, "

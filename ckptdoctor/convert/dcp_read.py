@@ -9,6 +9,7 @@ loader chain. A tensor saved in several chunks (FSDP / TP shards) is assembled f
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,39 @@ def _plain(v: Any) -> Any:
     if isinstance(v, tuple):
         return tuple(_plain(x) for x in v)
     raise ValueError(v)
+
+
+@dataclass
+class Segment:
+    """One stored chunk's bytes: `numel` elements of the flattened tensor from `first`, at
+    `offset` in `path`."""
+
+    path: Path
+    offset: int
+    first: int
+    numel: int
+
+
+def dim0_tiling(meta: TensorMeta) -> list[Chunk] | str:
+    """The non-empty chunks in row order when they tile dim 0 exactly, each whole in the other
+    dimensions (FSDP / FSDP2 shard on dim 0; a replicated tensor is one whole chunk); else why
+    not (a tensor-parallel shard on another dimension, a gap, an overlap)."""
+    if not meta.shape:
+        return meta.chunks[:1] if meta.chunks else "no chunk stored"
+    if 0 in meta.shape:
+        return []
+    chunks = sorted((c for c in meta.chunks if all(c.sizes)), key=lambda c: c.offsets[0])
+    row = 0
+    for c in chunks:
+        if any(c.offsets[1:]) or tuple(c.sizes[1:]) != tuple(meta.shape[1:]):
+            return (f"{meta.shape} is sharded on a dimension other than 0 (chunk at "
+                    f"{c.offsets}, sizes {c.sizes})")
+        if c.offsets[0] != row:
+            return f"saved chunks do not tile dim 0 (gap or overlap at row {row})"
+        row += c.sizes[0]
+    if row != meta.shape[0]:
+        return f"saved chunks cover {row} of {meta.shape[0]} rows"
+    return chunks
 
 
 class DcpCheckpoint:
@@ -164,6 +198,7 @@ class DcpCheckpoint:
                 raise fail(p, f"{name} named by .metadata is missing",
                            hint="a rank's shard was not written; use the previous checkpoint")
         self._fh: dict[str, Any] = {}
+        self._segments: dict[str, list[Segment]] = {}
 
     def _file(self, name: str):
         fh = self._fh.get(name)
@@ -175,6 +210,47 @@ class DcpCheckpoint:
         for fh in self._fh.values():
             fh.close()
         self._fh.clear()
+
+    def segments(self, fqn: str) -> list[Segment]:
+        """Where the tensor's flattened elements lie, in order: one Segment per stored chunk.
+        Only for chunks that tile dim 0 (FSDP / FSDP2 / DDP saves; see `dim0_tiling`), whose
+        row-order concatenation is the C-contiguous tensor. Each chunk's item is checked with
+        torch's reader once (`data_range`)."""
+        if fqn not in self._segments:
+            meta = self.tensors[fqn]
+            chunks = dim0_tiling(meta)
+            if isinstance(chunks, str):
+                raise fail(self.root / ".metadata", f"{fqn}: {chunks}")
+            per_row = math.prod(meta.shape[1:]) if meta.shape else 1
+            out = []
+            for c in chunks:
+                path, offset, nbytes = self.data_range(meta, c)
+                first = c.offsets[0] * per_row if meta.shape else 0
+                out.append(Segment(path, offset, first, nbytes // meta.dtype.itemsize))
+            self._segments[fqn] = out
+        return self._segments[fqn]
+
+    def read_range(self, fqn: str, a: int, b: int) -> Any:
+        """The flattened tensor's elements [a, b), read from the stored bytes (`segments`):
+        never the whole tensor, so the diff can stream a chunked tensor in pieces."""
+        import torch
+
+        meta = self.tensors[fqn]
+        size = meta.dtype.itemsize
+        if b <= a:
+            return torch.empty(0, dtype=meta.dtype)
+        buf = bytearray((b - a) * size)
+        view = memoryview(buf)
+        for seg in self.segments(fqn):
+            lo, hi = max(a, seg.first), min(b, seg.first + seg.numel)
+            if lo >= hi:
+                continue
+            fh = self._file(seg.path.name)
+            fh.seek(seg.offset + (lo - seg.first) * size)
+            want = (hi - lo) * size
+            if fh.readinto(view[(lo - a) * size:(hi - a) * size]) != want:
+                raise fail(seg.path, f"{fqn}: stored item cut short")
+        return torch.frombuffer(buf, dtype=meta.dtype)
 
     def load_tensor(self, fqn: str):
         """The whole tensor: its single chunk, or its chunks copied into place."""
@@ -212,21 +288,24 @@ class DcpCheckpoint:
         return t
 
     def raw_range(self, fqn: str) -> tuple[Path, int, int] | None:
-        """(shard, absolute offset, nbytes) of a single-chunk tensor's bytes inside its
-        embedded zip, after checking with torch's own reader (skip_data: metadata only) that
-        the item holds exactly this dtype and shape, C-contiguous, from storage offset 0.
+        """(shard, absolute offset, nbytes) of a single-chunk tensor's bytes (`data_range`);
         None when the tensor is chunked. Lets verification compare bytes without loading."""
+        meta = self.tensors[fqn]
+        whole = [c for c in meta.chunks if c.sizes == meta.shape and not any(c.offsets)]
+        if len(meta.chunks) != 1 or not whole:
+            return None
+        return self.data_range(meta, whole[0])
+
+    def data_range(self, meta: TensorMeta, c: Chunk) -> tuple[Path, int, int]:
+        """(shard, absolute offset, nbytes) of one chunk's bytes inside its embedded zip, after
+        checking with torch's own reader (skip_data: metadata only) that the item holds
+        exactly the chunk's dtype and sizes, C-contiguous, from storage offset 0."""
         import zipfile
 
         import torch
 
         from .loading import _slice_class
 
-        meta = self.tensors[fqn]
-        whole = [c for c in meta.chunks if c.sizes == meta.shape and not any(c.offsets)]
-        if len(meta.chunks) != 1 or not whole:
-            return None
-        c = whole[0]
         rel = f"{c.relative_path}@{c.offset}"
         fh = self._file(c.relative_path)
         Slice = _slice_class()
@@ -238,13 +317,20 @@ class DcpCheckpoint:
                 records = [i for i in zf.infolist() if "/data/" in i.filename
                            and i.filename.rsplit("/", 2)[-2] == "data"]
         except Exception as exc:  # torch / zipfile raise many types
-            raise fail(rel, f"{fqn}: item does not load: {type(exc).__name__}: {exc}") from None
-        nbytes = t.numel() * t.element_size()
+            raise fail(rel, f"{meta.fqn}: item does not load: {type(exc).__name__}: {exc}") \
+                from None
         if not isinstance(t, torch.Tensor) or t.dtype != meta.dtype \
-                or tuple(t.shape) != meta.shape or not t.is_contiguous() \
-                or t.storage_offset() != 0 or len(records) != 1 \
-                or records[0].file_size != nbytes or records[0].compress_type != 0:
-            raise fail(rel, f"{fqn}: item does not hold a plain {meta.dtype} {meta.shape} tensor")
+                or tuple(t.shape) != tuple(c.sizes) or not t.is_contiguous() \
+                or t.storage_offset() != 0 or len(records) > 1 \
+                or (records and (records[0].file_size != t.numel() * t.element_size()
+                                 or records[0].compress_type != 0)):
+            raise fail(rel, f"{meta.fqn}: item does not hold a plain {meta.dtype} {c.sizes} "
+                            "tensor")
+        nbytes = t.numel() * t.element_size()
+        if not records:  # an empty chunk: torch writes no storage record
+            if nbytes:
+                raise fail(rel, f"{meta.fqn}: item has no data record")
+            return self.root / c.relative_path, c.offset, 0
         fh.seek(c.offset + records[0].header_offset + 26)
         n, m = (int.from_bytes(fh.read(2), "little") for _ in range(2))
         return self.root / c.relative_path, c.offset + records[0].header_offset + 30 + n + m, nbytes

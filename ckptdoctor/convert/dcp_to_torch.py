@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 
 from .common import ConvertResult, Options, TensorEntry, target_dtype
-from .dcp_read import DcpCheckpoint
+from .dcp_read import DcpCheckpoint, dim0_tiling
 from .torch_emit import emit
 from .torch_writer import TensorRef, refs_for_tensors
 
@@ -27,8 +27,10 @@ def source(src: Path, opts: Options, tensors_only: bool = False
     ckpt = DcpCheckpoint(root, opts)
     values: dict = {}
     for fqn, meta in ckpt.tensors.items():
+        tiled = not isinstance(dim0_tiling(meta), str)  # else read whole (tensor parallel)
         entry = TensorEntry(fqn, meta.dtype, meta.shape, functools.partial(ckpt.load_tensor, fqn),
-                            str(root), raw=functools.partial(ckpt.raw_range, fqn))
+                            str(root), raw=functools.partial(ckpt.raw_range, fqn),
+                            read=functools.partial(ckpt.read_range, fqn) if tiled else None)
         values[fqn] = entry
     for fqn in ckpt.bytes_items:
         if not tensors_only:

@@ -8,10 +8,18 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .remote_path import RemotePath
+
+class RemoteObject(Protocol):
+    """What the file objects need of a remote path (remote_path.RemotePath, which builds them):
+    its run's session (reads, prefetch, the request pool), its URL and its size. A protocol,
+    so this module does not import the one that imports it."""
+
+    session: Any
+    path: str
+
+    def stat(self) -> Any: ...
 
 
 class SeekableReader(io.RawIOBase):
@@ -40,7 +48,7 @@ class RangedFile(SeekableReader):
     """A seekable, read-only file object over a remote object: reads go through the run's
     block cache as ranged requests. `prefetch` fetches announced ranges concurrently."""
 
-    def __init__(self, path: RemotePath):
+    def __init__(self, path: RemoteObject):
         super().__init__()
         self._path = path
         self._size = path.stat().st_size
@@ -76,7 +84,7 @@ class RemoteStream(SeekableReader):
     STREAM_CHUNK bytes, STREAM_AHEAD of them in flight, bypassing the block cache (a large
     file would only churn it). Seeking forward skips the bytes without fetching them."""
 
-    def __init__(self, path: RemotePath):
+    def __init__(self, path: RemoteObject):
         super().__init__()
         self._path = path
         self._size = path.stat().st_size

@@ -10,6 +10,8 @@ tests/test_reshard_real.py (RANK / WORLD_SIZE / MASTER_* in the environment).
 With RESHARD_SUB_GROUP=K, zero_optimization.sub_group_size = K (ZeRO-3 sub-groups).
 With RESHARD_FROZEN=1 the first Linear is frozen (requires_grad=False).
 With RESHARD_BF16=1, bf16 parameters (fp32 master weights, `bf16_zero_*` files).
+With RESHARD_OPTIM=adafactor, torch.optim.Adafactor as a client optimizer (ZeRO-1/2: it sees
+the flat 1-D partition, so its second moment is one `variance` per element).
 RESHARD_IN / RESHARD_HIDDEN set the model's input and hidden width (default 5 and 7; the
 memory test uses a wide model so that the files are large next to the interpreter).
 Every rank sees the same batch at every step, so the data-parallel mean gradient is the same
@@ -32,6 +34,10 @@ model = torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.Tanh(),
 cfg = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
        "zero_optimization": {"stage": stage},
        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+ADAFACTOR = os.environ.get("RESHARD_OPTIM") == "adafactor"  # torch.optim.Adafactor, given
+if ADAFACTOR:                                                 # to DeepSpeed as a client optimizer
+    del cfg["optimizer"]
+    cfg["zero_allow_untested_optimizer"] = True
 if os.environ.get("RESHARD_SUB_GROUP"):
     cfg["zero_optimization"]["sub_group_size"] = int(os.environ["RESHARD_SUB_GROUP"])
 BF16 = os.environ.get("RESHARD_BF16") == "1"  # bf16 params, fp32 master weights
@@ -40,9 +46,10 @@ if BF16:
 deepspeed.init_distributed(dist_backend="gloo")
 if os.environ.get("RESHARD_FROZEN") == "1":  # the first Linear frozen (ZeRO-3 saves it
     model[0].requires_grad_(False)           # per rank in frozen_param_fragments)
+trained = [p for p in model.parameters() if p.requires_grad]
 engine, _, _, _ = deepspeed.initialize(
-    model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-    config=cfg)
+    model=model, model_parameters=trained, config=cfg,
+    optimizer=torch.optim.Adafactor(trained, lr=1e-2) if ADAFACTOR else None)
 g = torch.Generator().manual_seed(1)
 batches = [torch.randn(4, IN, generator=g) for _ in range(5)]
 if BF16:
@@ -88,10 +95,12 @@ else:
         padding = opt.groups_padding[i]
         n = flat.numel() - padding
         st = opt.optimizer.state[flat]
-        state["groups"].append({
-            "fp32": flat.detach()[:n].tolist(),
-            "exp_avg": st["exp_avg"][:n].tolist(), "exp_avg_sq": st["exp_avg_sq"][:n].tolist(),
-            "adam_step": float(st["step"]) if "step" in st else None})
+        # every per-element moment (Adam: exp_avg, exp_avg_sq; Adafactor on the flat 1-D
+        # partition: variance), by name
+        moments = {k: v[:n].tolist() for k, v in sorted(st.items())
+                   if torch.is_tensor(v) and v.dim() == 1 and v.numel() == flat.numel()}
+        state["groups"].append({"fp32": flat.detach()[:n].tolist(), **moments,
+                                "adam_step": float(st["step"]) if "step" in st else None})
 with torch.no_grad():
     state["loss"] = loss_on(batches[3]).item()
 loss = loss_on(batches[3])
