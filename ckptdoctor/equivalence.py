@@ -69,9 +69,10 @@ def _resharded_ranks(rep: object, ranks: tuple[int, int]) -> bool:
         by_name: dict[str, set[int]] = {}
         other = []
         for f in files:
-            m = _RANK_FILE.search(f)
-            if m:
+            if m := _ZERO_RANK.search(f):
                 by_name.setdefault(f[:m.start(1)] + "#" + f[m.end(1):], set()).add(int(m[1]))
+            elif m := _DCP_RANK.match(f):  # any number of files per rank: one name
+                by_name.setdefault("__#_n.distcp", set()).add(int(m[1]))
             else:
                 other.append(f)
         return by_name, other
@@ -81,7 +82,8 @@ def _resharded_ranks(rep: object, ranks: tuple[int, int]) -> bool:
             and all(a[k] == set(range(ranks[0])) and b[k] == set(range(ranks[1])) for k in a))
 
 
-_RANK_FILE = re.compile(r"(?:zero_pp_rank_|^__)(\d+)_")
+_ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_")
+_DCP_RANK = re.compile(r"__(\d+)_\d+\.distcp$")
 
 
 def check(original: str | os.PathLike, rewritten: str | os.PathLike, *,

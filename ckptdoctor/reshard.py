@@ -168,6 +168,9 @@ def reshard(src: str | Path, dst: str | Path, world_size: int, *, strict: bool =
         raise err(dst, f"--world-size {world_size}: must be at least 1")
     if dst.resolve() == src.resolve():
         raise err(dst, "DST is SRC: reshard never writes over its source")
+    if src.resolve() in dst.resolve().parents or dst.resolve() in src.resolve().parents:
+        raise err(dst, "DST and SRC are inside one another: reshard never writes into or over "
+                       "its source", hint="choose a DST beside SRC")
     opts = Options(ConvertTarget.TORCH, allow=tuple(allow), trust=trust, verify=verify,
                    overwrite=overwrite)
     if (src / ".metadata").is_file():

@@ -6,18 +6,22 @@ resumes on M ranks without this. What it costs there: each rank's load plan read
 other ranks' items (on 2 -> 3 ranks, rank 1 reads part of rank 0's file and part of rank 1's),
 every rank opens every file, and nothing checks the result before the job starts. Resharded
 here, every tensor of one or more dimensions is split on dim 0 into torch.chunk pieces for M
-ranks (FSDP2's Shard(0), DTensor's chunking), piece r stored in `__r_0.distcp`; so rank r's
-load reads exactly its own items, whole, from its own file (tests/test_reshard_dcp_real.py
-asserts this from DCP's own load plans). 0-d tensors (Adam's `step`) and non-tensor items
-are stored once, as DCP's dedup stores replicated values.
+ranks (FSDP2's Shard(0), DTensor's chunking), piece r stored in `__r_0.distcp`; so rank r
+reads its shard of each sharded tensor as one whole item from its own file
+(tests/test_reshard_dcp_real.py asserts this from DCP's own load plans). 0-d tensors (Adam's
+`step`) and non-tensor items are stored once, in `__0_0.distcp`, as DCP's dedup stores
+replicated values; a tensor the loading job does not shard is read from all M pieces.
 
 Written with DCP's own writer: FileSystemWriter and DCP's global-plan function, driven for
 M ranks from one process (a SavePlan per new rank, each written to its own file, one
-`.metadata`), so the files are what `dcp.save` writes. The source is never unpickled: tensor
-bytes are copied from where they lie in the source items (each item checked with torch's
-reader first, skip_data), one new chunk in memory at a time; non-tensor items are copied as
-bytes. The source must be chunked on dim 0 only (FSDP / FSDP2 / DDP saves); a tensor sharded
-on another dimension (tensor parallel) is refused with CK734: dcp.load reshards it on load.
+`.metadata`), so the files are what `dcp.save` writes. Nothing is unpickled outside the
+loader chain: `.metadata` is walked statically; every stored range is checked against its
+file and every tensor item with torch's reader (skip_data) before anything is sized from the
+metadata; tensor bytes are copied from where they lie in the source items, one new chunk in
+memory at a time; non-tensor items (small: param groups, counters) go through the loader
+chain once, which refuses a code-executing pickle, and are copied as bytes. The source must
+be chunked on dim 0 only (FSDP / FSDP2 / DDP saves); a tensor sharded on another dimension
+(tensor parallel) is refused with CK734: dcp.load reshards it on load.
 
 Per-rank state: a DCP item whose key names a rank (torchtitan's `dataloader.dp_rank_<r>`) is
 kept as saved and reported (ranks >= N find none, ranks >= M are not read; a loader that checks
@@ -48,7 +52,6 @@ from .convert.staging import BEFORE_COMMIT, Staging
 from .reshard_base import err
 
 COPY_BLOCK = 8 << 20  # bytes compared at a time by the post-write check
-_RANK_KEY = re.compile(r"(?:^|[._])(?:dp_)?rank_?(\d+)(?:$|[._])")
 
 
 @dataclasses.dataclass
@@ -97,6 +100,7 @@ class _Source:
                           if "dimension other than 0" in why else f"{fqn}: {why}",
                           hint="a rank's shard is missing or damaged; use the previous "
                                "checkpoint")
+            ckpt.segments(fqn)  # every item checked against .metadata before any allocation
         self.handles: dict[Path, Any] = {}
         self.buf = bytearray(0)
 
@@ -223,9 +227,11 @@ def write(ckpt: DcpCheckpoint, out: Path, world: int) -> dict[Any, Piece]:
     from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint.default_planner import create_default_global_save_plan
 
+    source = _Source(ckpt)  # checks every stored tensor item first
+    for fqn in ckpt.bytes_items:  # through the loader chain: a code-executing pickle is
+        ckpt.load_bytes(fqn)      # refused here, with or without --no-verify
     raw = {fqn: _item_bytes(ckpt, fqn) for fqn in ckpt.bytes_items}
     plans, pieces = _plans(ckpt, world, raw)
-    source = _Source(ckpt)
     source.buf = bytearray(max((_nbytes(ckpt.tensors[p.fqn], p) for p in pieces.values()),
                                default=0))  # the largest new chunk, allocated once
     planner = _planner_class()(source, pieces, raw)
@@ -260,9 +266,12 @@ def _dcp_validates(plans: list[Any], metadata: Any) -> None:
         from torch.distributed.checkpoint.default_planner import _validate_global_plan
     except ImportError:  # older torch: our own re-read below still checks the layout
         return
-    bad = _validate_global_plan(plans, metadata)
-    if bad:  # torch returns a list of messages (or a bool in older versions)
-        raise err("plan", f"DCP rejects the new layout: {bad if bad is not True else ''}")
+    found = _validate_global_plan(plans, metadata)
+    # newer torch returns the list of problems, older torch True when the plan is valid
+    bad = (not found) if isinstance(found, bool) else bool(found)
+    if bad:
+        raise err("plan", "DCP rejects the new layout"
+                          + ("" if isinstance(found, bool) else f": {'; '.join(found)[:300]}"))
 
 
 def _item_bytes(ckpt: DcpCheckpoint, fqn: str) -> bytes:
@@ -319,10 +328,13 @@ def verify(src: DcpCheckpoint, out: Path, pieces: dict[Any, Piece], opts: Option
 
 
 def per_rank_keys(ckpt: DcpCheckpoint) -> dict[str, int]:
-    """Items whose key names a rank (torchtitan's dataloader.dp_rank_<r>): key -> rank."""
+    """Items saved per rank, as the layout modules name them (torchtitan's
+    `dataloader.dp_rank_<r>`): key -> rank."""
+    from .layouts.torchtitan import DP_RANK_KEY
+
     out = {}
     for fqn in list(ckpt.bytes_items) + list(ckpt.tensors):
-        m = _RANK_KEY.search(fqn)
+        m = re.search(DP_RANK_KEY, fqn)
         if m:
             out[fqn] = int(m[1])
     return out
@@ -344,7 +356,12 @@ def sidecars(src: Path, out: Path, world: int, strict: bool, result: Any) -> Non
     """Copy the files beside the DCP; per-rank files for every new rank (module docstring)."""
     per_rank = per_rank_files(src)
     for p in sorted(src.iterdir()):
-        if p.is_file() and p.name != ".metadata" and not p.name.endswith(".distcp"):
+        if p.name == ".metadata" or p.name.endswith(".distcp"):
+            continue
+        if p.is_symlink():  # never follow a link out of the checkpoint into the output
+            raise err(p, f"{p.name} is a symbolic link: not copied into the output",
+                      hint="replace it by the file it points to if you trust it (cp -L)")
+        if p.is_file():
             shutil.copyfile(p, out / p.name)  # per-rank ones too: each rank keeps its own
     if not per_rank:
         return
@@ -453,6 +470,7 @@ def reshard_dcp(src: Path, dst: Path, world: int, opts: Options, strict: bool,
     n_chunks = sum(len(layout(m, world)) for m in ckpt.tensors.values())
     result.findings.append(Code.RESHARD_DONE.finding(
         str(dst), f"DCP: {result.old_world} -> {world} ranks ({len(ckpt.tensors)} tensors in "
-                  f"{n_chunks} chunk(s), {len(ckpt.bytes_items)} other item(s)); rank r's load "
-                  "reads its own chunks whole from __r_0.distcp"))
+                  f"{n_chunks} chunk(s), {len(ckpt.bytes_items)} other item(s)); rank r's "
+                  "shards of each tensor are one whole item in __r_0.distcp (0-d tensors and "
+                  "other items: once, in __0_0.distcp)"))
     return result

@@ -131,6 +131,9 @@ class DcpCheckpoint:
             bad = [f for f in info.findings if f.code == Code.DCP_METADATA.code] or info.findings
             raise fail(meta_path, bad[0].message if bad else ".metadata cannot be read safely",
                        hint=bad[0].hint if bad else "", extra=bad)
+        outside = [f for f in info.findings if f.code == Code.DCP_PATH.code]
+        if outside:  # a storage path that leaves the directory, or a symlink out of it
+            raise fail(meta_path, outside[0].message, hint=outside[0].hint, extra=outside)
         scan = scan_bytes(meta_path.read_bytes(), ".metadata")
         top = _state(scan.root)
         self.tensors: dict[str, TensorMeta] = {}
@@ -191,12 +194,24 @@ class DcpCheckpoint:
                 self.planner_data = {k: _plain(v) for k, v in pd if isinstance(k, str)}
             except ValueError:
                 self.planner_data = None
+        sizes: dict[str, int] = {}
         for name in {c.relative_path for t in self.tensors.values() for c in t.chunks} | {
                 i.relative_path for i in self.bytes_items.values()}:
             p = self.root / name
             if not p.is_file():
                 raise fail(p, f"{name} named by .metadata is missing",
                            hint="a rank's shard was not written; use the previous checkpoint")
+            sizes[name] = p.stat().st_size
+        # every stored range inside its file, before anything is sized from .metadata
+        ranges = [(f"{fqn}@{c.offsets}", c.relative_path, c.offset, c.length)
+                  for fqn, t in self.tensors.items() for c in t.chunks]
+        ranges += [(fqn, i.relative_path, i.offset, i.length)
+                   for fqn, i in self.bytes_items.items()]
+        for what, name, offset, length in ranges:
+            if offset < 0 or length < 0 or offset + length > sizes[name]:
+                raise fail(self.root / name, f"{what}: stored at [{offset}, {offset + length}) "
+                                             f"but {name} holds {sizes[name]} bytes",
+                           hint="the shard is cut short or .metadata is damaged")
         self._fh: dict[str, Any] = {}
         self._segments: dict[str, list[Segment]] = {}
 

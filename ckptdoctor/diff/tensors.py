@@ -55,6 +55,10 @@ def _count(c: Any, torch: Any) -> tuple[int, int, int]:
     """(NaN, Inf, non-zero) in one chunk."""
     if c.dtype == torch.bool:
         c = c.to(torch.uint8)
+    elif c.is_floating_point() and c.element_size() == 1:
+        c = c.float()  # float8: torch has no isinf / count_nonzero kernels for it (exact)
+    elif c.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        c = c.to(torch.int64)  # no count_nonzero kernel; zero stays zero
     if c.is_floating_point() or c.is_complex():
         return int(torch.isnan(c).sum()), int(torch.isinf(c).sum()), int(torch.count_nonzero(c))
     return 0, 0, int(torch.count_nonzero(c))

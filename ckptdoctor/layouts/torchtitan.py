@@ -28,6 +28,11 @@ from .base import (
     top_dirs,
 )
 
+# torchtitan's dataloader saves one entry per data-parallel rank, `dataloader.dp_rank_<r>`, next
+# to `dataloader.world_size`, and on load asserts that the saved world size equals the new
+# one ("dataloader resharding is not supported yet"); a rank without its entry starts fresh
+DP_RANK_KEY = r"(?:^|\.)dp_rank_(\d+)(?:$|\.)"
+
 STEP_RE = r"step-(\d+)"
 INDEX = "model.safetensors.index.json"
 

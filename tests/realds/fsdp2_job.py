@@ -18,8 +18,9 @@ WORLD_SIZE, MASTER_ADDR/PORT in the environment), one process per rank.
                                           read (DCP's own load plan for this rank)
 FSDP2_IN / FSDP2_HIDDEN set the model's input and hidden width (default 6 and 10) and
 FSDP2_DEPTH adds that many hidden Linear + Tanh layers (default 0; the memory test uses a
-deep, wide model: many tensors). Every rank sees the same batch, so the data-parallel mean gradient does not depend on the
-world size: the same run on any number of ranks takes the same steps."""
+deep, wide model: many tensors). Every rank sees the same batch, so the data-parallel mean
+gradient does not depend on the world size: the same run on any number of ranks takes the
+same steps."""
 
 import json
 import os

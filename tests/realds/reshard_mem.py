@@ -12,7 +12,7 @@ import os
 import resource
 import sys
 
-import torch  # noqa: F401  (imported before the baseline: its footprint is not the reshard's)
+import torch  # imported before the baseline: its footprint is not the reshard's
 
 from ckptdoctor.reshard import reshard
 
@@ -20,8 +20,8 @@ src, dst, m = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if os.path.isfile(os.path.join(src, ".metadata")):  # DCP: its modules (~50 MB) likewise
     import torch.distributed.checkpoint  # noqa: F401
 
-    import ckptdoctor.convert.dcp_to_torch  # noqa: F401
-    import ckptdoctor.equivalence  # noqa: F401
+    import ckptdoctor.convert.dcp_to_torch
+    import ckptdoctor.equivalence
     import ckptdoctor.reshard_dcp  # noqa: F401
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = reshard(src, dst, m)
