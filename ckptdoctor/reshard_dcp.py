@@ -292,6 +292,9 @@ def verify(src: DcpCheckpoint, out: Path, pieces: dict[Any, Piece], opts: Option
 
     new = DcpCheckpoint(out, opts)
     source = _Source(src)
+    by_fqn: dict[str, set[tuple[Any, ...]]] = {}
+    for p in pieces.values():
+        by_fqn.setdefault(p.fqn, set()).add((p.offsets, p.sizes, f"__{p.rank}_0.distcp"))
     try:
         if set(new.tensors) != set(src.tensors) or set(new.bytes_items) != set(src.bytes_items):
             raise bad(".metadata", "the items differ from the source's")
@@ -299,8 +302,7 @@ def verify(src: DcpCheckpoint, out: Path, pieces: dict[Any, Piece], opts: Option
             old = src.tensors[fqn]
             if meta.dtype != old.dtype or tuple(meta.shape) != tuple(old.shape):
                 raise bad(fqn, "dtype or shape differs from the source")
-            want = {(p.offsets, p.sizes, f"__{p.rank}_0.distcp")
-                    for p in pieces.values() if p.fqn == fqn}
+            want = by_fqn.get(fqn, set())
             have = {(c.offsets, c.sizes, c.relative_path) for c in meta.chunks}
             if have != want:
                 raise bad(fqn, f"chunks {sorted(have)} are not the layout {sorted(want)}")
