@@ -39,3 +39,10 @@ def test_dev_extra_installs_the_lint_tools():
     assert {"ruff", "mypy"} <= dev
     assert project["tool"]["ruff"]["line-length"] == 100
     assert set(project["tool"]["ruff"]["lint"]["select"]) == {"E", "F", "I", "B", "UP", "SIM"}
+
+
+def test_no_module_is_over_500_lines():
+    """A module that grows past 500 lines is split along its seams (issue 11's rule)."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "ckptdoctor").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}

@@ -124,9 +124,8 @@ def _scan_zipfile_view(source: str | Path | BinaryIO, rel: str, fmt: FormatName,
             worsen(info, ScanState.INCONCLUSIVE,
                    Code.ZIP_CORRUPT.finding(rel, f"zip structure corrupt: {exc}"))
             return info
-        # remote: the local headers of every record but the tensor storages are read next
-        # (here and by torch's reader, reader_differential): fetch them concurrently instead
-        # of one request at a time
+        # remote: the local headers of every record but the tensor storages are read next (here
+        # and by torch's reader, reader_differential): fetched concurrently, not one by one
         prefetch(source, [(i.header_offset, 30 + len(i.orig_filename.encode()) + 128)
                           for i in infos if not is_storage_name(i.filename)])
         _check_records(infos, size, info, rel)
@@ -289,9 +288,8 @@ def _scan_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], info: FileI
         if i.file_size == 0 or _bad_name(i.filename):
             continue
         if nested_only and is_storage_name(i.filename):
-            # a tensor storage (`<archive>/data/<key>`): torch.load only ever maps its bytes
-            # as tensor data, never opens or unpickles them; not opening it here keeps the
-            # static scan at a bounded number of reads per file (one request each remotely)
+            # a tensor storage (`<archive>/data/<key>`): torch.load only maps its bytes, never
+            # unpickles them; skipping it bounds the reads per file (one request each remotely)
             continue
         try:
             with zf.open(i) as fh:
