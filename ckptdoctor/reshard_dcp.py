@@ -117,13 +117,8 @@ class _Source:
     def segments(self, meta: TensorMeta, start: int, stop: int):
         """(file handle, absolute offset, nbytes) pieces holding rows [start, stop) in order."""
         per_row = math.prod(meta.shape[1:]) if meta.shape else 1
-        a, b = start * per_row, stop * per_row
-        size = meta.dtype.itemsize
-        for seg in self.ckpt.segments(meta.fqn):
-            lo, hi = max(a, seg.first), min(b, seg.first + seg.numel)
-            if lo < hi:
-                yield (self._fh(seg.path), seg.offset + (lo - seg.first) * size,
-                       (hi - lo) * size)
+        for path, offset, n in self.ckpt.byte_ranges(meta.fqn, start * per_row, stop * per_row):
+            yield self._fh(path), offset, n
 
     def fill(self, meta: TensorMeta, piece: Piece) -> Any:
         """Rows [piece.start, piece.stop) as a tensor over the one reused buffer (sized for

@@ -255,17 +255,22 @@ class DcpCheckpoint:
         if b <= a:
             return torch.empty(0, dtype=meta.dtype)
         buf = bytearray((b - a) * size)
-        view = memoryview(buf)
+        view, pos = memoryview(buf), 0
+        for path, offset, n in self.byte_ranges(fqn, a, b):
+            fh = self._file(path.name)
+            fh.seek(offset)
+            if fh.readinto(view[pos:pos + n]) != n:
+                raise fail(path, f"{fqn}: stored item cut short")
+            pos += n
+        return torch.frombuffer(buf, dtype=meta.dtype)
+
+    def byte_ranges(self, fqn: str, a: int, b: int):
+        """(shard, absolute offset, nbytes) holding the flattened elements [a, b), in order."""
+        size = self.tensors[fqn].dtype.itemsize
         for seg in self.segments(fqn):
             lo, hi = max(a, seg.first), min(b, seg.first + seg.numel)
-            if lo >= hi:
-                continue
-            fh = self._file(seg.path.name)
-            fh.seek(seg.offset + (lo - seg.first) * size)
-            want = (hi - lo) * size
-            if fh.readinto(view[(lo - a) * size:(hi - a) * size]) != want:
-                raise fail(seg.path, f"{fqn}: stored item cut short")
-        return torch.frombuffer(buf, dtype=meta.dtype)
+            if lo < hi:
+                yield seg.path, seg.offset + (lo - seg.first) * size, (hi - lo) * size
 
     def load_tensor(self, fqn: str):
         """The whole tensor: its single chunk, or its chunks copied into place."""
